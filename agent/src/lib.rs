@@ -1,0 +1,1 @@
+//! lmi-agent library.
