@@ -1,0 +1,244 @@
+//! The command line (clap derive).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::output::EXIT_CODES_HELP;
+use crate::spec_file;
+
+/// The daemon's default Unix socket.
+pub const DEFAULT_SOCKET: &str = "/run/lmi-agent/agent.sock";
+
+/// Operator CLI of lmi-agent: talks to the gRPC service lmi.agent.v1.Agent of one host.
+#[derive(Debug, Parser)]
+#[command(name = "lmictl", version, after_help = EXIT_CODES_HELP)]
+pub struct Cli {
+    /// The agent's Unix socket.
+    #[arg(long, global = true, env = "LMI_AGENT_SOCKET", default_value = DEFAULT_SOCKET, value_name = "PATH")]
+    pub socket: PathBuf,
+
+    /// Connect over TCP instead, e.g. http://10.0.0.5:7443 (overrides --socket).
+    #[arg(long, global = true, value_name = "URL")]
+    pub endpoint: Option<String>,
+
+    /// Print JSON instead of human-readable output.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Deadline of each RPC, in seconds (fractions allowed). Default: none.
+    #[arg(long, global = true, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub timeout: Option<Duration>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create an execution environment from flags and/or a spec file (TOML or JSON).
+    Create(CreateArgs),
+    /// List environments as a table.
+    List(ListArgs),
+    /// Show every field of one environment.
+    Get(GetArgs),
+    /// Drain and delete one environment.
+    Delete(DeleteArgs),
+    /// Invoke a function version once and print its result.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Invoke(InvokeArgs),
+    /// Show the host's capacity, cgroup version and runtimes.
+    Host,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Spec file (.toml or .json) with the field names of EnvironmentSpec; flags override it. Relative code
+    /// paths in the file are relative to the file's directory.
+    #[arg(long, value_name = "FILE")]
+    pub spec: Option<PathBuf>,
+
+    /// Function name.
+    #[arg(long, value_name = "NAME")]
+    pub function: Option<String>,
+
+    /// Function version (default $LATEST).
+    #[arg(long, value_name = "V")]
+    pub version: Option<String>,
+
+    /// Function ARN (default: derived by the agent).
+    #[arg(long, value_name = "ARN")]
+    pub arn: Option<String>,
+
+    /// Runtime id, e.g. python3.11 or provided.al2023.
+    #[arg(long, value_name = "ID")]
+    pub runtime: Option<String>,
+
+    /// Handler, e.g. app.handler.
+    #[arg(long, value_name = "H")]
+    pub handler: Option<String>,
+
+    /// Code: a directory, or a file ending in .zip. Relative paths are made absolute.
+    #[arg(long, value_name = "DIR_OR_ZIP")]
+    pub code: Option<String>,
+
+    /// Lowercase hex sha256 of the zip file.
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+
+    /// Memory in MiB (2048..32768).
+    #[arg(long, value_name = "MIB")]
+    pub memory: Option<u32>,
+
+    /// Memory GiB per vCPU: 2, 4 or 8.
+    #[arg(long, value_name = "2|4|8", value_parser = parse_ratio)]
+    pub ratio: Option<u32>,
+
+    /// Max concurrent invokes (1..1600; default: the runtime's per-vCPU default times vCPUs).
+    #[arg(long, value_name = "N")]
+    pub max_concurrency: Option<u32>,
+
+    /// Invoke timeout in seconds (1..900).
+    #[arg(long, value_name = "S")]
+    pub timeout_seconds: Option<u32>,
+
+    /// Ephemeral storage in MiB (512..10240).
+    #[arg(long, value_name = "MIB")]
+    pub ephemeral_storage: Option<u32>,
+
+    /// Environment variable KEY=VALUE (repeatable; overrides the spec file's).
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = spec_file::parse_env_pair)]
+    pub env: Vec<(String, String)>,
+
+    /// Poll until the environment is READY (exit 0) or FAILED (exit 1).
+    #[arg(long)]
+    pub wait: bool,
+
+    /// With --wait: give up after this many seconds (exit 4).
+    #[arg(long, value_name = "SECONDS", default_value = "300", value_parser = parse_seconds)]
+    pub wait_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only environments of this function.
+    #[arg(long, value_name = "NAME")]
+    pub function: Option<String>,
+    /// Only environments of this version.
+    #[arg(long, value_name = "V")]
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// Environment id.
+    pub id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// Environment id.
+    pub id: String,
+    /// Seconds in-flight invokes may run before the runtime is stopped (default: the agent's).
+    #[arg(long, value_name = "SECONDS")]
+    pub grace: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct InvokeArgs {
+    /// Function name.
+    pub function: String,
+
+    /// Function version (default $LATEST).
+    #[arg(long, value_name = "V")]
+    pub version: Option<String>,
+
+    /// Payload (JSON). "-" reads stdin. Without --payload/--payload-file, stdin is read when it is not a
+    /// terminal, else the payload is {}.
+    #[arg(long, value_name = "JSON", conflicts_with = "payload_file")]
+    pub payload: Option<String>,
+
+    /// Read the payload from a file ("-" is stdin).
+    #[arg(long, value_name = "PATH")]
+    pub payload_file: Option<PathBuf>,
+
+    /// Request id (default: a new UUID chosen by the agent).
+    #[arg(long, value_name = "ID")]
+    pub request_id: Option<String>,
+
+    /// Passed to the runtime as Lambda-Runtime-Client-Context.
+    #[arg(long, value_name = "CONTEXT")]
+    pub client_context: Option<String>,
+
+    /// Passed to the runtime as Lambda-Runtime-Trace-Id.
+    #[arg(long, value_name = "TRACE_ID")]
+    pub trace_id: Option<String>,
+}
+
+/// A positive number of seconds, fractions allowed.
+pub fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if secs.is_nan() || secs <= 0.0 {
+        return Err(format!("`{s}`: must be greater than 0"));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("`{s}`: {e}"))
+}
+
+/// 2, 4 or 8 GiB per vCPU.
+pub fn parse_ratio(s: &str) -> Result<u32, String> {
+    match s.trim() {
+        "2" => Ok(2),
+        "4" => Ok(4),
+        "8" => Ok(8),
+        _ => Err(format!("`{s}`: must be 2, 4 or 8 (GiB per vCPU)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_work_after_the_subcommand() {
+        let cli = Cli::try_parse_from([
+            "lmictl", "list", "--json", "--socket", "/tmp/x.sock", "--timeout", "1.5",
+        ])
+        .unwrap();
+        assert!(cli.json);
+        assert_eq!(cli.socket, PathBuf::from("/tmp/x.sock"));
+        assert_eq!(cli.timeout, Some(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        assert!(parse_seconds("0").is_err());
+        assert!(parse_seconds("-1").is_err());
+        assert!(parse_seconds("NaN").is_err());
+        assert!(parse_seconds("abc").is_err());
+        assert!(parse_ratio("3").is_err());
+        assert_eq!(parse_ratio("8"), Ok(8));
+        let err = Cli::try_parse_from(["lmictl", "create", "--env", "NOEQUALS"]).unwrap_err();
+        assert!(err.to_string().contains("KEY=VALUE"), "{err}");
+        assert!(Cli::try_parse_from([
+            "lmictl", "invoke", "f", "--payload", "{}", "--payload-file", "x"
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn help_documents_exit_codes() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("Exit codes:"), "{help}");
+        assert!(help.contains("2  invoke: throttled"), "{help}");
+    }
+}

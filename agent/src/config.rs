@@ -1,0 +1,241 @@
+//! The agent's configuration: one TOML file (default `/etc/lmi-agent/agent.toml`), every key optional with a
+//! documented default. Unknown keys and bad values are errors that name the key.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+/// Default path of the configuration file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/lmi-agent/agent.toml";
+
+/// Errors loading a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object a line (production, journald).
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Unix socket of the gRPC control API (created with mode 0600).
+    pub socket: PathBuf,
+    /// Optional TCP address for the gRPC control API, e.g. "127.0.0.1:50051".
+    pub listen_tcp: Option<SocketAddr>,
+    /// Where the agent keeps state (unpacked code, ...).
+    pub state_dir: PathBuf,
+    /// Name of the agent's cgroup, created under the agent's own cgroup in every hierarchy.
+    pub cgroup_parent: String,
+    /// Directory holding `runtime-shims/<language>/`.
+    pub shims_dir: PathBuf,
+    /// Runtime catalog file; absent means the catalog built into the agent.
+    pub catalog: Option<PathBuf>,
+    /// Region used in derived ARNs and given to runtimes as AWS_REGION.
+    pub region: String,
+    /// Account used in derived ARNs.
+    pub account_id: String,
+    /// Log format of the agent's own logs.
+    pub log_format: LogFormat,
+    /// Host capacity the agent plans with.
+    pub capacity: CapacityConfig,
+    /// Environment lifecycle settings.
+    pub environments: EnvironmentsConfig,
+}
+
+/// `[capacity]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CapacityConfig {
+    /// vCPUs of the host; 0 = detected.
+    pub vcpus: u32,
+    /// Memory of the host in MiB; 0 = detected.
+    pub memory_mib: u64,
+    /// vCPUs kept for the OS and the agent.
+    pub reserved_vcpus: u32,
+    /// Memory kept for the OS and the agent (MiB).
+    pub reserved_memory_mib: u64,
+}
+
+/// `[environments]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnvironmentsConfig {
+    /// Grace period of DeleteEnvironment when the request gives none (seconds).
+    pub delete_grace_seconds: u32,
+    /// Time between SIGTERM and SIGKILL when a runtime is stopped (milliseconds).
+    pub stop_timeout_ms: u64,
+    /// pids.max of every environment's cgroup.
+    pub pids_max: u64,
+    /// Override of the init timeout (seconds); 0 = Lambda's max(130 s, function timeout).
+    pub init_timeout_seconds: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from("/run/lmi-agent/agent.sock"),
+            listen_tcp: None,
+            state_dir: PathBuf::from("/var/lib/lmi-agent"),
+            cgroup_parent: "lmi-agent".to_owned(),
+            shims_dir: PathBuf::from("/usr/share/lmi-agent/runtime-shims"),
+            catalog: None,
+            region: "us-east-1".to_owned(),
+            account_id: "000000000000".to_owned(),
+            log_format: LogFormat::Json,
+            capacity: CapacityConfig::default(),
+            environments: EnvironmentsConfig::default(),
+        }
+    }
+}
+
+impl Default for CapacityConfig {
+    fn default() -> Self {
+        Self {
+            vcpus: 0,
+            memory_mib: 0,
+            reserved_vcpus: 0,
+            reserved_memory_mib: 1024,
+        }
+    }
+}
+
+impl Default for EnvironmentsConfig {
+    fn default() -> Self {
+        Self {
+            delete_grace_seconds: 30,
+            stop_timeout_ms: 2000,
+            pids_max: 4096,
+            init_timeout_seconds: 0,
+        }
+    }
+}
+
+impl EnvironmentsConfig {
+    pub fn stop_timeout(&self) -> Duration {
+        Duration::from_millis(self.stop_timeout_ms)
+    }
+}
+
+impl Config {
+    /// Parses configuration text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        cfg.check(origin)?;
+        Ok(cfg)
+    }
+
+    /// Reads and parses a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    fn check(&self, origin: &Path) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, message: &str| ConfigError::Invalid {
+            path: origin.to_owned(),
+            key,
+            message: message.to_owned(),
+        };
+        let name_ok = !self.cgroup_parent.is_empty()
+            && self
+                .cgroup_parent
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            && !self.cgroup_parent.starts_with('.');
+        if !name_ok {
+            return Err(bad(
+                "cgroup_parent",
+                "must be a single path component of letters, digits, '-', '_' and '.'",
+            ));
+        }
+        if self.socket.as_os_str().is_empty() {
+            return Err(bad("socket", "must not be empty"));
+        }
+        if !self.state_dir.is_absolute() {
+            return Err(bad("state_dir", "must be an absolute path"));
+        }
+        if self.environments.pids_max < 16 {
+            return Err(bad("environments.pids_max", "must be at least 16"));
+        }
+        if self.account_id.len() != 12 || !self.account_id.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad("account_id", "must be 12 digits"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::parse("", Path::new("t.toml")).unwrap();
+        assert_eq!(c.socket, Path::new("/run/lmi-agent/agent.sock"));
+        assert_eq!(c.capacity.reserved_memory_mib, 1024);
+        assert_eq!(c.environments.delete_grace_seconds, 30);
+    }
+
+    #[test]
+    fn keys_are_read() {
+        let c = Config::parse(
+            "socket = '/tmp/a.sock'\nlisten_tcp = '127.0.0.1:50051'\n[capacity]\nvcpus = 64\nmemory_mib = 262144\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.capacity.vcpus, 64);
+        assert_eq!(c.listen_tcp, Some("127.0.0.1:50051".parse().unwrap()));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let e = Config::parse("sockett = 'x'", Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `sockett`"), "{e}");
+        let e = Config::parse("[capacity]\nvcpus = -1", Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("vcpus"), "{e}");
+        let e = Config::parse("cgroup_parent = '../x'", Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cgroup_parent"), "{e}");
+        let e = Config::parse("log_format = 'xml'", Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("xml"), "{e}");
+    }
+}

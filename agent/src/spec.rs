@@ -1,0 +1,610 @@
+//! Validation of an environment spec exactly as Lambda Managed Instances defines it.
+//!
+//! `validate` turns the wire `EnvironmentSpec` into a [`ValidSpec`] with every default resolved, or a
+//! [`SpecError`] that names the field and the rule it broke. Nothing is started for an invalid spec.
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use lmi_proto::v1 as pb;
+
+use crate::catalog::{Availability, Catalog, RuntimeEntry};
+
+/// Smallest environment memory (MiB).
+pub const MIN_MEMORY_MIB: u32 = 2048;
+/// Largest environment memory (MiB).
+pub const MAX_MEMORY_MIB: u32 = 32768;
+/// Allowed memory-to-vCPU ratios (GiB per vCPU).
+pub const RATIOS: [u32; 3] = [2, 4, 8];
+/// Default memory-to-vCPU ratio.
+pub const DEFAULT_RATIO: u32 = 2;
+/// Range of `PerExecutionEnvironmentMaxConcurrency`.
+pub const MAX_CONCURRENCY: u32 = 1600;
+/// Default function timeout (seconds), as Lambda's.
+pub const DEFAULT_TIMEOUT_S: u32 = 3;
+/// Largest function timeout (seconds).
+pub const MAX_TIMEOUT_S: u32 = 900;
+/// Range of ephemeral storage (MiB).
+pub const MIN_EPHEMERAL_MIB: u32 = 512;
+/// Largest ephemeral storage (MiB).
+pub const MAX_EPHEMERAL_MIB: u32 = 10240;
+/// Lambda's limit on the total size of customer environment variables (bytes of keys and values).
+pub const MAX_ENV_BYTES: usize = 4096;
+/// The default function version.
+pub const LATEST: &str = "$LATEST";
+
+/// Names the agent sets for the runtime; a spec may not set them.
+pub const RESERVED_ENV: &[&str] = &[
+    "_HANDLER",
+    "_X_AMZN_TRACE_ID",
+    "AWS_ACCESS_KEY",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_DEFAULT_REGION",
+    "AWS_EXECUTION_ENV",
+    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+    "AWS_LAMBDA_FUNCTION_NAME",
+    "AWS_LAMBDA_FUNCTION_VERSION",
+    "AWS_LAMBDA_INITIALIZATION_TYPE",
+    "AWS_LAMBDA_LOG_FORMAT",
+    "AWS_LAMBDA_LOG_GROUP_NAME",
+    "AWS_LAMBDA_LOG_STREAM_NAME",
+    "AWS_LAMBDA_MAX_CONCURRENCY",
+    "AWS_LAMBDA_RUNTIME_API",
+    "AWS_REGION",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "LAMBDA_RUNTIME_DIR",
+    "LAMBDA_TASK_ROOT",
+];
+
+/// Why a spec was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// A field breaks a rule (gRPC `INVALID_ARGUMENT`).
+    #[error("spec.{field}: {rule}")]
+    Invalid { field: String, rule: String },
+    /// The runtime exists in the catalog but cannot run on this host (gRPC `FAILED_PRECONDITION`).
+    #[error("spec.runtime: runtime {runtime} is not available on this host: {reason}")]
+    RuntimeUnavailable { runtime: String, reason: String },
+}
+
+fn invalid(field: impl Into<String>, rule: impl Into<String>) -> SpecError {
+    SpecError::Invalid {
+        field: field.into(),
+        rule: rule.into(),
+    }
+}
+
+/// Where the function's code comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodeSource {
+    Directory(PathBuf),
+    Zip {
+        path: PathBuf,
+        sha256: Option<String>,
+    },
+}
+
+/// A spec with every rule checked and every default resolved.
+#[derive(Debug, Clone)]
+pub struct ValidSpec {
+    pub function_name: String,
+    pub version: String,
+    pub arn: String,
+    pub runtime: RuntimeEntry,
+    pub handler: String,
+    pub code: CodeSource,
+    pub memory_mib: u32,
+    pub memory_gib_per_vcpu: u32,
+    pub vcpus: u32,
+    pub max_concurrency: u32,
+    pub timeout: Duration,
+    pub ephemeral_storage_mib: u32,
+    pub environment: BTreeMap<String, String>,
+}
+
+impl ValidSpec {
+    /// The spec as the wire shows it back, with defaults filled in.
+    pub fn to_proto(&self) -> pb::EnvironmentSpec {
+        pb::EnvironmentSpec {
+            function: Some(pb::FunctionRef {
+                name: self.function_name.clone(),
+                version: self.version.clone(),
+                arn: self.arn.clone(),
+            }),
+            runtime: self.runtime.id.clone(),
+            handler: self.handler.clone(),
+            code: Some(match &self.code {
+                CodeSource::Directory(d) => pb::Code {
+                    source: Some(pb::code::Source::Directory(d.display().to_string())),
+                    sha256: String::new(),
+                },
+                CodeSource::Zip { path, sha256 } => pb::Code {
+                    source: Some(pb::code::Source::ZipFile(path.display().to_string())),
+                    sha256: sha256.clone().unwrap_or_default(),
+                },
+            }),
+            memory_mib: self.memory_mib,
+            memory_gib_per_vcpu: self.memory_gib_per_vcpu,
+            max_concurrency: self.max_concurrency,
+            timeout_seconds: u32::try_from(self.timeout.as_secs()).unwrap_or(u32::MAX),
+            ephemeral_storage_mib: self.ephemeral_storage_mib,
+            environment: self.environment.clone().into_iter().collect(),
+        }
+    }
+
+    /// Memory limit in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        u64::from(self.memory_mib) * 1024 * 1024
+    }
+
+    /// Init timeout: max(130 s, function timeout), as Lambda's.
+    pub fn init_timeout(&self) -> Duration {
+        self.timeout.max(Duration::from_secs(130))
+    }
+}
+
+/// Values used to fill in defaults that depend on where the agent runs.
+#[derive(Debug, Clone)]
+pub struct SpecDefaults {
+    pub region: String,
+    pub account_id: String,
+}
+
+fn valid_function_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn valid_version(s: &str) -> bool {
+    s == LATEST
+        || ((1..=128).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+}
+
+fn valid_env_name(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Checks every field of `spec` and resolves its defaults.
+pub fn validate(
+    spec: &pb::EnvironmentSpec,
+    catalog: &Catalog,
+    defaults: &SpecDefaults,
+) -> Result<ValidSpec, SpecError> {
+    let function = spec
+        .function
+        .as_ref()
+        .ok_or_else(|| invalid("function", "is required"))?;
+    if !valid_function_name(&function.name) {
+        return Err(invalid(
+            "function.name",
+            format!(
+                "{:?} must be 1-64 characters of letters, digits, '-' and '_'",
+                function.name
+            ),
+        ));
+    }
+    let version = if function.version.is_empty() {
+        LATEST.to_owned()
+    } else if valid_version(&function.version) {
+        function.version.clone()
+    } else {
+        return Err(invalid(
+            "function.version",
+            format!(
+                "{:?} must be $LATEST or 1-128 letters, digits, '-' and '_'",
+                function.version
+            ),
+        ));
+    };
+    let arn = if function.arn.is_empty() {
+        format!(
+            "arn:aws:lambda:{}:{}:function:{}:{}",
+            defaults.region, defaults.account_id, function.name, version
+        )
+    } else if function.arn.starts_with("arn:") && function.arn.len() <= 256 {
+        function.arn.clone()
+    } else {
+        return Err(invalid(
+            "function.arn",
+            "must start with \"arn:\" and be at most 256 characters",
+        ));
+    };
+
+    let (runtime, availability) = catalog.get(&spec.runtime).ok_or_else(|| {
+        invalid(
+            "runtime",
+            format!(
+                "unknown runtime {:?}; known: {}",
+                spec.runtime,
+                catalog.ids().join(", ")
+            ),
+        )
+    })?;
+    if let Availability::Unavailable(reason) = availability {
+        return Err(SpecError::RuntimeUnavailable {
+            runtime: runtime.id.clone(),
+            reason: reason.clone(),
+        });
+    }
+
+    let handler = spec.handler.clone();
+    if !runtime.is_provided() && handler.is_empty() {
+        return Err(invalid(
+            "handler",
+            format!("is required for runtime {}", runtime.id),
+        ));
+    }
+    if handler.len() > 128 || handler.chars().any(char::is_control) {
+        return Err(invalid(
+            "handler",
+            "must be at most 128 characters without control characters",
+        ));
+    }
+
+    let code = validate_code(spec.code.as_ref())?;
+
+    let ratio = match spec.memory_gib_per_vcpu {
+        0 => DEFAULT_RATIO,
+        r if RATIOS.contains(&r) => r,
+        r => {
+            return Err(invalid(
+                "memory_gib_per_vcpu",
+                format!("{r} must be one of 2, 4 or 8 GiB per vCPU"),
+            ))
+        }
+    };
+    let memory_mib = match spec.memory_mib {
+        0 => MIN_MEMORY_MIB.max(ratio * 1024),
+        m => m,
+    };
+    if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&memory_mib) {
+        return Err(invalid(
+            "memory_mib",
+            format!("{memory_mib} must be between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB} MiB"),
+        ));
+    }
+    let step = ratio * 1024;
+    if memory_mib % step != 0 {
+        return Err(invalid(
+            "memory_mib",
+            format!(
+                "{memory_mib} must be a multiple of {step} MiB (the ratio of {ratio} GiB per vCPU)"
+            ),
+        ));
+    }
+    let vcpus = memory_mib / step;
+
+    let max_concurrency = match spec.max_concurrency {
+        0 => runtime
+            .default_concurrency_per_vcpu
+            .saturating_mul(vcpus)
+            .min(MAX_CONCURRENCY),
+        c if c <= MAX_CONCURRENCY => c,
+        c => {
+            return Err(invalid(
+                "max_concurrency",
+                format!("{c} must be between 1 and {MAX_CONCURRENCY}"),
+            ))
+        }
+    };
+
+    let timeout_s = match spec.timeout_seconds {
+        0 => DEFAULT_TIMEOUT_S,
+        t if t <= MAX_TIMEOUT_S => t,
+        t => {
+            return Err(invalid(
+                "timeout_seconds",
+                format!("{t} must be between 1 and {MAX_TIMEOUT_S} seconds"),
+            ))
+        }
+    };
+
+    let ephemeral_storage_mib = match spec.ephemeral_storage_mib {
+        0 => MIN_EPHEMERAL_MIB,
+        e if (MIN_EPHEMERAL_MIB..=MAX_EPHEMERAL_MIB).contains(&e) => e,
+        e => {
+            return Err(invalid(
+                "ephemeral_storage_mib",
+                format!("{e} must be between {MIN_EPHEMERAL_MIB} and {MAX_EPHEMERAL_MIB} MiB"),
+            ))
+        }
+    };
+
+    let environment = validate_environment(&spec.environment)?;
+
+    Ok(ValidSpec {
+        function_name: function.name.clone(),
+        version,
+        arn,
+        runtime: runtime.clone(),
+        handler,
+        code,
+        memory_mib,
+        memory_gib_per_vcpu: ratio,
+        vcpus,
+        max_concurrency,
+        timeout: Duration::from_secs(u64::from(timeout_s)),
+        ephemeral_storage_mib,
+        environment,
+    })
+}
+
+fn validate_code(code: Option<&pb::Code>) -> Result<CodeSource, SpecError> {
+    let code = code.ok_or_else(|| invalid("code", "is required (a directory or a .zip file)"))?;
+    let sha256 = if code.sha256.is_empty() {
+        None
+    } else if code.sha256.len() == 64 && code.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Some(code.sha256.to_ascii_lowercase())
+    } else {
+        return Err(invalid("code.sha256", "must be 64 hexadecimal characters"));
+    };
+    let absolute = |field: &str, p: &str| -> Result<PathBuf, SpecError> {
+        let path = PathBuf::from(p);
+        if p.is_empty() || !path.is_absolute() {
+            return Err(invalid(field, format!("{p:?} must be an absolute path")));
+        }
+        Ok(path)
+    };
+    match &code.source {
+        None => Err(invalid("code", "needs a directory or a zip_file")),
+        Some(pb::code::Source::Directory(d)) => {
+            if sha256.is_some() {
+                return Err(invalid(
+                    "code.sha256",
+                    "applies to zip_file only, not to a directory",
+                ));
+            }
+            let path = absolute("code.directory", d)?;
+            if !path.is_dir() {
+                return Err(invalid("code.directory", format!("{d} is not a directory")));
+            }
+            Ok(CodeSource::Directory(path))
+        }
+        Some(pb::code::Source::ZipFile(z)) => {
+            let path = absolute("code.zip_file", z)?;
+            if !path.is_file() {
+                return Err(invalid("code.zip_file", format!("{z} is not a file")));
+            }
+            Ok(CodeSource::Zip { path, sha256 })
+        }
+    }
+}
+
+fn validate_environment(
+    env: &std::collections::HashMap<String, String>,
+) -> Result<BTreeMap<String, String>, SpecError> {
+    let mut total = 0usize;
+    let mut out = BTreeMap::new();
+    for (k, v) in env {
+        let field = format!("environment[{k}]");
+        if RESERVED_ENV.contains(&k.as_str()) {
+            return Err(invalid(field, "is a reserved Lambda variable name"));
+        }
+        if !valid_env_name(k) {
+            return Err(invalid(
+                field,
+                "names must start with a letter and hold only letters, digits and '_'",
+            ));
+        }
+        if v.contains('\0') {
+            return Err(invalid(field, "values may not contain NUL"));
+        }
+        total += k.len() + v.len();
+        out.insert(k.clone(), v.clone());
+    }
+    if total > MAX_ENV_BYTES {
+        return Err(invalid(
+            "environment",
+            format!("{total} bytes exceeds the {MAX_ENV_BYTES}-byte limit on variables"),
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn catalog() -> Catalog {
+        Catalog::parse(
+            r#"
+[[runtime]]
+id = "python3.11"
+command = ["sh"]
+default_concurrency_per_vcpu = 16
+execution_env = "AWS_Lambda_python3.11"
+[[runtime]]
+id = "provided.al2023"
+command = ["{code}/bootstrap"]
+default_concurrency_per_vcpu = 16
+[[runtime]]
+id = "ghost1"
+command = ["no-such-interpreter-xyz"]
+default_concurrency_per_vcpu = 8
+"#,
+            "test",
+        )
+        .unwrap()
+    }
+
+    fn defaults() -> SpecDefaults {
+        SpecDefaults {
+            region: "us-east-1".into(),
+            account_id: "123456789012".into(),
+        }
+    }
+
+    fn base() -> pb::EnvironmentSpec {
+        pb::EnvironmentSpec {
+            function: Some(pb::FunctionRef {
+                name: "hello".into(),
+                version: String::new(),
+                arn: String::new(),
+            }),
+            runtime: "python3.11".into(),
+            handler: "app.handler".into(),
+            code: Some(pb::Code {
+                source: Some(pb::code::Source::Directory("/tmp".into())),
+                sha256: String::new(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn err(spec: &pb::EnvironmentSpec) -> String {
+        validate(spec, &catalog(), &defaults())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn defaults_are_resolved() {
+        let v = validate(&base(), &catalog(), &defaults()).unwrap();
+        assert_eq!(v.memory_mib, 2048);
+        assert_eq!(v.memory_gib_per_vcpu, 2);
+        assert_eq!(v.vcpus, 1);
+        assert_eq!(v.max_concurrency, 16);
+        assert_eq!(v.timeout, Duration::from_secs(3));
+        assert_eq!(v.init_timeout(), Duration::from_secs(130));
+        assert_eq!(v.ephemeral_storage_mib, 512);
+        assert_eq!(v.version, "$LATEST");
+        assert_eq!(
+            v.arn,
+            "arn:aws:lambda:us-east-1:123456789012:function:hello:$LATEST"
+        );
+    }
+
+    #[test]
+    fn vcpus_follow_memory_and_ratio() {
+        for (mem, ratio, vcpus) in [
+            (2048, 2, 1),
+            (32768, 2, 16),
+            (4096, 4, 1),
+            (32768, 4, 8),
+            (8192, 8, 1),
+            (32768, 8, 4),
+        ] {
+            let mut s = base();
+            s.memory_mib = mem;
+            s.memory_gib_per_vcpu = ratio;
+            let v = validate(&s, &catalog(), &defaults()).unwrap();
+            assert_eq!(v.vcpus, vcpus, "{mem} MiB at {ratio}:1");
+            assert_eq!(v.max_concurrency, (16 * vcpus).min(1600));
+        }
+        // ratio 8 with memory unset resolves to the smallest valid size for that ratio
+        let mut s = base();
+        s.memory_gib_per_vcpu = 8;
+        assert_eq!(
+            validate(&s, &catalog(), &defaults()).unwrap().memory_mib,
+            8192
+        );
+    }
+
+    #[test]
+    fn every_invalid_field_is_named_with_its_rule() {
+        let cases: Vec<(Box<dyn Fn(&mut pb::EnvironmentSpec)>, &str)> = vec![
+            (Box::new(|s| s.function = None), "spec.function: is required"),
+            (Box::new(|s| s.function.as_mut().unwrap().name = "bad name".into()), "spec.function.name: \"bad name\" must be 1-64 characters"),
+            (Box::new(|s| s.function.as_mut().unwrap().name = "x".repeat(65)), "spec.function.name:"),
+            (Box::new(|s| s.function.as_mut().unwrap().version = "v 1".into()), "spec.function.version: \"v 1\" must be $LATEST"),
+            (Box::new(|s| s.function.as_mut().unwrap().arn = "nope".into()), "spec.function.arn: must start with \"arn:\""),
+            (Box::new(|s| s.runtime = "cobol85".into()), "spec.runtime: unknown runtime \"cobol85\"; known: ghost1, provided.al2023, python3.11"),
+            (Box::new(|s| s.handler = String::new()), "spec.handler: is required for runtime python3.11"),
+            (Box::new(|s| s.handler = "a\nb".into()), "spec.handler: must be at most 128 characters"),
+            (Box::new(|s| s.code = None), "spec.code: is required"),
+            (Box::new(|s| s.code.as_mut().unwrap().source = None), "spec.code: needs a directory or a zip_file"),
+            (Box::new(|s| s.code.as_mut().unwrap().source = Some(pb::code::Source::Directory("rel/dir".into()))), "spec.code.directory: \"rel/dir\" must be an absolute path"),
+            (Box::new(|s| s.code.as_mut().unwrap().source = Some(pb::code::Source::Directory("/no/such/dir".into()))), "spec.code.directory: /no/such/dir is not a directory"),
+            (Box::new(|s| s.code.as_mut().unwrap().source = Some(pb::code::Source::ZipFile("/no/such.zip".into()))), "spec.code.zip_file: /no/such.zip is not a file"),
+            (Box::new(|s| s.code.as_mut().unwrap().sha256 = "xyz".into()), "spec.code.sha256: must be 64 hexadecimal characters"),
+            (Box::new(|s| s.code.as_mut().unwrap().sha256 = "a".repeat(64)), "spec.code.sha256: applies to zip_file only"),
+            (Box::new(|s| s.memory_gib_per_vcpu = 3), "spec.memory_gib_per_vcpu: 3 must be one of 2, 4 or 8 GiB per vCPU"),
+            (Box::new(|s| s.memory_mib = 1024), "spec.memory_mib: 1024 must be between 2048 and 32768 MiB"),
+            (Box::new(|s| s.memory_mib = 34816), "spec.memory_mib: 34816 must be between 2048 and 32768 MiB"),
+            (Box::new(|s| s.memory_mib = 3072), "spec.memory_mib: 3072 must be a multiple of 2048 MiB (the ratio of 2 GiB per vCPU)"),
+            (Box::new(|s| { s.memory_mib = 6144; s.memory_gib_per_vcpu = 4 }), "spec.memory_mib: 6144 must be a multiple of 4096 MiB (the ratio of 4 GiB per vCPU)"),
+            (Box::new(|s| { s.memory_mib = 4096; s.memory_gib_per_vcpu = 8 }), "spec.memory_mib: 4096 must be a multiple of 8192 MiB"),
+            (Box::new(|s| s.max_concurrency = 1601), "spec.max_concurrency: 1601 must be between 1 and 1600"),
+            (Box::new(|s| s.timeout_seconds = 901), "spec.timeout_seconds: 901 must be between 1 and 900 seconds"),
+            (Box::new(|s| s.ephemeral_storage_mib = 511), "spec.ephemeral_storage_mib: 511 must be between 512 and 10240 MiB"),
+            (Box::new(|s| s.ephemeral_storage_mib = 10241), "spec.ephemeral_storage_mib: 10241 must be between 512 and 10240 MiB"),
+            (Box::new(|s| { s.environment.insert("AWS_REGION".into(), "x".into()); }), "spec.environment[AWS_REGION]: is a reserved Lambda variable name"),
+            (Box::new(|s| { s.environment.insert("AWS_LAMBDA_MAX_CONCURRENCY".into(), "9".into()); }), "spec.environment[AWS_LAMBDA_MAX_CONCURRENCY]: is a reserved"),
+            (Box::new(|s| { s.environment.insert("_PRIVATE".into(), "x".into()); }), "spec.environment[_PRIVATE]: names must start with a letter"),
+            (Box::new(|s| { s.environment.insert("A-B".into(), "x".into()); }), "spec.environment[A-B]: names must start with a letter"),
+            (Box::new(|s| { s.environment.insert("BIG".into(), "x".repeat(5000)); }), "spec.environment: 5003 bytes exceeds the 4096-byte limit"),
+        ];
+        for (i, (mutate, expected)) in cases.iter().enumerate() {
+            let mut s = base();
+            mutate(&mut s);
+            let e = err(&s);
+            assert!(
+                e.starts_with(expected),
+                "case {i}: got {e:?}, want prefix {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn boundaries_are_accepted() {
+        let mut s = base();
+        s.max_concurrency = 1600;
+        s.timeout_seconds = 900;
+        s.ephemeral_storage_mib = 10240;
+        s.memory_mib = 32768;
+        let v = validate(&s, &catalog(), &defaults()).unwrap();
+        assert_eq!(
+            (
+                v.max_concurrency,
+                v.timeout.as_secs(),
+                v.init_timeout().as_secs()
+            ),
+            (1600, 900, 900)
+        );
+        s.max_concurrency = 1;
+        s.timeout_seconds = 1;
+        s.ephemeral_storage_mib = 512;
+        assert!(validate(&s, &catalog(), &defaults()).is_ok());
+    }
+
+    #[test]
+    fn unavailable_runtime_is_a_precondition_failure() {
+        let mut s = base();
+        s.runtime = "ghost1".into();
+        match validate(&s, &catalog(), &defaults()) {
+            Err(SpecError::RuntimeUnavailable { runtime, reason }) => {
+                assert_eq!(runtime, "ghost1");
+                assert!(reason.contains("not found in PATH"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn provided_runtime_needs_no_handler() {
+        let mut s = base();
+        s.runtime = "provided.al2023".into();
+        s.handler = String::new();
+        assert!(validate(&s, &catalog(), &defaults()).is_ok());
+    }
+
+    #[test]
+    fn default_concurrency_is_capped_at_1600() {
+        let c = Catalog::parse(
+            "[[runtime]]\nid='node'\ncommand=['sh']\ndefault_concurrency_per_vcpu=64\n",
+            "t",
+        )
+        .unwrap();
+        let mut s = base();
+        s.runtime = "node".into();
+        s.memory_mib = 32768;
+        let v = validate(&s, &c, &defaults()).unwrap();
+        assert_eq!(v.vcpus, 16);
+        assert_eq!(v.max_concurrency, 1024);
+    }
+}

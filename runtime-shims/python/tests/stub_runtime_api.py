@@ -1,0 +1,165 @@
+"""A tiny Lambda Runtime API (2018-06-01) stub for testing bootstrap.py.
+
+Listens on 127.0.0.1 only. Events are queued with enqueue(); parked /next calls are counted; answers
+(/response, /error, /init/error) are recorded. Every wait_* method blocks on a Condition with a
+timeout that only bounds failure.
+"""
+
+import json
+import socket
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+PREFIX = "/2018-06-01"
+
+
+class Answer:
+    def __init__(self, kind, body, headers):
+        self.kind, self.body, self.headers = kind, body, headers
+
+    def json(self):
+        return json.loads(self.body)
+
+    def __repr__(self):
+        return "Answer(%s, %r)" % (self.kind, self.body[:500])
+
+
+class StubRuntimeApi:
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.events = []              # [(request_id, body, headers)]
+        self.parked = 0               # /next calls currently waiting
+        self.max_parked = 0
+        self.dispatched = set()
+        self.answers = {}             # request_id -> Answer
+        self.init_errors = []         # [Answer]
+        self.connections = 0
+        self.next_status = None       # e.g. 500: answer every /next with it
+        self.response_status = {}     # request_id -> forced status for its /response
+        self.closing = False
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self):
+                super().setup()
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                with stub.cond:
+                    stub.connections += 1
+                    stub.cond.notify_all()
+
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status, body=b"", headers=None):
+                self.send_response(status)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                if self.path != PREFIX + "/runtime/invocation/next":
+                    return self._send(404)
+                status, event = stub._next()
+                if status != 200:
+                    return self._send(status, b'{"errorMessage":"stub","errorType":"Stub"}')
+                rid, body, headers = event
+                self._send(200, body, headers)
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                status = stub._post(self.path[len(PREFIX):], body, dict(self.headers))
+                self._send(status, b'{"status":"OK"}' if status == 202 else b"{}")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.address = "127.0.0.1:%d" % self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever,
+                                       kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    # -- server side ----------------------------------------------------------------------------
+    def _next(self):
+        with self.cond:
+            self.parked += 1
+            self.max_parked = max(self.max_parked, self.parked)
+            self.cond.notify_all()
+            try:
+                while not self.events and not self.closing and self.next_status is None:
+                    self.cond.wait()
+                if self.closing or self.next_status is not None:
+                    return self.next_status or 500, None
+                event = self.events.pop(0)
+                self.dispatched.add(event[0])
+                return 200, event
+            finally:
+                self.parked -= 1
+                self.cond.notify_all()
+
+    def _post(self, path, body, headers):
+        with self.cond:
+            try:
+                if path == "/runtime/init/error":
+                    self.init_errors.append(Answer("init_error", body, headers))
+                    return 202 if len(self.init_errors) == 1 else 403
+                parts = path.split("/")  # ['', 'runtime', 'invocation', id, kind]
+                if len(parts) != 5 or parts[4] not in ("response", "error"):
+                    return 404
+                rid, kind = parts[3], parts[4]
+                if rid not in self.dispatched or rid in self.answers:
+                    return 400
+                self.answers[rid] = Answer(kind, body, headers)
+                return self.response_status.get(rid, 202)
+            finally:
+                self.cond.notify_all()
+
+    # -- test side ------------------------------------------------------------------------------
+    def enqueue(self, event=None, raw=None, request_id=None, headers=None, deadline_ms=None):
+        rid = request_id or str(uuid.uuid4())
+        body = raw if raw is not None else json.dumps(event).encode()
+        deadline = deadline_ms if deadline_ms is not None else int(time.time() * 1000) + 60000
+        h = {
+            "Lambda-Runtime-Aws-Request-Id": rid,
+            "Lambda-Runtime-Deadline-Ms": str(deadline),
+            "Lambda-Runtime-Invoked-Function-Arn":
+                "arn:aws:lambda:us-east-1:123456789012:function:stub-fn:1",
+            "Content-Type": "application/json",
+        }
+        h.update(headers or {})
+        with self.cond:
+            self.events.append((rid, body, h))
+            self.cond.notify_all()
+        return rid
+
+    def wait_for(self, predicate, timeout=15):
+        with self.cond:
+            if not self.cond.wait_for(predicate, timeout):
+                raise AssertionError("stub: condition not met within %ss" % timeout)
+
+    def wait_answer(self, rid, timeout=15):
+        self.wait_for(lambda: rid in self.answers, timeout)
+        return self.answers[rid]
+
+    def wait_parked(self, n, timeout=15):
+        self.wait_for(lambda: self.parked >= n, timeout)
+
+    def wait_init_errors(self, n=1, timeout=15):
+        self.wait_for(lambda: len(self.init_errors) >= n, timeout)
+        return self.init_errors
+
+    def fail_next(self, status=500):
+        with self.cond:
+            self.next_status = status
+            self.cond.notify_all()
+
+    def close(self):
+        with self.cond:
+            self.closing = True
+            self.cond.notify_all()
+        self.server.shutdown()
+        self.server.server_close()
