@@ -274,6 +274,17 @@ impl Broker {
         answer
     }
 
+    /// The runtime finished an invoke whose caller already timed out: frees its slot (no outcome to deliver).
+    pub fn settle_late(&self, id: &str) {
+        let mut t = self.table();
+        let late = matches!(t.entries.get(id), Some(e) if e.delivered && e.reply.is_none());
+        if let (true, Some((key, _))) = (late, t.entries.remove_entry(id)) {
+            t.remember_expired(key);
+            drop(t);
+            self.release(1);
+        }
+    }
+
     /// The caller stopped waiting (deadline or cancellation). Returns false if the answer already came.
     fn expire(&self, id: &Arc<str>) -> bool {
         let mut t = self.table();

@@ -8,4 +8,5 @@ pub mod catalog;
 pub mod code;
 pub mod config;
 pub mod invocation;
+pub mod runtime_api;
 pub mod spec;

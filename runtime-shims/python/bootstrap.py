@@ -242,9 +242,9 @@ def error_from_exception(exc_info, request_id=None):
     if isinstance(value, Fault):
         return make_error(value.message, value.error_type, value.stack_trace, request_id)
     frames = traceback.extract_tb(tb)
-    this_file = os.path.abspath(__file__)
-    while frames and (os.path.abspath(frames[0].filename) == this_file
-                      or "importlib" in frames[0].filename):
+    hidden = (os.path.abspath(__file__), os.path.abspath(importlib.__file__))
+    while frames and (os.path.abspath(frames[0].filename) in hidden
+                      or frames[0].filename.startswith("<frozen importlib")):
         frames = frames[1:]  # hide the shim's (and the import machinery's) frames, as AWS does
     return make_error(str(value), etype.__name__, traceback.format_list(frames), request_id)
 

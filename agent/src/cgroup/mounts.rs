@@ -49,7 +49,7 @@ pub enum Layout {
     /// A cgroup2 mount with `cpu` and `memory` available at its root.
     V2(Hierarchy),
     /// cgroup v1 (legacy or hybrid).
-    V1(V1Mounts),
+    V1(Box<V1Mounts>),
 }
 
 /// A cgroup or cgroup2 line of mountinfo.
@@ -183,14 +183,14 @@ pub fn discover(
     };
     let (cpu, memory, pids) = (find_v1("cpu"), find_v1("memory"), find_v1("pids"));
     match (cpu, memory, pids) {
-        (Some(cpu), Some(memory), Some(pids)) => Ok(Layout::V1(V1Mounts {
+        (Some(cpu), Some(memory), Some(pids)) => Ok(Layout::V1(Box::new(V1Mounts {
             cpu,
             cpuacct: find_v1("cpuacct"),
             memory,
             pids,
             freezer: find_v1("freezer"),
             unified,
-        })),
+        }))),
         (cpu, memory, pids) => {
             let missing: Vec<&str> = [("cpu", cpu.is_none()), ("memory", memory.is_none()), ("pids", pids.is_none())]
                 .iter()

@@ -11,6 +11,8 @@ from stub_runtime_api import StubRuntimeApi  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BOOTSTRAP = os.path.normpath(os.path.join(HERE, "..", "bootstrap.py"))
+# SHIM_PYTHON=/path/to/python3.9 runs the shim under another interpreter (it supports 3.9+).
+PYTHON = os.environ.get("SHIM_PYTHON", sys.executable)
 FIXTURES = os.path.normpath(os.path.join(HERE, "..", "..", "..", "tests", "fixtures", "python"))
 
 
@@ -70,7 +72,7 @@ def start_shim(stub, tmp_path):
         n = len(procs)
         out_path, err_path = tmp_path / ("stdout%d" % n), tmp_path / ("stderr%d" % n)
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            proc = subprocess.Popen([sys.executable, BOOTSTRAP], env=e, cwd=task_root,
+            proc = subprocess.Popen([PYTHON, BOOTSTRAP], env=e, cwd=task_root,
                                     stdout=out, stderr=err, start_new_session=True)
         procs.append(proc)
         return Shim(proc, out_path, err_path)

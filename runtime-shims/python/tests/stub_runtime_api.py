@@ -6,6 +6,7 @@ timeout that only bounds failure.
 """
 
 import json
+import select
 import socket
 import threading
 import time
@@ -65,7 +66,10 @@ class StubRuntimeApi:
             def do_GET(self):
                 if self.path != PREFIX + "/runtime/invocation/next":
                     return self._send(404)
-                status, event = stub._next()
+                status, event = stub._next(self.connection)
+                if status is None:
+                    self.close_connection = True  # the poller is gone; its event stays queued
+                    return
                 if status != 200:
                     return self._send(status, b'{"errorMessage":"stub","errorType":"Stub"}')
                 rid, body, headers = event
@@ -76,15 +80,29 @@ class StubRuntimeApi:
                 status = stub._post(self.path[len(PREFIX):], body, dict(self.headers))
                 self._send(status, b'{"status":"OK"}' if status == 202 else b"{}")
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address):
+                pass  # runtimes that are killed mid-request are expected here
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.address = "127.0.0.1:%d" % self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever,
                                        kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
     # -- server side ----------------------------------------------------------------------------
-    def _next(self):
+    @staticmethod
+    def _peer_closed(sock):
+        if not select.select([sock], [], [], 0)[0]:
+            return False
+        try:
+            return sock.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
+    def _next(self, sock):
         with self.cond:
             self.parked += 1
             self.max_parked = max(self.max_parked, self.parked)
@@ -94,6 +112,8 @@ class StubRuntimeApi:
                     self.cond.wait()
                 if self.closing or self.next_status is not None:
                     return self.next_status or 500, None
+                if self._peer_closed(sock):  # a killed runtime must not swallow an event
+                    return None, None
                 event = self.events.pop(0)
                 self.dispatched.add(event[0])
                 return 200, event

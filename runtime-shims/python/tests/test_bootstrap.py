@@ -289,3 +289,53 @@ def test_log_level_from_env(stub, start_shim):
     msgs = {r["message"] for r in shim2.stdout_records()}
     assert "info message 2" not in msgs and "root warning" not in msgs
     assert "caught" in msgs and "hello from print" in msgs
+
+
+def test_workers_log_to_telemetry_socket(stub, start_shim, tmp_path):
+    """With _LAMBDA_TELEMETRY_LOG_FD_PROVIDER_SOCKET each worker connects twice (stdout, stderr)."""
+    import socket
+    import tempfile
+    import threading
+
+    path = os.path.join(tempfile.mkdtemp(dir="/tmp"), "logs.sock")  # short: sun_path limit
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(16)
+    cond, streams = threading.Condition(), []
+
+    def read(conn, buf):
+        with conn:
+            for line in conn.makefile("rb"):
+                with cond:
+                    buf.append(json.loads(line))
+                    cond.notify_all()
+
+    def accept():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            buf = []
+            with cond:
+                streams.append(buf)
+                cond.notify_all()
+            threading.Thread(target=read, args=(conn, buf), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        shim = start_shim("logs.handler", concurrency=2,
+                          env={"_LAMBDA_TELEMETRY_LOG_FD_PROVIDER_SOCKET": path})
+        stub.wait_parked(2)
+        rid = stub.enqueue({"n": 3})
+        assert stub.wait_answer(rid).kind == "response"
+        with cond:
+            assert cond.wait_for(lambda: len(streams) == 4, 15)
+            assert cond.wait_for(lambda: any(r.get("message") == "hello from print"
+                                             and r.get("requestId") == rid
+                                             for s in streams for r in s), 15)
+        assert shim.stdout_records() == []  # worker output went to the socket, not the pipe
+    finally:
+        srv.close()
+        os.unlink(path)
+        os.rmdir(os.path.dirname(path))

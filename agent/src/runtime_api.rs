@@ -1,0 +1,525 @@
+//! The Lambda Runtime API (2018-06-01) that each environment's runtime talks to.
+//!
+//! One HTTP/1.1 server per environment. `/next` long-polls the environment's [`Broker`]; `/response` and
+//! `/error` answer an invoke by request id; `/init/error` fails the environment's init (first report wins).
+//! Bodies are read frame by frame and refused with 413 as soon as they pass their limit, so a runtime cannot
+//! make the agent buffer more than the limit.
+
+use std::{convert::Infallible, fmt, net::SocketAddr, sync::Arc};
+
+use base64::Engine as _;
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
+use hyper::{
+    body::Incoming,
+    header::{HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE},
+    service::service_fn,
+    Method, Request, Response, StatusCode,
+};
+use hyper_util::rt::TokioIo;
+use tokio::{net::TcpListener, task::JoinSet};
+
+use crate::{
+    broker::{Answer, Broker},
+    invocation::{ErrorInfo, Event, Outcome},
+};
+
+/// Lambda's synchronous payload limit as the emulator enforces it (6 MiB + 100 bytes).
+pub const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024 + 100;
+/// Largest streamed response the agent buffers for a unary invoke.
+pub const MAX_STREAMED_RESPONSE_BYTES: usize = 20 * 1024 * 1024;
+/// Largest `/error` and `/init/error` body.
+pub const MAX_ERROR_BYTES: usize = 1024 * 1024;
+
+const PREFIX: &str = "/2018-06-01/runtime/";
+const ERROR_TYPE_HEADER: &str = "lambda-runtime-function-error-type";
+const ERROR_BODY_TRAILER: &str = "lambda-runtime-function-error-body";
+const RESPONSE_MODE_HEADER: &str = "lambda-runtime-function-response-mode";
+
+/// What the agent does when the runtime reports an init failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitErrorAnswer {
+    /// First report: the environment fails with it (202).
+    Accepted,
+    /// Already reported by another worker, or init is over (403).
+    Refused,
+}
+
+/// How the Runtime API tells its environment what the runtime did.
+pub trait RuntimeEvents: Send + Sync + fmt::Debug + 'static {
+    /// A `/next` arrived (the first one completes init).
+    fn polled(&self);
+    /// The runtime posted `/init/error`.
+    fn init_error(&self, error: ErrorInfo) -> InitErrorAnswer;
+}
+
+/// Everything one environment's Runtime API needs.
+#[derive(Debug)]
+pub struct RuntimeApi {
+    broker: Arc<Broker>,
+    events: Arc<dyn RuntimeEvents>,
+    max_response: usize,
+    max_streamed: usize,
+}
+
+impl RuntimeApi {
+    pub fn new(broker: Arc<Broker>, events: Arc<dyn RuntimeEvents>) -> Arc<Self> {
+        Arc::new(Self {
+            broker,
+            events,
+            max_response: MAX_RESPONSE_BYTES,
+            max_streamed: MAX_STREAMED_RESPONSE_BYTES,
+        })
+    }
+
+    /// Serves connections from `listener` until the returned future is dropped (abort its task to stop:
+    /// every connection is dropped with it).
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let mut conns = JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nodelay(true);
+                        let api = self.clone();
+                        conns.spawn(async move {
+                            let svc = service_fn(move |req| {
+                                let api = api.clone();
+                                async move { Ok::<_, Infallible>(api.handle(req).await) }
+                            });
+                            let conn = hyper::server::conn::http1::Builder::new()
+                                .keep_alive(true)
+                                .serve_connection(TokioIo::new(stream), svc);
+                            if let Err(e) = conn.await {
+                                tracing::debug!(error = %e, "runtime API connection ended with an error");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: log, back off briefly, keep serving.
+                        tracing::warn!(error = %e, "runtime API accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                },
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+    }
+
+    /// Binds a loopback listener on an ephemeral port.
+    pub async fn bind_loopback() -> std::io::Result<(TcpListener, SocketAddr)> {
+        let l = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = l.local_addr()?;
+        Ok((l, addr))
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let path = req.uri().path().to_owned();
+        let Some(rest) = path.strip_prefix(PREFIX) else {
+            return error(StatusCode::NOT_FOUND, "NotFound", "unknown path");
+        };
+        let method = req.method().clone();
+        match rest {
+            "invocation/next" => {
+                if method != Method::GET {
+                    return method_not_allowed();
+                }
+                self.next().await
+            }
+            "init/error" => {
+                if method != Method::POST {
+                    return method_not_allowed();
+                }
+                self.init_error(req).await
+            }
+            _ => {
+                let Some(inv) = rest.strip_prefix("invocation/") else {
+                    return error(StatusCode::NOT_FOUND, "NotFound", "unknown path");
+                };
+                let (id, action) = match inv.rsplit_once('/') {
+                    Some((id, a @ ("response" | "error")))
+                        if !id.is_empty() && !id.contains('/') =>
+                    {
+                        (id.to_owned(), a)
+                    }
+                    _ => return error(StatusCode::NOT_FOUND, "NotFound", "unknown path"),
+                };
+                if method != Method::POST {
+                    return method_not_allowed();
+                }
+                if action == "response" {
+                    self.response(&id, req).await
+                } else {
+                    self.function_error(&id, req).await
+                }
+            }
+        }
+    }
+
+    async fn next(&self) -> Response<Full<Bytes>> {
+        self.events.polled();
+        match self.broker.next().await {
+            Some(event) => event_response(event),
+            None => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Runtime.ExitError",
+                "the execution environment is shutting down",
+            ),
+        }
+    }
+
+    fn precheck(&self, id: &str) -> Option<Response<Full<Bytes>>> {
+        match self.broker.check(id) {
+            Answer::Accepted => None,
+            Answer::Unknown => Some(invalid_request_id()),
+            Answer::TooLate => {
+                // The runtime finished a timed-out invoke: that frees its slot; the body is not read.
+                self.broker.settle_late(id);
+                Some(too_late())
+            }
+        }
+    }
+
+    async fn response(&self, id: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let streaming = match req
+            .headers()
+            .get(RESPONSE_MODE_HEADER)
+            .map(HeaderValue::to_str)
+        {
+            None => false,
+            Some(Ok(v)) if v.eq_ignore_ascii_case("streaming") => true,
+            Some(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidResponseMode",
+                    "Lambda-Runtime-Function-Response-Mode must be \"streaming\" or absent",
+                )
+            }
+        };
+        if let Some(r) = self.precheck(id) {
+            return r;
+        }
+        let limit = if streaming {
+            self.max_streamed
+        } else {
+            self.max_response
+        };
+        let content_type = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json")
+            .to_owned();
+        let outcome = match read_body(req, limit).await {
+            Err(BodyError::TooLarge) => {
+                self.broker.answer(
+                    id,
+                    Outcome::FunctionError(ErrorInfo::new(
+                        "Function.ResponseSizeTooLarge",
+                        format!("Response payload size exceeded maximum allowed payload size ({limit} bytes)."),
+                    )),
+                );
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "RequestEntityTooLarge",
+                    &format!("response payload exceeds {limit} bytes"),
+                );
+            }
+            Err(BodyError::Io(e)) => {
+                // The runtime broke the connection mid-body: the invoke ends with that error.
+                self.broker.answer(
+                    id,
+                    Outcome::FunctionError(ErrorInfo::new(
+                        "Runtime.TruncatedResponse",
+                        format!("the runtime's response body was cut off: {e}"),
+                    )),
+                );
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "TruncatedResponse",
+                    "response body was cut off",
+                );
+            }
+            Ok((body, trailers)) => match trailers.as_ref().and_then(stream_error) {
+                Some(err) => Outcome::FunctionError(err),
+                None => Outcome::Success {
+                    payload: body,
+                    content_type,
+                },
+            },
+        };
+        answer_response(self.broker.answer(id, outcome))
+    }
+
+    async fn function_error(&self, id: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if let Some(r) = self.precheck(id) {
+            return r;
+        }
+        let header_type = header_error_type(req.headers());
+        let info = match read_body(req, MAX_ERROR_BYTES).await {
+            Ok((body, _)) => parse_error_body(&body, header_type),
+            Err(BodyError::TooLarge) => {
+                self.broker.answer(
+                    id,
+                    Outcome::FunctionError(ErrorInfo::new(
+                        header_type,
+                        format!("the function's error payload exceeded {MAX_ERROR_BYTES} bytes"),
+                    )),
+                );
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "RequestEntityTooLarge",
+                    &format!("error payload exceeds {MAX_ERROR_BYTES} bytes"),
+                );
+            }
+            Err(BodyError::Io(e)) => {
+                ErrorInfo::new(header_type, format!("error body was cut off: {e}"))
+            }
+        };
+        answer_response(self.broker.answer(id, Outcome::FunctionError(info)))
+    }
+
+    async fn init_error(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let header_type = header_error_type(req.headers());
+        let header_type = if header_type == "Function.Unknown" {
+            "Runtime.Unknown".to_owned()
+        } else {
+            header_type
+        };
+        let info = match read_body(req, MAX_ERROR_BYTES).await {
+            Ok((body, _)) => parse_error_body(&body, header_type),
+            Err(BodyError::TooLarge) => {
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "RequestEntityTooLarge",
+                    &format!("error payload exceeds {MAX_ERROR_BYTES} bytes"),
+                )
+            }
+            Err(BodyError::Io(e)) => {
+                ErrorInfo::new(header_type, format!("error body was cut off: {e}"))
+            }
+        };
+        match self.events.init_error(info) {
+            InitErrorAnswer::Accepted => accepted(),
+            InitErrorAnswer::Refused => error(
+                StatusCode::FORBIDDEN,
+                "InvalidStateTransition",
+                "init error already reported or init already complete",
+            ),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum BodyError {
+    TooLarge,
+    Io(hyper::Error),
+}
+
+/// Reads a body up to `limit` bytes (refusing at once on a larger Content-Length), with its trailers.
+async fn read_body(
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<(Bytes, Option<HeaderMap>), BodyError> {
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(BodyError::TooLarge);
+    }
+    let mut body = req.into_body();
+    let mut buf = BytesMut::with_capacity(
+        declared
+            .map_or(0, |n| usize::try_from(n).unwrap_or(0))
+            .min(limit),
+    );
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(BodyError::Io)?;
+        match frame.into_data() {
+            Ok(data) => {
+                if buf.len() + data.len() > limit {
+                    return Err(BodyError::TooLarge);
+                }
+                buf.extend_from_slice(&data);
+            }
+            Err(frame) => {
+                if let Ok(t) = frame.into_trailers() {
+                    trailers = Some(t);
+                }
+            }
+        }
+    }
+    Ok((buf.freeze(), trailers))
+}
+
+/// The error a streamed response declared in its trailers, if any.
+fn stream_error(trailers: &HeaderMap) -> Option<ErrorInfo> {
+    let error_type = trailers
+        .get(ERROR_TYPE_HEADER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .to_owned();
+    if error_type.is_empty() {
+        return None;
+    }
+    let body = trailers
+        .get(ERROR_BODY_TRAILER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            base64::engine::general_purpose::STANDARD
+                .decode(v.trim())
+                .ok()
+        })
+        .unwrap_or_default();
+    Some(parse_error_body(&body, error_type))
+}
+
+/// The error type header, kept when shaped `Function.Xxx` / `Runtime.Xxx`, else `Function.Unknown`.
+fn header_error_type(headers: &HeaderMap) -> String {
+    let v = headers
+        .get(ERROR_TYPE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let shaped = ["Function.", "Runtime."].iter().any(|p| {
+        v.strip_prefix(p).is_some_and(|rest| {
+            !rest.is_empty()
+                && rest.len() <= 128
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+        })
+    });
+    if shaped {
+        v.to_owned()
+    } else {
+        "Function.Unknown".to_owned()
+    }
+}
+
+/// `{"errorMessage","errorType","stackTrace"}` → ErrorInfo; a body that is not that JSON becomes the message.
+fn parse_error_body(body: &[u8], header_type: String) -> ErrorInfo {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        #[serde(rename = "errorMessage", default)]
+        message: Option<serde_json::Value>,
+        #[serde(rename = "errorType", default)]
+        error_type: Option<String>,
+        #[serde(rename = "stackTrace", default)]
+        stack_trace: Option<serde_json::Value>,
+    }
+    match serde_json::from_slice::<Body>(body) {
+        Ok(b) => ErrorInfo {
+            error_type: b
+                .error_type
+                .filter(|t| !t.is_empty())
+                .unwrap_or(header_type),
+            message: match b.message {
+                Some(serde_json::Value::String(s)) => s,
+                Some(serde_json::Value::Null) | None => String::new(),
+                Some(v) => v.to_string(),
+            },
+            stack_trace: match b.stack_trace {
+                Some(serde_json::Value::Array(items)) => items
+                    .into_iter()
+                    .map(|i| match i {
+                        serde_json::Value::String(s) => s,
+                        other => other.to_string(),
+                    })
+                    .collect(),
+                Some(serde_json::Value::String(s)) => s.lines().map(str::to_owned).collect(),
+                _ => Vec::new(),
+            },
+        },
+        Err(_) => {
+            let text = String::from_utf8_lossy(&body[..body.len().min(4096)]).into_owned();
+            ErrorInfo::new(header_type, text)
+        }
+    }
+}
+
+fn event_response(event: Event) -> Response<Full<Bytes>> {
+    let mut b = Response::builder()
+        .status(StatusCode::OK)
+        .header(CONTENT_TYPE, "application/json")
+        .header("Lambda-Runtime-Deadline-Ms", event.deadline_ms);
+    // Values were validated at the control API; a value that still cannot be a header is left out rather
+    // than failing the invoke.
+    let mut set = |name: &str, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            b = std::mem::take(&mut b).header(name, v);
+        }
+    };
+    set("Lambda-Runtime-Aws-Request-Id", &event.request_id);
+    set("Lambda-Runtime-Invoked-Function-Arn", &event.function_arn);
+    if let Some(t) = &event.trace_id {
+        set("Lambda-Runtime-Trace-Id", t);
+    }
+    if let Some(c) = &event.client_context {
+        set("Lambda-Runtime-Client-Context", c);
+    }
+    b.body(Full::new(event.payload)).unwrap_or_else(|_| {
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal",
+            "bad event headers",
+        )
+    })
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error(status: StatusCode, error_type: &str, message: &str) -> Response<Full<Bytes>> {
+    json_response(
+        status,
+        serde_json::json!({ "errorMessage": message, "errorType": error_type }),
+    )
+}
+
+fn accepted() -> Response<Full<Bytes>> {
+    json_response(StatusCode::ACCEPTED, serde_json::json!({ "status": "OK" }))
+}
+
+fn method_not_allowed() -> Response<Full<Bytes>> {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotAllowed",
+        "method not allowed",
+    )
+}
+
+fn invalid_request_id() -> Response<Full<Bytes>> {
+    error(
+        StatusCode::BAD_REQUEST,
+        "InvalidRequestID",
+        "unknown request id, or the invoke was already answered",
+    )
+}
+
+fn too_late() -> Response<Full<Bytes>> {
+    error(
+        StatusCode::GONE,
+        "InvokeTimeout",
+        "the invoke already timed out",
+    )
+}
+
+fn answer_response(a: Answer) -> Response<Full<Bytes>> {
+    match a {
+        Answer::Accepted => accepted(),
+        Answer::Unknown => invalid_request_id(),
+        Answer::TooLate => too_late(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,447 @@
+//! Runtime API behaviour over real loopback HTTP.
+
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Mutex,
+    },
+    time::Duration,
+};
+
+use http_body_util::{BodyExt, Empty, StreamBody};
+use hyper::body::Frame;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+use super::*;
+use crate::broker::Pending;
+
+#[derive(Debug, Default)]
+struct Recorder {
+    polls: AtomicUsize,
+    init_errors: Mutex<Vec<ErrorInfo>>,
+}
+
+impl RuntimeEvents for Recorder {
+    fn polled(&self) {
+        self.polls.fetch_add(1, Ordering::SeqCst);
+    }
+    fn init_error(&self, error: ErrorInfo) -> InitErrorAnswer {
+        let mut v = self.init_errors.lock().unwrap();
+        v.push(error);
+        if v.len() == 1 {
+            InitErrorAnswer::Accepted
+        } else {
+            InitErrorAnswer::Refused
+        }
+    }
+}
+
+struct Harness {
+    addr: SocketAddr,
+    broker: Arc<Broker>,
+    events: Arc<Recorder>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn harness(max: u32) -> Harness {
+    let broker = Broker::new(max);
+    let events = Arc::new(Recorder::default());
+    let api = RuntimeApi::new(broker.clone(), events.clone());
+    let (l, addr) = RuntimeApi::bind_loopback().await.unwrap();
+    let server = tokio::spawn(api.serve(l));
+    Harness {
+        addr,
+        broker,
+        events,
+        server,
+    }
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Reply {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+async fn send<B>(addr: SocketAddr, req: Request<B>) -> Reply
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn post(path: &str, body: &'static [u8]) -> Request<Full<Bytes>> {
+    Request::post(format!("http://x{PREFIX}{path}"))
+        .body(Full::new(Bytes::from_static(body)))
+        .unwrap()
+}
+
+async fn next(addr: SocketAddr) -> Reply {
+    send(
+        addr,
+        Request::get(format!("http://x{PREFIX}invocation/next"))
+            .body(Empty::<Bytes>::new())
+            .unwrap(),
+    )
+    .await
+}
+
+fn submit(b: &Arc<Broker>, id: &str) -> Pending {
+    b.submit(Event::new(
+        id.into(),
+        Bytes::from_static(br#"{"k":1}"#),
+        Duration::from_secs(30),
+        "arn:aws:lambda:us-east-1:000000000000:function:f:$LATEST".into(),
+        Some("Root=1-abc".into()),
+        Some("eyJjIjoxfQ==".into()),
+    ))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn next_carries_the_event_and_headers_and_response_reaches_the_caller() {
+    let h = harness(4).await;
+    let p = submit(&h.broker, "req-1");
+    let r = next(h.addr).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body.as_ref(), br#"{"k":1}"#);
+    assert_eq!(r.headers["lambda-runtime-aws-request-id"], "req-1");
+    assert_eq!(r.headers["lambda-runtime-trace-id"], "Root=1-abc");
+    assert_eq!(r.headers["lambda-runtime-client-context"], "eyJjIjoxfQ==");
+    assert_eq!(
+        r.headers["lambda-runtime-invoked-function-arn"],
+        "arn:aws:lambda:us-east-1:000000000000:function:f:$LATEST"
+    );
+    let deadline: u64 = r.headers["lambda-runtime-deadline-ms"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(deadline > 1_600_000_000_000);
+    assert_eq!(h.events.polls.load(Ordering::SeqCst), 1);
+
+    let mut req = post("invocation/req-1/response", b"\"hi\"");
+    req.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    let r = send(h.addr, req).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    assert_eq!(r.json(), serde_json::json!({"status": "OK"}));
+    assert_eq!(
+        p.wait(Duration::from_secs(5)).await,
+        Outcome::Success {
+            payload: Bytes::from_static(b"\"hi\""),
+            content_type: "text/plain".into()
+        }
+    );
+    // a second answer for the same id
+    let r = send(h.addr, post("invocation/req-1/response", b"1")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.json()["errorType"], "InvalidRequestID");
+}
+
+#[tokio::test]
+async fn error_carries_type_message_and_stack() {
+    let h = harness(4).await;
+    let p = submit(&h.broker, "e1");
+    next(h.addr).await;
+    let mut req = post(
+        "invocation/e1/error",
+        br#"{"errorMessage":"bad input: 7","errorType":"ValueError","stackTrace":["  File \"app.py\", line 3, in handler\n"]}"#,
+    );
+    req.headers_mut().insert(
+        ERROR_TYPE_HEADER,
+        HeaderValue::from_static("Function.ValueError"),
+    );
+    assert_eq!(send(h.addr, req).await.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        p.wait(Duration::from_secs(5)).await,
+        Outcome::FunctionError(ErrorInfo {
+            error_type: "ValueError".into(),
+            message: "bad input: 7".into(),
+            stack_trace: vec!["  File \"app.py\", line 3, in handler\n".into()],
+        })
+    );
+}
+
+#[tokio::test]
+async fn error_body_that_is_not_json_becomes_the_message() {
+    let h = harness(4).await;
+    let p = submit(&h.broker, "e2");
+    next(h.addr).await;
+    let mut req = post("invocation/e2/error", b"segfault");
+    req.headers_mut()
+        .insert(ERROR_TYPE_HEADER, HeaderValue::from_static("not shaped"));
+    assert_eq!(send(h.addr, req).await.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        p.wait(Duration::from_secs(5)).await,
+        Outcome::FunctionError(ErrorInfo::new("Function.Unknown", "segfault"))
+    );
+}
+
+#[tokio::test]
+async fn unknown_and_late_ids() {
+    let h = harness(4).await;
+    let r = send(h.addr, post("invocation/nope/response", b"1")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = send(h.addr, post("invocation/nope/error", b"{}")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let p = submit(&h.broker, "slow");
+    next(h.addr).await;
+    assert!(matches!(
+        p.wait(Duration::from_millis(10)).await,
+        Outcome::Timeout(_)
+    ));
+    let r = send(h.addr, post("invocation/slow/response", b"1")).await;
+    assert_eq!(r.status, StatusCode::GONE);
+    assert_eq!(h.broker.in_flight(), 0, "the late answer frees the slot");
+}
+
+#[tokio::test]
+async fn oversized_response_is_413_by_content_length_without_reading_and_the_caller_is_told() {
+    let h = harness(4).await;
+    let p = submit(&h.broker, "big");
+    next(h.addr).await;
+    // Declare a huge body but send none: the server must answer without waiting for it.
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    let head = format!(
+        "POST {PREFIX}invocation/big/response HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        MAX_RESPONSE_BYTES + 1
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 413"));
+    match p.wait(Duration::from_secs(5)).await {
+        Outcome::FunctionError(e) => assert_eq!(e.error_type, "Function.ResponseSizeTooLarge"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn oversized_chunked_response_is_cut_at_the_limit() {
+    let h = harness(4).await;
+    let p = submit(&h.broker, "chunky");
+    next(h.addr).await;
+    let chunk = Bytes::from(vec![b'x'; 1024 * 1024]);
+    let frames = (0..8).map(move |_| Ok::<_, Infallible>(Frame::data(chunk.clone())));
+    let body = StreamBody::new(futures_util::stream::iter(frames));
+    let req = Request::post(format!("http://x{PREFIX}invocation/chunky/response"))
+        .body(body)
+        .unwrap();
+    let stream = TcpStream::connect(h.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // The server may close the connection before the client finished sending; either way the invoke ends.
+    if let Ok(resp) = sender.send_request(req).await {
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+    match p.wait(Duration::from_secs(5)).await {
+        Outcome::FunctionError(e) => assert_eq!(e.error_type, "Function.ResponseSizeTooLarge"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn streamed_response_with_and_without_trailer_error() {
+    let h = harness(4).await;
+    let ok = submit(&h.broker, "s-ok");
+    let bad = submit(&h.broker, "s-bad");
+    next(h.addr).await;
+    next(h.addr).await;
+    let stream_req = |id: &str, trailers: Option<HeaderMap>| {
+        let mut frames = vec![
+            Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"part1-"))),
+            Ok(Frame::data(Bytes::from_static(b"part2"))),
+        ];
+        if let Some(t) = trailers {
+            frames.push(Ok(Frame::trailers(t)));
+        }
+        Request::post(format!("http://x{PREFIX}invocation/{id}/response"))
+            .header(RESPONSE_MODE_HEADER, "streaming")
+            .header(
+                "Trailer",
+                "Lambda-Runtime-Function-Error-Type, Lambda-Runtime-Function-Error-Body",
+            )
+            .body(StreamBody::new(futures_util::stream::iter(frames)))
+            .unwrap()
+    };
+    assert_eq!(
+        send(h.addr, stream_req("s-ok", None)).await.status,
+        StatusCode::ACCEPTED
+    );
+    match ok.wait(Duration::from_secs(5)).await {
+        Outcome::Success { payload, .. } => assert_eq!(payload.as_ref(), b"part1-part2"),
+        other => panic!("{other:?}"),
+    }
+    let mut t = HeaderMap::new();
+    t.insert(
+        ERROR_TYPE_HEADER,
+        HeaderValue::from_static("Function.StreamBroke"),
+    );
+    let body = base64::engine::general_purpose::STANDARD
+        .encode(br#"{"errorMessage":"mid-stream","errorType":"StreamBroke"}"#);
+    t.insert(ERROR_BODY_TRAILER, HeaderValue::from_str(&body).unwrap());
+    assert_eq!(
+        send(h.addr, stream_req("s-bad", Some(t))).await.status,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        bad.wait(Duration::from_secs(5)).await,
+        Outcome::FunctionError(ErrorInfo::new("StreamBroke", "mid-stream"))
+    );
+}
+
+#[tokio::test]
+async fn bad_response_mode_is_400() {
+    let h = harness(4).await;
+    let _p = submit(&h.broker, "m");
+    next(h.addr).await;
+    let mut req = post("invocation/m/response", b"1");
+    req.headers_mut().insert(
+        RESPONSE_MODE_HEADER,
+        HeaderValue::from_static("buffered-ish"),
+    );
+    let r = send(h.addr, req).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.json()["errorType"], "InvalidResponseMode");
+    assert_eq!(
+        h.broker.check("m"),
+        Answer::Accepted,
+        "the invoke can still be answered"
+    );
+}
+
+#[tokio::test]
+async fn init_error_first_wins_then_403() {
+    let h = harness(4).await;
+    let mut req = post(
+        "init/error",
+        br#"{"errorMessage":"boom","errorType":"Runtime.ImportModuleError","stackTrace":[]}"#,
+    );
+    req.headers_mut().insert(
+        ERROR_TYPE_HEADER,
+        HeaderValue::from_static("Runtime.ImportModuleError"),
+    );
+    assert_eq!(send(h.addr, req).await.status, StatusCode::ACCEPTED);
+    let r = send(h.addr, post("init/error", b"{}")).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let errors = h.events.init_errors.lock().unwrap().clone();
+    assert_eq!(
+        errors[0],
+        ErrorInfo::new("Runtime.ImportModuleError", "boom")
+    );
+    assert_eq!(errors[1].error_type, "Runtime.Unknown");
+}
+
+#[tokio::test]
+async fn unknown_paths_and_methods() {
+    let h = harness(1).await;
+    let r = send(h.addr, post("invocation/next", b"")).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    let r = send(
+        h.addr,
+        Request::get(format!("http://x{PREFIX}invocation/x/response"))
+            .body(Empty::<Bytes>::new())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    for p in [
+        "/",
+        "/2018-06-01/runtime/",
+        "/2018-06-01/runtime/invocation/a/b/response",
+        "/2018-06-01/runtime/invocation//response",
+    ] {
+        let r = send(
+            h.addr,
+            Request::get(format!("http://x{p}"))
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{p}");
+    }
+}
+
+#[tokio::test]
+async fn closing_the_environment_answers_parked_next_with_500() {
+    let h = harness(1).await;
+    let addr = h.addr;
+    let parked = tokio::spawn(async move { next(addr).await });
+    while h.events.polls.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    h.broker.close(None);
+    let r = parked.await.unwrap();
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+}
+
+#[tokio::test]
+async fn garbage_on_the_socket_does_not_hurt_the_server() {
+    let h = harness(1).await;
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(b"\x00\x01NOT HTTP AT ALL\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf).await;
+    let p = submit(&h.broker, "after");
+    assert_eq!(next(h.addr).await.status, StatusCode::OK);
+    assert_eq!(
+        send(h.addr, post("invocation/after/response", b"1"))
+            .await
+            .status,
+        StatusCode::ACCEPTED
+    );
+    assert!(matches!(
+        p.wait(Duration::from_secs(5)).await,
+        Outcome::Success { .. }
+    ));
+}
+
+#[test]
+fn error_type_header_shapes() {
+    let mut h = HeaderMap::new();
+    assert_eq!(header_error_type(&h), "Function.Unknown");
+    h.insert(
+        ERROR_TYPE_HEADER,
+        HeaderValue::from_static("Runtime.OutOfMemory"),
+    );
+    assert_eq!(header_error_type(&h), "Runtime.OutOfMemory");
+    h.insert(ERROR_TYPE_HEADER, HeaderValue::from_static("Function."));
+    assert_eq!(header_error_type(&h), "Function.Unknown");
+    h.insert(ERROR_TYPE_HEADER, HeaderValue::from_static("Evil\"Type"));
+    assert_eq!(header_error_type(&h), "Function.Unknown");
+}
