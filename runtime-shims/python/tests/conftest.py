@@ -67,6 +67,7 @@ def start_shim(stub, tmp_path):
             "AWS_EXECUTION_ENV": "AWS_Lambda_python3.11",
             "AWS_REGION": "us-east-1",
             "TZ": ":UTC",
+            "PYTHONDONTWRITEBYTECODE": "1",  # keep __pycache__ out of tests/fixtures/python
         }
         e.update(env or {})
         n = len(procs)
