@@ -26,20 +26,28 @@ impl Event {
         trace_id: Option<String>,
         client_context: Option<String>,
     ) -> Self {
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
-        let deadline_ms = u64::try_from(now_ms + timeout.as_millis()).unwrap_or(u64::MAX);
         Self {
             request_id,
             payload,
-            deadline_ms,
+            deadline_ms: deadline_ms(timeout),
             function_arn,
             trace_id,
             client_context,
         }
     }
+
+    /// Restarts the deadline at `timeout` from now (an event re-targeted to another environment).
+    pub fn reset_deadline(&mut self, timeout: Duration) {
+        self.deadline_ms = deadline_ms(timeout);
+    }
+}
+
+fn deadline_ms(timeout: Duration) -> u64 {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    u64::try_from(now_ms + timeout.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// An error as the caller receives it.

@@ -1,1 +1,192 @@
-fn main() {}
+//! The lmi-agent daemon.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use lmi_agent::{
+    agent::Agent,
+    capacity::HostCapacity,
+    catalog::Catalog,
+    cgroup,
+    config::{Config, LogFormat, DEFAULT_CONFIG_PATH},
+    launch::ProcessSpawner,
+    server,
+};
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lmi-agent",
+    version,
+    about = "Per-host node agent for Lambda Managed Instances style execution environments"
+)]
+struct Cli {
+    /// Configuration file (absent default file = built-in defaults).
+    #[arg(long, env = "LMI_AGENT_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Overrides `socket`.
+    #[arg(long, env = "LMI_AGENT_SOCKET", global = true)]
+    socket: Option<PathBuf>,
+    /// Overrides `state_dir`.
+    #[arg(long, global = true)]
+    state_dir: Option<PathBuf>,
+    /// Overrides `shims_dir`.
+    #[arg(long, global = true)]
+    shims_dir: Option<PathBuf>,
+    /// Overrides `cgroup_parent`.
+    #[arg(long, global = true)]
+    cgroup_parent: Option<String>,
+    /// Overrides `log_format` (json or text).
+    #[arg(long, global = true, value_parser = ["json", "text"])]
+    log_format: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agent (the default).
+    Run,
+    /// Validate the configuration and print the effective configuration as TOML.
+    CheckConfig,
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let mut config = match &cli.config {
+        Some(p) => Config::load(p)?,
+        None if std::path::Path::new(DEFAULT_CONFIG_PATH).exists() => {
+            Config::load(std::path::Path::new(DEFAULT_CONFIG_PATH))?
+        }
+        None => Config::default(),
+    };
+    if let Some(s) = &cli.socket {
+        config.socket.clone_from(s);
+    }
+    if let Some(s) = &cli.state_dir {
+        config.state_dir.clone_from(s);
+    }
+    if let Some(s) = &cli.shims_dir {
+        config.shims_dir.clone_from(s);
+    }
+    if let Some(s) = &cli.cgroup_parent {
+        config.cgroup_parent.clone_from(s);
+    }
+    if let Some(f) = &cli.log_format {
+        config.log_format = if f == "text" {
+            LogFormat::Text
+        } else {
+            LogFormat::Json
+        };
+    }
+    Ok(config)
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LMI_AGENT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = load_config(&cli)?;
+    match cli.command.unwrap_or(Command::Run) {
+        Command::CheckConfig => {
+            print!(
+                "{}",
+                toml::to_string(&config).context("rendering the configuration")?
+            );
+            Ok(())
+        }
+        Command::Run => {
+            init_logs(config.log_format);
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(run(config))
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("creating state_dir {}", config.state_dir.display()))?;
+    let cgroups = cgroup::detect(&config.cgroup_parent).context("setting up cgroups")?;
+    let catalog = Catalog::load(config.catalog.as_deref())?;
+    for (entry, availability) in catalog.iter() {
+        tracing::info!(runtime = %entry.id, availability = ?availability, "runtime");
+    }
+    let (vcpus, memory_mib) = HostCapacity::detect_totals();
+    let capacity = HostCapacity::new(
+        if config.capacity.vcpus > 0 {
+            config.capacity.vcpus
+        } else {
+            vcpus
+        },
+        if config.capacity.memory_mib > 0 {
+            config.capacity.memory_mib
+        } else {
+            memory_mib
+        },
+        config.capacity.reserved_vcpus,
+        config.capacity.reserved_memory_mib,
+    );
+    let unix = server::bind_socket(&config.socket)?;
+    tracing::info!(
+        socket = %config.socket.display(),
+        cgroup_version = %cgroups.version(),
+        cgroup_parent = %cgroups.parent_path(),
+        vcpus_allocatable = capacity.vcpus_allocatable,
+        memory_mib_allocatable = capacity.memory_mib_allocatable,
+        "lmi-agent started"
+    );
+    let agent = Agent::new(
+        config.clone(),
+        catalog,
+        capacity,
+        cgroups,
+        Arc::new(ProcessSpawner),
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn({
+        let agent = agent.clone();
+        let config = config.clone();
+        async move { server::serve(agent, &config, unix, stop_rx).await }
+    });
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut server = server;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = int.recv() => tracing::info!("SIGINT: draining"),
+        r = &mut server => {
+            agent.shutdown(Duration::ZERO).await;
+            return match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.into()),
+                Err(e) => Err(e.into()),
+            };
+        }
+    }
+    let grace = Duration::from_secs(u64::from(config.environments.delete_grace_seconds));
+    agent.shutdown(grace).await;
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    let _ = std::fs::remove_file(&config.socket);
+    tracing::info!("lmi-agent stopped");
+    Ok(())
+}

@@ -211,7 +211,13 @@ mod tests {
     #[test]
     fn global_flags_work_after_the_subcommand() {
         let cli = Cli::try_parse_from([
-            "lmictl", "list", "--json", "--socket", "/tmp/x.sock", "--timeout", "1.5",
+            "lmictl",
+            "list",
+            "--json",
+            "--socket",
+            "/tmp/x.sock",
+            "--timeout",
+            "1.5",
         ])
         .unwrap();
         assert!(cli.json);
@@ -230,7 +236,13 @@ mod tests {
         let err = Cli::try_parse_from(["lmictl", "create", "--env", "NOEQUALS"]).unwrap_err();
         assert!(err.to_string().contains("KEY=VALUE"), "{err}");
         assert!(Cli::try_parse_from([
-            "lmictl", "invoke", "f", "--payload", "{}", "--payload-file", "x"
+            "lmictl",
+            "invoke",
+            "f",
+            "--payload",
+            "{}",
+            "--payload-file",
+            "x"
         ])
         .is_err());
     }

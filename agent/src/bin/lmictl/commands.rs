@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use lmi_proto::v1::{
     CreateEnvironmentRequest, DeleteEnvironmentRequest, Environment, EnvironmentSpec,
-    EnvironmentState, GetEnvironmentRequest, GetHostRequest, InvokeRequest, ListEnvironmentsRequest,
+    EnvironmentState, GetEnvironmentRequest, GetHostRequest, InvokeRequest,
+    ListEnvironmentsRequest,
 };
 use tokio::time::Instant;
 
@@ -68,7 +69,25 @@ async fn try_run(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<Output> {
     let plan = prepare(cli.command, io)?;
     let target = connect::target(&cli.socket, cli.endpoint.as_deref())?;
     let mut client = connect::connect(&target, cli.timeout).await?;
-    execute(&mut client, plan, cli.json, cli.timeout, io).await
+    execute(&mut client, plan, cli.json, cli.timeout, io)
+        .await
+        .map_err(|err| clarify_timeout(err, cli.timeout))
+}
+
+/// tonic reports its client-side deadline as `CANCELLED: Timeout expired`; say what happened instead.
+fn clarify_timeout(err: anyhow::Error, timeout: Option<Duration>) -> anyhow::Error {
+    match (err.downcast_ref::<tonic::Status>(), timeout) {
+        (Some(status), Some(t))
+            if status.code() == tonic::Code::Cancelled && status.message() == "Timeout expired" =>
+        {
+            tonic::Status::deadline_exceeded(format!(
+                "no answer from the agent within --timeout {}s",
+                t.as_secs_f64()
+            ))
+            .into()
+        }
+        _ => err,
+    }
 }
 
 fn prepare(command: Command, io: &mut Io<'_>) -> anyhow::Result<Plan> {
@@ -214,7 +233,11 @@ async fn wait_ready(
     loop {
         match EnvironmentState::try_from(env.state) {
             Ok(EnvironmentState::Ready) => return render::environment_output(&env, json),
-            Ok(EnvironmentState::Failed | EnvironmentState::Draining | EnvironmentState::Terminated) => {
+            Ok(
+                EnvironmentState::Failed
+                | EnvironmentState::Draining
+                | EnvironmentState::Terminated,
+            ) => {
                 let out = render::environment_output(&env, json)?.with_code(EXIT_FUNCTION_ERROR);
                 let why = env.failure.as_ref().map_or_else(String::new, |f| {
                     format!(": {}: {}", f.error_type, f.message)
@@ -239,7 +262,10 @@ async fn wait_ready(
         }
         tokio::time::sleep(WAIT_POLL.min(deadline - now)).await;
         env = client
-            .get_environment(request(GetEnvironmentRequest { id: env.id.clone() }, timeout))
+            .get_environment(request(
+                GetEnvironmentRequest { id: env.id.clone() },
+                timeout,
+            ))
             .await?
             .into_inner();
     }

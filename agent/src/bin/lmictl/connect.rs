@@ -114,9 +114,14 @@ mod tests {
     #[tokio::test]
     async fn missing_socket_is_a_clear_error() {
         let path = std::env::temp_dir().join(format!("lmictl-none-{}.sock", uuid::Uuid::new_v4()));
-        let err = connect(&Target::Unix(path.clone()), None).await.unwrap_err();
+        let err = connect(&Target::Unix(path.clone()), None)
+            .await
+            .unwrap_err();
         let msg = format!("{err:#}");
-        assert!(msg.contains("cannot connect to lmi-agent at unix:"), "{msg}");
+        assert!(
+            msg.contains("cannot connect to lmi-agent at unix:"),
+            "{msg}"
+        );
         assert!(msg.contains(path.to_str().unwrap()), "{msg}");
         assert!(msg.contains("No such file"), "{msg}");
     }

@@ -26,7 +26,11 @@ fn main() -> ExitCode {
         Err(err) => {
             // --help and --version go to stdout with exit 0; usage errors are exit 3, not clap's 2 (2 means
             // "throttled" here).
-            let code = if err.use_stderr() { EXIT_ERROR } else { EXIT_OK };
+            let code = if err.use_stderr() {
+                EXIT_ERROR
+            } else {
+                EXIT_OK
+            };
             let _ = err.print();
             return ExitCode::from(code);
         }

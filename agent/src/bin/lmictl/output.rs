@@ -58,7 +58,7 @@ impl Output {
     pub fn error(err: &anyhow::Error) -> Self {
         let stderr = match err.downcast_ref::<tonic::Status>() {
             Some(status) => format!("error: {}\n", status_line(status)),
-            None => format!("error: {err:#}\n"),
+            None => format!("error: {}\n", chain(err)),
         };
         Self {
             code: EXIT_ERROR,
@@ -76,6 +76,23 @@ impl Output {
         self.code = code;
         self
     }
+}
+
+/// The error and its causes joined by `: `, leaving out a cause whose text the line already has (tonic's and
+/// hyper's errors repeat their source in their own message).
+pub fn chain(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// `<CODE>: <message>` (just `<CODE>` when the message is empty).
@@ -136,5 +153,9 @@ mod tests {
         let out = Output::error(&err);
         assert_eq!(out.code, EXIT_ERROR);
         assert_eq!(out.stderr, "error: outer: inner\n");
+        let err = anyhow::anyhow!("No such file")
+            .context("transport error: No such file")
+            .context("cannot connect");
+        assert_eq!(chain(&err), "cannot connect: transport error: No such file");
     }
 }

@@ -63,24 +63,44 @@ mod tests {
     #[test]
     fn selection() {
         let p = |a, b: Option<&str>, tty| select(a, b.map(Path::new), tty).unwrap();
-        assert_eq!(p(Some("{\"a\":1}"), None, true), PayloadSource::Inline("{\"a\":1}".into()));
+        assert_eq!(
+            p(Some("{\"a\":1}"), None, true),
+            PayloadSource::Inline("{\"a\":1}".into())
+        );
         assert_eq!(p(Some("-"), None, true), PayloadSource::Stdin);
         assert_eq!(p(None, Some("-"), true), PayloadSource::Stdin);
-        assert_eq!(p(None, Some("in.json"), false), PayloadSource::File("in.json".into()));
+        assert_eq!(
+            p(None, Some("in.json"), false),
+            PayloadSource::File("in.json".into())
+        );
         assert_eq!(p(None, None, false), PayloadSource::Stdin);
         assert_eq!(p(None, None, true), PayloadSource::Default);
-        assert_eq!(p(Some("x"), None, false), PayloadSource::Inline("x".into()), "flags beat piped stdin");
+        assert_eq!(
+            p(Some("x"), None, false),
+            PayloadSource::Inline("x".into()),
+            "flags beat piped stdin"
+        );
         assert!(select(Some("x"), Some(Path::new("y")), false).is_err());
     }
 
     #[test]
     fn reading() {
         let mut stdin = std::io::Cursor::new(b"from stdin".to_vec());
-        assert_eq!(read(&PayloadSource::Stdin, &mut stdin).unwrap(), b"from stdin");
+        assert_eq!(
+            read(&PayloadSource::Stdin, &mut stdin).unwrap(),
+            b"from stdin"
+        );
         let mut empty = std::io::empty();
         assert_eq!(read(&PayloadSource::Default, &mut empty).unwrap(), b"{}");
-        assert_eq!(read(&PayloadSource::Inline("[1]".into()), &mut empty).unwrap(), b"[1]");
-        let err = read(&PayloadSource::File("/nonexistent/p.json".into()), &mut empty).unwrap_err();
+        assert_eq!(
+            read(&PayloadSource::Inline("[1]".into()), &mut empty).unwrap(),
+            b"[1]"
+        );
+        let err = read(
+            &PayloadSource::File("/nonexistent/p.json".into()),
+            &mut empty,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("/nonexistent/p.json"), "{err}");
     }
 }

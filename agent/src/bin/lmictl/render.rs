@@ -136,7 +136,10 @@ pub fn state_name(state: i32) -> String {
 /// `INVOKE_OUTCOME_SUCCESS` → `SUCCESS`; unknown values print as `UNKNOWN(n)`.
 pub fn outcome_name(outcome: i32) -> String {
     match InvokeOutcome::try_from(outcome) {
-        Ok(o) => o.as_str_name().trim_start_matches("INVOKE_OUTCOME_").to_string(),
+        Ok(o) => o
+            .as_str_name()
+            .trim_start_matches("INVOKE_OUTCOME_")
+            .to_string(),
         Err(_) => format!("UNKNOWN({outcome})"),
     }
 }
@@ -397,12 +400,12 @@ pub fn environments_output(envs: &[Environment], json: bool) -> anyhow::Result<O
 pub fn environment_details(env: &Environment, now: i64) -> String {
     let v = environment_view(env);
     let s = &v.spec;
-    let mut lines: Vec<(&str, String)> = vec![
-        ("id", v.id.clone()),
-        ("state", v.state.clone()),
-    ];
+    let mut lines: Vec<(&str, String)> = vec![("id", v.id.clone()), ("state", v.state.clone())];
     if let Some(f) = &env.failure {
-        let at = f.at.as_ref().map(|t| format!(" (at {t})")).unwrap_or_default();
+        let at =
+            f.at.as_ref()
+                .map(|t| format!(" (at {t})"))
+                .unwrap_or_default();
         lines.push(("failure", format!("{}{at}", failure_text(f))));
     }
     let arn = if s.function.arn.is_empty() {
@@ -412,7 +415,11 @@ pub fn environment_details(env: &Environment, now: i64) -> String {
     };
     lines.push((
         "function",
-        format!("{}:{}{arn}", s.function.name, version_or_latest(&s.function.version)),
+        format!(
+            "{}:{}{arn}",
+            s.function.name,
+            version_or_latest(&s.function.version)
+        ),
     ));
     lines.push(("runtime", s.runtime.clone()));
     lines.push(("handler", or_dash(&s.handler)));
@@ -435,7 +442,10 @@ pub fn environment_details(env: &Environment, now: i64) -> String {
     lines.push(("vcpus", v.vcpus.to_string()));
     lines.push((
         "memory",
-        format!("{} MiB ({} GiB per vCPU)", s.memory_mib, s.memory_gib_per_vcpu),
+        format!(
+            "{} MiB ({} GiB per vCPU)",
+            s.memory_mib, s.memory_gib_per_vcpu
+        ),
     ));
     lines.push((
         "max concurrency",
@@ -447,7 +457,10 @@ pub fn environment_details(env: &Environment, now: i64) -> String {
     ));
     lines.push(("in flight", v.in_flight.to_string()));
     lines.push(("timeout", format!("{}s", s.timeout_seconds)));
-    lines.push(("ephemeral storage", format!("{} MiB", s.ephemeral_storage_mib)));
+    lines.push((
+        "ephemeral storage",
+        format!("{} MiB", s.ephemeral_storage_mib),
+    ));
     let env_vars = if s.environment.is_empty() {
         "-".to_string()
     } else {
@@ -459,7 +472,14 @@ pub fn environment_details(env: &Environment, now: i64) -> String {
     };
     lines.push(("environment", env_vars));
     lines.push(("runtime api", or_dash(&v.runtime_api)));
-    lines.push(("pid", if v.pid == 0 { "-".to_string() } else { v.pid.to_string() }));
+    lines.push((
+        "pid",
+        if v.pid == 0 {
+            "-".to_string()
+        } else {
+            v.pid.to_string()
+        },
+    ));
     lines.push(("cgroup", or_dash(&v.cgroup)));
     lines.push((
         "created",
@@ -518,7 +538,8 @@ pub fn host_details(host: &Host) -> String {
         host.memory_mib_total,
         host.memory_mib_allocatable,
         host.memory_mib_allocated,
-        host.memory_mib_allocatable.saturating_sub(host.memory_mib_allocated)
+        host.memory_mib_allocatable
+            .saturating_sub(host.memory_mib_allocated)
     );
     let _ = writeln!(out, "environments:  {}", host.environments);
     if host.runtimes.is_empty() {
@@ -538,7 +559,12 @@ pub fn host_details(host: &Host) -> String {
             ]
         })
         .collect();
-    for line in table(&["RUNTIME", "AVAILABLE", "CONCURRENCY/VCPU", "REASON"], &rows).lines() {
+    for line in table(
+        &["RUNTIME", "AVAILABLE", "CONCURRENCY/VCPU", "REASON"],
+        &rows,
+    )
+    .lines()
+    {
         let _ = writeln!(out, "  {line}");
     }
     out
@@ -559,16 +585,20 @@ pub fn host_output(host: &Host, json: bool) -> anyhow::Result<Output> {
 pub fn invoke_exit_code(outcome: i32) -> u8 {
     match InvokeOutcome::try_from(outcome) {
         Ok(InvokeOutcome::Success) => EXIT_OK,
-        Ok(InvokeOutcome::FunctionError | InvokeOutcome::Timeout | InvokeOutcome::RuntimeFailure) => {
-            EXIT_FUNCTION_ERROR
-        }
+        Ok(
+            InvokeOutcome::FunctionError | InvokeOutcome::Timeout | InvokeOutcome::RuntimeFailure,
+        ) => EXIT_FUNCTION_ERROR,
         Ok(InvokeOutcome::Unspecified) | Err(_) => EXIT_ERROR,
     }
 }
 
 /// SUCCESS: the payload, raw, on stdout (plus a newline when stdout is a terminal and it lacks one). Other
 /// outcomes: the error on stderr. With `json`, one JSON object on stdout either way.
-pub fn invoke_output(resp: &InvokeResponse, json: bool, stdout_tty: bool) -> anyhow::Result<Output> {
+pub fn invoke_output(
+    resp: &InvokeResponse,
+    json: bool,
+    stdout_tty: bool,
+) -> anyhow::Result<Output> {
     let code = invoke_exit_code(resp.outcome);
     if json {
         return Output::json(&invoke_view(resp), code);
@@ -671,9 +701,12 @@ pub mod tests {
                 max_concurrency: 0,
                 timeout_seconds: 3,
                 ephemeral_storage_mib: 512,
-                environment: [("B".to_string(), "2".to_string()), ("A".to_string(), "1".to_string())]
-                    .into_iter()
-                    .collect(),
+                environment: [
+                    ("B".to_string(), "2".to_string()),
+                    ("A".to_string(), "1".to_string()),
+                ]
+                .into_iter()
+                .collect(),
             }),
             state: state as i32,
             failure: None,
@@ -712,14 +745,31 @@ pub mod tests {
             message: "exit status 1".into(),
             at: None,
         });
-        failed.spec.as_mut().unwrap().function.as_mut().unwrap().version = "7".into();
+        failed
+            .spec
+            .as_mut()
+            .unwrap()
+            .function
+            .as_mut()
+            .unwrap()
+            .version = "7".into();
         let now = 1_700_000_000 + 300;
         let t = environments_table(&[sample_env("env-1", EnvironmentState::Ready), failed], now);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 3, "{t}");
         assert!(lines[0].starts_with("ID     FUNCTION:VERSION  RUNTIME     STATE   VCPU  MEMORY   INFLIGHT/MAX  AGE  FAILURE"), "{t}");
-        assert!(lines[1].starts_with("env-1  orders:$LATEST    python3.11  READY   1     2048MiB  3/16          5m"), "{t}");
-        assert!(lines[2].ends_with("FAILED  1     2048MiB  3/16          5m   Runtime.ExitError: exit status 1"), "{t}");
+        assert!(
+            lines[1].starts_with(
+                "env-1  orders:$LATEST    python3.11  READY   1     2048MiB  3/16          5m"
+            ),
+            "{t}"
+        );
+        assert!(
+            lines[2].ends_with(
+                "FAILED  1     2048MiB  3/16          5m   Runtime.ExitError: exit status 1"
+            ),
+            "{t}"
+        );
 
         let t = environments_table(&[sample_env("env-1", EnvironmentState::Ready)], now);
         assert!(!t.contains("FAILURE"), "{t}");
@@ -799,10 +849,16 @@ pub mod tests {
             ],
         };
         let d = host_details(&host);
-        assert!(d.contains("vcpus:         total 16, allocatable 14, allocated 4 (10 free)"), "{d}");
+        assert!(
+            d.contains("vcpus:         total 16, allocatable 14, allocated 4 (10 free)"),
+            "{d}"
+        );
         assert!(d.contains("(53248 MiB free)"), "{d}");
         assert!(d.contains("cgroup:        v2"), "{d}");
-        assert!(d.contains("  nodejs22.x  no         64                node not found"), "{d}");
+        assert!(
+            d.contains("  nodejs22.x  no         64                node not found"),
+            "{d}"
+        );
         let v: serde_json::Value =
             serde_json::from_slice(&host_output(&host, true).unwrap().stdout).unwrap();
         assert_eq!(v["runtimes"][1]["available"], false);
@@ -839,7 +895,10 @@ pub mod tests {
     fn success_rendering() {
         let r = response(InvokeOutcome::Success, b"{\"ok\":true}");
         let out = invoke_output(&r, false, false).unwrap();
-        assert_eq!((out.code, out.stdout.as_slice(), out.stderr.as_str()), (0, &b"{\"ok\":true}"[..], ""));
+        assert_eq!(
+            (out.code, out.stdout.as_slice(), out.stderr.as_str()),
+            (0, &b"{\"ok\":true}"[..], "")
+        );
         let out = invoke_output(&r, false, true).unwrap();
         assert_eq!(out.stdout, b"{\"ok\":true}\n");
         let out = invoke_output(&r, true, false).unwrap();
@@ -850,12 +909,24 @@ pub mod tests {
         assert!(v.get("throttle").is_none());
 
         let v: serde_json::Value = serde_json::from_slice(
-            &invoke_output(&response(InvokeOutcome::Success, b"plain text"), true, false).unwrap().stdout,
+            &invoke_output(
+                &response(InvokeOutcome::Success, b"plain text"),
+                true,
+                false,
+            )
+            .unwrap()
+            .stdout,
         )
         .unwrap();
         assert_eq!(v["payload"], "plain text");
         let v: serde_json::Value = serde_json::from_slice(
-            &invoke_output(&response(InvokeOutcome::Success, &[0xff, 0x00]), true, false).unwrap().stdout,
+            &invoke_output(
+                &response(InvokeOutcome::Success, &[0xff, 0x00]),
+                true,
+                false,
+            )
+            .unwrap()
+            .stdout,
         )
         .unwrap();
         assert_eq!(v["payload"], serde_json::Value::Null);
@@ -888,7 +959,11 @@ pub mod tests {
         }
         let out = invoke_output(&response(InvokeOutcome::Unspecified, b""), false, false).unwrap();
         assert_eq!(out.code, 3);
-        assert!(out.stderr.contains("unknown invoke outcome UNSPECIFIED"), "{}", out.stderr);
+        assert!(
+            out.stderr.contains("unknown invoke outcome UNSPECIFIED"),
+            "{}",
+            out.stderr
+        );
     }
 
     #[test]
@@ -900,7 +975,10 @@ pub mod tests {
         };
         let out = throttle_output(&t, "", false).unwrap();
         assert_eq!(out.code, 2);
-        assert_eq!(out.stderr, "throttled: CONCURRENCY (all 2 environments busy)\n");
+        assert_eq!(
+            out.stderr,
+            "throttled: CONCURRENCY (all 2 environments busy)\n"
+        );
         let out = throttle_output(&t, "r-9", true).unwrap();
         assert_eq!(out.code, 2);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -59,7 +59,8 @@ pub fn load(path: &Path) -> anyhow::Result<EnvironmentSpec> {
 pub fn parse(text: &str, format: Format, base: &Path) -> Result<EnvironmentSpec, String> {
     let value: Value = match format {
         Format::Toml => {
-            let table: toml::Table = toml::from_str(text).map_err(|e| format!("invalid TOML: {e}"))?;
+            let table: toml::Table =
+                toml::from_str(text).map_err(|e| format!("invalid TOML: {e}"))?;
             serde_json::to_value(table).map_err(|e| format!("invalid TOML: {e}"))?
         }
         Format::Json => serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?,
@@ -68,9 +69,12 @@ pub fn parse(text: &str, format: Format, base: &Path) -> Result<EnvironmentSpec,
 }
 
 fn spec_from_value(value: &Value, base: &Path) -> Result<EnvironmentSpec, String> {
-    let obj = value
-        .as_object()
-        .ok_or_else(|| format!("expected a table/object of spec fields, got {}", kind(value)))?;
+    let obj = value.as_object().ok_or_else(|| {
+        format!(
+            "expected a table/object of spec fields, got {}",
+            kind(value)
+        )
+    })?;
     let mut spec = EnvironmentSpec::default();
     for (key, val) in obj {
         match key.as_str() {
@@ -145,7 +149,8 @@ fn code_from_value(val: &Value, base: &Path) -> Result<Code, String> {
                             );
                         }
                         let p = string(&path, v)?;
-                        let abs = absolutize(&p, base).map_err(|e| format!("field `{path}`: {e}"))?;
+                        let abs =
+                            absolutize(&p, base).map_err(|e| format!("field `{path}`: {e}"))?;
                         c.source = Some(if key == "directory" {
                             code::Source::Directory(abs)
                         } else {
@@ -278,7 +283,11 @@ pub fn build(args: &CreateArgs, cwd: &Path) -> anyhow::Result<EnvironmentSpec> {
 }
 
 /// Flags override the file, field by field; `--env` keys override the file's keys.
-pub fn apply_flags(spec: &mut EnvironmentSpec, args: &CreateArgs, cwd: &Path) -> anyhow::Result<()> {
+pub fn apply_flags(
+    spec: &mut EnvironmentSpec,
+    args: &CreateArgs,
+    cwd: &Path,
+) -> anyhow::Result<()> {
     if args.function.is_some() || args.version.is_some() || args.arn.is_some() {
         let f = spec.function.get_or_insert_with(FunctionRef::default);
         if let Some(v) = &args.function {
@@ -404,8 +413,14 @@ PORT = 8080
             Some(code::Source::ZipFile("/srv/specs/build/orders.zip".into()))
         );
         assert_eq!(code.sha256, "abc123");
-        assert_eq!(spec.environment.get("LOG_LEVEL").map(String::as_str), Some("debug"));
-        assert_eq!(spec.environment.get("PORT").map(String::as_str), Some("8080"));
+        assert_eq!(
+            spec.environment.get("LOG_LEVEL").map(String::as_str),
+            Some("debug")
+        );
+        assert_eq!(
+            spec.environment.get("PORT").map(String::as_str),
+            Some("8080")
+        );
     }
 
     #[test]
@@ -414,7 +429,10 @@ PORT = 8080
                        "code": "/opt/fn", "memory_mib": 2048, "environment": {"A": "1"}}"#;
         let spec = parse(json, Format::Json, Path::new("/ignored")).unwrap();
         assert_eq!(spec.function.unwrap().name, "f");
-        assert_eq!(spec.code.unwrap().source, Some(code::Source::Directory("/opt/fn".into())));
+        assert_eq!(
+            spec.code.unwrap().source,
+            Some(code::Source::Directory("/opt/fn".into()))
+        );
         assert_eq!(spec.memory_mib, 2048);
         assert_eq!(spec.environment.len(), 1);
     }
@@ -425,12 +443,36 @@ PORT = 8080
             ("memry_mib = 1", Format::Toml, "unknown field `memry_mib`"),
             ("memory_mib = \"lots\"", Format::Toml, "field `memory_mib`"),
             ("memory_mib = -5", Format::Toml, "field `memory_mib`"),
-            (r#"{"timeout_seconds": 1.5}"#, Format::Json, "field `timeout_seconds`"),
-            (r#"{"max_concurrency": 4294967296}"#, Format::Json, "field `max_concurrency`"),
-            ("[function]\nnmae = \"x\"", Format::Toml, "unknown field `function.nmae`"),
-            ("[code]\ndirectory = 5", Format::Toml, "field `code.directory`"),
-            ("[code]\ndirectory = \"a\"\nzip_file = \"b.zip\"", Format::Toml, "only one of"),
-            ("[environment]\nA = [1]", Format::Toml, "field `environment.A`"),
+            (
+                r#"{"timeout_seconds": 1.5}"#,
+                Format::Json,
+                "field `timeout_seconds`",
+            ),
+            (
+                r#"{"max_concurrency": 4294967296}"#,
+                Format::Json,
+                "field `max_concurrency`",
+            ),
+            (
+                "[function]\nnmae = \"x\"",
+                Format::Toml,
+                "unknown field `function.nmae`",
+            ),
+            (
+                "[code]\ndirectory = 5",
+                Format::Toml,
+                "field `code.directory`",
+            ),
+            (
+                "[code]\ndirectory = \"a\"\nzip_file = \"b.zip\"",
+                Format::Toml,
+                "only one of",
+            ),
+            (
+                "[environment]\nA = [1]",
+                Format::Toml,
+                "field `environment.A`",
+            ),
             ("runtime = 3", Format::Toml, "field `runtime`"),
             ("[1, 2]", Format::Json, "expected a table/object"),
             ("runtime = ", Format::Toml, "invalid TOML"),
@@ -444,8 +486,14 @@ PORT = 8080
 
     #[test]
     fn format_from_extension() {
-        assert_eq!(Format::from_path(Path::new("a.TOML")).unwrap(), Format::Toml);
-        assert_eq!(Format::from_path(Path::new("x/a.json")).unwrap(), Format::Json);
+        assert_eq!(
+            Format::from_path(Path::new("a.TOML")).unwrap(),
+            Format::Toml
+        );
+        assert_eq!(
+            Format::from_path(Path::new("x/a.json")).unwrap(),
+            Format::Json
+        );
         assert!(Format::from_path(Path::new("a.yaml")).is_err());
         assert!(Format::from_path(Path::new("spec")).is_err());
     }
@@ -456,7 +504,10 @@ PORT = 8080
         assert_eq!(parse_env_pair("A=b=c"), Ok(("A".into(), "b=c".into())));
         assert_eq!(parse_env_pair("A="), Ok(("A".into(), String::new())));
         let err = parse_env_pair("NOEQUALS").unwrap_err();
-        assert!(err.contains("NOEQUALS") && err.contains("KEY=VALUE"), "{err}");
+        assert!(
+            err.contains("NOEQUALS") && err.contains("KEY=VALUE"),
+            "{err}"
+        );
         assert!(parse_env_pair("=v").is_err());
     }
 
@@ -487,10 +538,19 @@ PORT = 8080
         assert_eq!((f.name.as_str(), f.version.as_str()), ("orders", "8"));
         assert_eq!(spec.memory_mib, 8192);
         assert_eq!(spec.memory_gib_per_vcpu, 8);
-        assert_eq!(spec.max_concurrency, 32, "unset flags keep the file's value");
+        assert_eq!(
+            spec.max_concurrency, 32,
+            "unset flags keep the file's value"
+        );
         let code = spec.code.unwrap();
-        assert_eq!(code.source, Some(code::Source::Directory("/home/op/src".into())));
-        assert_eq!(code.sha256, "", "the file's sha256 belonged to the replaced code");
+        assert_eq!(
+            code.source,
+            Some(code::Source::Directory("/home/op/src".into()))
+        );
+        assert_eq!(
+            code.sha256, "",
+            "the file's sha256 belonged to the replaced code"
+        );
         assert_eq!(spec.environment["LOG_LEVEL"], "info");
         assert_eq!(spec.environment["NEW"], "1");
         assert_eq!(spec.environment["PORT"], "8080");
@@ -506,26 +566,55 @@ PORT = 8080
         std::fs::write(&bad, r#"{"memory_mib": "2G"}"#).unwrap();
         let args = create_args(&["--spec", bad.to_str().unwrap()]);
         let err = format!("{:#}", build(&args, Path::new("/")).unwrap_err());
-        assert!(err.contains("bad.json") && err.contains("field `memory_mib`"), "{err}");
+        assert!(
+            err.contains("bad.json") && err.contains("field `memory_mib`"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]
     fn flags_alone_and_required_fields() {
         let args = create_args(&[
-            "--function", "f", "--runtime", "python3.12", "--code", "/abs/pkg.ZIP", "--sha256", "ff",
+            "--function",
+            "f",
+            "--runtime",
+            "python3.12",
+            "--code",
+            "/abs/pkg.ZIP",
+            "--sha256",
+            "ff",
         ]);
         let spec = build(&args, Path::new("/cwd")).unwrap();
         let code = spec.code.unwrap();
-        assert_eq!(code.source, Some(code::Source::ZipFile("/abs/pkg.ZIP".into())));
+        assert_eq!(
+            code.source,
+            Some(code::Source::ZipFile("/abs/pkg.ZIP".into()))
+        );
         assert_eq!(code.sha256, "ff");
-        assert_eq!(spec.function.unwrap().version, "", "empty version means $LATEST");
+        assert_eq!(
+            spec.function.unwrap().version,
+            "",
+            "empty version means $LATEST"
+        );
 
-        let err = build(&create_args(&["--runtime", "x", "--code", "d"]), Path::new("/")).unwrap_err();
+        let err = build(
+            &create_args(&["--runtime", "x", "--code", "d"]),
+            Path::new("/"),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("--function"), "{err}");
-        let err = build(&create_args(&["--function", "f", "--code", "d"]), Path::new("/")).unwrap_err();
+        let err = build(
+            &create_args(&["--function", "f", "--code", "d"]),
+            Path::new("/"),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("--runtime"), "{err}");
-        let err = build(&create_args(&["--function", "f", "--runtime", "r"]), Path::new("/")).unwrap_err();
+        let err = build(
+            &create_args(&["--function", "f", "--runtime", "r"]),
+            Path::new("/"),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("--code"), "{err}");
         let err = build(
             &create_args(&["--function", "f", "--runtime", "r", "--sha256", "ab"]),
@@ -533,7 +622,14 @@ PORT = 8080
         )
         .unwrap_err();
         assert!(err.to_string().contains("--sha256"), "{err}");
-        let err = build(&create_args(&["--spec", "/nonexistent/x.toml"]), Path::new("/")).unwrap_err();
-        assert!(format!("{err:#}").contains("/nonexistent/x.toml"), "{err:#}");
+        let err = build(
+            &create_args(&["--spec", "/nonexistent/x.toml"]),
+            Path::new("/"),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("/nonexistent/x.toml"),
+            "{err:#}"
+        );
     }
 }

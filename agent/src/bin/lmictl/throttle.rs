@@ -93,7 +93,11 @@ pub mod tests {
     use tonic::Code;
 
     /// The status the contract describes: bare ThrottleDetails in the details, the reason in metadata.
-    pub fn throttle_status(reason: ThrottleReason, retry_elsewhere: bool, message: &str) -> tonic::Status {
+    pub fn throttle_status(
+        reason: ThrottleReason,
+        retry_elsewhere: bool,
+        message: &str,
+    ) -> tonic::Status {
         let details = ThrottleDetails {
             reason: reason as i32,
             retry_elsewhere,
@@ -114,7 +118,11 @@ pub mod tests {
 
     #[test]
     fn bare_details() {
-        let t = from_status(&throttle_status(ThrottleReason::Concurrency, true, "all 4 busy"));
+        let t = from_status(&throttle_status(
+            ThrottleReason::Concurrency,
+            true,
+            "all 4 busy",
+        ));
         assert_eq!(
             t,
             Throttle {
@@ -157,7 +165,10 @@ pub mod tests {
             .metadata_mut()
             .insert(REASON_METADATA_KEY, MetadataValue::from_static("cpu"));
         let t = from_status(&status);
-        assert_eq!((t.reason.as_str(), t.message.as_str()), ("CPU", "busy, try later"));
+        assert_eq!(
+            (t.reason.as_str(), t.message.as_str()),
+            ("CPU", "busy, try later")
+        );
         assert!(!t.retry_elsewhere);
 
         let t = from_status(&tonic::Status::resource_exhausted("x"));

@@ -1,0 +1,261 @@
+//! The gRPC control API (`lmi.agent.v1.Agent`): wire types in, [`Agent`] operations, wire types out.
+
+use std::{sync::Arc, time::SystemTime};
+
+use lmi_proto::v1::{self as pb, agent_server};
+use prost::Message;
+use tonic::{metadata::MetadataValue, Code, Request, Response, Status};
+
+use crate::{
+    agent::{Agent, CreateError, InvokeError, InvokeInput},
+    environment::{Environment, State},
+    invocation::Outcome,
+    spec::SpecError,
+};
+
+/// Metadata key that carries the throttle reason of a RESOURCE_EXHAUSTED invoke.
+pub const THROTTLE_REASON_METADATA: &str = "lmi-throttle-reason";
+
+/// Implements the generated `Agent` service on top of [`Agent`].
+#[derive(Debug, Clone)]
+pub struct ControlService {
+    agent: Arc<Agent>,
+}
+
+impl ControlService {
+    pub fn new(agent: Arc<Agent>) -> Self {
+        Self { agent }
+    }
+}
+
+fn timestamp(t: SystemTime) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(t)
+}
+
+fn state(s: State) -> pb::EnvironmentState {
+    match s {
+        State::Initializing => pb::EnvironmentState::Initializing,
+        State::Ready => pb::EnvironmentState::Ready,
+        State::Draining => pb::EnvironmentState::Draining,
+        State::Failed => pb::EnvironmentState::Failed,
+        State::Terminated => pb::EnvironmentState::Terminated,
+    }
+}
+
+/// The wire view of an environment.
+pub fn environment_to_proto(e: &Environment) -> pb::Environment {
+    let st = e.status();
+    pb::Environment {
+        id: e.id.clone(),
+        spec: Some(e.spec.to_proto()),
+        state: state(st.state).into(),
+        failure: st.failure.map(|f| pb::Failure {
+            error_type: f.error.error_type,
+            message: f.error.message,
+            at: Some(timestamp(f.at)),
+        }),
+        vcpus: e.spec.vcpus,
+        max_concurrency: e.spec.max_concurrency,
+        in_flight: e.broker.in_flight(),
+        runtime_api: e.runtime_api.to_string(),
+        pid: st.pid.unwrap_or(0),
+        cgroup: e.cgroup_path.clone(),
+        created_at: Some(timestamp(e.created_at)),
+        ready_at: st.ready_at.map(timestamp),
+        init_duration_ms: st
+            .init_duration
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0),
+    }
+}
+
+fn create_status(e: CreateError) -> Status {
+    let msg = e.to_string();
+    match e {
+        CreateError::Spec(SpecError::Invalid { .. }) | CreateError::Launch(_) => {
+            Status::invalid_argument(msg)
+        }
+        CreateError::Spec(SpecError::RuntimeUnavailable { .. }) => Status::failed_precondition(msg),
+        CreateError::Capacity(_) => Status::resource_exhausted(msg),
+        CreateError::Code(c) if c.is_invalid_input() => Status::invalid_argument(msg),
+        CreateError::ShuttingDown => Status::unavailable(msg),
+        CreateError::Code(_)
+        | CreateError::Cgroup(_)
+        | CreateError::Spawn(_)
+        | CreateError::Listen(_) => {
+            tracing::error!(error = %msg, "creating an environment failed");
+            Status::internal(msg)
+        }
+    }
+}
+
+fn throttle_status(reason: crate::dispatch::ThrottleReason, message: String) -> Status {
+    let wire = match reason {
+        crate::dispatch::ThrottleReason::Concurrency => pb::ThrottleReason::Concurrency,
+        crate::dispatch::ThrottleReason::Cpu => pb::ThrottleReason::Cpu,
+        crate::dispatch::ThrottleReason::Memory => pb::ThrottleReason::Memory,
+        crate::dispatch::ThrottleReason::Disk => pb::ThrottleReason::Disk,
+    };
+    let details = pb::ThrottleDetails {
+        reason: wire.into(),
+        retry_elsewhere: true,
+        message: message.clone(),
+    };
+    let mut status = Status::with_details(
+        Code::ResourceExhausted,
+        format!("throttled ({}): {message}", reason.as_str()),
+        details.encode_to_vec().into(),
+    );
+    status.metadata_mut().insert(
+        THROTTLE_REASON_METADATA,
+        MetadataValue::from_static(reason.as_str()),
+    );
+    status
+}
+
+#[tonic::async_trait]
+impl agent_server::Agent for ControlService {
+    async fn create_environment(
+        &self,
+        request: Request<pb::CreateEnvironmentRequest>,
+    ) -> Result<Response<pb::CreateEnvironmentResponse>, Status> {
+        let spec = request
+            .into_inner()
+            .spec
+            .ok_or_else(|| Status::invalid_argument("spec: is required"))?;
+        let env = self.agent.create(&spec).await.map_err(create_status)?;
+        Ok(Response::new(pb::CreateEnvironmentResponse {
+            environment: Some(environment_to_proto(&env)),
+        }))
+    }
+
+    async fn get_environment(
+        &self,
+        request: Request<pb::GetEnvironmentRequest>,
+    ) -> Result<Response<pb::Environment>, Status> {
+        let id = request.into_inner().id;
+        let env = self
+            .agent
+            .get(&id)
+            .ok_or_else(|| Status::not_found(format!("no environment {id}")))?;
+        Ok(Response::new(environment_to_proto(&env)))
+    }
+
+    async fn list_environments(
+        &self,
+        request: Request<pb::ListEnvironmentsRequest>,
+    ) -> Result<Response<pb::ListEnvironmentsResponse>, Status> {
+        let r = request.into_inner();
+        let f = (!r.function_name.is_empty()).then_some(r.function_name.as_str());
+        let v = (!r.function_version.is_empty()).then_some(r.function_version.as_str());
+        let environments = self
+            .agent
+            .list(f, v)
+            .iter()
+            .map(|e| environment_to_proto(e))
+            .collect();
+        Ok(Response::new(pb::ListEnvironmentsResponse { environments }))
+    }
+
+    async fn delete_environment(
+        &self,
+        request: Request<pb::DeleteEnvironmentRequest>,
+    ) -> Result<Response<pb::Environment>, Status> {
+        let r = request.into_inner();
+        let grace = (r.grace_period_seconds > 0)
+            .then(|| std::time::Duration::from_secs(u64::from(r.grace_period_seconds)));
+        // The delete completes even if the caller goes away: it runs on its own task.
+        let agent = self.agent.clone();
+        let id = r.id.clone();
+        let env = tokio::spawn(async move { agent.delete(&id, grace).await })
+            .await
+            .map_err(|e| Status::internal(format!("delete task failed: {e}")))?
+            .ok_or_else(|| Status::not_found(format!("no environment {}", r.id)))?;
+        Ok(Response::new(environment_to_proto(&env)))
+    }
+
+    async fn invoke(
+        &self,
+        request: Request<pb::InvokeRequest>,
+    ) -> Result<Response<pb::InvokeResponse>, Status> {
+        let r = request.into_inner();
+        let non_empty = |s: String| (!s.is_empty()).then_some(s);
+        let result = self
+            .agent
+            .invoke(InvokeInput {
+                function_name: r.function_name,
+                version: r.function_version,
+                payload: r.payload.into(),
+                request_id: non_empty(r.request_id),
+                client_context: non_empty(r.client_context),
+                trace_id: non_empty(r.trace_id),
+            })
+            .await
+            .map_err(|e| match e {
+                InvokeError::Invalid(m) => Status::invalid_argument(m),
+                e @ InvokeError::NoEnvironment { .. } => Status::not_found(e.to_string()),
+                e @ InvokeError::DuplicateRequestId(_) => Status::already_exists(e.to_string()),
+                InvokeError::Throttled { reason, message } => throttle_status(reason, message),
+            })?;
+        let mut resp = pb::InvokeResponse {
+            request_id: result.request_id,
+            environment_id: result.environment_id,
+            executed_version: result.version,
+            ..Default::default()
+        };
+        let (outcome, error) = match result.outcome {
+            Outcome::Success {
+                payload,
+                content_type,
+            } => {
+                resp.payload = payload.to_vec();
+                resp.content_type = content_type;
+                (pb::InvokeOutcome::Success, None)
+            }
+            Outcome::FunctionError(e) => (pb::InvokeOutcome::FunctionError, Some(e)),
+            Outcome::Timeout(e) => (pb::InvokeOutcome::Timeout, Some(e)),
+            Outcome::RuntimeFailure(e) => (pb::InvokeOutcome::RuntimeFailure, Some(e)),
+        };
+        resp.outcome = outcome.into();
+        resp.error = error.map(|e| pb::FunctionError {
+            error_type: e.error_type,
+            error_message: e.message,
+            stack_trace: e.stack_trace,
+        });
+        Ok(Response::new(resp))
+    }
+
+    async fn get_host(
+        &self,
+        _request: Request<pb::GetHostRequest>,
+    ) -> Result<Response<pb::Host>, Status> {
+        let cap = self.agent.ledger().capacity();
+        let alloc = self.agent.ledger().allocated();
+        Ok(Response::new(pb::Host {
+            hostname: nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_default(),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            cgroup_version: self.agent.cgroups().version().to_string(),
+            vcpus_total: cap.vcpus_total,
+            vcpus_allocatable: cap.vcpus_allocatable,
+            vcpus_allocated: alloc.vcpus,
+            memory_mib_total: cap.memory_mib_total,
+            memory_mib_allocatable: cap.memory_mib_allocatable,
+            memory_mib_allocated: alloc.memory_mib,
+            environments: u32::try_from(self.agent.environment_count()).unwrap_or(u32::MAX),
+            runtimes: self
+                .agent
+                .runtimes()
+                .into_iter()
+                .map(|(id, unavailable, per_vcpu)| pb::RuntimeInfo {
+                    id,
+                    available: unavailable.is_none(),
+                    unavailable_reason: unavailable.unwrap_or_default(),
+                    default_concurrency_per_vcpu: per_vcpu,
+                })
+                .collect(),
+        }))
+    }
+}

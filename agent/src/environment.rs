@@ -1,0 +1,222 @@
+//! An execution environment's record and state machine.
+//!
+//! ```text
+//! INITIALIZING ──first /next──▶ READY ──delete──▶ DRAINING ──stopped──▶ TERMINATED
+//!      │                          │                                        ▲
+//!      └── init error / init ─────┴── runtime exit / OOM ──▶ FAILED ──delete┘
+//!          timeout / exit
+//! ```
+//! A FAILED environment is never restarted in place (LMI replaces environments): its processes and cgroup
+//! are removed at once, its capacity is released, and its record stays, with the reason, until the control
+//! plane deletes it.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant, SystemTime},
+};
+
+use tokio::sync::{watch, Notify};
+
+use crate::{
+    broker::Broker,
+    invocation::ErrorInfo,
+    runtime_api::{InitErrorAnswer, RuntimeEvents},
+    spec::ValidSpec,
+};
+
+/// Lifecycle states (see the module diagram).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Initializing,
+    Ready,
+    Draining,
+    Failed,
+    Terminated,
+}
+
+/// Why an environment failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub error: ErrorInfo,
+    pub at: SystemTime,
+}
+
+/// A consistent copy of an environment's changing fields.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub state: State,
+    pub failure: Option<Failure>,
+    pub ready_at: Option<SystemTime>,
+    pub init_duration: Option<Duration>,
+    pub pid: Option<u32>,
+}
+
+/// One execution environment.
+#[derive(Debug)]
+pub struct Environment {
+    pub id: String,
+    pub spec: ValidSpec,
+    pub broker: Arc<Broker>,
+    pub runtime_api: SocketAddr,
+    pub cgroup_path: String,
+    pub created_at: SystemTime,
+    started: Instant,
+    status: Mutex<Status>,
+    /// Wakes the supervisor: a failure was recorded or a stop was requested.
+    pub(crate) wake: Notify,
+    stop_requested: std::sync::atomic::AtomicBool,
+    /// Fast path for `/next`: true once init completed (or failed), so polls after the first take no lock.
+    init_over: std::sync::atomic::AtomicBool,
+    /// Turns true when the supervisor has removed the processes and the cgroup.
+    cleaned_tx: watch::Sender<bool>,
+}
+
+impl Environment {
+    pub fn new(
+        id: String,
+        spec: ValidSpec,
+        runtime_api: SocketAddr,
+        cgroup_path: String,
+    ) -> Arc<Self> {
+        let broker = Broker::new(spec.max_concurrency);
+        Arc::new(Self {
+            id,
+            spec,
+            broker,
+            runtime_api,
+            cgroup_path,
+            created_at: SystemTime::now(),
+            started: Instant::now(),
+            status: Mutex::new(Status {
+                state: State::Initializing,
+                failure: None,
+                ready_at: None,
+                init_duration: None,
+                pid: None,
+            }),
+            wake: Notify::new(),
+            stop_requested: std::sync::atomic::AtomicBool::new(false),
+            init_over: std::sync::atomic::AtomicBool::new(false),
+            cleaned_tx: watch::Sender::new(false),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Status> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A copy of the changing fields.
+    pub fn status(&self) -> Status {
+        self.lock().clone()
+    }
+
+    pub fn state(&self) -> State {
+        self.lock().state
+    }
+
+    pub(crate) fn set_pid(&self, pid: Option<u32>) {
+        self.lock().pid = pid;
+    }
+
+    /// Records a failure (first one wins) and stops admitting. Returns false if the environment had already
+    /// failed or was being stopped on purpose.
+    pub(crate) fn fail(&self, error: ErrorInfo) -> bool {
+        let mut s = self.lock();
+        match s.state {
+            State::Initializing | State::Ready => {
+                s.state = State::Failed;
+                s.failure = Some(Failure {
+                    error,
+                    at: SystemTime::now(),
+                });
+                drop(s);
+                self.broker.stop_admitting();
+                self.wake.notify_one();
+                true
+            }
+            State::Draining | State::Failed | State::Terminated => false,
+        }
+    }
+
+    /// Starts a delete: no new invokes; in-flight ones go on. False if already draining or gone.
+    pub(crate) fn begin_drain(&self) -> bool {
+        let mut s = self.lock();
+        match s.state {
+            State::Initializing | State::Ready => {
+                s.state = State::Draining;
+                drop(s);
+                self.broker.stop_admitting();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Asks the supervisor to stop the runtime now.
+    pub(crate) fn request_stop(&self) {
+        self.stop_requested
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn stop_requested(&self) -> bool {
+        self.stop_requested
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Final state after the supervisor cleaned up: FAILED stays FAILED, anything else is TERMINATED.
+    pub(crate) fn mark_cleaned(&self) {
+        {
+            let mut s = self.lock();
+            s.pid = None;
+            if s.state != State::Failed {
+                s.state = State::Terminated;
+            }
+        }
+        self.cleaned_tx.send_replace(true);
+    }
+
+    /// A deleted FAILED environment ends TERMINATED too (its failure is kept).
+    pub(crate) fn mark_deleted(&self) {
+        self.lock().state = State::Terminated;
+    }
+
+    /// Resolves once processes and cgroup are gone.
+    pub async fn cleaned(&self) {
+        let mut rx = self.cleaned_tx.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
+    }
+
+    pub fn is_cleaned(&self) -> bool {
+        *self.cleaned_tx.borrow()
+    }
+}
+
+impl RuntimeEvents for Environment {
+    fn polled(&self) {
+        if self.init_over.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let mut s = self.lock();
+        self.init_over
+            .store(true, std::sync::atomic::Ordering::Release);
+        if s.state == State::Initializing {
+            s.state = State::Ready;
+            s.ready_at = Some(SystemTime::now());
+            s.init_duration = Some(self.started.elapsed());
+            drop(s);
+            tracing::info!(env = %self.id, function = %self.spec.function_name, "environment ready");
+        }
+    }
+
+    fn init_error(&self, error: ErrorInfo) -> InitErrorAnswer {
+        let initializing = self.lock().state == State::Initializing;
+        if initializing && self.fail(error.clone()) {
+            tracing::warn!(env = %self.id, error_type = %error.error_type, message = %error.message, "runtime reported an init error");
+            InitErrorAnswer::Accepted
+        } else {
+            InitErrorAnswer::Refused
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! Turning a spec into a runtime process tree: the command from the catalog, the Lambda environment
+//! variables, and a spawn that places the child in its cgroup before `exec` (no window outside it) and in a
+//! process group of its own.
+
+use std::{
+    collections::BTreeMap,
+    io,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Stdio,
+};
+
+use crate::{cgroup::Placement, spec::ValidSpec};
+
+/// Why a runtime could not be planned.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("spec.code: runtime {runtime} needs an executable {path}")]
+    MissingBootstrap { runtime: String, path: PathBuf },
+    #[error("spec.runtime: runtime {0} has an empty command")]
+    EmptyCommand(String),
+}
+
+/// Everything needed to start one runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchPlan {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: PathBuf,
+}
+
+/// Host facts the plan depends on.
+#[derive(Debug, Clone)]
+pub struct LaunchContext<'a> {
+    pub env_id: &'a str,
+    pub task_root: &'a Path,
+    pub shims_dir: &'a Path,
+    pub runtime_api: SocketAddr,
+    pub region: &'a str,
+    /// `PATH` given to runtimes.
+    pub path: &'a str,
+}
+
+/// Builds the command line and environment of a runtime.
+pub fn plan(spec: &ValidSpec, ctx: &LaunchContext<'_>) -> Result<LaunchPlan, LaunchError> {
+    let substitute = |s: &str| {
+        s.replace("{shims}", &ctx.shims_dir.display().to_string())
+            .replace("{code}", &ctx.task_root.display().to_string())
+            .replace("{handler}", &spec.handler)
+    };
+    let mut command = spec.runtime.command.iter().map(|s| substitute(s));
+    let program = PathBuf::from(
+        command
+            .next()
+            .ok_or_else(|| LaunchError::EmptyCommand(spec.runtime.id.clone()))?,
+    );
+    if spec.runtime.is_provided() && !is_executable(&program) {
+        return Err(LaunchError::MissingBootstrap {
+            runtime: spec.runtime.id.clone(),
+            path: program,
+        });
+    }
+    let args = command.collect();
+
+    // Customer variables first: the agent's own names are set after them and always win (validation
+    // already refuses reserved names; this keeps the guarantee even if that list and this one drift).
+    let mut env: BTreeMap<String, String> = spec.environment.clone();
+    let mut set = |k: &str, v: String| {
+        env.insert(k.to_owned(), v);
+    };
+    let date = log_stream_date();
+    set("AWS_LAMBDA_RUNTIME_API", ctx.runtime_api.to_string());
+    set("_HANDLER", spec.handler.clone());
+    set("LAMBDA_TASK_ROOT", ctx.task_root.display().to_string());
+    set("LAMBDA_RUNTIME_DIR", ctx.shims_dir.display().to_string());
+    set("AWS_LAMBDA_FUNCTION_NAME", spec.function_name.clone());
+    set("AWS_LAMBDA_FUNCTION_VERSION", spec.version.clone());
+    set(
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+        spec.memory_mib.to_string(),
+    );
+    set(
+        "AWS_LAMBDA_LOG_GROUP_NAME",
+        format!("/aws/lambda/{}", spec.function_name),
+    );
+    set(
+        "AWS_LAMBDA_LOG_STREAM_NAME",
+        format!("{date}/[{}]{}", spec.version, ctx.env_id),
+    );
+    set("AWS_REGION", ctx.region.to_owned());
+    set("AWS_DEFAULT_REGION", ctx.region.to_owned());
+    if let Some(e) = &spec.runtime.execution_env {
+        set("AWS_EXECUTION_ENV", e.clone());
+    }
+    set(
+        "AWS_LAMBDA_INITIALIZATION_TYPE",
+        "lambda-managed-instances".to_owned(),
+    );
+    set(
+        "AWS_LAMBDA_MAX_CONCURRENCY",
+        spec.max_concurrency.to_string(),
+    );
+    set("AWS_LAMBDA_LOG_FORMAT", "JSON".to_owned());
+    set("AWS_LAMBDA_LOG_LEVEL", "INFO".to_owned());
+    set("TZ", ":UTC".to_owned());
+    set("LANG", "en_US.UTF-8".to_owned());
+    set("PATH", ctx.path.to_owned());
+    set(
+        "LD_LIBRARY_PATH",
+        format!("{}/lib", ctx.task_root.display()),
+    );
+    Ok(LaunchPlan {
+        program,
+        args,
+        env,
+        cwd: ctx.task_root.to_owned(),
+    })
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// `YYYY/MM/DD` of today (UTC), as Lambda starts log stream names.
+fn log_stream_date() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}/{m:02}/{d:02}")
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
+    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// Starts processes. A trait so that lifecycle logic can be exercised without creating processes.
+pub trait Spawner: Send + Sync + std::fmt::Debug {
+    /// Starts the plan's program inside the cgroups of `placement`, in a new process group, with piped
+    /// stdout/stderr and no stdin.
+    fn spawn(&self, plan: &LaunchPlan, placement: Placement) -> io::Result<tokio::process::Child>;
+}
+
+/// Spawns real processes.
+#[derive(Debug, Default)]
+pub struct ProcessSpawner;
+
+impl Spawner for ProcessSpawner {
+    fn spawn(&self, plan: &LaunchPlan, placement: Placement) -> io::Result<tokio::process::Child> {
+        let mut cmd = tokio::process::Command::new(&plan.program);
+        cmd.args(&plan.args)
+            .env_clear()
+            .envs(&plan.env)
+            .current_dir(&plan.cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(false);
+        // SAFETY: the closure runs in the child between fork and exec. It only calls setpgid(2) and write(2)
+        // (through `Placement::enter`, which is async-signal-safe and does not allocate); no locks, no heap.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setpgid(0, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                placement.enter()
+            });
+        }
+        cmd.spawn()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{catalog::Catalog, spec};
+    use lmi_proto::v1 as pb;
+
+    fn spec_for(runtime: &str, dir: &Path) -> ValidSpec {
+        let catalog = Catalog::load(None).unwrap();
+        let mut env = std::collections::HashMap::new();
+        env.insert("GREETING".to_owned(), "hi".to_owned());
+        let s = pb::EnvironmentSpec {
+            function: Some(pb::FunctionRef {
+                name: "f".into(),
+                version: "7".into(),
+                arn: String::new(),
+            }),
+            runtime: runtime.into(),
+            handler: "app.handler".into(),
+            code: Some(pb::Code {
+                source: Some(pb::code::Source::Directory(dir.display().to_string())),
+                sha256: String::new(),
+            }),
+            memory_mib: 4096,
+            max_concurrency: 12,
+            environment: env,
+            ..Default::default()
+        };
+        spec::validate(
+            &s,
+            &catalog,
+            &spec::SpecDefaults {
+                region: "eu-west-1".into(),
+                account_id: "000000000000".into(),
+            },
+        )
+        .unwrap()
+    }
+
+    fn ctx<'a>(dir: &'a Path) -> LaunchContext<'a> {
+        LaunchContext {
+            env_id: "env-1",
+            task_root: dir,
+            shims_dir: Path::new("/opt/shims"),
+            runtime_api: "127.0.0.1:9001".parse().unwrap(),
+            region: "eu-west-1",
+            path: "/usr/bin:/bin",
+        }
+    }
+
+    #[test]
+    fn lambda_environment_is_complete() {
+        let t = tempfile::tempdir().unwrap();
+        let p = plan(&spec_for("python3.11", t.path()), &ctx(t.path())).unwrap();
+        assert_eq!(p.args, vec!["/opt/shims/python/bootstrap.py".to_owned()]);
+        let e = |k: &str| p.env.get(k).cloned().unwrap_or_default();
+        assert_eq!(e("AWS_LAMBDA_RUNTIME_API"), "127.0.0.1:9001");
+        assert_eq!(e("_HANDLER"), "app.handler");
+        assert_eq!(e("LAMBDA_TASK_ROOT"), t.path().display().to_string());
+        assert_eq!(e("AWS_LAMBDA_FUNCTION_NAME"), "f");
+        assert_eq!(e("AWS_LAMBDA_FUNCTION_VERSION"), "7");
+        assert_eq!(e("AWS_LAMBDA_FUNCTION_MEMORY_SIZE"), "4096");
+        assert_eq!(e("AWS_LAMBDA_MAX_CONCURRENCY"), "12");
+        assert_eq!(
+            e("AWS_LAMBDA_INITIALIZATION_TYPE"),
+            "lambda-managed-instances"
+        );
+        assert_eq!(e("AWS_EXECUTION_ENV"), "AWS_Lambda_python3.11");
+        assert_eq!(e("AWS_LAMBDA_LOG_FORMAT"), "JSON");
+        assert_eq!(e("AWS_REGION"), "eu-west-1");
+        assert_eq!(e("AWS_LAMBDA_LOG_GROUP_NAME"), "/aws/lambda/f");
+        assert!(e("AWS_LAMBDA_LOG_STREAM_NAME").ends_with("/[7]env-1"));
+        assert_eq!(e("TZ"), ":UTC");
+        assert_eq!(e("GREETING"), "hi");
+        assert_eq!(p.cwd, t.path());
+    }
+
+    #[test]
+    fn provided_runs_the_functions_bootstrap_or_says_it_is_missing() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let spec = spec_for("provided.al2023", t.path());
+        let e = plan(&spec, &ctx(t.path())).unwrap_err().to_string();
+        assert!(
+            e.starts_with("spec.code: runtime provided.al2023 needs an executable"),
+            "{e}"
+        );
+        assert!(!p_has_exec_env(&spec));
+        let boot = t.path().join("bootstrap");
+        std::fs::write(&boot, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&boot, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let p = plan(&spec, &ctx(t.path())).unwrap();
+        assert_eq!(p.program, boot);
+        assert!(!p.env.contains_key("AWS_EXECUTION_ENV"));
+    }
+
+    fn p_has_exec_env(spec: &ValidSpec) -> bool {
+        spec.runtime.execution_env.is_some()
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+        assert_eq!(civil_from_days(20_415), (2025, 11, 23));
+    }
+}

@@ -1,0 +1,215 @@
+//! The task that owns one environment's runtime process from spawn to cleanup.
+//!
+//! It waits for whichever comes first: the runtime's main process exiting, the init timeout, a failure
+//! reported through the Runtime API (`/init/error`), or a stop request (delete, agent shutdown). Then it ends
+//! every in-flight invoke with the failure at once, stops the process tree (SIGTERM to the process group,
+//! then SIGKILL to everything in the cgroup), removes the cgroup, stops the Runtime API server and releases
+//! the environment's capacity.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::{
+    io::{AsyncRead, AsyncReadExt},
+    process::Child,
+    task::JoinHandle,
+};
+
+use crate::{
+    capacity::Ledger,
+    cgroup::EnvironmentCgroup,
+    environment::{Environment, State},
+    invocation::{ErrorInfo, RUNTIME_EXIT_ERROR, RUNTIME_OUT_OF_MEMORY},
+};
+
+/// Longest line of runtime output forwarded as one log record; longer lines are split.
+const MAX_LOG_LINE: usize = 64 * 1024;
+
+/// What the supervisor needs besides the environment.
+#[derive(Debug)]
+pub struct Supervised {
+    pub env: Arc<Environment>,
+    pub child: Child,
+    pub cgroup: Box<dyn EnvironmentCgroup>,
+    pub api_server: JoinHandle<()>,
+    pub ledger: Arc<Ledger>,
+    pub init_timeout: Duration,
+    pub stop_timeout: Duration,
+}
+
+/// Runs until the environment is cleaned up.
+pub async fn supervise(mut s: Supervised) {
+    let env = s.env.clone();
+    forward_output(&env, &mut s.child);
+    let pid = s.child.id();
+    env.set_pid(pid);
+    let init_deadline = tokio::time::sleep(s.init_timeout);
+    tokio::pin!(init_deadline);
+    let mut exited = None;
+    loop {
+        let wake = env.wake.notified();
+        tokio::pin!(wake);
+        wake.as_mut().enable();
+        if env.stop_requested() || env.state() == State::Failed {
+            break;
+        }
+        tokio::select! {
+            status = s.child.wait() => {
+                exited = Some(status);
+                break;
+            }
+            () = &mut init_deadline, if env.state() == State::Initializing => {
+                env.fail(ErrorInfo::new(
+                    "Runtime.InitTimeout",
+                    format!("the runtime did not finish init within {} seconds", s.init_timeout.as_secs()),
+                ));
+            }
+            () = &mut wake => {}
+        }
+    }
+
+    if let Some(status) = &exited {
+        let error = exit_error(
+            status,
+            s.cgroup.as_ref(),
+            env.state() == State::Initializing,
+        );
+        if env.fail(error.clone()) {
+            tracing::warn!(env = %env.id, error_type = %error.error_type, message = %error.message, "runtime exited");
+        }
+    }
+
+    // Every caller still waiting learns the outcome now, not at its deadline.
+    let failure = env.status().failure.map(|f| f.error);
+    let told = env.broker.close(failure.as_ref());
+    if told > 0 {
+        tracing::info!(env = %env.id, invokes = told, "ended in-flight invokes of a stopped environment");
+    }
+
+    if exited.is_none() {
+        stop_process_tree(&mut s.child, pid, s.stop_timeout).await;
+    }
+    let cgroup = s.cgroup;
+    let env_id = env.id.clone();
+    let removed = tokio::task::spawn_blocking(move || cgroup.remove()).await;
+    match removed {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(env = %env_id, error = %e, "removing the environment's cgroup failed")
+        }
+        Err(e) => tracing::error!(env = %env_id, error = %e, "cgroup removal task failed"),
+    }
+    s.api_server.abort();
+    s.ledger
+        .release(env.spec.vcpus, u64::from(env.spec.memory_mib));
+    env.mark_cleaned();
+    tracing::info!(env = %env.id, state = ?env.state(), "environment cleaned up");
+}
+
+fn exit_error(
+    status: &std::io::Result<std::process::ExitStatus>,
+    cgroup: &dyn EnvironmentCgroup,
+    during_init: bool,
+) -> ErrorInfo {
+    use std::os::unix::process::ExitStatusExt;
+    let how = match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(c), _) => format!("exit status {c}"),
+            (None, Some(sig)) => format!("signal: {}", signal_name(sig)),
+            _ => s.to_string(),
+        },
+        Err(e) => format!("wait failed: {e}"),
+    };
+    let oom = cgroup.oom_kills().unwrap_or(0) > 0;
+    let error_type = if oom {
+        RUNTIME_OUT_OF_MEMORY
+    } else {
+        RUNTIME_EXIT_ERROR
+    };
+    let phase = if during_init { " during init" } else { "" };
+    let message = if oom {
+        format!(
+            "Runtime exited{phase} after an out-of-memory kill in the environment's cgroup: {how}"
+        )
+    } else {
+        format!("Runtime exited{phase} with error: {how}")
+    };
+    ErrorInfo::new(error_type, message)
+}
+
+fn signal_name(sig: i32) -> String {
+    nix::sys::signal::Signal::try_from(sig)
+        .map(|s| match s {
+            nix::sys::signal::Signal::SIGKILL => "killed".to_owned(),
+            nix::sys::signal::Signal::SIGSEGV => "segmentation fault".to_owned(),
+            nix::sys::signal::Signal::SIGABRT => "aborted".to_owned(),
+            other => other.as_str().to_owned(),
+        })
+        .unwrap_or_else(|_| sig.to_string())
+}
+
+/// SIGTERM to the runtime's process group, then (after `grace`) the caller's cgroup removal SIGKILLs the rest.
+async fn stop_process_tree(child: &mut Child, pid: Option<u32>, grace: Duration) {
+    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+}
+
+/// Forwards the runtime's stdout and stderr into the agent's log, one record per line.
+fn forward_output(env: &Arc<Environment>, child: &mut Child) {
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(forward_lines(env.clone(), "stdout", out));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(forward_lines(env.clone(), "stderr", err));
+    }
+}
+
+async fn forward_lines(
+    env: Arc<Environment>,
+    stream: &'static str,
+    mut reader: impl AsyncRead + Unpin,
+) {
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = match reader.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=pos).collect();
+            emit(&env, stream, &line[..line.len() - 1]);
+        }
+        if buf.len() > MAX_LOG_LINE {
+            let line: Vec<u8> = buf.drain(..).collect();
+            emit(&env, stream, &line);
+        }
+    }
+    if !buf.is_empty() {
+        emit(&env, stream, &buf);
+    }
+}
+
+fn emit(env: &Environment, stream: &'static str, line: &[u8]) {
+    let line = String::from_utf8_lossy(line);
+    let line = line.trim_end_matches('\r');
+    if line.is_empty() {
+        return;
+    }
+    tracing::info!(
+        target: "lmi_agent::function",
+        env = %env.id,
+        function = %env.spec.function_name,
+        version = %env.spec.version,
+        stream,
+        "{line}"
+    );
+}
