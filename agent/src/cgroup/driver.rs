@@ -36,7 +36,11 @@ pub trait CgroupDriver: Send + Sync + fmt::Debug {
     /// Creates `<parent>/<name>` in every hierarchy this driver manages and
     /// writes the limits. An existing cgroup of that name (left by a crashed
     /// agent) is emptied with `kill_all` and reused.
-    fn create(&self, name: &str, limits: &CgroupLimits) -> Result<Box<dyn EnvironmentCgroup>, CgroupError>;
+    fn create(
+        &self,
+        name: &str,
+        limits: &CgroupLimits,
+    ) -> Result<Box<dyn EnvironmentCgroup>, CgroupError>;
     /// Re-opens an existing child cgroup (for cleanup after an agent restart);
     /// `None` if it exists in no managed hierarchy.
     fn open(&self, name: &str) -> Result<Option<Box<dyn EnvironmentCgroup>>, CgroupError>;

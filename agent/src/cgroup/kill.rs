@@ -11,7 +11,7 @@ use nix::unistd::Pid;
 use super::error::CgroupError;
 use super::fsutil::{self, Backoff};
 
-/// How long [`kill_all`] waits for a cgroup to become empty.
+/// How long `EnvironmentCgroup::kill_all` waits for a cgroup to become empty.
 pub const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long `cgroup.kill` alone is trusted before individual SIGKILLs are added.
 const KILL_FILE_GRACE: Duration = Duration::from_millis(500);

@@ -79,16 +79,36 @@ mod tests {
     fn validate_rejects_out_of_range() {
         let ok = CgroupLimits::from_vcpus(1, 1 << 30, 10);
         let bad = [
-            CgroupLimits { cpu_period_us: 999, ..ok },
-            CgroupLimits { cpu_period_us: 1_000_001, ..ok },
-            CgroupLimits { cpu_quota_us: 10, ..ok },
-            CgroupLimits { memory_bytes: u64::MAX, ..ok },
+            CgroupLimits {
+                cpu_period_us: 999,
+                ..ok
+            },
+            CgroupLimits {
+                cpu_period_us: 1_000_001,
+                ..ok
+            },
+            CgroupLimits {
+                cpu_quota_us: 10,
+                ..ok
+            },
+            CgroupLimits {
+                memory_bytes: u64::MAX,
+                ..ok
+            },
         ];
         for b in bad {
-            assert!(matches!(b.validate(), Err(CgroupError::InvalidLimits(_))), "{b:?}");
+            assert!(
+                matches!(b.validate(), Err(CgroupError::InvalidLimits(_))),
+                "{b:?}"
+            );
         }
-        assert!(CgroupLimits { cpu_quota_us: 0, memory_bytes: 0, pids_max: 0, ..ok }
-            .validate()
-            .is_ok());
+        assert!(CgroupLimits {
+            cpu_quota_us: 0,
+            memory_bytes: 0,
+            pids_max: 0,
+            ..ok
+        }
+        .validate()
+        .is_ok());
     }
 }

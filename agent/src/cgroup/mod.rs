@@ -38,7 +38,10 @@ pub use driver::{CgroupDriver, CgroupVersion, EnvironmentCgroup};
 pub use error::CgroupError;
 pub use kill::KILL_TIMEOUT;
 pub use limits::CgroupLimits;
-pub use mounts::{discover, parse_mountinfo, parse_proc_cgroup, CgroupMount, Hierarchy, Layout, ProcCgroup, V1Mounts};
+pub use mounts::{
+    discover, parse_mountinfo, parse_proc_cgroup, CgroupMount, Hierarchy, Layout, ProcCgroup,
+    V1Mounts,
+};
 pub use names::validate_name;
 pub use placement::Placement;
 pub use v1::V1Driver;

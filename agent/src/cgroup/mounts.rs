@@ -163,7 +163,8 @@ pub fn discover(
             .find_map(|m| hierarchy_for(m, path))
     });
     if let Some(h) = &unified {
-        let controllers = read_controllers(&h.mount_point.join("cgroup.controllers")).unwrap_or_default();
+        let controllers =
+            read_controllers(&h.mount_point.join("cgroup.controllers")).unwrap_or_default();
         let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
         if has("cpu") && has("memory") {
             return Ok(Layout::V2(h.clone()));
@@ -192,11 +193,15 @@ pub fn discover(
             unified,
         }))),
         (cpu, memory, pids) => {
-            let missing: Vec<&str> = [("cpu", cpu.is_none()), ("memory", memory.is_none()), ("pids", pids.is_none())]
-                .iter()
-                .filter(|(_, m)| *m)
-                .map(|(n, _)| *n)
-                .collect();
+            let missing: Vec<&str> = [
+                ("cpu", cpu.is_none()),
+                ("memory", memory.is_none()),
+                ("pids", pids.is_none()),
+            ]
+            .iter()
+            .filter(|(_, m)| *m)
+            .map(|(n, _)| *n)
+            .collect();
             Err(CgroupError::NoHierarchy(format!(
                 "no cgroup2 mount with cpu+memory delegated{}, and cgroup v1 controller(s) {} not mounted \
                  or not visible",
@@ -233,7 +238,9 @@ fn unescape(s: &str) -> String {
         if let Some(&[b'\\', a, b, c]) = bytes.get(i..i + 4) {
             let digits = [a, b, c];
             if digits.iter().all(|d| (b'0'..=b'7').contains(d)) {
-                let v = digits.iter().fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
+                let v = digits
+                    .iter()
+                    .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
                 if let Ok(v) = u8::try_from(v) {
                     out.push(v);
                     i += 4;
@@ -245,4 +252,137 @@ fn unescape(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `/proc/self/mountinfo` (cgroup part) of the hybrid development host.
+    const HYBRID_MOUNTINFO: &str = "\
+25 1 253:0 / / rw,relatime - ext4 /dev/vda rw
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+33 31 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
+34 31 0:31 / /sys/fs/cgroup/cpuset rw,relatime - cgroup cgroup rw,cpuset
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+36 31 0:33 / /sys/fs/cgroup/devices rw,relatime - cgroup cgroup rw,devices
+37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer
+38 31 0:35 / /sys/fs/cgroup/blkio rw,relatime - cgroup cgroup rw,blkio
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+    const HYBRID_CGROUP: &str = "\
+9:name=systemd:/
+8:pids:/
+7:blkio:/
+6:freezer:/
+5:devices:/
+4:memory:/process_api/234658e754e3c4896f13b0b12ad3049d
+3:cpuset:/
+2:cpuacct:/
+1:cpu:/
+0::/
+";
+    /// Amazon Linux 2023: pure cgroup v2, agent run by systemd.
+    const AL2023_MOUNTINFO: &str = "\
+22 1 259:1 / / rw,noatime shared:1 - xfs /dev/nvme0n1p1 rw,seclabel
+26 21 0:24 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,seclabel,nsdelegate,memory_recursiveprot
+";
+    const AL2023_CGROUP: &str = "0::/system.slice/lmi-agent.service\n";
+
+    fn controllers(text: &'static str) -> impl Fn(&Path) -> Option<String> {
+        move |_| Some(text.to_owned())
+    }
+
+    #[test]
+    fn hybrid_host_is_v1_with_unified_and_freezer() {
+        let layout = discover(HYBRID_MOUNTINFO, HYBRID_CGROUP, &controllers("")).unwrap();
+        let cg = |m: &str, own: &str| Hierarchy::new(format!("/sys/fs/cgroup/{m}"), own);
+        assert_eq!(
+            layout,
+            Layout::V1(Box::new(V1Mounts {
+                cpu: cg("cpu", "/"),
+                cpuacct: Some(cg("cpuacct", "/")),
+                memory: cg("memory", "/process_api/234658e754e3c4896f13b0b12ad3049d"),
+                pids: cg("pids", "/"),
+                freezer: Some(cg("freezer", "/")),
+                unified: Some(cg("unified", "/")),
+            }))
+        );
+    }
+
+    #[test]
+    fn al2023_is_v2_at_the_service_cgroup() {
+        let layout = discover(
+            AL2023_MOUNTINFO,
+            AL2023_CGROUP,
+            &controllers("cpuset cpu io memory hugetlb pids rdma misc\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            layout,
+            Layout::V2(Hierarchy::new(
+                "/sys/fs/cgroup",
+                "/system.slice/lmi-agent.service"
+            ))
+        );
+    }
+
+    #[test]
+    fn v2_without_cpu_and_memory_and_no_v1_is_an_error() {
+        let err = discover(AL2023_MOUNTINFO, AL2023_CGROUP, &controllers("pids io\n")).unwrap_err();
+        assert!(matches!(err, CgroupError::NoHierarchy(_)), "{err}");
+        assert!(err.to_string().contains("cpu, memory, pids"), "{err}");
+    }
+
+    #[test]
+    fn co_mounted_cpu_cpuacct_and_container_roots() {
+        let mountinfo = "\
+30 25 0:26 /docker/abc /sys/fs/cgroup/cpu,cpuacct ro - cgroup cgroup rw,cpu,cpuacct
+31 25 0:27 /docker/abc /sys/fs/cgroup/memory ro - cgroup cgroup rw,memory
+32 25 0:28 / /sys/fs/cgroup/pids\\040x rw - cgroup cgroup rw,pids
+";
+        let proc_cgroup =
+            "4:pids:/docker/abc\n3:memory:/docker/abc/sub\n2:cpu,cpuacct:/docker/abc\n";
+        let Layout::V1(m) = discover(mountinfo, proc_cgroup, &controllers("")).unwrap() else {
+            panic!("expected v1");
+        };
+        assert_eq!(m.cpu, Hierarchy::new("/sys/fs/cgroup/cpu,cpuacct", "/"));
+        assert_eq!(m.cpuacct, Some(m.cpu.clone()));
+        assert_eq!(m.memory, Hierarchy::new("/sys/fs/cgroup/memory", "/sub"));
+        assert_eq!(
+            m.pids,
+            Hierarchy::new("/sys/fs/cgroup/pids x", "/docker/abc")
+        );
+        assert_eq!(m.freezer, None);
+        assert_eq!(m.unified, None);
+    }
+
+    #[test]
+    fn garbage_is_a_clear_error() {
+        let none = controllers("");
+        let err = discover("this is not mountinfo", HYBRID_CGROUP, &none).unwrap_err();
+        assert!(err.to_string().contains("/proc/self/mountinfo"), "{err}");
+        assert!(err.to_string().contains("line 1"), "{err}");
+
+        let err = discover(HYBRID_MOUNTINFO, "garbage\n", &none).unwrap_err();
+        assert!(err.to_string().contains("/proc/self/cgroup"), "{err}");
+        let err = discover(HYBRID_MOUNTINFO, "x:cpu:/\n", &none).unwrap_err();
+        assert!(matches!(err, CgroupError::Parse { .. }), "{err}");
+        let err = discover(HYBRID_MOUNTINFO, "", &none).unwrap_err();
+        assert!(matches!(err, CgroupError::Parse { .. }), "{err}");
+
+        let no_cgroups = "25 1 253:0 / / rw,relatime - ext4 /dev/vda rw\n";
+        let err = discover(no_cgroups, HYBRID_CGROUP, &none).unwrap_err();
+        assert!(matches!(err, CgroupError::NoHierarchy(_)), "{err}");
+    }
+
+    #[test]
+    fn mount_root_not_covering_own_cgroup_is_skipped() {
+        let mi = "30 25 0:26 /other /x rw - cgroup2 cgroup2 rw\n";
+        let err = discover(mi, "0::/mine\n", &controllers("cpu memory pids")).unwrap_err();
+        assert!(matches!(err, CgroupError::NoHierarchy(_)), "{err}");
+    }
 }

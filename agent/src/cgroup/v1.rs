@@ -89,12 +89,19 @@ impl V1Driver {
                     });
                 }
                 Err(e) if role.optional() => {
-                    tracing::warn!(?role, error = %e, "optional cgroup hierarchy unusable; continuing without it");
+                    tracing::warn!(
+                        ?role,
+                        error = %e,
+                        "optional cgroup hierarchy unusable; continuing without it"
+                    );
                 }
                 Err(e) => return Err(e),
             }
         }
-        Ok(Self { managed, parent_path })
+        Ok(Self {
+            managed,
+            parent_path,
+        })
     }
 
     fn handle(&self, name: &str) -> V1Cgroup {
@@ -119,42 +126,48 @@ impl CgroupDriver for V1Driver {
         &self.parent_path
     }
 
-    fn create(&self, name: &str, limits: &CgroupLimits) -> Result<Box<dyn EnvironmentCgroup>, CgroupError> {
+    fn create(
+        &self,
+        name: &str,
+        limits: &CgroupLimits,
+    ) -> Result<Box<dyn EnvironmentCgroup>, CgroupError> {
         validate_name(name)?;
         limits.validate()?;
         let mut cg = self.handle(name);
         let mut created: Vec<PathBuf> = Vec::new();
         let mut existed = false;
         let mut failure = None;
-        cg.dirs.retain(|(roles, dir)| match std::fs::create_dir(dir) {
-            Ok(()) => {
-                created.push(dir.clone());
-                true
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                existed = true;
-                true
-            }
-            Err(source) => {
-                let err = CgroupError::Create {
-                    path: dir.clone(),
-                    source,
-                };
-                if roles.iter().all(|r| r.optional()) {
-                    tracing::warn!(error = %err, "optional hierarchy skipped for this cgroup");
-                } else if failure.is_none() {
-                    failure = Some(err);
+        cg.dirs
+            .retain(|(roles, dir)| match std::fs::create_dir(dir) {
+                Ok(()) => {
+                    created.push(dir.clone());
+                    true
                 }
-                false
-            }
-        });
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    existed = true;
+                    true
+                }
+                Err(source) => {
+                    let err = CgroupError::Create {
+                        path: dir.clone(),
+                        source,
+                    };
+                    if roles.iter().all(|r| r.optional()) {
+                        tracing::warn!(error = %err, "optional hierarchy skipped for this cgroup");
+                    } else if failure.is_none() {
+                        failure = Some(err);
+                    }
+                    false
+                }
+            });
         let result = match failure {
             Some(e) => Err(e),
             None => {
                 if existed {
                     tracing::warn!(cgroup = %cg.path, "cgroup already exists; emptying and reusing it");
                 }
-                (if existed { cg.kill_all() } else { Ok(()) }).and_then(|()| cg.write_limits(limits))
+                (if existed { cg.kill_all() } else { Ok(()) })
+                    .and_then(|()| cg.write_limits(limits))
             }
         };
         if let Err(e) = result {
@@ -227,8 +240,14 @@ impl V1Cgroup {
 
     fn write_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
         let cpu = self.required_dir(Role::Cpu)?;
-        fsutil::write_value(&cpu.join("cpu.cfs_period_us"), &limits.cpu_period_us.to_string())?;
-        fsutil::write_value(&cpu.join("cpu.cfs_quota_us"), &minus_one_or(limits.cpu_quota_us))?;
+        fsutil::write_value(
+            &cpu.join("cpu.cfs_period_us"),
+            &limits.cpu_period_us.to_string(),
+        )?;
+        fsutil::write_value(
+            &cpu.join("cpu.cfs_quota_us"),
+            &minus_one_or(limits.cpu_quota_us),
+        )?;
 
         let memory = self.required_dir(Role::Memory)?;
         write_memory_limit(memory, &minus_one_or(limits.memory_bytes))?;
@@ -292,7 +311,11 @@ impl EnvironmentCgroup for V1Cgroup {
     }
 
     fn placement(&self) -> Result<Placement, CgroupError> {
-        let files: Vec<PathBuf> = self.dirs.iter().map(|(_, d)| d.join("cgroup.procs")).collect();
+        let files: Vec<PathBuf> = self
+            .dirs
+            .iter()
+            .map(|(_, d)| d.join("cgroup.procs"))
+            .collect();
         Placement::open(&files)
     }
 
@@ -306,9 +329,15 @@ impl EnvironmentCgroup for V1Cgroup {
     }
 
     fn memory_limit(&self) -> Result<u64, CgroupError> {
-        let file = self.required_dir(Role::Memory)?.join("memory.limit_in_bytes");
+        let file = self
+            .required_dir(Role::Memory)?
+            .join("memory.limit_in_bytes");
         let v = fsutil::parse_u64(&fsutil::read_string(&file)?, &file)?;
-        Ok(if v >= V1_UNLIMITED_THRESHOLD { u64::MAX } else { v })
+        Ok(if v >= V1_UNLIMITED_THRESHOLD {
+            u64::MAX
+        } else {
+            v
+        })
     }
 
     fn cpu_quota(&self) -> Result<(Option<u64>, u64), CgroupError> {
@@ -346,5 +375,179 @@ impl EnvironmentCgroup for V1Cgroup {
             }
         }
         first_err.map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroup::testutil::{fake_v1_env, fake_v1_mounts, read, SPECS};
+
+    #[test]
+    fn new_creates_parent_below_own_cgroup_in_every_hierarchy() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let driver = V1Driver::new(fake_v1_mounts(root), "lmi-agent").unwrap();
+        assert_eq!(driver.parent_path(), "/process_api/abc/lmi-agent");
+        assert_eq!(driver.version(), CgroupVersion::V1);
+        for d in [
+            "cpu",
+            "cpuacct",
+            "memory/process_api/abc",
+            "pids",
+            "freezer",
+            "unified",
+        ] {
+            assert!(root.join(d).join("lmi-agent").is_dir(), "{d}");
+        }
+        // Idempotent.
+        V1Driver::new(fake_v1_mounts(root), "lmi-agent").unwrap();
+        assert!(driver.children().unwrap().is_empty());
+    }
+
+    #[test]
+    fn limits_are_written_exactly_for_each_spec() {
+        for (label, vcpus, memory) in SPECS {
+            let tmp = tempfile::tempdir().unwrap();
+            let root = tmp.path();
+            let driver = V1Driver::new(fake_v1_mounts(root), "lmi-agent").unwrap();
+            let name = format!("env-{label}");
+            fake_v1_env(root, "lmi-agent", &name, true);
+            let limits = CgroupLimits::from_vcpus(vcpus, memory, 1024);
+            let env = driver.create(&name, &limits).unwrap();
+
+            let at = |m: &str, f: &str| read(&root.join(m).join("lmi-agent").join(&name).join(f));
+            assert_eq!(at("cpu", "cpu.cfs_period_us"), "100000", "{label}");
+            assert_eq!(
+                at("cpu", "cpu.cfs_quota_us"),
+                (vcpus * 100_000).to_string(),
+                "{label}"
+            );
+            assert_eq!(
+                at("memory/process_api/abc", "memory.limit_in_bytes"),
+                memory.to_string()
+            );
+            assert_eq!(
+                at("memory/process_api/abc", "memory.memsw.limit_in_bytes"),
+                memory.to_string()
+            );
+            assert_eq!(at("pids", "pids.max"), "1024");
+
+            assert_eq!(env.path(), format!("/process_api/abc/lmi-agent/{name}"));
+            assert_eq!(env.name(), name);
+            assert_eq!(env.cpu_quota().unwrap(), (Some(vcpus * 100_000), 100_000));
+            assert_eq!(env.memory_limit().unwrap(), memory);
+            assert_eq!(env.oom_kills().unwrap(), 3);
+            assert_eq!(env.placement().unwrap().paths().len(), 6);
+            assert_eq!(driver.children().unwrap(), vec![name.clone()]);
+            assert!(driver.open(&name).unwrap().is_some());
+            assert!(driver.open("absent").unwrap().is_none());
+        }
+    }
+
+    #[test]
+    fn memsw_is_left_alone_when_absent_and_zero_means_unlimited() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let driver = V1Driver::new(fake_v1_mounts(root), "p").unwrap();
+        fake_v1_env(root, "p", "e", false);
+        let limits = CgroupLimits {
+            cpu_quota_us: 0,
+            cpu_period_us: 50_000,
+            memory_bytes: 0,
+            pids_max: 0,
+        };
+        let env = driver.create("e", &limits).unwrap();
+        let mem = root.join("memory/process_api/abc/p/e");
+        assert!(!mem.join("memory.memsw.limit_in_bytes").exists());
+        assert_eq!(read(&mem.join("memory.limit_in_bytes")), "-1");
+        assert_eq!(read(&root.join("cpu/p/e/cpu.cfs_quota_us")), "-1");
+        assert_eq!(read(&root.join("pids/p/e/pids.max")), "max");
+        assert_eq!(env.cpu_quota().unwrap(), (None, 50_000));
+    }
+
+    #[test]
+    fn garbage_in_files_is_an_error_not_a_panic() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let driver = V1Driver::new(fake_v1_mounts(root), "p").unwrap();
+        fake_v1_env(root, "p", "e", true);
+        let env = driver
+            .create("e", &CgroupLimits::from_vcpus(1, 1 << 30, 10))
+            .unwrap();
+        let mem = root.join("memory/process_api/abc/p/e");
+        std::fs::write(
+            mem.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\n",
+        )
+        .unwrap();
+        assert!(matches!(env.oom_kills(), Err(CgroupError::Parse { .. })));
+        std::fs::write(mem.join("memory.oom_control"), "oom_kill lots\n").unwrap();
+        assert!(matches!(env.oom_kills(), Err(CgroupError::Parse { .. })));
+        std::fs::write(mem.join("memory.limit_in_bytes"), "twelve").unwrap();
+        assert!(matches!(env.memory_limit(), Err(CgroupError::Parse { .. })));
+        std::fs::write(mem.join("cgroup.procs"), "1\nx\n").unwrap();
+        assert!(matches!(env.pids(), Err(CgroupError::Parse { .. })));
+    }
+
+    #[test]
+    fn failed_create_rolls_back_and_bad_input_is_rejected() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let driver = V1Driver::new(fake_v1_mounts(root), "p").unwrap();
+        // No interface files: the cpu write fails (files are never created).
+        let err = driver
+            .create("e", &CgroupLimits::from_vcpus(1, 1 << 30, 10))
+            .unwrap_err();
+        assert!(matches!(err, CgroupError::Write { .. }), "{err}");
+        assert!(
+            driver.children().unwrap().is_empty(),
+            "created dirs were rolled back"
+        );
+        assert!(!root.join("cpu/p/e/cpu.cfs_quota_us").exists());
+        assert!(matches!(
+            driver.create("../x", &CgroupLimits::from_vcpus(1, 1, 1)),
+            Err(CgroupError::InvalidName(_))
+        ));
+        assert!(matches!(
+            driver.create(
+                "e",
+                &CgroupLimits {
+                    cpu_period_us: 1,
+                    ..CgroupLimits::from_vcpus(1, 1, 1)
+                }
+            ),
+            Err(CgroupError::InvalidLimits(_))
+        ));
+    }
+
+    #[test]
+    fn co_mounted_cpu_cpuacct_is_managed_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let mut mounts = fake_v1_mounts(root);
+        mounts.cpuacct = Some(mounts.cpu.clone());
+        mounts.unified = None;
+        mounts.freezer = None;
+        let driver = V1Driver::new(mounts, "p").unwrap();
+        let env = driver.handle("e");
+        assert_eq!(env.dirs.len(), 3);
+        assert_eq!(env.dir(Role::Cpuacct), env.dir(Role::Cpu));
+    }
+
+    #[test]
+    fn remove_parent_refuses_while_children_exist() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let driver = V1Driver::new(fake_v1_mounts(root), "p").unwrap();
+        std::fs::create_dir(root.join("pids/p/leftover")).unwrap();
+        assert!(matches!(
+            driver.remove_parent(),
+            Err(CgroupError::ParentNotEmpty { .. })
+        ));
+        std::fs::remove_dir(root.join("pids/p/leftover")).unwrap();
+        driver.remove_parent().unwrap();
+        assert!(!root.join("cpu/p").exists());
+        driver.remove_parent().unwrap();
     }
 }

@@ -9,7 +9,9 @@ use super::kill::{self, Freezer, KillPlan, KILL_TIMEOUT};
 use super::limits::CgroupLimits;
 use super::names::validate_name;
 use super::placement::Placement;
-use super::v2_delegation::{enable_controllers_down, supervisor_leaf_name, Delegation, WriteFn, REQUIRED_CONTROLLERS};
+use super::v2_delegation::{
+    enable_controllers_down, supervisor_leaf_name, Delegation, WriteFn, REQUIRED_CONTROLLERS,
+};
 
 /// How long `rmdir` retries `EBUSY`.
 const RMDIR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -39,7 +41,12 @@ impl V2Driver {
     /// processes into `<own_path>/<parent_name>.supervisor` if the kernel
     /// demands it. If `own_path` already is that supervisor leaf (the driver
     /// was built before in this process), its parent is used as own cgroup.
-    pub fn new(root: PathBuf, own_path: &str, parent_name: &str, options: V2Options) -> Result<Self, CgroupError> {
+    pub fn new(
+        root: PathBuf,
+        own_path: &str,
+        parent_name: &str,
+        options: V2Options,
+    ) -> Result<Self, CgroupError> {
         Self::with_writer(root, own_path, parent_name, options, &mut fsutil::write_raw)
     }
 
@@ -100,13 +107,18 @@ impl V2Driver {
     }
 
     fn write_limits(&self, dir: &Path, limits: &CgroupLimits) -> Result<(), CgroupError> {
-        let skip = |c: &str| tracing::warn!(controller = c, cgroup = %dir.display(), "controller not enabled; limit skipped");
+        let skip = |c: &str| {
+            tracing::warn!(controller = c, cgroup = %dir.display(), "controller not enabled; limit skipped");
+        };
         if self.has("cpu") {
             let quota = match limits.cpu_quota_us {
                 0 => "max".to_owned(),
                 q => q.to_string(),
             };
-            fsutil::write_value(&dir.join("cpu.max"), &format!("{quota} {}", limits.cpu_period_us))?;
+            fsutil::write_value(
+                &dir.join("cpu.max"),
+                &format!("{quota} {}", limits.cpu_period_us),
+            )?;
         } else {
             skip("cpu");
         }
@@ -163,7 +175,11 @@ impl CgroupDriver for V2Driver {
         &self.parent_path
     }
 
-    fn create(&self, name: &str, limits: &CgroupLimits) -> Result<Box<dyn EnvironmentCgroup>, CgroupError> {
+    fn create(
+        &self,
+        name: &str,
+        limits: &CgroupLimits,
+    ) -> Result<Box<dyn EnvironmentCgroup>, CgroupError> {
         validate_name(name)?;
         limits.validate()?;
         let cg = self.handle(name);
@@ -174,7 +190,12 @@ impl CgroupDriver for V2Driver {
                 cg.kill_all()?;
                 false
             }
-            Err(source) => return Err(CgroupError::Create { path: cg.dir, source }),
+            Err(source) => {
+                return Err(CgroupError::Create {
+                    path: cg.dir,
+                    source,
+                })
+            }
         };
         if let Err(e) = self.write_limits(&cg.dir, limits) {
             if created {
@@ -189,7 +210,10 @@ impl CgroupDriver for V2Driver {
     fn open(&self, name: &str) -> Result<Option<Box<dyn EnvironmentCgroup>>, CgroupError> {
         validate_name(name)?;
         let cg = self.handle(name);
-        Ok(cg.dir.is_dir().then(|| Box::new(cg) as Box<dyn EnvironmentCgroup>))
+        Ok(cg
+            .dir
+            .is_dir()
+            .then(|| Box::new(cg) as Box<dyn EnvironmentCgroup>))
     }
 
     fn children(&self) -> Result<Vec<String>, CgroupError> {
@@ -261,7 +285,9 @@ impl EnvironmentCgroup for V2Cgroup {
             label: &self.path,
             dirs: std::slice::from_ref(&self.dir),
             kill_file: Some(self.dir.join("cgroup.kill")),
-            freezer: Some(Freezer::V2 { dir: self.dir.clone() }),
+            freezer: Some(Freezer::V2 {
+                dir: self.dir.clone(),
+            }),
             timeout: KILL_TIMEOUT,
         })
     }
@@ -288,4 +314,139 @@ fn parse_cpu_max(text: &str, file: &Path) -> Result<(Option<u64>, u64), CgroupEr
         q => Some(q.parse().map_err(|_| bad())?),
     };
     Ok((quota, period))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroup::testutil::{fake_cgroup, fake_v2_env, fake_v2_tree, read, SPECS};
+
+    const OWN: &str = "/system.slice/lmi-agent.service";
+
+    #[test]
+    fn limits_are_written_exactly_for_each_spec() {
+        for (label, vcpus, memory) in SPECS {
+            let tmp = tempfile::tempdir().unwrap();
+            let root = fake_v2_tree(tmp.path(), "cpu memory pids\n", "");
+            let driver =
+                V2Driver::new(root.clone(), OWN, "lmi-agent", V2Options::default()).unwrap();
+            assert_eq!(
+                driver.parent_path(),
+                "/system.slice/lmi-agent.service/lmi-agent"
+            );
+            let name = format!("env-{label}");
+            let dir = fake_v2_env(
+                &root.join("system.slice/lmi-agent.service/lmi-agent"),
+                &name,
+            );
+            let env = driver
+                .create(&name, &CgroupLimits::from_vcpus(vcpus, memory, 1024))
+                .unwrap();
+
+            assert_eq!(
+                read(&dir.join("cpu.max")),
+                format!("{} 100000", vcpus * 100_000),
+                "{label}"
+            );
+            assert_eq!(read(&dir.join("memory.max")), memory.to_string());
+            assert_eq!(read(&dir.join("memory.swap.max")), "0");
+            assert_eq!(read(&dir.join("pids.max")), "1024");
+            assert_eq!(env.cpu_quota().unwrap(), (Some(vcpus * 100_000), 100_000));
+            assert_eq!(env.memory_limit().unwrap(), memory);
+            assert_eq!(env.oom_kills().unwrap(), 3);
+            assert_eq!(env.path(), format!("{OWN}/lmi-agent/{name}"));
+            assert_eq!(
+                env.placement().unwrap().paths(),
+                &[dir.join("cgroup.procs")]
+            );
+            assert_eq!(driver.children().unwrap(), vec![name]);
+        }
+    }
+
+    #[test]
+    fn unlimited_values_and_missing_swap_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = fake_v2_tree(tmp.path(), "cpu memory pids\n", "");
+        let driver = V2Driver::new(root.clone(), OWN, "lmi-agent", V2Options::default()).unwrap();
+        let dir = fake_v2_env(&root.join("system.slice/lmi-agent.service/lmi-agent"), "e");
+        std::fs::remove_file(dir.join("memory.swap.max")).unwrap();
+        let limits = CgroupLimits {
+            cpu_quota_us: 0,
+            cpu_period_us: 100_000,
+            memory_bytes: 0,
+            pids_max: 0,
+        };
+        let env = driver.create("e", &limits).unwrap();
+        assert_eq!(read(&dir.join("cpu.max")), "max 100000");
+        assert_eq!(read(&dir.join("memory.max")), "max");
+        assert_eq!(read(&dir.join("pids.max")), "max");
+        assert!(!dir.join("memory.swap.max").exists());
+        assert_eq!(env.cpu_quota().unwrap(), (None, 100_000));
+        assert_eq!(env.memory_limit().unwrap(), u64::MAX);
+    }
+
+    #[test]
+    fn oom_kill_parsing_of_memory_events() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = fake_v2_tree(tmp.path(), "cpu memory pids\n", "");
+        let driver = V2Driver::new(root.clone(), OWN, "lmi-agent", V2Options::default()).unwrap();
+        let dir = fake_v2_env(&root.join("system.slice/lmi-agent.service/lmi-agent"), "e");
+        let env = driver
+            .create("e", &CgroupLimits::from_vcpus(1, 1 << 30, 8))
+            .unwrap();
+        assert_eq!(env.oom_kills().unwrap(), 3);
+        std::fs::write(dir.join("memory.events"), "low 0\nhigh 0\n").unwrap();
+        assert!(matches!(env.oom_kills(), Err(CgroupError::Parse { .. })));
+        std::fs::write(dir.join("cpu.max"), "100000").unwrap();
+        assert!(matches!(env.cpu_quota(), Err(CgroupError::Parse { .. })));
+    }
+
+    #[test]
+    fn strict_mode_requires_delegated_controllers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = fake_v2_tree(tmp.path(), "cpu pids\n", "");
+        let err = V2Driver::new(root, OWN, "lmi-agent", V2Options::default()).unwrap_err();
+        match err {
+            CgroupError::ControllerUnavailable { controller, .. } => {
+                assert_eq!(controller, "memory")
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+
+    #[test]
+    fn skip_mode_skips_limits_of_unavailable_controllers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = fake_cgroup(
+            tmp.path(),
+            &[("cgroup.controllers", ""), ("cgroup.subtree_control", "")],
+        );
+        fake_cgroup(
+            &root.join("p"),
+            &[("cgroup.controllers", ""), ("cgroup.subtree_control", "")],
+        );
+        let options = V2Options {
+            skip_unavailable_controllers: true,
+        };
+        let driver = V2Driver::new(root.clone(), "/", "p", options).unwrap();
+        assert!(driver.controllers().is_empty());
+        assert_eq!(read(&root.join("cgroup.subtree_control")), "");
+        let dir = fake_cgroup(&root.join("p/e"), &[("cgroup.procs", "")]);
+        let env = driver
+            .create("e", &CgroupLimits::from_vcpus(1, 1 << 30, 8))
+            .unwrap();
+        assert_eq!(env.path(), "/p/e");
+        assert!(!dir.join("cpu.max").exists() && !dir.join("memory.max").exists());
+    }
+
+    #[test]
+    fn own_path_normalisation_strips_the_supervisor_leaf() {
+        assert_eq!(
+            normalize_own_path("/a/b/x.supervisor", "x.supervisor"),
+            "/a/b"
+        );
+        assert_eq!(normalize_own_path("/x.supervisor", "x.supervisor"), "/");
+        assert_eq!(normalize_own_path("/", "x.supervisor"), "/");
+        assert_eq!(normalize_own_path("/a/b/", "x.supervisor"), "/a/b");
+    }
 }

@@ -59,10 +59,12 @@ pub(crate) fn enable_controllers_down(
         .target_path
         .strip_prefix(own)
         .filter(|rest| rest.is_empty() || rest.starts_with('/') || own.is_empty())
-        .ok_or_else(|| CgroupError::NoHierarchy(format!(
-            "parent cgroup {} is not inside the agent's own cgroup {}",
-            d.target_path, d.own_path
-        )))?;
+        .ok_or_else(|| {
+            CgroupError::NoHierarchy(format!(
+                "parent cgroup {} is not inside the agent's own cgroup {}",
+                d.target_path, d.own_path
+            ))
+        })?;
 
     let mut carried: Vec<String> = wanted.iter().map(|c| (*c).to_owned()).collect();
     let mut dir = fsutil::abs_dir(d.root, d.own_path);
@@ -114,7 +116,6 @@ fn enable_at(
         return Ok(result);
     }
     let value = to_enable.join(" ");
-    let is_mount_root = d.own_path.trim_matches('/').is_empty();
     let mut rounds = 0;
     loop {
         match write(&subtree_file, &value) {
@@ -122,7 +123,9 @@ fn enable_at(
                 tracing::debug!(path = %subtree_file.display(), %value, "enabled controllers");
                 return Ok(result);
             }
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && is_own && !is_mount_root && rounds < VACATE_ROUNDS => {
+            // The real root cgroup is exempt from the rule, but the root of a
+            // cgroup namespace (a container's "/") is not, so no special case.
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && is_own && rounds < VACATE_ROUNDS => {
                 rounds += 1;
                 vacate(dir, d.supervisor_leaf, write)?;
             }
@@ -140,7 +143,11 @@ fn enable_at(
 /// Moves every process of cgroup `dir` (the agent's own cgroup, including the
 /// agent itself) into the leaf `dir/<leaf>`, creating it if needed. Returns
 /// the leaf directory.
-pub(crate) fn vacate(dir: &Path, leaf: &str, write: &mut WriteFn<'_>) -> Result<PathBuf, CgroupError> {
+pub(crate) fn vacate(
+    dir: &Path,
+    leaf: &str,
+    write: &mut WriteFn<'_>,
+) -> Result<PathBuf, CgroupError> {
     let leaf_dir = fsutil::mkdir_p(dir, leaf)?;
     let leaf_procs = leaf_dir.join("cgroup.procs");
     let procs = dir.join("cgroup.procs");
@@ -160,4 +167,136 @@ pub(crate) fn vacate(dir: &Path, leaf: &str, write: &mut WriteFn<'_>) -> Result<
     tracing::info!(from = %dir.display(), to = %leaf_dir.display(), count = pids.len(),
         "moved the agent's processes into a leaf cgroup (cgroup v2 no-internal-processes rule)");
     Ok(leaf_dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+    use crate::cgroup::testutil::{fake_v2_tree, read};
+    use crate::cgroup::v2::{V2Driver, V2Options};
+    use crate::cgroup::CgroupDriver;
+
+    const OWN: &str = "/system.slice/lmi-agent.service";
+
+    #[test]
+    fn enables_controllers_only_from_own_cgroup_down() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = fake_v2_tree(tmp.path(), "cpu memory pids\n", "");
+        V2Driver::new(root.clone(), OWN, "lmi-agent", V2Options::default()).unwrap();
+        let own = root.join("system.slice/lmi-agent.service");
+        assert_eq!(
+            read(&own.join("cgroup.subtree_control")),
+            "+cpu +memory +pids"
+        );
+        assert_eq!(
+            read(&own.join("lmi-agent/cgroup.subtree_control")),
+            "+cpu +memory +pids"
+        );
+        // Ancestors above the agent's own cgroup are untouched.
+        assert_eq!(
+            read(&root.join("system.slice/cgroup.subtree_control")),
+            "memory pids\n"
+        );
+        assert_eq!(
+            read(&root.join("cgroup.subtree_control")),
+            "cpu memory pids\n"
+        );
+        // Nothing was moved.
+        assert_eq!(read(&own.join("lmi-agent.supervisor/cgroup.procs")), "");
+    }
+
+    #[test]
+    fn only_missing_controllers_are_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = fake_v2_tree(tmp.path(), "cpu memory pids\n", "");
+        let own = root.join("system.slice/lmi-agent.service");
+        std::fs::write(own.join("cgroup.subtree_control"), "cpu memory\n").unwrap();
+        V2Driver::new(root.clone(), OWN, "lmi-agent", V2Options::default()).unwrap();
+        assert_eq!(read(&own.join("cgroup.subtree_control")), "+pids");
+    }
+
+    /// The kernel refuses (EBUSY) to enable controllers while the own cgroup
+    /// has processes; simulate that until the supervisor leaf got them.
+    #[test]
+    fn ebusy_moves_own_processes_to_supervisor_leaf_then_retries() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = fake_v2_tree(tmp.path(), "cpu memory pids\n", "4242\n4343\n");
+        let own = root.join("system.slice/lmi-agent.service");
+        let leaf_procs = own.join("lmi-agent.supervisor/cgroup.procs");
+        let log = RefCell::new(Vec::<(PathBuf, String, bool)>::new());
+        let moved = RefCell::new(Vec::<String>::new());
+        let mut write = |path: &Path, value: &str| -> io::Result<()> {
+            if path == leaf_procs {
+                moved.borrow_mut().push(value.to_owned());
+                log.borrow_mut()
+                    .push((path.to_path_buf(), value.to_owned(), true));
+                return Ok(());
+            }
+            let busy = path == own.join("cgroup.subtree_control") && moved.borrow().len() < 2;
+            log.borrow_mut()
+                .push((path.to_path_buf(), value.to_owned(), !busy));
+            if busy {
+                return Err(io::Error::from_raw_os_error(libc::EBUSY));
+            }
+            fsutil::write_raw(path, value)
+        };
+        let driver = V2Driver::with_writer(
+            root.clone(),
+            OWN,
+            "lmi-agent",
+            V2Options::default(),
+            &mut write,
+        )
+        .unwrap();
+        assert_eq!(driver.parent_path(), format!("{OWN}/lmi-agent"));
+        let subtree = own.join("cgroup.subtree_control");
+        let expected = vec![
+            (subtree.clone(), "+cpu +memory +pids".to_owned(), false),
+            (leaf_procs.clone(), "4242".to_owned(), true),
+            (leaf_procs.clone(), "4343".to_owned(), true),
+            (subtree.clone(), "+cpu +memory +pids".to_owned(), true),
+            (
+                own.join("lmi-agent/cgroup.subtree_control"),
+                "+cpu +memory +pids".to_owned(),
+                true,
+            ),
+        ];
+        assert_eq!(*log.borrow(), expected);
+        assert_eq!(
+            read(&root.join("system.slice/cgroup.subtree_control")),
+            "memory pids\n"
+        );
+    }
+
+    #[test]
+    fn persistent_ebusy_gives_up() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = fake_v2_tree(tmp.path(), "cpu memory pids\n", "4242\n");
+        let mut write = |path: &Path, value: &str| -> io::Result<()> {
+            if path.ends_with("cgroup.subtree_control") {
+                return Err(io::Error::from_raw_os_error(libc::EBUSY));
+            }
+            fsutil::write_raw(path, value)
+        };
+        let err = V2Driver::with_writer(root, OWN, "lmi-agent", V2Options::default(), &mut write)
+            .unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EBUSY), "{err}");
+    }
+
+    #[test]
+    fn parent_outside_own_cgroup_is_rejected() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = Delegation {
+            root: tmp.path(),
+            own_path: "/a",
+            target_path: "/ab/x",
+            supervisor_leaf: "x.supervisor",
+            skip_unavailable: false,
+        };
+        let err =
+            enable_controllers_down(&d, &REQUIRED_CONTROLLERS, &mut fsutil::write_raw).unwrap_err();
+        assert!(matches!(err, CgroupError::NoHierarchy(_)), "{err}");
+    }
 }
