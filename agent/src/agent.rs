@@ -393,10 +393,10 @@ impl Agent {
                         outcome,
                     });
                 }
-                Err((Rejected::DuplicateId, _)) => {
-                    return Err(InvokeError::DuplicateRequestId(request_id))
-                }
-                Err((Rejected::Full | Rejected::Closed, back)) => event = back,
+                Err(refusal) => match refusal.reason {
+                    Rejected::DuplicateId => return Err(InvokeError::DuplicateRequestId(request_id)),
+                    Rejected::Full | Rejected::Closed => event = *refusal.event,
+                },
             }
         }
         let ready = envs.iter().filter(|e| e.state() == State::Ready).count();

@@ -35,6 +35,22 @@ pub enum Rejected {
     DuplicateId,
 }
 
+/// A refused submit: the reason, and the event back so that the caller can offer it elsewhere.
+#[derive(Debug)]
+pub struct Refusal {
+    pub reason: Rejected,
+    pub event: Box<Event>,
+}
+
+impl Refusal {
+    fn new(reason: Rejected, event: Event) -> Self {
+        Self {
+            reason,
+            event: Box::new(event),
+        }
+    }
+}
+
 /// What the Runtime API answers to a `/response` or `/error` for a request id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answer {
@@ -159,9 +175,9 @@ impl Broker {
     }
 
     /// Admits and queues an invoke, or gives the event back with the reason.
-    pub fn submit(self: &Arc<Self>, event: Event) -> Result<Pending, (Rejected, Event)> {
+    pub fn submit(self: &Arc<Self>, event: Event) -> Result<Pending, Refusal> {
         if !self.try_acquire() {
-            return Err((Rejected::Full, event));
+            return Err(Refusal::new(Rejected::Full, event));
         }
         let id: Arc<str> = Arc::from(event.request_id.as_str());
         let (tx, rx) = oneshot::channel();
@@ -170,12 +186,12 @@ impl Broker {
             if t.closed {
                 drop(t);
                 self.release(1);
-                return Err((Rejected::Closed, event));
+                return Err(Refusal::new(Rejected::Closed, event));
             }
             if t.entries.contains_key(&id) {
                 drop(t);
                 self.release(1);
-                return Err((Rejected::DuplicateId, event));
+                return Err(Refusal::new(Rejected::DuplicateId, event));
             }
             t.entries.insert(
                 id.clone(),
@@ -190,7 +206,7 @@ impl Broker {
                 t.entries.remove(&id);
                 drop(t);
                 self.release(1);
-                return Err((Rejected::Closed, event));
+                return Err(Refusal::new(Rejected::Closed, event));
             }
         }
         Ok(Pending {
@@ -365,7 +381,7 @@ impl Pending {
             ));
         };
         let first = tokio::time::timeout(timeout, &mut rx).await;
-        let result = match first {
+        match first {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => Outcome::RuntimeFailure(ErrorInfo::new(
                 "Runtime.Unknown",
@@ -380,8 +396,7 @@ impl Pending {
                         .unwrap_or_else(|_| Outcome::Timeout(ErrorInfo::timed_out(timeout)))
                 }
             }
-        };
-        result
+        }
     }
 }
 
@@ -422,7 +437,7 @@ mod tests {
         let b = Broker::new(2);
         let p1 = b.submit(event("a")).unwrap();
         let p2 = b.submit(event("b")).unwrap();
-        assert_eq!(b.submit(event("c")).unwrap_err().0, Rejected::Full);
+        assert_eq!(b.submit(event("c")).unwrap_err().reason, Rejected::Full);
         assert_eq!(b.in_flight(), 2);
         let e = b.next().await.unwrap();
         assert_eq!(e.request_id, "a");
@@ -450,7 +465,7 @@ mod tests {
     async fn duplicate_request_id_is_refused() {
         let b = Broker::new(4);
         let _p = b.submit(event("a")).unwrap();
-        assert_eq!(b.submit(event("a")).unwrap_err().0, Rejected::DuplicateId);
+        assert_eq!(b.submit(event("a")).unwrap_err().reason, Rejected::DuplicateId);
         assert_eq!(b.in_flight(), 1);
     }
 
@@ -529,7 +544,7 @@ mod tests {
             Outcome::RuntimeFailure(fail)
         );
         assert_eq!(b.in_flight(), 0);
-        assert_eq!(b.submit(event("c")).unwrap_err().0, Rejected::Closed);
+        assert_eq!(b.submit(event("c")).unwrap_err().reason, Rejected::Closed);
         assert!(b.next().await.is_none());
     }
 
@@ -539,7 +554,7 @@ mod tests {
         let p = b.submit(event("a")).unwrap();
         b.next().await.unwrap();
         b.stop_admitting();
-        assert_eq!(b.submit(event("x")).unwrap_err().0, Rejected::Closed);
+        assert_eq!(b.submit(event("x")).unwrap_err().reason, Rejected::Closed);
         let b2 = b.clone();
         let idle = tokio::spawn(async move { b2.wait_idle().await });
         tokio::task::yield_now().await;

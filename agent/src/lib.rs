@@ -18,6 +18,7 @@
 //! - [`agent`]: the host's environments and the operations on them.
 //! - [`control`]: the gRPC control API on top of [`agent`].
 //! - [`server`]: the control API's listeners.
+//! - [`notify`]: readiness and stopping notifications to systemd.
 
 pub mod agent;
 pub mod broker;
@@ -31,6 +32,7 @@ pub mod dispatch;
 pub mod environment;
 pub mod invocation;
 pub mod launch;
+pub mod notify;
 pub mod runtime_api;
 pub mod server;
 pub mod spec;

@@ -507,7 +507,8 @@ default_concurrency_per_vcpu = 8
 
     #[test]
     fn every_invalid_field_is_named_with_its_rule() {
-        let cases: Vec<(Box<dyn Fn(&mut pb::EnvironmentSpec)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut pb::EnvironmentSpec)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|s| s.function = None), "spec.function: is required"),
             (Box::new(|s| s.function.as_mut().unwrap().name = "bad name".into()), "spec.function.name: \"bad name\" must be 1-64 characters"),
             (Box::new(|s| s.function.as_mut().unwrap().name = "x".repeat(65)), "spec.function.name:"),

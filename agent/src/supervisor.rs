@@ -189,7 +189,7 @@ async fn forward_lines(
             emit(&env, stream, &line[..line.len() - 1]);
         }
         if buf.len() > MAX_LOG_LINE {
-            let line: Vec<u8> = buf.drain(..).collect();
+            let line = std::mem::take(&mut buf);
             emit(&env, stream, &line);
         }
     }

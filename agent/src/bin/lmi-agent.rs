@@ -167,6 +167,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         async move { server::serve(agent, &config, unix, stop_rx).await }
     });
 
+    lmi_agent::notify::notify_or_log("READY=1");
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut server = server;
@@ -182,6 +183,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             };
         }
     }
+    lmi_agent::notify::notify_or_log("STOPPING=1");
     let grace = Duration::from_secs(u64::from(config.environments.delete_grace_seconds));
     agent.shutdown(grace).await;
     let _ = stop_tx.send(true);

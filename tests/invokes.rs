@@ -1,0 +1,308 @@
+//! Invokes against the real daemon and real Python runtimes: concurrency, throttling and every outcome.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use lmi_proto::v1::{self as pb, EnvironmentState as St, InvokeOutcome as Out};
+use prost::Message;
+use support::*;
+use tonic::Code;
+
+fn gate(dir: &std::path::Path, count: usize) -> serde_json::Value {
+    serde_json::json!({"action": "gate", "dir": dir.display().to_string(), "count": count, "max_s": 120})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_concurrent_invokes_all_succeed_and_overlap() {
+    require_root!();
+    let mut agent = TestAgent::start().await;
+    let mut spec = python_spec("overlap", "actions.handler");
+    spec.max_concurrency = 16;
+    spec.timeout_seconds = 120;
+    let env = agent.create_ready(spec).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Each handler announces itself with a file and returns only once all 16 are present: they can only all
+    // succeed if all 16 were in flight at the same time.
+    let calls: Vec<_> = (0..16).map(|_| tokio::spawn(invoke(agent.client.clone(), "overlap", gate(dir.path(), 16)))).collect();
+    let mut ids = Vec::new();
+    for c in calls {
+        let r = c.await.unwrap().unwrap();
+        assert_eq!(r.outcome(), Out::Success, "{r:?}");
+        let v = payload_json(&r);
+        assert_eq!(v["seen"].as_array().unwrap().len(), 16, "{v}");
+        ids.push(r.request_id.clone());
+    }
+    ids.sort();
+    let mut seen: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    seen.sort();
+    assert_eq!(ids, seen, "each invoke ran exactly once");
+    assert_eq!(agent.get(&env.id).await.in_flight, 0);
+    agent.stop_and_assert_clean(&[env.pid]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fifth_invoke_at_max_concurrency_four_is_throttled_for_concurrency() {
+    require_root!();
+    let mut agent = TestAgent::start().await;
+    let mut spec = python_spec("four", "actions.handler");
+    spec.max_concurrency = 4;
+    spec.timeout_seconds = 120;
+    let env = agent.create_ready(spec).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Four handlers hold their slots until a fifth file appears; the test adds it after the 5th invoke.
+    let calls: Vec<_> = (0..4).map(|_| tokio::spawn(invoke(agent.client.clone(), "four", gate(dir.path(), 5)))).collect();
+    wait_for_files(dir.path(), 4).await;
+    assert_eq!(agent.get(&env.id).await.in_flight, 4);
+    let s = agent.invoke("four", serde_json::json!({"action": "echo"})).await.unwrap_err();
+    assert_eq!(s.code(), Code::ResourceExhausted);
+    assert_eq!(s.metadata().get("lmi-throttle-reason").unwrap(), "CONCURRENCY");
+    let details = pb::ThrottleDetails::decode(s.details()).unwrap();
+    assert_eq!(details.reason(), pb::ThrottleReason::Concurrency);
+    assert!(details.retry_elsewhere);
+    assert!(s.message().contains("at their max concurrency"), "{}", s.message());
+    std::fs::write(dir.path().join("release"), "").unwrap();
+    for c in calls {
+        let r = c.await.unwrap().unwrap();
+        assert_eq!(r.outcome(), Out::Success, "{r:?}");
+    }
+    // Slots are free again.
+    let r = agent.invoke("four", serde_json::json!({"action": "echo"})).await.unwrap();
+    assert_eq!(r.outcome(), Out::Success);
+    agent.stop_and_assert_clean(&[env.pid]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invokes_spread_over_environments_before_throttling() {
+    require_root!();
+    let mut agent = TestAgent::start().await;
+    let mut spec = python_spec("spread", "actions.handler");
+    spec.max_concurrency = 1;
+    spec.timeout_seconds = 120;
+    let a = agent.create_ready(spec.clone()).await;
+    let b = agent.create_ready(spec).await;
+    let dir = tempfile::tempdir().unwrap();
+    let calls: Vec<_> = (0..2).map(|_| tokio::spawn(invoke(agent.client.clone(), "spread", gate(dir.path(), 3)))).collect();
+    wait_for_files(dir.path(), 2).await;
+    let s = agent.invoke("spread", serde_json::json!({"action": "echo"})).await.unwrap_err();
+    assert_eq!(s.code(), Code::ResourceExhausted);
+    std::fs::write(dir.path().join("release"), "").unwrap();
+    let mut envs: Vec<String> = Vec::new();
+    for c in calls {
+        envs.push(c.await.unwrap().unwrap().environment_id);
+    }
+    envs.sort();
+    let mut want = vec![a.id.clone(), b.id.clone()];
+    want.sort();
+    assert_eq!(envs, want, "one invoke on each environment");
+    let s = agent.invoke("nothing-here", serde_json::json!({})).await.unwrap_err();
+    assert_eq!(s.code(), Code::NotFound);
+    agent.stop_and_assert_clean(&[a.pid, b.pid]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_invoke_gets_sandbox_timedout_and_others_continue() {
+    require_root!();
+    let mut agent = TestAgent::start().await;
+    let mut spec = python_spec("slow", "actions.handler");
+    spec.max_concurrency = 4;
+    spec.timeout_seconds = 1;
+    let env = agent.create_ready(spec).await;
+    let slow = tokio::spawn(invoke(agent.client.clone(), "slow", serde_json::json!({"action": "sleep", "s": 4})));
+    // While the slow one runs, a quick one in the same environment succeeds.
+    let quick = agent.invoke("slow", serde_json::json!({"action": "echo"})).await.unwrap();
+    assert_eq!(quick.outcome(), Out::Success);
+    let r = slow.await.unwrap().unwrap();
+    assert_eq!(r.outcome(), Out::Timeout);
+    let e = r.error.unwrap();
+    assert_eq!(e.error_type, "Sandbox.Timedout");
+    assert_eq!(e.error_message, "Task timed out after 1.00 seconds");
+    // The code was not killed: the environment stays READY and keeps serving.
+    assert_eq!(agent.get(&env.id).await.state(), St::Ready);
+    let after = agent.invoke("slow", serde_json::json!({"action": "echo"})).await.unwrap();
+    assert_eq!(after.outcome(), Out::Success);
+    agent.stop_and_assert_clean(&[env.pid]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_error_reaches_the_caller_with_type_message_and_stack() {
+    require_root!();
+    let mut agent = TestAgent::start().await;
+    let env = agent.create_ready(python_spec("errs", "actions.handler")).await;
+    let r = agent.invoke("errs", serde_json::json!({"action": "raise", "message": "bad input: 42"})).await.unwrap();
+    assert_eq!(r.outcome(), Out::FunctionError);
+    let e = r.error.unwrap();
+    assert_eq!(e.error_type, "ValueError");
+    assert_eq!(e.error_message, "bad input: 42");
+    assert!(e.stack_trace.iter().any(|l| l.contains("actions.py")), "{:?}", e.stack_trace);
+    // The environment is fine afterwards.
+    let ok = agent.invoke("errs", serde_json::json!({"action": "echo"})).await.unwrap();
+    assert_eq!(ok.outcome(), Out::Success);
+    agent.stop_and_assert_clean(&[env.pid]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_init_error_fails_the_environment_with_its_reason_and_frees_everything() {
+    require_root!();
+    let mut agent = TestAgent::start().await;
+    let mut spec = python_spec("badinit", "init_error.handler");
+    spec.max_concurrency = 3; // three workers each report; the first wins
+    let created = agent.create(spec).await;
+    let env = agent.wait_state(&created.id, &[St::Failed]).await;
+    let f = env.failure.unwrap();
+    assert_eq!(f.error_type, "RuntimeError", "{f:?}");
+    assert!(f.message.contains("boom at init"), "{f:?}");
+    assert_eq!(env.ready_at, None);
+    // The environment's processes and cgroup are gone and its capacity is back, before any delete.
+    let dirs = agent.env_cgroup_dirs(&created.id);
+    wait_until(|| dirs.values().all(|d| !d.exists())).await;
+    assert!(!process_alive(created.pid));
+    assert_eq!(agent.host().await.vcpus_allocated, 0);
+    // Invokes are refused at once rather than queued on a dead environment.
+    let s = agent.invoke("badinit", serde_json::json!({})).await.unwrap_err();
+    assert_eq!(s.code(), Code::ResourceExhausted);
+    // Delete keeps the reason.
+    let gone = agent.delete(&created.id).await;
+    assert_eq!(gone.state(), St::Terminated);
+    assert_eq!(gone.failure.unwrap().error_type, "RuntimeError");
+    agent.stop_and_assert_clean(&[created.pid]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_does_not_import_is_an_import_error() {
+    require_root!();
+    let mut agent = TestAgent::start().await;
+    let created = agent.create(python_spec("nomodule", "does_not_exist.handler")).await;
+    let env = agent.wait_state(&created.id, &[St::Failed]).await;
+    assert_eq!(env.failure.unwrap().error_type, "Runtime.ImportModuleError");
+    agent.stop_and_assert_clean(&[created.pid]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_crash_mid_invoke_ends_every_in_flight_invoke_with_exit_error() {
+    require_root!();
+    let mut agent = TestAgent::start().await;
+    let mut spec = python_spec("crashy", "actions.handler");
+    spec.max_concurrency = 4;
+    spec.timeout_seconds = 600; // the outcome must come from the crash, not a deadline
+    let env = agent.create_ready(spec).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bystander = tokio::spawn(invoke(agent.client.clone(), "crashy", gate(dir.path(), 99)));
+    wait_for_files(dir.path(), 1).await;
+    let killer = agent.invoke("crashy", serde_json::json!({"action": "kill_main"})).await.unwrap();
+    let bystander = bystander.await.unwrap().unwrap();
+    for r in [&killer, &bystander] {
+        assert_eq!(r.outcome(), Out::RuntimeFailure, "{r:?}");
+        let e = r.error.as_ref().unwrap();
+        assert_eq!(e.error_type, "Runtime.ExitError");
+        assert_eq!(e.error_message, "Runtime exited with error: signal: killed");
+    }
+    let failed = agent.wait_state(&env.id, &[St::Failed]).await;
+    assert_eq!(failed.failure.unwrap().error_type, "Runtime.ExitError");
+    let dirs = agent.env_cgroup_dirs(&env.id);
+    wait_until(|| dirs.values().all(|d| !d.exists())).await;
+    agent.stop_and_assert_clean(&[env.pid]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_exit_fails_the_environment_with_the_exit_status() {
+    require_root!();
+    let mut agent = TestAgent::start().await;
+    let mut spec = python_spec("exits", "actions.handler");
+    spec.max_concurrency = 2;
+    spec.timeout_seconds = 600;
+    let env = agent.create_ready(spec).await;
+    let r = agent.invoke("exits", serde_json::json!({"action": "exit", "code": 7})).await.unwrap();
+    assert_eq!(r.outcome(), Out::RuntimeFailure);
+    let e = r.error.unwrap();
+    assert_eq!(e.error_type, "Runtime.ExitError");
+    assert_eq!(e.error_message, "Runtime exited with error: exit status 7");
+    agent.wait_state(&env.id, &[St::Failed]).await;
+    agent.stop_and_assert_clean(&[env.pid]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oom_kill_ends_in_flight_invokes_with_out_of_memory() {
+    require_root!();
+    let mut agent = TestAgent::start().await;
+    let mut spec = python_spec("hungry", "actions.handler");
+    spec.max_concurrency = 2;
+    spec.timeout_seconds = 600;
+    let env = agent.create_ready(spec).await; // 2048 MiB, no swap
+    let dir = tempfile::tempdir().unwrap();
+    let bystander = tokio::spawn(invoke(agent.client.clone(), "hungry", gate(dir.path(), 99)));
+    wait_for_files(dir.path(), 1).await;
+    let r = agent.invoke("hungry", serde_json::json!({"action": "alloc", "mb": 3072})).await.unwrap();
+    let b = bystander.await.unwrap().unwrap();
+    for r in [&r, &b] {
+        assert_eq!(r.outcome(), Out::RuntimeFailure, "{r:?}");
+        assert_eq!(r.error.as_ref().unwrap().error_type, "Runtime.OutOfMemory", "{r:?}");
+    }
+    let failed = agent.wait_state(&env.id, &[St::Failed]).await;
+    assert_eq!(failed.failure.unwrap().error_type, "Runtime.OutOfMemory");
+    agent.stop_and_assert_clean(&[env.pid]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_that_never_polls_times_out_its_init() {
+    require_root!();
+    let mut agent = TestAgent::start_with(AgentOptions {
+        extra_config: "[environments]\ninit_timeout_seconds = 1".into(),
+        ..Default::default()
+    })
+    .await;
+    let spec = pb::EnvironmentSpec {
+        function: Some(pb::FunctionRef { name: "mute".into(), ..Default::default() }),
+        runtime: "provided.al2023".into(),
+        code: Some(pb::Code {
+            source: Some(pb::code::Source::Directory(fixtures("provided/mute").display().to_string())),
+            sha256: String::new(),
+        }),
+        ..Default::default()
+    };
+    let created = agent.create(spec).await;
+    let env = agent.wait_state(&created.id, &[St::Failed]).await;
+    let f = env.failure.unwrap();
+    assert_eq!(f.error_type, "Runtime.InitTimeout");
+    agent.stop_and_assert_clean(&[created.pid]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_request_ids_and_oversized_payloads_are_refused() {
+    require_root!();
+    let mut agent = TestAgent::start().await;
+    let mut spec = python_spec("dup", "actions.handler");
+    spec.timeout_seconds = 120;
+    let env = agent.create_ready(spec).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = agent.client.clone();
+    let payload = gate(dir.path(), 2).to_string().into_bytes();
+    let first = tokio::spawn(async move {
+        c.invoke(pb::InvokeRequest { function_name: "dup".into(), payload, request_id: "same-id".into(), ..Default::default() }).await
+    });
+    wait_for_files(dir.path(), 1).await;
+    let s = agent
+        .client
+        .invoke(pb::InvokeRequest { function_name: "dup".into(), payload: b"{}".to_vec(), request_id: "same-id".into(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::AlreadyExists);
+    std::fs::write(dir.path().join("release"), "").unwrap();
+    assert_eq!(first.await.unwrap().unwrap().into_inner().outcome(), Out::Success);
+    let big = vec![b'x'; 6 * 1024 * 1024 + 101];
+    let s = agent
+        .client
+        .invoke(pb::InvokeRequest { function_name: "dup".into(), payload: big, ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::InvalidArgument);
+    assert!(s.message().contains("exceeds the 6291556-byte limit"), "{}", s.message());
+    agent.stop_and_assert_clean(&[env.pid]);
+}
+
+async fn wait_until(cond: impl Fn() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(30), "condition not reached");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,370 @@
+//! Shared harness of the integration tests: a real `lmi-agent` daemon with its own cgroup parent, socket and
+//! state directory, a gRPC client to it, and cleanup that runs even when a test fails.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{
+    collections::HashMap,
+    os::unix::net::UnixDatagram,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicUsize, Ordering},
+    time::{Duration, Instant},
+};
+
+use lmi_proto::v1::{self as pb, agent_client::AgentClient};
+use tonic::transport::Channel;
+
+pub const AGENT_BIN: &str = env!("CARGO_BIN_EXE_lmi-agent");
+pub const LMICTL_BIN: &str = env!("CARGO_BIN_EXE_lmictl");
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// Repository root (the workspace).
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+pub fn fixtures(lang: &str) -> PathBuf {
+    repo().join("tests/fixtures").join(lang)
+}
+
+/// Skips the calling test (with the reason printed) unless this is root on a host with cgroupfs.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if let Some(reason) = $crate::support::missing_privileges() {
+            eprintln!("skipping: {reason}");
+            return;
+        }
+    };
+}
+
+pub fn missing_privileges() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("needs root (creates cgroups and runtime processes)".into());
+    }
+    if !Path::new("/sys/fs/cgroup").is_dir() {
+        return Some("no cgroupfs at /sys/fs/cgroup".into());
+    }
+    None
+}
+
+/// Options of a test agent.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub extra_config: String,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        Self { vcpus: 64, memory_mib: 262_144, extra_config: String::new() }
+    }
+}
+
+/// A running daemon. Dropping it stops the daemon and removes whatever it left.
+pub struct TestAgent {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub cgroup_parent: String,
+    child: Option<Child>,
+    pub client: AgentClient<Channel>,
+}
+
+impl TestAgent {
+    pub async fn start() -> Self {
+        Self::start_with(AgentOptions::default()).await
+    }
+
+    pub async fn start_with(opts: AgentOptions) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let cgroup_parent = format!("lmi-it-{}-{n}", std::process::id());
+        let socket = dir.path().join("agent.sock");
+        let config = format!(
+            "socket = {socket:?}\nstate_dir = {state:?}\ncgroup_parent = {cgroup_parent:?}\nshims_dir = {shims:?}\nlog_format = \"json\"\n{extra}\n[capacity]\nvcpus = {vcpus}\nmemory_mib = {mem}\nreserved_memory_mib = 0\n",
+            socket = socket.display().to_string(),
+            state = dir.path().join("state").display().to_string(),
+            shims = repo().join("runtime-shims").display().to_string(),
+            extra = opts.extra_config,
+            vcpus = opts.vcpus,
+            mem = opts.memory_mib,
+        );
+        let config_path = dir.path().join("agent.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let notify_path = dir.path().join("notify.sock");
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        notify.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+        let child = Command::new(AGENT_BIN)
+            .arg("--config")
+            .arg(&config_path)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("LMI_AGENT_LOG", "info,lmi_agent=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut agent = TestAgent { dir, socket, cgroup_parent, child: Some(child), client: dummy_client() };
+        // The daemon says READY=1 once its control socket is bound: an event, not a guess.
+        let mut buf = [0u8; 256];
+        let n = notify.recv(&mut buf).unwrap_or_else(|e| panic!("agent never became ready: {e}\n{}", agent.log()));
+        assert_eq!(&buf[..n], b"READY=1", "first notification");
+        agent.client = connect(&agent.socket).await;
+        agent
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    /// Creates an environment (panics with the status on failure).
+    pub async fn create(&mut self, spec: pb::EnvironmentSpec) -> pb::Environment {
+        self.client
+            .create_environment(pb::CreateEnvironmentRequest { spec: Some(spec) })
+            .await
+            .unwrap_or_else(|s| panic!("create failed: {s:?}"))
+            .into_inner()
+            .environment
+            .unwrap()
+    }
+
+    pub async fn get(&mut self, id: &str) -> pb::Environment {
+        self.client
+            .get_environment(pb::GetEnvironmentRequest { id: id.into() })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Polls the environment until it reaches one of `states` (the API has no watch; bounded by 60 s).
+    pub async fn wait_state(&mut self, id: &str, states: &[pb::EnvironmentState]) -> pb::Environment {
+        let start = Instant::now();
+        loop {
+            let e = self.get(id).await;
+            if states.contains(&e.state()) {
+                return e;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "environment {id} stuck in {:?} (wanted {states:?})\n{}",
+                e.state(),
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn create_ready(&mut self, spec: pb::EnvironmentSpec) -> pb::Environment {
+        let e = self.create(spec).await;
+        let e = self
+            .wait_state(&e.id, &[pb::EnvironmentState::Ready, pb::EnvironmentState::Failed])
+            .await;
+        assert_eq!(e.state(), pb::EnvironmentState::Ready, "failure: {:?}\n{}", e.failure, self.log());
+        e
+    }
+
+    pub async fn invoke(&mut self, function: &str, payload: serde_json::Value) -> Result<pb::InvokeResponse, tonic::Status> {
+        invoke(self.client.clone(), function, payload).await
+    }
+
+    pub async fn delete(&mut self, id: &str) -> pb::Environment {
+        self.client
+            .delete_environment(pb::DeleteEnvironmentRequest { id: id.into(), grace_period_seconds: 0 })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    pub async fn host(&mut self) -> pb::Host {
+        self.client.get_host(pb::GetHostRequest {}).await.unwrap().into_inner()
+    }
+
+    /// Absolute cgroup directories of an environment, by controller, from the agent's own cgroups.
+    pub fn env_cgroup_dirs(&self, env_id: &str) -> HashMap<String, PathBuf> {
+        let own = std::fs::read_to_string(format!("/proc/{}/cgroup", self.pid())).unwrap();
+        let mut dirs = HashMap::new();
+        for line in own.lines() {
+            let mut parts = line.splitn(3, ':');
+            let (_, ctrls, path) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+            for ctrl in ctrls.split(',') {
+                let mount = match ctrl {
+                    "" => "unified",
+                    "name=systemd" => continue,
+                    c => c,
+                };
+                let base = Path::new("/sys/fs/cgroup").join(mount);
+                let base = if base.is_dir() { base } else { PathBuf::from("/sys/fs/cgroup") };
+                dirs.insert(
+                    mount.to_owned(),
+                    base.join(path.trim_start_matches('/')).join(&self.cgroup_parent).join(format!("env-{env_id}")),
+                );
+            }
+        }
+        dirs
+    }
+
+    /// Every cgroup directory belonging to this agent (its parent in each hierarchy, and below).
+    pub fn leftover_cgroups(&self) -> Vec<PathBuf> {
+        find_dirs_named(Path::new("/sys/fs/cgroup"), &self.cgroup_parent, 6)
+    }
+
+    /// Stops the daemon with SIGTERM and waits for it; returns its exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(s)) = child.try_wait() {
+                return Some(s);
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops the daemon and asserts it left no cgroup and no process behind.
+    pub fn stop_and_assert_clean(mut self, pids: &[u32]) {
+        let status = self.stop().unwrap();
+        assert!(status.success(), "agent exit: {status:?}\n{}", self.log());
+        assert_eq!(self.leftover_cgroups(), Vec::<PathBuf>::new(), "cgroups left behind");
+        for pid in pids {
+            assert!(!process_alive(*pid), "process {pid} left behind");
+        }
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        self.stop();
+        // Whatever is still there (a test failed half-way): kill its processes and remove its cgroups.
+        let mut dirs = self.leftover_cgroups();
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for d in &dirs {
+            if let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) {
+                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+        }
+        for d in &dirs {
+            for _ in 0..100 {
+                if std::fs::remove_dir(d).is_ok() || !d.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+pub fn process_alive(pid: u32) -> bool {
+    // A zombie is dead for our purposes (its parent will reap it).
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn find_dirs_named(root: &Path, name: &str, depth: usize) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(root) else { return out };
+    for e in rd.flatten() {
+        let p = e.path();
+        if !e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            continue;
+        }
+        if e.file_name().to_string_lossy().starts_with(name) {
+            out.push(p.clone());
+            out.extend(find_dirs_named(&p, "", depth.saturating_sub(1)).into_iter().filter(|d| d != &p));
+        } else if depth > 0 {
+            out.extend(find_dirs_named(&p, name, depth - 1));
+        }
+    }
+    out
+}
+
+fn dummy_client() -> AgentClient<Channel> {
+    AgentClient::new(Channel::from_static("http://[::1]:1").connect_lazy())
+}
+
+/// A client over the agent's Unix socket.
+pub async fn connect(socket: &Path) -> AgentClient<Channel> {
+    let path = socket.to_owned();
+    let channel = tonic::transport::Endpoint::try_from("http://[::]:50051")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        }))
+        .await
+        .unwrap();
+    AgentClient::new(channel)
+        .max_decoding_message_size(32 * 1024 * 1024)
+        .max_encoding_message_size(32 * 1024 * 1024)
+}
+
+pub async fn invoke(
+    mut client: AgentClient<Channel>,
+    function: &str,
+    payload: serde_json::Value,
+) -> Result<pb::InvokeResponse, tonic::Status> {
+    client
+        .invoke(pb::InvokeRequest {
+            function_name: function.into(),
+            payload: payload.to_string().into_bytes(),
+            ..Default::default()
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// A Python spec for `handler` in tests/fixtures/python.
+pub fn python_spec(function: &str, handler: &str) -> pb::EnvironmentSpec {
+    pb::EnvironmentSpec {
+        function: Some(pb::FunctionRef { name: function.into(), version: String::new(), arn: String::new() }),
+        runtime: "python3.11".into(),
+        handler: handler.into(),
+        code: Some(pb::Code {
+            source: Some(pb::code::Source::Directory(fixtures("python").display().to_string())),
+            sha256: String::new(),
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn payload_json(r: &pb::InvokeResponse) -> serde_json::Value {
+    serde_json::from_slice(&r.payload).unwrap_or_else(|e| panic!("payload is not JSON ({e}): {:?}", String::from_utf8_lossy(&r.payload)))
+}
+
+/// Pids of every process in an environment's cgroup (memory hierarchy).
+pub fn cgroup_pids(dir: &Path) -> Vec<u32> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Waits (bounded) until `dir` holds at least `n` entries: the fixtures announce themselves by files.
+pub async fn wait_for_files(dir: &Path, n: usize) {
+    let start = Instant::now();
+    while std::fs::read_dir(dir).map(|r| r.count()).unwrap_or(0) < n {
+        assert!(start.elapsed() < Duration::from_secs(60), "fewer than {n} files in {}", dir.display());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
