@@ -23,7 +23,15 @@ async fn sixteen_concurrent_invokes_all_succeed_and_overlap() {
     let dir = tempfile::tempdir().unwrap();
     // Each handler announces itself with a file and returns only once all 16 are present: they can only all
     // succeed if all 16 were in flight at the same time.
-    let calls: Vec<_> = (0..16).map(|_| tokio::spawn(invoke(agent.client.clone(), "overlap", gate(dir.path(), 16)))).collect();
+    let calls: Vec<_> = (0..16)
+        .map(|_| {
+            tokio::spawn(invoke(
+                agent.client.clone(),
+                "overlap",
+                gate(dir.path(), 16),
+            ))
+        })
+        .collect();
     let mut ids = Vec::new();
     for c in calls {
         let r = c.await.unwrap().unwrap();
@@ -33,7 +41,10 @@ async fn sixteen_concurrent_invokes_all_succeed_and_overlap() {
         ids.push(r.request_id.clone());
     }
     ids.sort();
-    let mut seen: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut seen: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     seen.sort();
     assert_eq!(ids, seen, "each invoke ran exactly once");
     assert_eq!(agent.get(&env.id).await.in_flight, 0);
@@ -50,23 +61,38 @@ async fn the_fifth_invoke_at_max_concurrency_four_is_throttled_for_concurrency()
     let env = agent.create_ready(spec).await;
     let dir = tempfile::tempdir().unwrap();
     // Four handlers hold their slots until a fifth file appears; the test adds it after the 5th invoke.
-    let calls: Vec<_> = (0..4).map(|_| tokio::spawn(invoke(agent.client.clone(), "four", gate(dir.path(), 5)))).collect();
+    let calls: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(invoke(agent.client.clone(), "four", gate(dir.path(), 5))))
+        .collect();
     wait_for_files(dir.path(), 4).await;
     assert_eq!(agent.get(&env.id).await.in_flight, 4);
-    let s = agent.invoke("four", serde_json::json!({"action": "echo"})).await.unwrap_err();
+    let s = agent
+        .invoke("four", serde_json::json!({"action": "echo"}))
+        .await
+        .unwrap_err();
     assert_eq!(s.code(), Code::ResourceExhausted);
-    assert_eq!(s.metadata().get("lmi-throttle-reason").unwrap(), "CONCURRENCY");
+    assert_eq!(
+        s.metadata().get("lmi-throttle-reason").unwrap(),
+        "CONCURRENCY"
+    );
     let details = pb::ThrottleDetails::decode(s.details()).unwrap();
     assert_eq!(details.reason(), pb::ThrottleReason::Concurrency);
     assert!(details.retry_elsewhere);
-    assert!(s.message().contains("at their max concurrency"), "{}", s.message());
+    assert!(
+        s.message().contains("at their max concurrency"),
+        "{}",
+        s.message()
+    );
     std::fs::write(dir.path().join("release"), "").unwrap();
     for c in calls {
         let r = c.await.unwrap().unwrap();
         assert_eq!(r.outcome(), Out::Success, "{r:?}");
     }
     // Slots are free again.
-    let r = agent.invoke("four", serde_json::json!({"action": "echo"})).await.unwrap();
+    let r = agent
+        .invoke("four", serde_json::json!({"action": "echo"}))
+        .await
+        .unwrap();
     assert_eq!(r.outcome(), Out::Success);
     agent.stop_and_assert_clean(&[env.pid]);
 }
@@ -81,9 +107,14 @@ async fn invokes_spread_over_environments_before_throttling() {
     let a = agent.create_ready(spec.clone()).await;
     let b = agent.create_ready(spec).await;
     let dir = tempfile::tempdir().unwrap();
-    let calls: Vec<_> = (0..2).map(|_| tokio::spawn(invoke(agent.client.clone(), "spread", gate(dir.path(), 3)))).collect();
+    let calls: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(invoke(agent.client.clone(), "spread", gate(dir.path(), 3))))
+        .collect();
     wait_for_files(dir.path(), 2).await;
-    let s = agent.invoke("spread", serde_json::json!({"action": "echo"})).await.unwrap_err();
+    let s = agent
+        .invoke("spread", serde_json::json!({"action": "echo"}))
+        .await
+        .unwrap_err();
     assert_eq!(s.code(), Code::ResourceExhausted);
     std::fs::write(dir.path().join("release"), "").unwrap();
     let mut envs: Vec<String> = Vec::new();
@@ -94,7 +125,10 @@ async fn invokes_spread_over_environments_before_throttling() {
     let mut want = vec![a.id.clone(), b.id.clone()];
     want.sort();
     assert_eq!(envs, want, "one invoke on each environment");
-    let s = agent.invoke("nothing-here", serde_json::json!({})).await.unwrap_err();
+    let s = agent
+        .invoke("nothing-here", serde_json::json!({}))
+        .await
+        .unwrap_err();
     assert_eq!(s.code(), Code::NotFound);
     agent.stop_and_assert_clean(&[a.pid, b.pid]);
 }
@@ -107,9 +141,16 @@ async fn a_timed_out_invoke_gets_sandbox_timedout_and_others_continue() {
     spec.max_concurrency = 4;
     spec.timeout_seconds = 1;
     let env = agent.create_ready(spec).await;
-    let slow = tokio::spawn(invoke(agent.client.clone(), "slow", serde_json::json!({"action": "sleep", "s": 4})));
+    let slow = tokio::spawn(invoke(
+        agent.client.clone(),
+        "slow",
+        serde_json::json!({"action": "sleep", "s": 4}),
+    ));
     // While the slow one runs, a quick one in the same environment succeeds.
-    let quick = agent.invoke("slow", serde_json::json!({"action": "echo"})).await.unwrap();
+    let quick = agent
+        .invoke("slow", serde_json::json!({"action": "echo"}))
+        .await
+        .unwrap();
     assert_eq!(quick.outcome(), Out::Success);
     let r = slow.await.unwrap().unwrap();
     assert_eq!(r.outcome(), Out::Timeout);
@@ -118,7 +159,10 @@ async fn a_timed_out_invoke_gets_sandbox_timedout_and_others_continue() {
     assert_eq!(e.error_message, "Task timed out after 1.00 seconds");
     // The code was not killed: the environment stays READY and keeps serving.
     assert_eq!(agent.get(&env.id).await.state(), St::Ready);
-    let after = agent.invoke("slow", serde_json::json!({"action": "echo"})).await.unwrap();
+    let after = agent
+        .invoke("slow", serde_json::json!({"action": "echo"}))
+        .await
+        .unwrap();
     assert_eq!(after.outcome(), Out::Success);
     agent.stop_and_assert_clean(&[env.pid]);
 }
@@ -127,15 +171,30 @@ async fn a_timed_out_invoke_gets_sandbox_timedout_and_others_continue() {
 async fn a_function_error_reaches_the_caller_with_type_message_and_stack() {
     require_root!();
     let mut agent = TestAgent::start().await;
-    let env = agent.create_ready(python_spec("errs", "actions.handler")).await;
-    let r = agent.invoke("errs", serde_json::json!({"action": "raise", "message": "bad input: 42"})).await.unwrap();
+    let env = agent
+        .create_ready(python_spec("errs", "actions.handler"))
+        .await;
+    let r = agent
+        .invoke(
+            "errs",
+            serde_json::json!({"action": "raise", "message": "bad input: 42"}),
+        )
+        .await
+        .unwrap();
     assert_eq!(r.outcome(), Out::FunctionError);
     let e = r.error.unwrap();
     assert_eq!(e.error_type, "ValueError");
     assert_eq!(e.error_message, "bad input: 42");
-    assert!(e.stack_trace.iter().any(|l| l.contains("actions.py")), "{:?}", e.stack_trace);
+    assert!(
+        e.stack_trace.iter().any(|l| l.contains("actions.py")),
+        "{:?}",
+        e.stack_trace
+    );
     // The environment is fine afterwards.
-    let ok = agent.invoke("errs", serde_json::json!({"action": "echo"})).await.unwrap();
+    let ok = agent
+        .invoke("errs", serde_json::json!({"action": "echo"}))
+        .await
+        .unwrap();
     assert_eq!(ok.outcome(), Out::Success);
     agent.stop_and_assert_clean(&[env.pid]);
 }
@@ -158,7 +217,10 @@ async fn an_init_error_fails_the_environment_with_its_reason_and_frees_everythin
     assert!(!process_alive(created.pid));
     assert_eq!(agent.host().await.vcpus_allocated, 0);
     // Invokes are refused at once rather than queued on a dead environment.
-    let s = agent.invoke("badinit", serde_json::json!({})).await.unwrap_err();
+    let s = agent
+        .invoke("badinit", serde_json::json!({}))
+        .await
+        .unwrap_err();
     assert_eq!(s.code(), Code::ResourceExhausted);
     // Delete keeps the reason.
     let gone = agent.delete(&created.id).await;
@@ -171,7 +233,9 @@ async fn an_init_error_fails_the_environment_with_its_reason_and_frees_everythin
 async fn a_handler_that_does_not_import_is_an_import_error() {
     require_root!();
     let mut agent = TestAgent::start().await;
-    let created = agent.create(python_spec("nomodule", "does_not_exist.handler")).await;
+    let created = agent
+        .create(python_spec("nomodule", "does_not_exist.handler"))
+        .await;
     let env = agent.wait_state(&created.id, &[St::Failed]).await;
     assert_eq!(env.failure.unwrap().error_type, "Runtime.ImportModuleError");
     agent.stop_and_assert_clean(&[created.pid]);
@@ -188,7 +252,10 @@ async fn a_runtime_crash_mid_invoke_ends_every_in_flight_invoke_with_exit_error(
     let dir = tempfile::tempdir().unwrap();
     let bystander = tokio::spawn(invoke(agent.client.clone(), "crashy", gate(dir.path(), 99)));
     wait_for_files(dir.path(), 1).await;
-    let killer = agent.invoke("crashy", serde_json::json!({"action": "kill_main"})).await.unwrap();
+    let killer = agent
+        .invoke("crashy", serde_json::json!({"action": "kill_main"}))
+        .await
+        .unwrap();
     let bystander = bystander.await.unwrap().unwrap();
     for r in [&killer, &bystander] {
         assert_eq!(r.outcome(), Out::RuntimeFailure, "{r:?}");
@@ -211,7 +278,10 @@ async fn a_worker_exit_fails_the_environment_with_the_exit_status() {
     spec.max_concurrency = 2;
     spec.timeout_seconds = 600;
     let env = agent.create_ready(spec).await;
-    let r = agent.invoke("exits", serde_json::json!({"action": "exit", "code": 7})).await.unwrap();
+    let r = agent
+        .invoke("exits", serde_json::json!({"action": "exit", "code": 7}))
+        .await
+        .unwrap();
     assert_eq!(r.outcome(), Out::RuntimeFailure);
     let e = r.error.unwrap();
     assert_eq!(e.error_type, "Runtime.ExitError");
@@ -231,11 +301,18 @@ async fn an_oom_kill_ends_in_flight_invokes_with_out_of_memory() {
     let dir = tempfile::tempdir().unwrap();
     let bystander = tokio::spawn(invoke(agent.client.clone(), "hungry", gate(dir.path(), 99)));
     wait_for_files(dir.path(), 1).await;
-    let r = agent.invoke("hungry", serde_json::json!({"action": "alloc", "mb": 3072})).await.unwrap();
+    let r = agent
+        .invoke("hungry", serde_json::json!({"action": "alloc", "mb": 3072}))
+        .await
+        .unwrap();
     let b = bystander.await.unwrap().unwrap();
     for r in [&r, &b] {
         assert_eq!(r.outcome(), Out::RuntimeFailure, "{r:?}");
-        assert_eq!(r.error.as_ref().unwrap().error_type, "Runtime.OutOfMemory", "{r:?}");
+        assert_eq!(
+            r.error.as_ref().unwrap().error_type,
+            "Runtime.OutOfMemory",
+            "{r:?}"
+        );
     }
     let failed = agent.wait_state(&env.id, &[St::Failed]).await;
     assert_eq!(failed.failure.unwrap().error_type, "Runtime.OutOfMemory");
@@ -251,10 +328,15 @@ async fn a_runtime_that_never_polls_times_out_its_init() {
     })
     .await;
     let spec = pb::EnvironmentSpec {
-        function: Some(pb::FunctionRef { name: "mute".into(), ..Default::default() }),
+        function: Some(pb::FunctionRef {
+            name: "mute".into(),
+            ..Default::default()
+        }),
         runtime: "provided.al2023".into(),
         code: Some(pb::Code {
-            source: Some(pb::code::Source::Directory(fixtures("provided/mute").display().to_string())),
+            source: Some(pb::code::Source::Directory(
+                fixtures("provided/mute").display().to_string(),
+            )),
             sha256: String::new(),
         }),
         ..Default::default()
@@ -277,32 +359,57 @@ async fn duplicate_request_ids_and_oversized_payloads_are_refused() {
     let mut c = agent.client.clone();
     let payload = gate(dir.path(), 2).to_string().into_bytes();
     let first = tokio::spawn(async move {
-        c.invoke(pb::InvokeRequest { function_name: "dup".into(), payload, request_id: "same-id".into(), ..Default::default() }).await
+        c.invoke(pb::InvokeRequest {
+            function_name: "dup".into(),
+            payload,
+            request_id: "same-id".into(),
+            ..Default::default()
+        })
+        .await
     });
     wait_for_files(dir.path(), 1).await;
     let s = agent
         .client
-        .invoke(pb::InvokeRequest { function_name: "dup".into(), payload: b"{}".to_vec(), request_id: "same-id".into(), ..Default::default() })
+        .invoke(pb::InvokeRequest {
+            function_name: "dup".into(),
+            payload: b"{}".to_vec(),
+            request_id: "same-id".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(s.code(), Code::AlreadyExists);
     std::fs::write(dir.path().join("release"), "").unwrap();
-    assert_eq!(first.await.unwrap().unwrap().into_inner().outcome(), Out::Success);
+    assert_eq!(
+        first.await.unwrap().unwrap().into_inner().outcome(),
+        Out::Success
+    );
     let big = vec![b'x'; 6 * 1024 * 1024 + 101];
     let s = agent
         .client
-        .invoke(pb::InvokeRequest { function_name: "dup".into(), payload: big, ..Default::default() })
+        .invoke(pb::InvokeRequest {
+            function_name: "dup".into(),
+            payload: big,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(s.code(), Code::InvalidArgument);
-    assert!(s.message().contains("exceeds the 6291556-byte limit"), "{}", s.message());
+    assert!(
+        s.message().contains("exceeds the 6291556-byte limit"),
+        "{}",
+        s.message()
+    );
     agent.stop_and_assert_clean(&[env.pid]);
 }
 
 async fn wait_until(cond: impl Fn() -> bool) {
     let start = std::time::Instant::now();
     while !cond() {
-        assert!(start.elapsed() < std::time::Duration::from_secs(30), "condition not reached");
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "condition not reached"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }

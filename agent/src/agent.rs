@@ -242,6 +242,7 @@ impl Agent {
                 return Err(CreateError::Spawn(e));
             }
         };
+        env.set_pid(child.id());
         tracing::info!(
             env = %env.id,
             function = %env.spec.function_name,
@@ -394,7 +395,9 @@ impl Agent {
                     });
                 }
                 Err(refusal) => match refusal.reason {
-                    Rejected::DuplicateId => return Err(InvokeError::DuplicateRequestId(request_id)),
+                    Rejected::DuplicateId => {
+                        return Err(InvokeError::DuplicateRequestId(request_id))
+                    }
                     Rejected::Full | Rejected::Closed => event = *refusal.event,
                 },
             }

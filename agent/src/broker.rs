@@ -465,7 +465,10 @@ mod tests {
     async fn duplicate_request_id_is_refused() {
         let b = Broker::new(4);
         let _p = b.submit(event("a")).unwrap();
-        assert_eq!(b.submit(event("a")).unwrap_err().reason, Rejected::DuplicateId);
+        assert_eq!(
+            b.submit(event("a")).unwrap_err().reason,
+            Rejected::DuplicateId
+        );
         assert_eq!(b.in_flight(), 1);
     }
 

@@ -18,6 +18,7 @@
 //! - [`agent`]: the host's environments and the operations on them.
 //! - [`control`]: the gRPC control API on top of [`agent`].
 //! - [`server`]: the control API's listeners.
+//! - [`client`]: connecting a gRPC client to the control API.
 //! - [`notify`]: readiness and stopping notifications to systemd.
 
 pub mod agent;
@@ -25,6 +26,7 @@ pub mod broker;
 pub mod capacity;
 pub mod catalog;
 pub mod cgroup;
+pub mod client;
 pub mod code;
 pub mod config;
 pub mod control;

@@ -41,7 +41,6 @@ pub async fn supervise(mut s: Supervised) {
     let env = s.env.clone();
     forward_output(&env, &mut s.child);
     let pid = s.child.id();
-    env.set_pid(pid);
     let init_deadline = tokio::time::sleep(s.init_timeout);
     tokio::pin!(init_deadline);
     let mut exited = None;

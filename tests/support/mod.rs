@@ -21,7 +21,10 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// Repository root (the workspace).
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
 }
 
 pub fn fixtures(lang: &str) -> PathBuf {
@@ -59,7 +62,11 @@ pub struct AgentOptions {
 
 impl Default for AgentOptions {
     fn default() -> Self {
-        Self { vcpus: 64, memory_mib: 262_144, extra_config: String::new() }
+        Self {
+            vcpus: 64,
+            memory_mib: 262_144,
+            extra_config: String::new(),
+        }
     }
 }
 
@@ -95,7 +102,9 @@ impl TestAgent {
         std::fs::write(&config_path, config).unwrap();
         let notify_path = dir.path().join("notify.sock");
         let notify = UnixDatagram::bind(&notify_path).unwrap();
-        notify.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        notify
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
         let child = Command::new(AGENT_BIN)
             .arg("--config")
@@ -107,10 +116,18 @@ impl TestAgent {
             .stderr(log)
             .spawn()
             .unwrap();
-        let mut agent = TestAgent { dir, socket, cgroup_parent, child: Some(child), client: dummy_client() };
+        let mut agent = TestAgent {
+            dir,
+            socket,
+            cgroup_parent,
+            child: Some(child),
+            client: dummy_client(),
+        };
         // The daemon says READY=1 once its control socket is bound: an event, not a guess.
         let mut buf = [0u8; 256];
-        let n = notify.recv(&mut buf).unwrap_or_else(|e| panic!("agent never became ready: {e}\n{}", agent.log()));
+        let n = notify
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("agent never became ready: {e}\n{}", agent.log()));
         assert_eq!(&buf[..n], b"READY=1", "first notification");
         agent.client = connect(&agent.socket).await;
         agent
@@ -144,7 +161,11 @@ impl TestAgent {
     }
 
     /// Polls the environment until it reaches one of `states` (the API has no watch; bounded by 60 s).
-    pub async fn wait_state(&mut self, id: &str, states: &[pb::EnvironmentState]) -> pb::Environment {
+    pub async fn wait_state(
+        &mut self,
+        id: &str,
+        states: &[pb::EnvironmentState],
+    ) -> pb::Environment {
         let start = Instant::now();
         loop {
             let e = self.get(id).await;
@@ -164,26 +185,46 @@ impl TestAgent {
     pub async fn create_ready(&mut self, spec: pb::EnvironmentSpec) -> pb::Environment {
         let e = self.create(spec).await;
         let e = self
-            .wait_state(&e.id, &[pb::EnvironmentState::Ready, pb::EnvironmentState::Failed])
+            .wait_state(
+                &e.id,
+                &[pb::EnvironmentState::Ready, pb::EnvironmentState::Failed],
+            )
             .await;
-        assert_eq!(e.state(), pb::EnvironmentState::Ready, "failure: {:?}\n{}", e.failure, self.log());
+        assert_eq!(
+            e.state(),
+            pb::EnvironmentState::Ready,
+            "failure: {:?}\n{}",
+            e.failure,
+            self.log()
+        );
         e
     }
 
-    pub async fn invoke(&mut self, function: &str, payload: serde_json::Value) -> Result<pb::InvokeResponse, tonic::Status> {
+    pub async fn invoke(
+        &mut self,
+        function: &str,
+        payload: serde_json::Value,
+    ) -> Result<pb::InvokeResponse, tonic::Status> {
         invoke(self.client.clone(), function, payload).await
     }
 
     pub async fn delete(&mut self, id: &str) -> pb::Environment {
         self.client
-            .delete_environment(pb::DeleteEnvironmentRequest { id: id.into(), grace_period_seconds: 0 })
+            .delete_environment(pb::DeleteEnvironmentRequest {
+                id: id.into(),
+                grace_period_seconds: 0,
+            })
             .await
             .unwrap()
             .into_inner()
     }
 
     pub async fn host(&mut self) -> pb::Host {
-        self.client.get_host(pb::GetHostRequest {}).await.unwrap().into_inner()
+        self.client
+            .get_host(pb::GetHostRequest {})
+            .await
+            .unwrap()
+            .into_inner()
     }
 
     /// Absolute cgroup directories of an environment, by controller, from the agent's own cgroups.
@@ -192,7 +233,11 @@ impl TestAgent {
         let mut dirs = HashMap::new();
         for line in own.lines() {
             let mut parts = line.splitn(3, ':');
-            let (_, ctrls, path) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+            let (_, ctrls, path) = (
+                parts.next().unwrap(),
+                parts.next().unwrap(),
+                parts.next().unwrap(),
+            );
             for ctrl in ctrls.split(',') {
                 let mount = match ctrl {
                     "" => "unified",
@@ -200,10 +245,16 @@ impl TestAgent {
                     c => c,
                 };
                 let base = Path::new("/sys/fs/cgroup").join(mount);
-                let base = if base.is_dir() { base } else { PathBuf::from("/sys/fs/cgroup") };
+                let base = if base.is_dir() {
+                    base
+                } else {
+                    PathBuf::from("/sys/fs/cgroup")
+                };
                 dirs.insert(
                     mount.to_owned(),
-                    base.join(path.trim_start_matches('/')).join(&self.cgroup_parent).join(format!("env-{env_id}")),
+                    base.join(path.trim_start_matches('/'))
+                        .join(&self.cgroup_parent)
+                        .join(format!("env-{env_id}")),
                 );
             }
         }
@@ -239,7 +290,11 @@ impl TestAgent {
     pub fn stop_and_assert_clean(mut self, pids: &[u32]) {
         let status = self.stop().unwrap();
         assert!(status.success(), "agent exit: {status:?}\n{}", self.log());
-        assert_eq!(self.leftover_cgroups(), Vec::<PathBuf>::new(), "cgroups left behind");
+        assert_eq!(
+            self.leftover_cgroups(),
+            Vec::<PathBuf>::new(),
+            "cgroups left behind"
+        );
         for pid in pids {
             assert!(!process_alive(*pid), "process {pid} left behind");
         }
@@ -255,7 +310,10 @@ impl Drop for TestAgent {
         for d in &dirs {
             if let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) {
                 for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
                 }
             }
         }
@@ -273,14 +331,18 @@ impl Drop for TestAgent {
 pub fn process_alive(pid: u32) -> bool {
     // A zombie is dead for our purposes (its parent will reap it).
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
         Err(_) => false,
     }
 }
 
 fn find_dirs_named(root: &Path, name: &str, depth: usize) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(root) else { return out };
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return out;
+    };
     for e in rd.flatten() {
         let p = e.path();
         if !e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
@@ -288,7 +350,11 @@ fn find_dirs_named(root: &Path, name: &str, depth: usize) -> Vec<PathBuf> {
         }
         if e.file_name().to_string_lossy().starts_with(name) {
             out.push(p.clone());
-            out.extend(find_dirs_named(&p, "", depth.saturating_sub(1)).into_iter().filter(|d| d != &p));
+            out.extend(
+                find_dirs_named(&p, "", depth.saturating_sub(1))
+                    .into_iter()
+                    .filter(|d| d != &p),
+            );
         } else if depth > 0 {
             out.extend(find_dirs_named(&p, name, depth - 1));
         }
@@ -302,20 +368,7 @@ fn dummy_client() -> AgentClient<Channel> {
 
 /// A client over the agent's Unix socket.
 pub async fn connect(socket: &Path) -> AgentClient<Channel> {
-    let path = socket.to_owned();
-    let channel = tonic::transport::Endpoint::try_from("http://[::]:50051")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-            }
-        }))
-        .await
-        .unwrap();
-    AgentClient::new(channel)
-        .max_decoding_message_size(32 * 1024 * 1024)
-        .max_encoding_message_size(32 * 1024 * 1024)
+    lmi_agent::client::connect_unix(socket).await.unwrap()
 }
 
 pub async fn invoke(
@@ -336,11 +389,17 @@ pub async fn invoke(
 /// A Python spec for `handler` in tests/fixtures/python.
 pub fn python_spec(function: &str, handler: &str) -> pb::EnvironmentSpec {
     pb::EnvironmentSpec {
-        function: Some(pb::FunctionRef { name: function.into(), version: String::new(), arn: String::new() }),
+        function: Some(pb::FunctionRef {
+            name: function.into(),
+            version: String::new(),
+            arn: String::new(),
+        }),
         runtime: "python3.11".into(),
         handler: handler.into(),
         code: Some(pb::Code {
-            source: Some(pb::code::Source::Directory(fixtures("python").display().to_string())),
+            source: Some(pb::code::Source::Directory(
+                fixtures("python").display().to_string(),
+            )),
             sha256: String::new(),
         }),
         ..Default::default()
@@ -348,7 +407,12 @@ pub fn python_spec(function: &str, handler: &str) -> pb::EnvironmentSpec {
 }
 
 pub fn payload_json(r: &pb::InvokeResponse) -> serde_json::Value {
-    serde_json::from_slice(&r.payload).unwrap_or_else(|e| panic!("payload is not JSON ({e}): {:?}", String::from_utf8_lossy(&r.payload)))
+    serde_json::from_slice(&r.payload).unwrap_or_else(|e| {
+        panic!(
+            "payload is not JSON ({e}): {:?}",
+            String::from_utf8_lossy(&r.payload)
+        )
+    })
 }
 
 /// Pids of every process in an environment's cgroup (memory hierarchy).
@@ -364,7 +428,11 @@ pub fn cgroup_pids(dir: &Path) -> Vec<u32> {
 pub async fn wait_for_files(dir: &Path, n: usize) {
     let start = Instant::now();
     while std::fs::read_dir(dir).map(|r| r.count()).unwrap_or(0) < n {
-        assert!(start.elapsed() < Duration::from_secs(60), "fewer than {n} files in {}", dir.display());
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "fewer than {n} files in {}",
+            dir.display()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

@@ -4,9 +4,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
-use hyper_util::rt::TokioIo;
 use lmi_proto::v1::agent_client::AgentClient;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::{Channel, Endpoint};
 
 /// Payloads are up to 6 MiB; leave room for the rest of the message.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -60,19 +59,7 @@ pub async fn connect(target: &Target, timeout: Option<Duration>) -> anyhow::Resu
         endpoint = endpoint.timeout(t);
     }
     let channel = match target {
-        Target::Unix(path) => {
-            let path = path.clone();
-            endpoint
-                .connect_with_connector(tower::service_fn(move |_: Uri| {
-                    let path = path.clone();
-                    async move {
-                        Ok::<_, std::io::Error>(TokioIo::new(
-                            tokio::net::UnixStream::connect(path).await?,
-                        ))
-                    }
-                }))
-                .await
-        }
+        Target::Unix(path) => lmi_agent::client::unix_channel(path, endpoint).await,
         Target::Tcp(_) => endpoint.connect().await,
     }
     .with_context(|| format!("cannot connect to lmi-agent at {target}"))?;

@@ -15,6 +15,8 @@ use lmi_agent::{
 };
 use tokio::signal::unix::{signal, SignalKind};
 
+mod demo;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "lmi-agent",
@@ -50,6 +52,9 @@ enum Command {
     Run,
     /// Validate the configuration and print the effective configuration as TOML.
     CheckConfig,
+    /// Start an agent on a built-in default, run an example Python function through it, print what happened
+    /// and clean up (needs root: it creates cgroups).
+    Demo,
 }
 
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
@@ -109,6 +114,11 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Demo => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?
+            .block_on(demo::run(cli.shims_dir.clone())),
         Command::Run => {
             init_logs(config.log_format);
             tokio::runtime::Builder::new_multi_thread()
@@ -120,62 +130,94 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.state_dir)
-        .with_context(|| format!("creating state_dir {}", config.state_dir.display()))?;
-    let cgroups = cgroup::detect(&config.cgroup_parent).context("setting up cgroups")?;
-    let catalog = Catalog::load(config.catalog.as_deref())?;
-    for (entry, availability) in catalog.iter() {
-        tracing::info!(runtime = %entry.id, availability = ?availability, "runtime");
+/// A started agent: control API listening, ready for environments.
+pub(crate) struct Daemon {
+    agent: Arc<Agent>,
+    stop_tx: tokio::sync::watch::Sender<bool>,
+    server: tokio::task::JoinHandle<Result<(), server::ServeError>>,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    /// Sets up cgroups, the catalog and capacity, binds the control socket and starts serving.
+    pub(crate) async fn start(config: &Config) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.state_dir)
+            .with_context(|| format!("creating state_dir {}", config.state_dir.display()))?;
+        let cgroups = cgroup::detect(&config.cgroup_parent).context("setting up cgroups")?;
+        let catalog = Catalog::load(config.catalog.as_deref())?;
+        for (entry, availability) in catalog.iter() {
+            tracing::info!(runtime = %entry.id, availability = ?availability, "runtime");
+        }
+        let (vcpus, memory_mib) = HostCapacity::detect_totals();
+        let capacity = HostCapacity::new(
+            if config.capacity.vcpus > 0 {
+                config.capacity.vcpus
+            } else {
+                vcpus
+            },
+            if config.capacity.memory_mib > 0 {
+                config.capacity.memory_mib
+            } else {
+                memory_mib
+            },
+            config.capacity.reserved_vcpus,
+            config.capacity.reserved_memory_mib,
+        );
+        let unix = server::bind_socket(&config.socket)?;
+        tracing::info!(
+            socket = %config.socket.display(),
+            cgroup_version = %cgroups.version(),
+            cgroup_parent = %cgroups.parent_path(),
+            vcpus_allocatable = capacity.vcpus_allocatable,
+            memory_mib_allocatable = capacity.memory_mib_allocatable,
+            "lmi-agent started"
+        );
+        let agent = Agent::new(
+            config.clone(),
+            catalog,
+            capacity,
+            cgroups,
+            Arc::new(ProcessSpawner),
+        );
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn({
+            let agent = agent.clone();
+            let config = config.clone();
+            async move { server::serve(agent, &config, unix, stop_rx).await }
+        });
+        Ok(Self {
+            agent,
+            stop_tx,
+            server,
+            socket: config.socket.clone(),
+        })
     }
-    let (vcpus, memory_mib) = HostCapacity::detect_totals();
-    let capacity = HostCapacity::new(
-        if config.capacity.vcpus > 0 {
-            config.capacity.vcpus
-        } else {
-            vcpus
-        },
-        if config.capacity.memory_mib > 0 {
-            config.capacity.memory_mib
-        } else {
-            memory_mib
-        },
-        config.capacity.reserved_vcpus,
-        config.capacity.reserved_memory_mib,
-    );
-    let unix = server::bind_socket(&config.socket)?;
-    tracing::info!(
-        socket = %config.socket.display(),
-        cgroup_version = %cgroups.version(),
-        cgroup_parent = %cgroups.parent_path(),
-        vcpus_allocatable = capacity.vcpus_allocatable,
-        memory_mib_allocatable = capacity.memory_mib_allocatable,
-        "lmi-agent started"
-    );
-    let agent = Agent::new(
-        config.clone(),
-        catalog,
-        capacity,
-        cgroups,
-        Arc::new(ProcessSpawner),
-    );
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn({
-        let agent = agent.clone();
-        let config = config.clone();
-        async move { server::serve(agent, &config, unix, stop_rx).await }
-    });
+    /// Drains every environment (in-flight invokes get `grace`), removes all cgroups, stops the listeners.
+    pub(crate) async fn shutdown(self, grace: Duration) -> anyhow::Result<()> {
+        self.agent.shutdown(grace).await;
+        let _ = self.stop_tx.send(true);
+        let result = tokio::time::timeout(Duration::from_secs(5), self.server).await;
+        let _ = std::fs::remove_file(&self.socket);
+        match result {
+            Ok(Ok(r)) => r.map_err(Into::into),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Ok(()),
+        }
+    }
+}
 
+async fn run(config: Config) -> anyhow::Result<()> {
+    let mut daemon = Daemon::start(&config).await?;
     lmi_agent::notify::notify_or_log("READY=1");
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let mut server = server;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: draining"),
         _ = int.recv() => tracing::info!("SIGINT: draining"),
-        r = &mut server => {
-            agent.shutdown(Duration::ZERO).await;
+        r = &mut daemon.server => {
+            // The listeners died on their own: stop everything, report why.
+            daemon.agent.shutdown(Duration::ZERO).await;
             return match r {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(e.into()),
@@ -185,10 +227,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     lmi_agent::notify::notify_or_log("STOPPING=1");
     let grace = Duration::from_secs(u64::from(config.environments.delete_grace_seconds));
-    agent.shutdown(grace).await;
-    let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
-    let _ = std::fs::remove_file(&config.socket);
+    daemon.shutdown(grace).await?;
     tracing::info!("lmi-agent stopped");
     Ok(())
 }
