@@ -243,6 +243,28 @@ impl Agent {
             }
         };
         env.set_pid(child.id());
+        {
+            // Registered under the lock that shutdown lists environments with, after one more look at the
+            // shutdown flag: an environment created while the agent stops is stopped, never left running.
+            let mut r = self.write();
+            if self
+                .shutting_down
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
+                drop(r);
+                let mut child = child;
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                api_server.abort();
+                let _ = tokio::task::spawn_blocking(move || cgroup.remove()).await;
+                return Err(CreateError::ShuttingDown);
+            }
+            r.by_id.insert(env.id.clone(), env.clone());
+            r.by_function
+                .entry((env.spec.function_name.clone(), env.spec.version.clone()))
+                .or_default()
+                .push(env.clone());
+        }
         tracing::info!(
             env = %env.id,
             function = %env.spec.function_name,
@@ -256,14 +278,6 @@ impl Agent {
             runtime_api = %addr,
             "environment started"
         );
-        {
-            let mut r = self.write();
-            r.by_id.insert(env.id.clone(), env.clone());
-            r.by_function
-                .entry((env.spec.function_name.clone(), env.spec.version.clone()))
-                .or_default()
-                .push(env.clone());
-        }
         tokio::spawn(supervisor::supervise(Supervised {
             env: env.clone(),
             child,
@@ -303,7 +317,10 @@ impl Agent {
         self.stop(&env, grace).await;
         env.mark_deleted();
         let mut r = self.write();
-        r.by_id.remove(id);
+        if r.by_id.remove(id).is_none() {
+            // A concurrent delete of the same environment already forgot it.
+            return Some(env);
+        }
         let key = (env.spec.function_name.clone(), env.spec.version.clone());
         if let Some(list) = r.by_function.get_mut(&key) {
             list.retain(|e| e.id != id);
@@ -318,6 +335,10 @@ impl Agent {
         if env.begin_drain() {
             tracing::info!(env = %env.id, in_flight = env.broker.in_flight(), grace_s = grace.as_secs(), "draining environment");
             let _ = tokio::time::timeout(grace, env.broker.wait_idle()).await;
+        } else if env.state() == State::Draining {
+            // Another delete is draining it within its own grace period: wait for that one to finish.
+            env.cleaned().await;
+            return;
         }
         env.request_stop();
         env.cleaned().await;
@@ -444,8 +465,13 @@ impl Agent {
     /// Graceful stop: refuse new environments and invokes, let in-flight invokes finish within `grace`, stop
     /// every runtime and remove every cgroup, then the agent's parent cgroup.
     pub async fn shutdown(&self, grace: Duration) {
-        self.shutting_down
-            .store(true, std::sync::atomic::Ordering::Release);
+        {
+            // Under the registry lock, so that a create either registered before this (and is listed below)
+            // or sees the flag when it registers (and stops its own environment).
+            let _r = self.write();
+            self.shutting_down
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
         let envs = self.list(None, None);
         let stops = envs.iter().map(|e| self.stop(e, grace));
         futures_util::future::join_all(stops).await;

@@ -17,7 +17,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 
 use crate::invocation::{ErrorInfo, Event, Outcome};
 
@@ -56,7 +56,7 @@ impl Refusal {
 pub enum Answer {
     /// Accepted (202): the caller receives the outcome.
     Accepted,
-    /// The id is unknown or was already answered (400).
+    /// The id is unknown, not yet delivered, already answered or being answered (400).
     Unknown,
     /// The invoke timed out before the answer (410).
     TooLate,
@@ -64,15 +64,27 @@ pub enum Answer {
 
 #[derive(Debug)]
 struct Entry {
-    delivered: bool,
+    /// The event until a `/next` takes it; dropping the entry frees the payload.
+    event: Option<Event>,
     /// None once the caller has stopped waiting (deadline passed): the runtime still holds the invoke.
     reply: Option<oneshot::Sender<Outcome>>,
+    /// A `/response` or `/error` for this id is being read: a second one is refused at once.
+    answering: bool,
+}
+
+impl Entry {
+    fn delivered(&self) -> bool {
+        self.event.is_none()
+    }
 }
 
 #[derive(Debug, Default)]
 struct Table {
     closed: bool,
     entries: HashMap<Arc<str>, Entry>,
+    /// Ids of undelivered invokes, oldest first. Every id here has an entry with its event: the queue never
+    /// holds more than the in-flight limit.
+    queue: VecDeque<Arc<str>>,
     expired: HashSet<Arc<str>>,
     expired_order: VecDeque<Arc<str>>,
 }
@@ -96,8 +108,8 @@ pub struct Broker {
     max: u32,
     in_flight: AtomicU32,
     idle: Notify,
-    queue_tx: mpsc::UnboundedSender<(Arc<str>, Event)>,
-    queue_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<(Arc<str>, Event)>>,
+    /// One permit per queued invoke; a dropped waiter passes its permit on.
+    queued: Notify,
     table: Mutex<Table>,
     closed_tx: watch::Sender<bool>,
 }
@@ -113,13 +125,11 @@ pub struct Pending {
 impl Broker {
     /// A broker admitting at most `max` concurrent invokes.
     pub fn new(max: u32) -> Arc<Self> {
-        let (queue_tx, queue_rx) = mpsc::unbounded_channel();
         Arc::new(Self {
             max,
             in_flight: AtomicU32::new(0),
             idle: Notify::new(),
-            queue_tx,
-            queue_rx: tokio::sync::Mutex::new(queue_rx),
+            queued: Notify::new(),
             table: Mutex::new(Table::default()),
             closed_tx: watch::Sender::new(false),
         })
@@ -183,32 +193,29 @@ impl Broker {
         let (tx, rx) = oneshot::channel();
         {
             let mut t = self.table();
-            if t.closed {
+            let refused = if t.closed {
+                Some(Rejected::Closed)
+            } else if t.entries.contains_key(&id) {
+                Some(Rejected::DuplicateId)
+            } else {
+                None
+            };
+            if let Some(reason) = refused {
                 drop(t);
                 self.release(1);
-                return Err(Refusal::new(Rejected::Closed, event));
-            }
-            if t.entries.contains_key(&id) {
-                drop(t);
-                self.release(1);
-                return Err(Refusal::new(Rejected::DuplicateId, event));
+                return Err(Refusal::new(reason, event));
             }
             t.entries.insert(
                 id.clone(),
                 Entry {
-                    delivered: false,
+                    event: Some(event),
                     reply: Some(tx),
+                    answering: false,
                 },
             );
-            // Sent under the table lock so that `close` cannot run between insert and send.
-            if let Err(mpsc::error::SendError((_, event))) = self.queue_tx.send((id.clone(), event))
-            {
-                t.entries.remove(&id);
-                drop(t);
-                self.release(1);
-                return Err(Refusal::new(Rejected::Closed, event));
-            }
+            t.queue.push_back(id.clone());
         }
+        self.queued.notify_one();
         Ok(Pending {
             broker: self.clone(),
             id,
@@ -216,44 +223,50 @@ impl Broker {
         })
     }
 
+    fn take_queued(&self) -> Option<Event> {
+        let mut t = self.table();
+        while let Some(id) = t.queue.pop_front() {
+            if let Some(event) = t.entries.get_mut(&id).and_then(|e| e.event.take()) {
+                return Some(event);
+            }
+        }
+        None
+    }
+
     /// Waits for the next invoke for the runtime (`/next`). None when the environment is closed.
     pub async fn next(&self) -> Option<Event> {
         let mut closed = self.closed_tx.subscribe();
         loop {
+            let queued = self.queued.notified();
+            tokio::pin!(queued);
+            queued.as_mut().enable();
             if *closed.borrow_and_update() {
                 return None;
             }
-            let item = {
-                let mut rx = tokio::select! {
-                    rx = self.queue_rx.lock() => rx,
-                    _ = closed.wait_for(|c| *c) => return None,
-                };
-                tokio::select! {
-                    item = rx.recv() => item,
-                    _ = closed.wait_for(|c| *c) => return None,
-                }
-            };
-            let (id, event) = item?;
-            let mut t = self.table();
-            match t.entries.get_mut(&id) {
-                Some(e) if !e.delivered && e.reply.is_some() => {
-                    e.delivered = true;
-                    return Some(event);
-                }
-                // Expired or abandoned while queued: its slot was already released; skip it.
-                _ => continue,
+            if let Some(event) = self.take_queued() {
+                return Some(event);
+            }
+            tokio::select! {
+                () = &mut queued => {}
+                _ = closed.wait_for(|c| *c) => return None,
             }
         }
     }
 
-    /// Tells whether a request id can be answered now, without consuming it (to refuse a body early).
-    pub fn check(&self, id: &str) -> Answer {
-        let t = self.table();
-        match t.entries.get(id) {
-            Some(e) if e.delivered && e.reply.is_some() => Answer::Accepted,
-            Some(e) if e.delivered => Answer::TooLate,
-            _ if t.expired.contains(id) => Answer::TooLate,
-            _ => Answer::Unknown,
+    /// Claims a request id for an answer about to be read (`/response`, `/error`), so that the body is read at
+    /// most once: a second post for the same id is refused while (and after) the first is read.
+    pub fn claim(&self, id: &str) -> Answer {
+        let mut t = self.table();
+        let expired = t.expired.contains(id);
+        match t.entries.get_mut(id) {
+            Some(e) if e.delivered() && e.reply.is_some() && !e.answering => {
+                e.answering = true;
+                Answer::Accepted
+            }
+            Some(e) if e.delivered() && e.reply.is_none() => Answer::TooLate,
+            Some(_) => Answer::Unknown,
+            None if expired => Answer::TooLate,
+            None => Answer::Unknown,
         }
     }
 
@@ -267,7 +280,7 @@ impl Broker {
                 Answer::Unknown
             };
         };
-        if !entry.delivered {
+        if !entry.delivered() {
             // The runtime cannot answer what it was never given.
             return Answer::Unknown;
         }
@@ -293,7 +306,7 @@ impl Broker {
     /// The runtime finished an invoke whose caller already timed out: frees its slot (no outcome to deliver).
     pub fn settle_late(&self, id: &str) {
         let mut t = self.table();
-        let late = matches!(t.entries.get(id), Some(e) if e.delivered && e.reply.is_none());
+        let late = matches!(t.entries.get(id), Some(e) if e.delivered() && e.reply.is_none());
         if let (true, Some((key, _))) = (late, t.entries.remove_entry(id)) {
             t.remember_expired(key);
             drop(t);
@@ -310,13 +323,14 @@ impl Broker {
                 if e.reply.take().is_none() {
                     return false;
                 }
-                e.delivered
+                e.delivered()
             }
         };
         t.remember_expired(id.clone());
         if !delivered {
-            // Never reached the runtime: drop it and free the slot now.
+            // Never reached the runtime: drop it (and its payload) and free the slot now.
             t.entries.remove(id);
+            t.queue.retain(|q| q != id);
             drop(t);
             self.release(1);
         }
@@ -328,6 +342,7 @@ impl Broker {
     pub fn close(&self, failure: Option<&ErrorInfo>) -> usize {
         let mut t = self.table();
         t.closed = true;
+        t.queue.clear();
         let entries: Vec<_> = t.entries.drain().collect();
         drop(t);
         self.closed_tx.send_replace(true);
@@ -366,6 +381,13 @@ impl Broker {
     }
 }
 
+#[cfg(test)]
+impl Broker {
+    fn is_delivered(&self, id: &str) -> bool {
+        self.table().entries.get(id).is_some_and(Entry::delivered)
+    }
+}
+
 impl Pending {
     /// The request id.
     pub fn id(&self) -> &str {
@@ -373,15 +395,16 @@ impl Pending {
     }
 
     /// Waits for the outcome; after `timeout` the caller gets `Sandbox.Timedout` (the code is not stopped).
+    /// If this future is dropped before it finishes, the invoke is abandoned: dropped if still queued.
     pub async fn wait(mut self, timeout: Duration) -> Outcome {
-        let Some(mut rx) = self.rx.take() else {
+        let Some(rx) = self.rx.as_mut() else {
             return Outcome::RuntimeFailure(ErrorInfo::new(
                 "Runtime.Unknown",
                 "invoke already awaited",
             ));
         };
-        let first = tokio::time::timeout(timeout, &mut rx).await;
-        match first {
+        let first = tokio::time::timeout(timeout, &mut *rx).await;
+        let outcome = match first {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => Outcome::RuntimeFailure(ErrorInfo::new(
                 "Runtime.Unknown",
@@ -396,7 +419,10 @@ impl Pending {
                         .unwrap_or_else(|_| Outcome::Timeout(ErrorInfo::timed_out(timeout)))
                 }
             }
-        }
+        };
+        // Settled: nothing left for Drop to abandon.
+        self.rx = None;
+        outcome
     }
 }
 
@@ -456,7 +482,7 @@ mod tests {
         // queued but not yet given to the runtime
         assert_eq!(b.answer("a", ok(b"")), Answer::Unknown);
         b.next().await.unwrap();
-        assert_eq!(b.check("a"), Answer::Accepted);
+        assert_eq!(b.claim("a"), Answer::Accepted);
         assert_eq!(b.answer("a", ok(b"")), Answer::Accepted);
         assert_eq!(b.answer("a", ok(b"")), Answer::Unknown);
     }
@@ -487,7 +513,7 @@ mod tests {
         );
         // the runtime still runs it: the slot stays taken
         assert_eq!(b.in_flight(), 1);
-        assert_eq!(b.check("a"), Answer::TooLate);
+        assert_eq!(b.claim("a"), Answer::TooLate);
         assert_eq!(b.answer("a", ok(b"late")), Answer::TooLate);
         assert_eq!(b.in_flight(), 0);
         assert_eq!(b.answer("a", ok(b"late")), Answer::TooLate);
@@ -533,7 +559,7 @@ mod tests {
             "Runtime exited with error: exit status 1",
         );
         // wait until the poller took "b" (it is delivered) before closing
-        while b.check("b") != Answer::Accepted {
+        while !b.is_delivered("b") {
             tokio::task::yield_now().await;
         }
         assert_eq!(b.close(Some(&fail)), 2);
@@ -594,5 +620,63 @@ mod tests {
             16,
             "delivered invokes keep their slots until answered"
         );
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_wait_drops_the_queued_invoke() {
+        let b = Broker::new(1);
+        let p = b.submit(event("a")).unwrap();
+        let t = tokio::spawn(p.wait(Duration::from_secs(60)));
+        tokio::task::yield_now().await;
+        t.abort();
+        let _ = t.await;
+        assert_eq!(b.in_flight(), 0);
+        let _q = b.submit(event("b")).unwrap();
+        assert_eq!(b.next().await.unwrap().request_id, "b");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_queued_events_are_not_retained() {
+        let b = Broker::new(1);
+        for i in 0..100 {
+            let p = b.submit(event(&format!("r{i}"))).unwrap();
+            assert!(matches!(
+                p.wait(Duration::from_millis(10)).await,
+                Outcome::Timeout(_)
+            ));
+        }
+        let t = b.table();
+        assert!(t.queue.is_empty());
+        assert!(t.entries.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reused_id_gets_its_own_payload() {
+        let b = Broker::new(2);
+        let mut e1 = event("x");
+        e1.payload = Bytes::from_static(b"old");
+        let p = b.submit(e1).unwrap();
+        assert!(matches!(
+            p.wait(Duration::from_millis(10)).await,
+            Outcome::Timeout(_)
+        ));
+        let mut e2 = event("x");
+        e2.payload = Bytes::from_static(b"new");
+        let _q = b.submit(e2).unwrap();
+        assert_eq!(&b.next().await.unwrap().payload[..], b"new");
+    }
+
+    #[tokio::test]
+    async fn an_answer_is_read_once() {
+        let b = Broker::new(1);
+        let _p = b.submit(event("a")).unwrap();
+        b.next().await.unwrap();
+        assert_eq!(b.claim("a"), Answer::Accepted);
+        assert_eq!(
+            b.claim("a"),
+            Answer::Unknown,
+            "a second concurrent post is refused before its body is read"
+        );
+        assert_eq!(b.answer("a", ok(b"1")), Answer::Accepted);
     }
 }

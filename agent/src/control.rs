@@ -123,7 +123,13 @@ impl agent_server::Agent for ControlService {
             .into_inner()
             .spec
             .ok_or_else(|| Status::invalid_argument("spec: is required"))?;
-        let env = self.agent.create(&spec).await.map_err(create_status)?;
+        // Runs on its own task: a caller that goes away mid-create must not leave reserved capacity or a
+        // half-made cgroup behind (the create either completes and is listed, or undoes itself).
+        let agent = self.agent.clone();
+        let env = tokio::spawn(async move { agent.create(&spec).await })
+            .await
+            .map_err(|e| Status::internal(format!("create task failed: {e}")))?
+            .map_err(create_status)?;
         Ok(Response::new(pb::CreateEnvironmentResponse {
             environment: Some(environment_to_proto(&env)),
         }))

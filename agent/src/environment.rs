@@ -122,21 +122,27 @@ impl Environment {
     /// Records a failure (first one wins) and stops admitting. Returns false if the environment had already
     /// failed or was being stopped on purpose.
     pub(crate) fn fail(&self, error: ErrorInfo) -> bool {
+        self.fail_if(error, |state| {
+            matches!(state, State::Initializing | State::Ready)
+        })
+    }
+
+    fn fail_if(&self, error: ErrorInfo, allowed: impl Fn(State) -> bool) -> bool {
         let mut s = self.lock();
-        match s.state {
-            State::Initializing | State::Ready => {
-                s.state = State::Failed;
-                s.failure = Some(Failure {
-                    error,
-                    at: SystemTime::now(),
-                });
-                drop(s);
-                self.broker.stop_admitting();
-                self.wake.notify_one();
-                true
-            }
-            State::Draining | State::Failed | State::Terminated => false,
+        if !allowed(s.state) {
+            return false;
         }
+        s.state = State::Failed;
+        s.failure = Some(Failure {
+            error,
+            at: SystemTime::now(),
+        });
+        drop(s);
+        self.init_over
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.broker.stop_admitting();
+        self.wake.notify_one();
+        true
     }
 
     /// Starts a delete: no new invokes; in-flight ones go on. False if already draining or gone.
@@ -211,8 +217,8 @@ impl RuntimeEvents for Environment {
     }
 
     fn init_error(&self, error: ErrorInfo) -> InitErrorAnswer {
-        let initializing = self.lock().state == State::Initializing;
-        if initializing && self.fail(error.clone()) {
+        // Checked and applied under one lock: an init error that arrives after the first /next is refused.
+        if self.fail_if(error.clone(), |state| state == State::Initializing) {
             tracing::warn!(env = %self.id, error_type = %error.error_type, message = %error.message, "runtime reported an init error");
             InitErrorAnswer::Accepted
         } else {

@@ -168,8 +168,10 @@ impl RuntimeApi {
         }
     }
 
+    /// Claims the id before its body is read: unknown, already answered or being answered → 400; timed out →
+    /// 410 (and the slot the runtime held is freed).
     fn precheck(&self, id: &str) -> Option<Response<Full<Bytes>>> {
-        match self.broker.check(id) {
+        match self.broker.claim(id) {
             Answer::Accepted => None,
             Answer::Unknown => Some(invalid_request_id()),
             Answer::TooLate => {

@@ -87,21 +87,42 @@ pub async fn supervise(mut s: Supervised) {
     if exited.is_none() {
         stop_process_tree(&mut s.child, pid, s.stop_timeout).await;
     }
-    let cgroup = s.cgroup;
-    let env_id = env.id.clone();
-    let removed = tokio::task::spawn_blocking(move || cgroup.remove()).await;
-    match removed {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::error!(env = %env_id, error = %e, "removing the environment's cgroup failed")
-        }
-        Err(e) => tracing::error!(env = %env_id, error = %e, "cgroup removal task failed"),
-    }
     s.api_server.abort();
-    s.ledger
-        .release(env.spec.vcpus, u64::from(env.spec.memory_mib));
+    if remove_cgroup(&env.id, s.cgroup).await {
+        s.ledger
+            .release(env.spec.vcpus, u64::from(env.spec.memory_mib));
+    } else {
+        // Something may still run in it: keep its capacity booked rather than hand it out twice.
+        tracing::error!(
+            env = %env.id,
+            vcpus = env.spec.vcpus,
+            memory_mib = env.spec.memory_mib,
+            "the environment's cgroup could not be removed; its capacity stays reserved"
+        );
+    }
     env.mark_cleaned();
     tracing::info!(env = %env.id, state = ?env.state(), "environment cleaned up");
+}
+
+/// Kills and removes the cgroup, retrying with backoff (a process may take a moment to die). True on success.
+async fn remove_cgroup(env_id: &str, cgroup: Box<dyn EnvironmentCgroup>) -> bool {
+    let cgroup: Arc<dyn EnvironmentCgroup> = Arc::from(cgroup);
+    let mut delay = Duration::from_millis(50);
+    for attempt in 1..=5 {
+        let c = cgroup.clone();
+        match tokio::task::spawn_blocking(move || c.remove()).await {
+            Ok(Ok(())) => return true,
+            Ok(Err(e)) => {
+                tracing::warn!(env = %env_id, attempt, error = %e, "removing the environment's cgroup failed")
+            }
+            Err(e) => {
+                tracing::warn!(env = %env_id, attempt, error = %e, "cgroup removal task failed")
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay *= 2;
+    }
+    false
 }
 
 fn exit_error(

@@ -337,7 +337,7 @@ async fn bad_response_mode_is_400() {
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.json()["errorType"], "InvalidResponseMode");
     assert_eq!(
-        h.broker.check("m"),
+        h.broker.claim("m"),
         Answer::Accepted,
         "the invoke can still be answered"
     );
