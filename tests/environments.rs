@@ -570,5 +570,59 @@ async fn control_socket_is_root_only_and_serves_health() {
         r.status(),
         tonic_health::pb::health_check_response::ServingStatus::Serving
     );
+
+    // Server reflection (what grpcurl and grpcui use) lists the Agent service.
+    use tonic_reflection::pb::v1::{
+        server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        ServerReflectionRequest,
+    };
+    let channel =
+        lmi_agent::client::unix_channel(&agent.socket, lmi_agent::client::unix_endpoint())
+            .await
+            .unwrap();
+    let mut reflection = ServerReflectionClient::new(channel);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = reflection
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("{resp:?}")
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"lmi.agent.v1.Agent"), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+    agent.stop_and_assert_clean(&[]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_optional_tcp_listener_serves_the_same_api() {
+    require_root!();
+    // A free loopback port (bound and released; the agent binds it right after).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let agent = TestAgent::start_with(AgentOptions {
+        extra_config: format!("listen_tcp = \"127.0.0.1:{port}\""),
+        ..Default::default()
+    })
+    .await;
+    let mut tcp = pb::agent_client::AgentClient::connect(format!("http://127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let host = tcp
+        .get_host(pb::GetHostRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(host.vcpus_total, 64);
     agent.stop_and_assert_clean(&[]);
 }
