@@ -10,6 +10,8 @@ use std::{
 
 use bytes::Bytes;
 
+use tokio::sync::watch;
+
 use crate::{
     broker::Rejected,
     capacity::{HostCapacity, InsufficientCapacity, Ledger},
@@ -19,12 +21,25 @@ use crate::{
     config::Config,
     dispatch::{self, ThrottleReason},
     environment::{Environment, State},
+    ephemeral::EphemeralStorage,
+    host::HostReader,
     invocation::{Event, Outcome},
     launch::{self, LaunchContext, LaunchError, Spawner},
     runtime_api::{RuntimeApi, MAX_RESPONSE_BYTES},
+    sampler::{Sampler, Snapshot},
     spec::{self, SpecDefaults, SpecError, LATEST},
+    stats::Stats,
     supervisor::{self, Supervised},
 };
+
+/// Runs blocking work (cgroupfs, mounts) off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, CreateError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| CreateError::Spawn(std::io::Error::other(e)))
+}
 
 /// Largest invoke payload accepted (Lambda's 6 MB synchronous limit).
 pub const MAX_INVOKE_PAYLOAD: usize = MAX_RESPONSE_BYTES;
@@ -48,6 +63,10 @@ pub enum CreateError {
     Listen(std::io::Error),
     #[error("the agent is shutting down")]
     ShuttingDown,
+    #[error("the host is draining and takes no new environments")]
+    Draining,
+    #[error(transparent)]
+    Ephemeral(#[from] crate::ephemeral::EphemeralError),
 }
 
 /// Why an invoke did not run.
@@ -64,6 +83,8 @@ pub enum InvokeError {
         reason: ThrottleReason,
         message: String,
     },
+    #[error("the host is draining and takes no new invokes")]
+    Draining,
 }
 
 /// An invoke request as the control API passes it.
@@ -104,6 +125,10 @@ pub struct Agent {
     defaults: SpecDefaults,
     runtime_path: String,
     shutting_down: std::sync::atomic::AtomicBool,
+    draining: std::sync::atomic::AtomicBool,
+    stats: Stats,
+    utilization: watch::Sender<Arc<Snapshot>>,
+    instance_id: String,
 }
 
 impl Agent {
@@ -130,7 +155,90 @@ impl Agent {
             defaults,
             runtime_path,
             shutting_down: std::sync::atomic::AtomicBool::new(false),
+            draining: std::sync::atomic::AtomicBool::new(false),
+            stats: Stats::default(),
+            utilization: watch::Sender::new(Arc::new(Snapshot::default())),
+            instance_id: uuid::Uuid::new_v4().to_string(),
         })
+    }
+
+    /// Invoke counters (throttles by reason, redirects, outcomes, latency).
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Identifies this life of the agent process in reports.
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// The latest utilization snapshot, and its updates.
+    pub fn utilization(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.utilization.subscribe()
+    }
+
+    /// True after a drain directive.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Drains the host: no new environments or invokes; every environment finishes its in-flight invokes
+    /// (up to the configured grace) and stops. The records stay until deleted.
+    pub async fn drain_host(self: &Arc<Self>, reason: &str) {
+        if self
+            .draining
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        tracing::warn!(reason, "draining the host");
+        let grace = Duration::from_secs(u64::from(self.config.environments.delete_grace_seconds));
+        let envs = self.list(None, None);
+        futures_util::future::join_all(envs.iter().map(|e| self.stop(e, grace))).await;
+    }
+
+    /// Samples every environment and the host each period, forever (run it on its own task).
+    pub async fn run_sampler(self: Arc<Self>) {
+        let period = Duration::from_millis(self.config.utilization.sample_interval_ms);
+        let mut sampler = Some(Sampler::new(
+            self.config.utilization.clone(),
+            HostReader::default(),
+            self.config.state_dir.clone(),
+        ));
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            ticks.tick().await;
+            let Some(mut s) = sampler.take() else { return };
+            let agent = self.clone();
+            // Reading cgroupfs is blocking file I/O: keep it off the async workers.
+            let done = tokio::task::spawn_blocking(move || {
+                let envs = agent.list(None, None);
+                let snap = s.tick(
+                    &envs,
+                    agent.ledger.capacity(),
+                    agent.ledger.allocated(),
+                    agent.is_draining(),
+                    std::time::Instant::now(),
+                );
+                (s, snap)
+            })
+            .await;
+            match done {
+                Ok((s, snap)) => {
+                    sampler = Some(s);
+                    self.utilization.send_replace(Arc::new(snap));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the sampler failed; restarting it");
+                    sampler = Some(Sampler::new(
+                        self.config.utilization.clone(),
+                        HostReader::default(),
+                        self.config.state_dir.clone(),
+                    ));
+                }
+            }
+        }
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Registry> {
@@ -157,7 +265,7 @@ impl Agent {
         self.cgroups.as_ref()
     }
 
-    /// Validates, reserves capacity, stages code, creates the cgroup, starts the Runtime API and the
+    /// Validates, reserves capacity, stages code, creates the cgroup and /tmp, starts the Runtime API and the
     /// runtime. Returns while the runtime initialises; on any error everything done so far is undone.
     pub async fn create(
         self: &Arc<Self>,
@@ -168,6 +276,9 @@ impl Agent {
             .load(std::sync::atomic::Ordering::Acquire)
         {
             return Err(CreateError::ShuttingDown);
+        }
+        if self.is_draining() {
+            return Err(CreateError::Draining);
         }
         let spec = spec::validate(spec, &self.catalog, &self.defaults)?;
         self.ledger
@@ -197,6 +308,8 @@ impl Agent {
         let (listener, addr) = RuntimeApi::bind_loopback()
             .await
             .map_err(CreateError::Listen)?;
+        let env_dir = self.config.state_dir.join("envs").join(&id);
+        let tmp_dir = env_dir.join("tmp");
         let plan = launch::plan(
             &spec,
             &LaunchContext {
@@ -206,6 +319,7 @@ impl Agent {
                 runtime_api: addr,
                 region: &self.config.region,
                 path: &self.runtime_path,
+                tmp_dir: &tmp_dir,
             },
         )?;
         let limits = CgroupLimits::from_vcpus(
@@ -215,14 +329,25 @@ impl Agent {
         );
         let cgroups = self.cgroups.clone();
         let name = format!("env-{id}");
-        let cgroup = tokio::task::spawn_blocking(move || cgroups.create(&name, &limits))
-            .await
-            .map_err(|e| CreateError::Spawn(std::io::Error::other(e)))??;
+        let cgroup: Arc<dyn crate::cgroup::EnvironmentCgroup> =
+            Arc::from(blocking(move || cgroups.create(&name, &limits)).await??);
         let placement = match cgroup.placement() {
             Ok(p) => p,
             Err(e) => {
-                let _ = cgroup.remove();
+                let _ = blocking(move || cgroup.remove()).await;
                 return Err(e.into());
+            }
+        };
+        let size = spec.ephemeral_storage_mib;
+        let tmp = match blocking(move || EphemeralStorage::create(&tmp_dir, size)).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                let _ = blocking(move || cgroup.remove()).await;
+                return Err(e.into());
+            }
+            Err(e) => {
+                let _ = blocking(move || cgroup.remove()).await;
+                return Err(e);
             }
         };
 
@@ -230,15 +355,26 @@ impl Agent {
             0 => spec.init_timeout(),
             s => Duration::from_secs(u64::from(s)),
         };
-        let env = Environment::new(id, spec, addr, cgroup.path().to_owned());
+        let env = Environment::new(id, spec, addr, cgroup, Some(tmp));
         let api = RuntimeApi::new(env.broker.clone(), env.clone());
         let api_server = tokio::spawn(api.serve(listener));
 
-        let child = match self.spawner.spawn(&plan, placement) {
+        // Undoes what this function made, for the two failures below.
+        let undo = |env: Arc<Environment>, api_server: tokio::task::JoinHandle<()>| async move {
+            api_server.abort();
+            let _ = blocking(move || {
+                let _ = env.cgroup.remove();
+                if let Some(t) = &env.tmp {
+                    let _ = t.remove();
+                }
+                let _ = std::fs::remove_dir(env_dir);
+            })
+            .await;
+        };
+        let mut child = match self.spawner.spawn(&plan, placement) {
             Ok(c) => c,
             Err(e) => {
-                api_server.abort();
-                let _ = tokio::task::spawn_blocking(move || cgroup.remove()).await;
+                undo(env, api_server).await;
                 return Err(CreateError::Spawn(e));
             }
         };
@@ -252,11 +388,9 @@ impl Agent {
                 .load(std::sync::atomic::Ordering::Acquire)
             {
                 drop(r);
-                let mut child = child;
                 let _ = child.start_kill();
                 let _ = child.wait().await;
-                api_server.abort();
-                let _ = tokio::task::spawn_blocking(move || cgroup.remove()).await;
+                undo(env, api_server).await;
                 return Err(CreateError::ShuttingDown);
             }
             r.by_id.insert(env.id.clone(), env.clone());
@@ -281,7 +415,6 @@ impl Agent {
         tokio::spawn(supervisor::supervise(Supervised {
             env: env.clone(),
             child,
-            cgroup,
             api_server,
             ledger: self.ledger.clone(),
             init_timeout,
@@ -381,6 +514,9 @@ impl Agent {
                 )));
             }
         }
+        if self.is_draining() {
+            return Err(InvokeError::Draining);
+        }
         let envs = self
             .read()
             .by_function
@@ -393,6 +529,8 @@ impl Agent {
                 version,
             });
         }
+        let stats = self.stats.function(&input.function_name, &version);
+        let started = std::time::Instant::now();
         let mut event = Event::new(
             request_id.clone(),
             input.payload,
@@ -401,13 +539,19 @@ impl Agent {
             input.trace_id,
             input.client_context,
         );
-        for env in dispatch::candidates(&envs) {
+        let plan = dispatch::plan(&envs);
+        for env in &plan.candidates {
             let timeout = env.spec.timeout;
             event.function_arn.clone_from(&env.spec.arn);
             event.reset_deadline(timeout);
             match env.broker.submit(event) {
                 Ok(pending) => {
+                    if let Some(first) = plan.first_choice_saturated {
+                        stats.redirected();
+                        tracing::debug!(from = %first.id, to = %env.id, request_id = %request_id, "redirected");
+                    }
                     let outcome = pending.wait(timeout).await;
+                    stats.finished(outcome.kind(), started.elapsed());
                     return Ok(InvokeResult {
                         request_id,
                         environment_id: env.id.clone(),
@@ -423,24 +567,33 @@ impl Agent {
                 },
             }
         }
+        // Candidates that all filled up between the look and the submit were a concurrency limit.
+        let reason = if plan.candidates.is_empty() {
+            plan.throttle
+        } else {
+            ThrottleReason::Concurrency
+        };
+        stats.throttled(reason);
         let ready = envs.iter().filter(|e| e.state() == State::Ready).count();
-        let message = if ready == 0 {
-            format!(
+        let message = match reason {
+            _ if ready == 0 => format!(
                 "none of the {} environments of {}:{} is READY",
                 envs.len(),
                 input.function_name,
                 version
-            )
-        } else {
-            format!(
+            ),
+            ThrottleReason::Concurrency => format!(
                 "all {ready} READY environments of {}:{} are at their max concurrency",
                 input.function_name, version
-            )
+            ),
+            other => format!(
+                "every READY environment of {}:{} with a free slot is saturated ({} over its threshold)",
+                input.function_name,
+                version,
+                other.as_str()
+            ),
         };
-        Err(InvokeError::Throttled {
-            reason: ThrottleReason::Concurrency,
-            message,
-        })
+        Err(InvokeError::Throttled { reason, message })
     }
 
     /// Runtimes of the catalog with their availability here.

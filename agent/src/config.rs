@@ -66,6 +66,65 @@ pub struct Config {
     pub capacity: CapacityConfig,
     /// Environment lifecycle settings.
     pub environments: EnvironmentsConfig,
+    /// Sampling and admission.
+    pub utilization: UtilizationConfig,
+    /// The scaler the agent streams utilization reports to.
+    pub scaler: ScalerConfig,
+    /// Address of the Prometheus `/metrics` endpoint, e.g. "127.0.0.1:9464"; absent = off.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// `[utilization]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UtilizationConfig {
+    /// Sampling period (milliseconds, at least 100).
+    pub sample_interval_ms: u64,
+    /// Time constant of the exponential smoothing of CPU utilization (seconds; 0 = no smoothing).
+    pub smoothing_seconds: f64,
+    /// An environment whose smoothed CPU utilization (of its vCPUs) is above this is saturated.
+    pub cpu_threshold: f64,
+    /// An environment whose memory working set (of its limit) is above this is saturated.
+    pub memory_threshold: f64,
+    /// An environment whose /tmp usage (of its ephemeral storage) is above this is saturated.
+    pub disk_threshold: f64,
+}
+
+/// `[scaler]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScalerConfig {
+    /// gRPC endpoint of the scaler, e.g. "http://10.0.0.5:7000"; absent = no reports.
+    pub endpoint: Option<String>,
+    /// Report period (milliseconds, 100..60000); the scaler may change it with a directive.
+    pub report_interval_ms: u64,
+    /// First reconnect delay (milliseconds); doubles up to `backoff_max_ms`, with full jitter.
+    pub backoff_initial_ms: u64,
+    /// Longest reconnect delay (milliseconds).
+    pub backoff_max_ms: u64,
+}
+
+impl Default for UtilizationConfig {
+    fn default() -> Self {
+        Self {
+            sample_interval_ms: 1000,
+            smoothing_seconds: 5.0,
+            cpu_threshold: 0.9,
+            memory_threshold: 0.9,
+            disk_threshold: 0.9,
+        }
+    }
+}
+
+impl Default for ScalerConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            report_interval_ms: 1000,
+            backoff_initial_ms: 100,
+            backoff_max_ms: 30_000,
+        }
+    }
 }
 
 /// `[capacity]`
@@ -110,6 +169,9 @@ impl Default for Config {
             log_format: LogFormat::Json,
             capacity: CapacityConfig::default(),
             environments: EnvironmentsConfig::default(),
+            utilization: UtilizationConfig::default(),
+            scaler: ScalerConfig::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -188,6 +250,46 @@ impl Config {
         }
         if self.environments.pids_max < 16 {
             return Err(bad("environments.pids_max", "must be at least 16"));
+        }
+        let u = &self.utilization;
+        if u.sample_interval_ms < 100 {
+            return Err(bad(
+                "utilization.sample_interval_ms",
+                "must be at least 100",
+            ));
+        }
+        if !(u.smoothing_seconds.is_finite() && u.smoothing_seconds >= 0.0) {
+            return Err(bad(
+                "utilization.smoothing_seconds",
+                "must be a number of seconds >= 0",
+            ));
+        }
+        for (key, v) in [
+            ("utilization.cpu_threshold", u.cpu_threshold),
+            ("utilization.memory_threshold", u.memory_threshold),
+            ("utilization.disk_threshold", u.disk_threshold),
+        ] {
+            if !(v > 0.0 && v <= 1.0) {
+                return Err(bad(key, "must be a fraction in (0, 1]"));
+            }
+        }
+        let sc = &self.scaler;
+        if !(100..=60_000).contains(&sc.report_interval_ms) {
+            return Err(bad(
+                "scaler.report_interval_ms",
+                "must be between 100 and 60000",
+            ));
+        }
+        if sc.backoff_initial_ms == 0 || sc.backoff_max_ms < sc.backoff_initial_ms {
+            return Err(bad(
+                "scaler.backoff_initial_ms",
+                "must be > 0 and at most scaler.backoff_max_ms",
+            ));
+        }
+        if let Some(e) = &sc.endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err(bad("scaler.endpoint", "must be an http:// or https:// URL"));
+            }
         }
         if self.account_id.len() != 12 || !self.account_id.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad("account_id", "must be 12 digits"));

@@ -8,8 +8,9 @@ use tonic::{metadata::MetadataValue, Code, Request, Response, Status};
 
 use crate::{
     agent::{Agent, CreateError, InvokeError, InvokeInput},
-    environment::{Environment, State},
+    environment::Environment,
     invocation::Outcome,
+    report::{state_to_proto, ReportBuilder},
     spec::SpecError,
 };
 
@@ -32,23 +33,13 @@ fn timestamp(t: SystemTime) -> prost_types::Timestamp {
     prost_types::Timestamp::from(t)
 }
 
-fn state(s: State) -> pb::EnvironmentState {
-    match s {
-        State::Initializing => pb::EnvironmentState::Initializing,
-        State::Ready => pb::EnvironmentState::Ready,
-        State::Draining => pb::EnvironmentState::Draining,
-        State::Failed => pb::EnvironmentState::Failed,
-        State::Terminated => pb::EnvironmentState::Terminated,
-    }
-}
-
 /// The wire view of an environment.
 pub fn environment_to_proto(e: &Environment) -> pb::Environment {
     let st = e.status();
     pb::Environment {
         id: e.id.clone(),
         spec: Some(e.spec.to_proto()),
-        state: state(st.state).into(),
+        state: state_to_proto(st.state).into(),
         failure: st.failure.map(|f| pb::Failure {
             error_type: f.error.error_type,
             message: f.error.message,
@@ -78,11 +69,12 @@ fn create_status(e: CreateError) -> Status {
         CreateError::Spec(SpecError::RuntimeUnavailable { .. }) => Status::failed_precondition(msg),
         CreateError::Capacity(_) => Status::resource_exhausted(msg),
         CreateError::Code(c) if c.is_invalid_input() => Status::invalid_argument(msg),
-        CreateError::ShuttingDown => Status::unavailable(msg),
+        CreateError::ShuttingDown | CreateError::Draining => Status::unavailable(msg),
         CreateError::Code(_)
         | CreateError::Cgroup(_)
         | CreateError::Spawn(_)
-        | CreateError::Listen(_) => {
+        | CreateError::Listen(_)
+        | CreateError::Ephemeral(_) => {
             tracing::error!(error = %msg, "creating an environment failed");
             Status::internal(msg)
         }
@@ -113,8 +105,45 @@ fn throttle_status(reason: crate::dispatch::ThrottleReason, message: String) -> 
     status
 }
 
+/// The local hostname ("" if it cannot be read).
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default()
+}
+
 #[tonic::async_trait]
 impl agent_server::Agent for ControlService {
+    type WatchUtilizationStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::UtilizationReport, Status>>;
+
+    async fn watch_utilization(
+        &self,
+        _request: Request<pb::WatchUtilizationRequest>,
+    ) -> Result<Response<Self::WatchUtilizationStream>, Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let agent = self.agent.clone();
+        tokio::spawn(async move {
+            let mut updates = agent.utilization();
+            let mut builder = ReportBuilder::new(hostname(), agent.instance_id().to_owned());
+            let mut sequence = 0u64;
+            loop {
+                // The current snapshot first, then one report per sampler tick; a slow reader skips ticks
+                // (the watch keeps only the latest) instead of queueing them.
+                let snap = updates.borrow_and_update().clone();
+                sequence += 1;
+                let report = builder.build(sequence, &snap, agent.stats());
+                if tx.send(Ok(report)).await.is_err() || updates.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
     async fn create_environment(
         &self,
         request: Request<pb::CreateEnvironmentRequest>,
@@ -202,6 +231,7 @@ impl agent_server::Agent for ControlService {
                 e @ InvokeError::NoEnvironment { .. } => Status::not_found(e.to_string()),
                 e @ InvokeError::DuplicateRequestId(_) => Status::already_exists(e.to_string()),
                 InvokeError::Throttled { reason, message } => throttle_status(reason, message),
+                e @ InvokeError::Draining => Status::unavailable(e.to_string()),
             })?;
         let mut resp = pb::InvokeResponse {
             request_id: result.request_id,
@@ -238,10 +268,7 @@ impl agent_server::Agent for ControlService {
         let cap = self.agent.ledger().capacity();
         let alloc = self.agent.ledger().allocated();
         Ok(Response::new(pb::Host {
-            hostname: nix::unistd::gethostname()
-                .ok()
-                .and_then(|h| h.into_string().ok())
-                .unwrap_or_default(),
+            hostname: hostname(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             cgroup_version: self.agent.cgroups().version().to_string(),
             vcpus_total: cap.vcpus_total,

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::environment::{Environment, State};
+use crate::environment::{Environment, Saturation, State};
 
 /// Why an invoke was refused without reaching an environment (one of LMI's throttle reasons).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -25,19 +25,73 @@ impl ThrottleReason {
     }
 }
 
-/// READY environments with a free slot, least loaded first (by in-flight share of their limit; ties keep
-/// creation order). The caller tries them in turn, since a slot can be taken between this look and the submit.
-pub fn candidates(envs: &[Arc<Environment>]) -> Vec<&Arc<Environment>> {
-    let mut c: Vec<(u64, usize, &Arc<Environment>)> = envs
+/// Where an invoke may go, decided from exact in-flight counts and the sampler's saturation flags.
+#[derive(Debug)]
+pub struct Plan<'a> {
+    /// READY, below their concurrency limit and not saturated; least loaded first. The caller tries them in
+    /// turn (a slot can be taken between this look and the submit).
+    pub candidates: Vec<&'a Arc<Environment>>,
+    /// The environment the load order would have picked, when it was passed over for saturation: an invoke
+    /// that lands elsewhere was redirected.
+    pub first_choice_saturated: Option<&'a Arc<Environment>>,
+    /// The bottleneck to report if no candidate takes the invoke.
+    pub throttle: ThrottleReason,
+}
+
+/// The reason an environment with a free slot is passed over: memory first (an OOM kill is the worst
+/// outcome), then disk (writes fail), then CPU (only slower).
+fn saturated_reason(s: Saturation) -> Option<ThrottleReason> {
+    if s.contains(Saturation::MEMORY) {
+        Some(ThrottleReason::Memory)
+    } else if s.contains(Saturation::DISK) {
+        Some(ThrottleReason::Disk)
+    } else if s.contains(Saturation::CPU) {
+        Some(ThrottleReason::Cpu)
+    } else {
+        None
+    }
+}
+
+/// Plans an invoke over the environments of one function version.
+///
+/// Load order: in-flight share of each environment's limit, ascending (ties: creation order). The throttle
+/// reason, if nothing can take the invoke: when some READY environment had a free slot, the saturated
+/// resource that excluded the last of them (in load order); otherwise `CONCURRENCY`.
+pub fn plan(envs: &[Arc<Environment>]) -> Plan<'_> {
+    let mut open: Vec<(u64, usize, &Arc<Environment>, Saturation)> = envs
         .iter()
         .enumerate()
         .filter(|(_, e)| e.state() == State::Ready)
         .filter_map(|(i, e)| {
             let (n, max) = (e.broker.in_flight(), e.broker.max());
             // Share of the limit in parts per million, compared as integers.
-            (n < max).then(|| ((u64::from(n) * 1_000_000) / u64::from(max.max(1)), i, e))
+            (n < max).then(|| {
+                (
+                    (u64::from(n) * 1_000_000) / u64::from(max.max(1)),
+                    i,
+                    e,
+                    e.saturation(),
+                )
+            })
         })
         .collect();
-    c.sort_by_key(|(load, i, _)| (*load, *i));
-    c.into_iter().map(|(_, _, e)| e).collect()
+    open.sort_by_key(|(load, i, _, _)| (*load, *i));
+    let first_choice_saturated = open
+        .first()
+        .filter(|(_, _, _, s)| s.any())
+        .map(|(_, _, e, _)| *e);
+    let throttle = open
+        .iter()
+        .rev()
+        .find_map(|(_, _, _, s)| saturated_reason(*s))
+        .unwrap_or(ThrottleReason::Concurrency);
+    Plan {
+        candidates: open
+            .into_iter()
+            .filter(|(_, _, _, s)| !s.any())
+            .map(|(_, _, e, _)| e)
+            .collect(),
+        first_choice_saturated,
+        throttle,
+    }
 }

@@ -12,7 +12,10 @@
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        atomic::{AtomicU8, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
     time::{Duration, Instant, SystemTime},
 };
 
@@ -20,6 +23,8 @@ use tokio::sync::{watch, Notify};
 
 use crate::{
     broker::Broker,
+    cgroup::{EnvironmentCgroup, Pressure},
+    ephemeral::EphemeralStorage,
     invocation::ErrorInfo,
     runtime_api::{InitErrorAnswer, RuntimeEvents},
     spec::ValidSpec,
@@ -52,6 +57,53 @@ pub struct Status {
     pub pid: Option<u32>,
 }
 
+/// A utilization as its last raw sample and its smoothed value (0..1).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Util {
+    pub last: f64,
+    pub smoothed: f64,
+}
+
+/// What the sampler last measured of an environment.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Usage {
+    /// CPU time used, of the environment's vCPUs.
+    pub cpu: Util,
+    /// Memory working set, of its memory limit.
+    pub memory: Util,
+    /// /tmp usage, of its ephemeral storage.
+    pub disk: Util,
+    pub pressure: Option<Pressure>,
+}
+
+/// Which resources of an environment are over their admission thresholds (bit set).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Saturation(u8);
+
+impl Saturation {
+    pub const CPU: Saturation = Saturation(1);
+    pub const MEMORY: Saturation = Saturation(2);
+    pub const DISK: Saturation = Saturation(4);
+    pub const NONE: Saturation = Saturation(0);
+
+    pub fn contains(self, other: Saturation) -> bool {
+        self.0 & other.0 == other.0 && other.0 != 0
+    }
+
+    pub fn any(self) -> bool {
+        self.0 != 0
+    }
+
+    #[must_use]
+    pub fn with(self, other: Saturation, on: bool) -> Saturation {
+        if on {
+            Saturation(self.0 | other.0)
+        } else {
+            Saturation(self.0 & !other.0)
+        }
+    }
+}
+
 /// One execution environment.
 #[derive(Debug)]
 pub struct Environment {
@@ -60,6 +112,12 @@ pub struct Environment {
     pub broker: Arc<Broker>,
     pub runtime_api: SocketAddr,
     pub cgroup_path: String,
+    /// The environment's cgroup (the supervisor removes it; the sampler reads it).
+    pub cgroup: Arc<dyn EnvironmentCgroup>,
+    /// The environment's /tmp.
+    pub tmp: Option<EphemeralStorage>,
+    usage: Mutex<Usage>,
+    saturation: AtomicU8,
     pub created_at: SystemTime,
     started: Instant,
     status: Mutex<Status>,
@@ -77,7 +135,8 @@ impl Environment {
         id: String,
         spec: ValidSpec,
         runtime_api: SocketAddr,
-        cgroup_path: String,
+        cgroup: Arc<dyn EnvironmentCgroup>,
+        tmp: Option<EphemeralStorage>,
     ) -> Arc<Self> {
         let broker = Broker::new(spec.max_concurrency);
         Arc::new(Self {
@@ -85,7 +144,11 @@ impl Environment {
             spec,
             broker,
             runtime_api,
-            cgroup_path,
+            cgroup_path: cgroup.path().to_owned(),
+            cgroup,
+            tmp,
+            usage: Mutex::new(Usage::default()),
+            saturation: AtomicU8::new(0),
             created_at: SystemTime::now(),
             started: Instant::now(),
             status: Mutex::new(Status {
@@ -100,6 +163,21 @@ impl Environment {
             init_over: std::sync::atomic::AtomicBool::new(false),
             cleaned_tx: watch::Sender::new(false),
         })
+    }
+
+    /// What the sampler last measured.
+    pub fn usage(&self) -> Usage {
+        *self.usage.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Which resources are over their thresholds (read on every invoke: one atomic load).
+    pub fn saturation(&self) -> Saturation {
+        Saturation(self.saturation.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn set_usage(&self, usage: Usage, saturation: Saturation) {
+        *self.usage.lock().unwrap_or_else(|p| p.into_inner()) = usage;
+        self.saturation.store(saturation.0, Ordering::Release);
     }
 
     fn lock(&self) -> MutexGuard<'_, Status> {

@@ -40,6 +40,8 @@ pub struct LaunchContext<'a> {
     pub region: &'a str,
     /// `PATH` given to runtimes.
     pub path: &'a str,
+    /// The environment's temporary directory (`TMPDIR`).
+    pub tmp_dir: &'a Path,
 }
 
 /// Builds the command line and environment of a runtime.
@@ -106,6 +108,7 @@ pub fn plan(spec: &ValidSpec, ctx: &LaunchContext<'_>) -> Result<LaunchPlan, Lau
     set("TZ", ":UTC".to_owned());
     set("LANG", "en_US.UTF-8".to_owned());
     set("PATH", ctx.path.to_owned());
+    set("TMPDIR", ctx.tmp_dir.display().to_string());
     set(
         "LD_LIBRARY_PATH",
         format!("{}/lib", ctx.task_root.display()),
@@ -230,6 +233,7 @@ mod tests {
             runtime_api: "127.0.0.1:9001".parse().unwrap(),
             region: "eu-west-1",
             path: "/usr/bin:/bin",
+            tmp_dir: Path::new("/var/lib/lmi-agent/envs/env-1/tmp"),
         }
     }
 

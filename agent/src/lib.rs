@@ -9,12 +9,19 @@
 //! - [`code`]: staging a function's code (directory or zip).
 //! - [`cgroup`]: per-environment cgroups, v1 and v2.
 //! - [`launch`]: the runtime's command line, environment variables and spawn into its cgroup.
-//! - [`environment`]: an environment's record and state machine.
+//! - [`environment`]: an environment's record, state machine and last measured usage.
+//! - [`ephemeral`]: an environment's /tmp (a size-capped tmpfs).
 //! - [`supervisor`]: the task that owns a runtime process from spawn to cleanup.
 //! - [`invocation`]: an invoke's event and its single outcome.
 //! - [`broker`]: the per-environment exchange between callers and the runtime's pollers.
 //! - [`runtime_api`]: the Lambda Runtime API server each runtime talks to.
-//! - [`dispatch`]: choosing an environment for an invoke, and throttle reasons.
+//! - [`dispatch`]: admission: choosing an environment for an invoke, redirects and throttle reasons.
+//! - [`sampler`]: periodic CPU/memory/disk measurement and saturation decisions.
+//! - [`host`]: host-wide figures from procfs.
+//! - [`scaler`]: streaming reports to the scaler and obeying its directives.
+//! - [`metrics`]: Prometheus `/metrics`.
+//! - [`report`]: utilization reports for the scaler and operators.
+//! - [`stats`]: invoke counters (throttles by reason, redirects, outcomes, latency).
 //! - [`agent`]: the host's environments and the operations on them.
 //! - [`control`]: the gRPC control API on top of [`agent`].
 //! - [`server`]: the control API's listeners.
@@ -32,10 +39,17 @@ pub mod config;
 pub mod control;
 pub mod dispatch;
 pub mod environment;
+pub mod ephemeral;
+pub mod host;
 pub mod invocation;
 pub mod launch;
+pub mod metrics;
 pub mod notify;
+pub mod report;
 pub mod runtime_api;
+pub mod sampler;
+pub mod scaler;
 pub mod server;
 pub mod spec;
+pub mod stats;
 pub mod supervisor;

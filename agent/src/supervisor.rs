@@ -29,7 +29,6 @@ const MAX_LOG_LINE: usize = 64 * 1024;
 pub struct Supervised {
     pub env: Arc<Environment>,
     pub child: Child,
-    pub cgroup: Box<dyn EnvironmentCgroup>,
     pub api_server: JoinHandle<()>,
     pub ledger: Arc<Ledger>,
     pub init_timeout: Duration,
@@ -69,7 +68,7 @@ pub async fn supervise(mut s: Supervised) {
     if let Some(status) = &exited {
         let error = exit_error(
             status,
-            s.cgroup.as_ref(),
+            env.cgroup.as_ref(),
             env.state() == State::Initializing,
         );
         if env.fail(error.clone()) {
@@ -88,7 +87,12 @@ pub async fn supervise(mut s: Supervised) {
         stop_process_tree(&mut s.child, pid, s.stop_timeout).await;
     }
     s.api_server.abort();
-    if remove_cgroup(&env.id, s.cgroup).await {
+    if let Some(tmp) = &env.tmp {
+        if let Err(e) = tmp.remove() {
+            tracing::warn!(env = %env.id, error = %e, "removing the environment's /tmp failed");
+        }
+    }
+    if remove_cgroup(&env.id, env.cgroup.clone()).await {
         s.ledger
             .release(env.spec.vcpus, u64::from(env.spec.memory_mib));
     } else {
@@ -105,8 +109,7 @@ pub async fn supervise(mut s: Supervised) {
 }
 
 /// Kills and removes the cgroup, retrying with backoff (a process may take a moment to die). True on success.
-async fn remove_cgroup(env_id: &str, cgroup: Box<dyn EnvironmentCgroup>) -> bool {
-    let cgroup: Arc<dyn EnvironmentCgroup> = Arc::from(cgroup);
+async fn remove_cgroup(env_id: &str, cgroup: Arc<dyn EnvironmentCgroup>) -> bool {
     let mut delay = Duration::from_millis(50);
     for attempt in 1..=5 {
         let c = cgroup.clone();

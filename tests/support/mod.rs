@@ -317,6 +317,17 @@ impl Drop for TestAgent {
                 }
             }
         }
+        // An agent that died leaves its environments' /tmp mounts: unmount them so the temp dir can go.
+        let root = self.dir.path().to_string_lossy().into_owned();
+        if let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") {
+            for point in mounts
+                .lines()
+                .filter_map(|l| l.split(' ').nth(4))
+                .filter(|p| p.starts_with(&root))
+            {
+                let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
         for d in &dirs {
             for _ in 0..100 {
                 if std::fs::remove_dir(d).is_ok() || !d.exists() {

@@ -24,6 +24,7 @@ mod limits;
 mod mounts;
 mod names;
 mod placement;
+mod usage;
 mod v1;
 mod v2;
 mod v2_delegation;
@@ -44,6 +45,7 @@ pub use mounts::{
 };
 pub use names::validate_name;
 pub use placement::Placement;
+pub use usage::{psi_some_avg10, CgroupUsage, Pressure};
 pub use v1::V1Driver;
 pub use v2::{V2Driver, V2Options};
 pub use v2_delegation::{supervisor_leaf_name, REQUIRED_CONTROLLERS};

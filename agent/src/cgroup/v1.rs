@@ -340,6 +340,32 @@ impl EnvironmentCgroup for V1Cgroup {
         })
     }
 
+    fn usage(&self) -> Result<super::CgroupUsage, CgroupError> {
+        // cpuacct may be co-mounted with cpu; either way its directory has cpuacct.usage.
+        let acct = self
+            .dir(Role::Cpuacct)
+            .or_else(|| self.dir(Role::Cpu))
+            .ok_or_else(|| {
+                CgroupError::NoHierarchy(format!("cgroup {} has no cpuacct hierarchy", self.path))
+            })?;
+        let file = acct.join("cpuacct.usage");
+        let cpu_usage_ns = fsutil::parse_u64(&fsutil::read_string(&file)?, &file)?;
+        let memory = self.required_dir(Role::Memory)?;
+        let usage_file = memory.join("memory.usage_in_bytes");
+        let usage = fsutil::parse_u64(&fsutil::read_string(&usage_file)?, &usage_file)?;
+        let memory_working_set_bytes =
+            super::usage::working_set(usage, &memory.join("memory.stat"), "total_inactive_file")?;
+        // On hybrid hosts the controller-less cgroup2 tree still carries PSI per cgroup.
+        let pressure = self
+            .dir(Role::Unified)
+            .and_then(super::usage::read_pressure);
+        Ok(super::CgroupUsage {
+            cpu_usage_ns,
+            memory_working_set_bytes,
+            pressure,
+        })
+    }
+
     fn cpu_quota(&self) -> Result<(Option<u64>, u64), CgroupError> {
         let cpu = self.required_dir(Role::Cpu)?;
         let period_file = cpu.join("cpu.cfs_period_us");
@@ -403,6 +429,38 @@ mod tests {
         // Idempotent.
         V1Driver::new(fake_v1_mounts(root), "lmi-agent").unwrap();
         assert!(driver.children().unwrap().is_empty());
+    }
+
+    #[test]
+    fn usage_reads_cpuacct_working_set_and_unified_pressure() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let driver = V1Driver::new(fake_v1_mounts(root), "lmi-agent").unwrap();
+        fake_v1_env(root, "lmi-agent", "u", true);
+        let env = driver
+            .create("u", &CgroupLimits::from_vcpus(1, 1 << 30, 64))
+            .unwrap();
+        let at = |m: &str| root.join(m).join("lmi-agent").join("u");
+        std::fs::write(at("cpuacct").join("cpuacct.usage"), "7000000000\n").unwrap();
+        let mem = root.join("memory/process_api/abc/lmi-agent/u");
+        std::fs::write(mem.join("memory.usage_in_bytes"), "52428800\n").unwrap();
+        std::fs::write(
+            mem.join("memory.stat"),
+            "cache 1000\ninactive_file 99\ntotal_inactive_file 2428800\n",
+        )
+        .unwrap();
+        let u = env.usage().unwrap();
+        assert_eq!(u.cpu_usage_ns, 7_000_000_000);
+        assert_eq!(u.memory_working_set_bytes, 50_000_000);
+        assert_eq!(u.pressure, None, "no PSI files in the unified tree");
+        std::fs::write(
+            at("unified").join("cpu.pressure"),
+            "some avg10=90.00 avg60=0 avg300=0 total=1\n",
+        )
+        .unwrap();
+        assert_eq!(env.usage().unwrap().pressure.unwrap().cpu_some, 0.9);
+        std::fs::write(mem.join("memory.usage_in_bytes"), "lots\n").unwrap();
+        assert!(env.usage().is_err());
     }
 
     #[test]

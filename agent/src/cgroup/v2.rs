@@ -275,6 +275,22 @@ impl EnvironmentCgroup for V2Cgroup {
         }
     }
 
+    fn usage(&self) -> Result<super::CgroupUsage, CgroupError> {
+        let stat = self.dir.join("cpu.stat");
+        let usage_usec = fsutil::keyed_u64(&fsutil::read_string(&stat)?, "usage_usec", &stat)?;
+        let current = self.dir.join("memory.current");
+        let usage = fsutil::parse_u64(&fsutil::read_string(&current)?, &current)?;
+        Ok(super::CgroupUsage {
+            cpu_usage_ns: usage_usec.saturating_mul(1000),
+            memory_working_set_bytes: super::usage::working_set(
+                usage,
+                &self.dir.join("memory.stat"),
+                "inactive_file",
+            )?,
+            pressure: super::usage::read_pressure(&self.dir),
+        })
+    }
+
     fn cpu_quota(&self) -> Result<(Option<u64>, u64), CgroupError> {
         let file = self.dir.join("cpu.max");
         parse_cpu_max(&fsutil::read_string(&file)?, &file)
@@ -383,6 +399,41 @@ mod tests {
         assert!(!dir.join("memory.swap.max").exists());
         assert_eq!(env.cpu_quota().unwrap(), (None, 100_000));
         assert_eq!(env.memory_limit().unwrap(), u64::MAX);
+    }
+
+    #[test]
+    fn usage_reads_cpu_memory_working_set_and_pressure() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = fake_v2_tree(tmp.path(), "cpu memory pids\n", "");
+        let driver = V2Driver::new(root.clone(), OWN, "lmi-agent", V2Options::default()).unwrap();
+        let dir = fake_v2_env(&root.join("system.slice/lmi-agent.service/lmi-agent"), "u");
+        let env = driver
+            .create("u", &CgroupLimits::from_vcpus(1, 1 << 30, 8))
+            .unwrap();
+        std::fs::write(
+            dir.join("cpu.stat"),
+            "usage_usec 2500000\nuser_usec 2000000\nsystem_usec 500000\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("memory.current"), "104857600\n").unwrap();
+        std::fs::write(
+            dir.join("memory.stat"),
+            "anon 80000000\nfile 24857600\ninactive_file 4857600\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("cpu.pressure"), "some avg10=5.00 avg60=1.00 avg300=0.00 total=9\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n").unwrap();
+        std::fs::write(
+            dir.join("memory.pressure"),
+            "some avg10=0.50 avg60=0.00 avg300=0.00 total=1\n",
+        )
+        .unwrap();
+        let u = env.usage().unwrap();
+        assert_eq!(u.cpu_usage_ns, 2_500_000_000);
+        assert_eq!(u.memory_working_set_bytes, 100_000_000);
+        let p = u.pressure.unwrap();
+        assert_eq!((p.cpu_some, p.memory_some, p.io_some), (0.05, 0.005, 0.0));
+        std::fs::write(dir.join("cpu.stat"), "garbage").unwrap();
+        assert!(matches!(env.usage(), Err(CgroupError::Parse { .. })));
     }
 
     #[test]

@@ -136,6 +136,8 @@ pub(crate) struct Daemon {
     stop_tx: tokio::sync::watch::Sender<bool>,
     server: tokio::task::JoinHandle<Result<(), server::ServeError>>,
     socket: PathBuf,
+    /// Sampler, scaler reporter, metrics listener: stopped at shutdown.
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Daemon {
@@ -179,6 +181,23 @@ impl Daemon {
             cgroups,
             Arc::new(ProcessSpawner),
         );
+        let mut background = vec![tokio::spawn(agent.clone().run_sampler())];
+        if config.scaler.endpoint.is_some() {
+            background.push(tokio::spawn(lmi_agent::scaler::run(
+                agent.clone(),
+                config.scaler.clone(),
+            )));
+        }
+        if let Some(addr) = config.metrics_listen {
+            let listener = lmi_agent::metrics::bind(addr)
+                .await
+                .with_context(|| format!("binding metrics_listen {addr}"))?;
+            tracing::info!(%addr, "metrics on /metrics");
+            background.push(tokio::spawn(lmi_agent::metrics::serve(
+                agent.clone(),
+                listener,
+            )));
+        }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let server = tokio::spawn({
             let agent = agent.clone();
@@ -190,12 +209,16 @@ impl Daemon {
             stop_tx,
             server,
             socket: config.socket.clone(),
+            background,
         })
     }
 
     /// Drains every environment (in-flight invokes get `grace`), removes all cgroups, stops the listeners.
     pub(crate) async fn shutdown(self, grace: Duration) -> anyhow::Result<()> {
         self.agent.shutdown(grace).await;
+        for task in &self.background {
+            task.abort();
+        }
         let _ = self.stop_tx.send(true);
         let result = tokio::time::timeout(Duration::from_secs(5), self.server).await;
         let _ = std::fs::remove_file(&self.socket);

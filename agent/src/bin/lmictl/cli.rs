@@ -50,6 +50,15 @@ pub enum Command {
     Invoke(InvokeArgs),
     /// Show the host's capacity, cgroup version and runtimes.
     Host,
+    /// Live view of host and environment utilization (one frame per sampling period).
+    Top(TopArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Stop after this many frames (default: until interrupted).
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
 }
 
 #[derive(Debug, Args)]

@@ -31,6 +31,8 @@ pub struct Io<'a> {
     pub progress: &'a mut dyn Write,
     /// Relative `--code` paths are resolved against it.
     pub cwd: PathBuf,
+    /// Where streaming commands (`top`) write as they go; stdout in the real binary.
+    pub live: &'a mut dyn Write,
 }
 
 impl std::fmt::Debug for Io<'_> {
@@ -55,6 +57,9 @@ enum Plan {
     Delete(DeleteEnvironmentRequest),
     Invoke(InvokeRequest),
     Host,
+    Top {
+        count: Option<u64>,
+    },
 }
 
 /// Runs one command line to completion. Every error becomes an `Output` with exit code 3.
@@ -106,6 +111,7 @@ fn prepare(command: Command, io: &mut Io<'_>) -> anyhow::Result<Plan> {
         }),
         Command::Invoke(args) => Plan::Invoke(prepare_invoke(args, io)?),
         Command::Host => Plan::Host,
+        Command::Top(args) => Plan::Top { count: args.count },
     })
 }
 
@@ -209,6 +215,12 @@ async fn execute(
                 }
                 Err(status) => Err(status.into()),
             }
+        }
+        Plan::Top { count } => {
+            // `top` streams: no per-call deadline (the connection timeout still applies).
+            let clear = io.stdout_is_tty && !json;
+            crate::top::run(client, count, json, clear, io.live).await?;
+            Ok(Output::text(""))
         }
         Plan::Host => {
             let host = client

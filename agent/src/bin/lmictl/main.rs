@@ -12,6 +12,7 @@ mod payload;
 mod render;
 mod spec_file;
 mod throttle;
+mod top;
 
 use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
@@ -59,6 +60,7 @@ fn main() -> ExitCode {
         stdin: &mut stdin.lock(),
         progress: &mut std::io::stderr(),
         cwd,
+        live: &mut std::io::stdout(),
     };
     let out = runtime.block_on(commands::run(cli, &mut io));
 

@@ -167,6 +167,16 @@ impl Agent for FakeAgent {
         Ok(Response::new(resp))
     }
 
+    type WatchUtilizationStream =
+        tokio_stream::wrappers::ReceiverStream<Result<lmi_proto::v1::UtilizationReport, Status>>;
+
+    async fn watch_utilization(
+        &self,
+        _request: Request<lmi_proto::v1::WatchUtilizationRequest>,
+    ) -> Result<Response<Self::WatchUtilizationStream>, Status> {
+        Err(Status::unimplemented("the fake agent has no utilization"))
+    }
+
     async fn get_host(&self, _request: Request<GetHostRequest>) -> Result<Response<Host>, Status> {
         Ok(Response::new(Host {
             hostname: "fake-host".into(),
@@ -235,6 +245,7 @@ async fn lmictl(h: &Harness, args: &[&str], stdin: &[u8]) -> Output {
         stdout_is_tty: false,
         progress: &mut progress,
         cwd: PathBuf::from("/home/op"),
+        live: &mut std::io::sink(),
     };
     run(cli, &mut io).await
 }
