@@ -19,6 +19,7 @@ have cargo || { echo "setup: cargo is required (rustup)" >&2; exit 1; }
 have python3 || apt_install python3
 have curl || apt_install curl
 python3 -m pytest --version >/dev/null 2>&1 || python3 -m pip install -q pytest
+python3 -c "import prometheus_client" >/dev/null 2>&1 || python3 -m pip install -q prometheus_client
 if ! cargo clippy --version >/dev/null 2>&1; then rustup component add clippy; fi
 if ! cargo fmt --version >/dev/null 2>&1; then rustup component add rustfmt; fi
 echo "setup: ok"

@@ -14,6 +14,8 @@ use std::{
 use lmi_proto::v1::{self as pb, agent_client::AgentClient};
 use tonic::transport::Channel;
 
+pub mod scaler;
+
 pub const AGENT_BIN: &str = env!("CARGO_BIN_EXE_lmi-agent");
 pub const LMICTL_BIN: &str = env!("CARGO_BIN_EXE_lmictl");
 
@@ -382,19 +384,23 @@ pub async fn connect(socket: &Path) -> AgentClient<Channel> {
     lmi_agent::client::connect_unix(socket).await.unwrap()
 }
 
-pub async fn invoke(
+/// One invoke; the returned future owns everything it needs (it can be spawned).
+pub fn invoke(
     mut client: AgentClient<Channel>,
     function: &str,
     payload: serde_json::Value,
-) -> Result<pb::InvokeResponse, tonic::Status> {
-    client
-        .invoke(pb::InvokeRequest {
-            function_name: function.into(),
-            payload: payload.to_string().into_bytes(),
-            ..Default::default()
-        })
-        .await
-        .map(tonic::Response::into_inner)
+) -> impl std::future::Future<Output = Result<pb::InvokeResponse, tonic::Status>> + Send + 'static {
+    let request = pb::InvokeRequest {
+        function_name: function.into(),
+        payload: payload.to_string().into_bytes(),
+        ..Default::default()
+    };
+    async move {
+        client
+            .invoke(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
 }
 
 /// A Python spec for `handler` in tests/fixtures/python.
@@ -446,4 +452,37 @@ pub async fn wait_for_files(dir: &Path, n: usize) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Utilization reports from the agent's WatchUtilization until one satisfies `pred` (bounded by 60 s).
+pub async fn watch_until(
+    client: &AgentClient<Channel>,
+    what: &str,
+    pred: impl Fn(&pb::UtilizationReport) -> bool,
+) -> pb::UtilizationReport {
+    let mut c = client.clone();
+    let mut stream = c
+        .watch_utilization(pb::WatchUtilizationRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let wait = async {
+        while let Some(r) = stream.message().await.unwrap() {
+            if pred(&r) {
+                return r;
+            }
+        }
+        panic!("utilization stream ended before: {what}");
+    };
+    tokio::time::timeout(Duration::from_secs(60), wait)
+        .await
+        .unwrap_or_else(|_| panic!("not within 60 s: {what}"))
+}
+
+/// The environment's entry in a report.
+pub fn env_in<'a>(
+    r: &'a pb::UtilizationReport,
+    id: &str,
+) -> Option<&'a pb::EnvironmentUtilization> {
+    r.environments.iter().find(|e| e.environment_id == id)
 }
