@@ -60,11 +60,26 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, ServeError> {
     Ok(listener)
 }
 
-/// Serves the control API until `shutdown` turns true.
+/// Binds the optional TCP listener of the control API (before the agent says it is ready).
+pub async fn bind_tcp(config: &Config) -> Result<Option<tokio::net::TcpListener>, ServeError> {
+    let Some(addr) = config.listen_tcp else {
+        return Ok(None);
+    };
+    let tcp = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Tcp {
+            addr: addr.to_string(),
+            source,
+        })?;
+    tracing::info!(%addr, "control API listening on TCP");
+    Ok(Some(tcp))
+}
+
+/// Serves the control API on the bound listeners until `shutdown` turns true.
 pub async fn serve(
     agent: Arc<Agent>,
-    config: &Config,
     unix: UnixListener,
+    tcp: Option<tokio::net::TcpListener>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -85,20 +100,13 @@ pub async fn serve(
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    match config.listen_tcp {
+    match tcp {
         None => {
             router
                 .serve_with_incoming_shutdown(UnixListenerStream::new(unix), stopped(shutdown))
                 .await?
         }
-        Some(addr) => {
-            let tcp = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServeError::Tcp {
-                    addr: addr.to_string(),
-                    source,
-                })?;
-            tracing::info!(%addr, "control API listening on TCP");
+        Some(tcp) => {
             let tcp_router = router.clone();
             let (a, b) = tokio::join!(
                 router.serve_with_incoming_shutdown(

@@ -166,6 +166,7 @@ impl Daemon {
             config.capacity.reserved_memory_mib,
         );
         let unix = server::bind_socket(&config.socket)?;
+        let tcp = server::bind_tcp(config).await?;
         tracing::info!(
             socket = %config.socket.display(),
             cgroup_version = %cgroups.version(),
@@ -201,8 +202,7 @@ impl Daemon {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let server = tokio::spawn({
             let agent = agent.clone();
-            let config = config.clone();
-            async move { server::serve(agent, &config, unix, stop_rx).await }
+            async move { server::serve(agent, unix, tcp, stop_rx).await }
         });
         Ok(Self {
             agent,
