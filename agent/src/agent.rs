@@ -28,6 +28,7 @@ use crate::{
     runtime_api::{RuntimeApi, MAX_RESPONSE_BYTES},
     sampler::{Sampler, Snapshot},
     spec::{self, SpecDefaults, SpecError, LATEST},
+    state::StateStore,
     stats::Stats,
     supervisor::{self, Supervised},
 };
@@ -129,6 +130,22 @@ pub struct Agent {
     stats: Stats,
     utilization: watch::Sender<Arc<Snapshot>>,
     instance_id: String,
+    state: StateStore,
+    /// Environments of a previous life of the agent, found in the state directory at start-up: stopped and
+    /// cleaned up, shown FAILED until the control plane deletes them.
+    lost: RwLock<HashMap<String, lmi_proto::v1::Environment>>,
+}
+
+/// Error type of an environment that a previous life of the agent left behind.
+pub const AGENT_RESTARTED: &str = "Agent.Restarted";
+
+/// What start-up reconciliation found and did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// Recorded environments, now reported lost.
+    pub lost: Vec<String>,
+    /// Cgroups of environments without a record, removed.
+    pub orphan_cgroups: Vec<String>,
 }
 
 impl Agent {
@@ -138,6 +155,7 @@ impl Agent {
         capacity: HostCapacity,
         cgroups: Arc<dyn CgroupDriver>,
         spawner: Arc<dyn Spawner>,
+        state: StateStore,
     ) -> Arc<Self> {
         let defaults = SpecDefaults {
             region: config.region.clone(),
@@ -159,7 +177,89 @@ impl Agent {
             stats: Stats::default(),
             utilization: watch::Sender::new(Arc::new(Snapshot::default())),
             instance_id: uuid::Uuid::new_v4().to_string(),
+            state,
+            lost: RwLock::new(HashMap::new()),
         })
+    }
+
+    /// Start-up reconciliation, before the agent takes requests: every environment a previous life left
+    /// (per the state records, and any `env-*` cgroup without a record) has its processes killed, its cgroup
+    /// and /tmp removed; recorded ones are reported FAILED (`Agent.Restarted`, or the failure they already
+    /// had) until deleted. Nothing of a previous life keeps running or holds capacity.
+    pub async fn recover(self: &Arc<Self>) -> Recovery {
+        let agent = self.clone();
+        let recovery = tokio::task::spawn_blocking(move || agent.recover_blocking()).await;
+        match recovery {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "start-up reconciliation failed");
+                Recovery::default()
+            }
+        }
+    }
+
+    fn recover_blocking(&self) -> Recovery {
+        let mut recovery = Recovery::default();
+        let records = self.state.load_all();
+        for mut rec in records {
+            self.remove_leftovers(&rec.id);
+            if rec.state() != lmi_proto::v1::EnvironmentState::Failed {
+                rec.set_state(lmi_proto::v1::EnvironmentState::Failed);
+                rec.failure = Some(lmi_proto::v1::Failure {
+                    error_type: AGENT_RESTARTED.to_owned(),
+                    message: "the agent stopped without draining (crash or SIGKILL) while this environment ran; \
+                              its processes were stopped when the agent restarted"
+                        .to_owned(),
+                    at: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+                });
+            }
+            rec.pid = 0;
+            rec.in_flight = 0;
+            if let Err(e) = self.state.save(&rec) {
+                tracing::warn!(env = %rec.id, error = %e, "updating a lost environment's record failed");
+            }
+            tracing::warn!(env = %rec.id, "environment of a previous agent life stopped and reported lost");
+            recovery.lost.push(rec.id.clone());
+            self.lost
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(rec.id.clone(), rec);
+        }
+        match self.cgroups.children() {
+            Ok(children) => {
+                for name in children {
+                    let Some(id) = name.strip_prefix("env-") else {
+                        continue;
+                    };
+                    if recovery.lost.iter().any(|l| l == id) {
+                        continue;
+                    }
+                    tracing::warn!(cgroup = %name, "removing the cgroup of an unrecorded environment");
+                    self.remove_leftovers(id);
+                    recovery.orphan_cgroups.push(name);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "listing leftover cgroups failed"),
+        }
+        recovery
+    }
+
+    /// Kills and removes what environment `id` may have left: cgroup (and its processes), /tmp mount, dirs.
+    fn remove_leftovers(&self, id: &str) {
+        match self.cgroups.open(&format!("env-{id}")) {
+            Ok(Some(cg)) => {
+                if let Err(e) = cg.remove() {
+                    tracing::error!(env = %id, error = %e, "removing a leftover cgroup failed");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(env = %id, error = %e, "opening a leftover cgroup failed"),
+        }
+        let dir = self.config.state_dir.join("envs").join(id);
+        if dir.join("tmp").exists() {
+            let _ = EphemeralStorage::adopt(&dir.join("tmp")).remove();
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Invoke counters (throttles by reason, redirects, outcomes, latency).
@@ -399,6 +499,11 @@ impl Agent {
                 .or_default()
                 .push(env.clone());
         }
+        // Recorded after registration: a crash from here on leaves a record for the next life to clean up
+        // (and before it, the cgroup name env-<id> is enough for reconciliation to find the leftovers).
+        if let Err(e) = self.state.save(&env.to_proto()) {
+            tracing::warn!(env = %env.id, error = %e, "recording the environment failed");
+        }
         tracing::info!(
             env = %env.id,
             function = %env.spec.function_name,
@@ -419,12 +524,49 @@ impl Agent {
             ledger: self.ledger.clone(),
             init_timeout,
             stop_timeout: self.config.environments.stop_timeout(),
+            state: self.state.clone(),
         }));
         Ok(env)
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Environment>> {
         self.read().by_id.get(id).cloned()
+    }
+
+    /// An environment of a previous agent life (see [`Agent::recover`]).
+    pub fn get_lost(&self, id: &str) -> Option<lmi_proto::v1::Environment> {
+        self.lost
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Every environment of a previous agent life, oldest id first.
+    pub fn list_lost(&self) -> Vec<lmi_proto::v1::Environment> {
+        let mut v: Vec<_> = self
+            .lost
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// Forgets a lost environment (its leftovers were removed at start-up).
+    pub fn delete_lost(&self, id: &str) -> Option<lmi_proto::v1::Environment> {
+        let mut env = self
+            .lost
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id)?;
+        if let Err(e) = self.state.remove(id) {
+            tracing::warn!(env = %id, error = %e, "removing a record failed");
+        }
+        env.set_state(lmi_proto::v1::EnvironmentState::Terminated);
+        Some(env)
     }
 
     /// Environments, optionally of one function (and version), oldest first.
@@ -453,6 +595,9 @@ impl Agent {
         if r.by_id.remove(id).is_none() {
             // A concurrent delete of the same environment already forgot it.
             return Some(env);
+        }
+        if let Err(e) = self.state.remove(id) {
+            tracing::warn!(env = %id, error = %e, "removing the environment's record failed");
         }
         let key = (env.spec.function_name.clone(), env.spec.version.clone());
         if let Some(list) = r.by_function.get_mut(&key) {
@@ -610,9 +755,9 @@ impl Agent {
             .collect()
     }
 
-    /// Number of environments known (any state).
+    /// Number of environments known (any state, lost ones included).
     pub fn environment_count(&self) -> usize {
-        self.read().by_id.len()
+        self.read().by_id.len() + self.lost.read().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Graceful stop: refuse new environments and invokes, let in-flight invokes finish within `grace`, stop
@@ -628,6 +773,12 @@ impl Agent {
         let envs = self.list(None, None);
         let stops = envs.iter().map(|e| self.stop(e, grace));
         futures_util::future::join_all(stops).await;
+        // Everything was stopped and cleaned on purpose: nothing is left for the next life to reconcile.
+        for e in &envs {
+            if let Err(err) = self.state.remove(&e.id) {
+                tracing::warn!(env = %e.id, error = %err, "removing a record failed");
+            }
+        }
         let cgroups = self.cgroups.clone();
         match tokio::task::spawn_blocking(move || cgroups.remove_parent()).await {
             Ok(Ok(())) => {}

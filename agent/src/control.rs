@@ -1,6 +1,6 @@
 //! The gRPC control API (`lmi.agent.v1.Agent`): wire types in, [`Agent`] operations, wire types out.
 
-use std::{sync::Arc, time::SystemTime};
+use std::sync::Arc;
 
 use lmi_proto::v1::{self as pb, agent_server};
 use prost::Message;
@@ -10,7 +10,7 @@ use crate::{
     agent::{Agent, CreateError, InvokeError, InvokeInput},
     environment::Environment,
     invocation::Outcome,
-    report::{state_to_proto, ReportBuilder},
+    report::ReportBuilder,
     spec::SpecError,
 };
 
@@ -29,35 +29,9 @@ impl ControlService {
     }
 }
 
-fn timestamp(t: SystemTime) -> prost_types::Timestamp {
-    prost_types::Timestamp::from(t)
-}
-
 /// The wire view of an environment.
 pub fn environment_to_proto(e: &Environment) -> pb::Environment {
-    let st = e.status();
-    pb::Environment {
-        id: e.id.clone(),
-        spec: Some(e.spec.to_proto()),
-        state: state_to_proto(st.state).into(),
-        failure: st.failure.map(|f| pb::Failure {
-            error_type: f.error.error_type,
-            message: f.error.message,
-            at: Some(timestamp(f.at)),
-        }),
-        vcpus: e.spec.vcpus,
-        max_concurrency: e.spec.max_concurrency,
-        in_flight: e.broker.in_flight(),
-        runtime_api: e.runtime_api.to_string(),
-        pid: st.pid.unwrap_or(0),
-        cgroup: e.cgroup_path.clone(),
-        created_at: Some(timestamp(e.created_at)),
-        ready_at: st.ready_at.map(timestamp),
-        init_duration_ms: st
-            .init_duration
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0),
-    }
+    e.to_proto()
 }
 
 fn create_status(e: CreateError) -> Status {
@@ -169,11 +143,13 @@ impl agent_server::Agent for ControlService {
         request: Request<pb::GetEnvironmentRequest>,
     ) -> Result<Response<pb::Environment>, Status> {
         let id = request.into_inner().id;
-        let env = self
-            .agent
-            .get(&id)
-            .ok_or_else(|| Status::not_found(format!("no environment {id}")))?;
-        Ok(Response::new(environment_to_proto(&env)))
+        if let Some(env) = self.agent.get(&id) {
+            return Ok(Response::new(environment_to_proto(&env)));
+        }
+        self.agent
+            .get_lost(&id)
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("no environment {id}")))
     }
 
     async fn list_environments(
@@ -183,12 +159,18 @@ impl agent_server::Agent for ControlService {
         let r = request.into_inner();
         let f = (!r.function_name.is_empty()).then_some(r.function_name.as_str());
         let v = (!r.function_version.is_empty()).then_some(r.function_version.as_str());
-        let environments = self
+        let mut environments: Vec<pb::Environment> = self
             .agent
             .list(f, v)
             .iter()
             .map(|e| environment_to_proto(e))
             .collect();
+        let matches = |e: &pb::Environment| {
+            let func = e.spec.as_ref().and_then(|s| s.function.as_ref());
+            f.is_none_or(|f| func.is_some_and(|x| x.name == f))
+                && v.is_none_or(|v| func.is_some_and(|x| x.version == v))
+        };
+        environments.extend(self.agent.list_lost().into_iter().filter(|e| matches(e)));
         Ok(Response::new(pb::ListEnvironmentsResponse { environments }))
     }
 
@@ -197,6 +179,9 @@ impl agent_server::Agent for ControlService {
         request: Request<pb::DeleteEnvironmentRequest>,
     ) -> Result<Response<pb::Environment>, Status> {
         let r = request.into_inner();
+        if let Some(lost) = self.agent.delete_lost(&r.id) {
+            return Ok(Response::new(lost));
+        }
         let grace = (r.grace_period_seconds > 0)
             .then(|| std::time::Duration::from_secs(u64::from(r.grace_period_seconds)));
         // The delete completes even if the caller goes away: it runs on its own task.

@@ -277,6 +277,36 @@ impl Environment {
     }
 }
 
+impl Environment {
+    /// The environment as the control API shows it.
+    pub fn to_proto(&self) -> lmi_proto::v1::Environment {
+        use lmi_proto::v1 as pb;
+        let st = self.status();
+        pb::Environment {
+            id: self.id.clone(),
+            spec: Some(self.spec.to_proto()),
+            state: crate::report::state_to_proto(st.state).into(),
+            failure: st.failure.map(|f| pb::Failure {
+                error_type: f.error.error_type,
+                message: f.error.message,
+                at: Some(prost_types::Timestamp::from(f.at)),
+            }),
+            vcpus: self.spec.vcpus,
+            max_concurrency: self.spec.max_concurrency,
+            in_flight: self.broker.in_flight(),
+            runtime_api: self.runtime_api.to_string(),
+            pid: st.pid.unwrap_or(0),
+            cgroup: self.cgroup_path.clone(),
+            created_at: Some(prost_types::Timestamp::from(self.created_at)),
+            ready_at: st.ready_at.map(prost_types::Timestamp::from),
+            init_duration_ms: st
+                .init_duration
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                .unwrap_or(0),
+        }
+    }
+}
+
 impl RuntimeEvents for Environment {
     fn polled(&self) {
         if self.init_over.load(std::sync::atomic::Ordering::Acquire) {

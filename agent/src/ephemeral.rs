@@ -46,6 +46,13 @@ impl EphemeralStorage {
         })
     }
 
+    /// Takes charge of a storage mounted earlier (by a previous life of the agent), to remove it.
+    pub fn adopt(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_owned(),
+        }
+    }
+
     /// Where the runtime's temporary files go.
     pub fn path(&self) -> &Path {
         &self.dir

@@ -25,6 +25,7 @@
 //! - [`agent`]: the host's environments and the operations on them.
 //! - [`control`]: the gRPC control API on top of [`agent`].
 //! - [`server`]: the control API's listeners.
+//! - [`state`]: durable environment records for restart reconciliation.
 //! - [`client`]: connecting a gRPC client to the control API.
 //! - [`notify`]: readiness and stopping notifications to systemd.
 
@@ -51,5 +52,6 @@ pub mod sampler;
 pub mod scaler;
 pub mod server;
 pub mod spec;
+pub mod state;
 pub mod stats;
 pub mod supervisor;

@@ -288,15 +288,14 @@ impl RuntimeApi {
         } else {
             header_type
         };
+        // An init error is recorded whatever its body: a body too large or cut off still fails the init,
+        // with the header's type and a note instead of the message.
         let info = match read_body(req, MAX_ERROR_BYTES).await {
             Ok((body, _)) => parse_error_body(&body, header_type),
-            Err(BodyError::TooLarge) => {
-                return error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "RequestEntityTooLarge",
-                    &format!("error payload exceeds {MAX_ERROR_BYTES} bytes"),
-                )
-            }
+            Err(BodyError::TooLarge) => ErrorInfo::new(
+                header_type,
+                format!("the init error payload exceeded {MAX_ERROR_BYTES} bytes"),
+            ),
             Err(BodyError::Io(e)) => {
                 ErrorInfo::new(header_type, format!("error body was cut off: {e}"))
             }

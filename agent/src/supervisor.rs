@@ -33,6 +33,8 @@ pub struct Supervised {
     pub ledger: Arc<Ledger>,
     pub init_timeout: Duration,
     pub stop_timeout: Duration,
+    /// Where the environment's durable record lives (updated when it fails, so a restart keeps the reason).
+    pub state: crate::state::StateStore,
 }
 
 /// Runs until the environment is cleaned up.
@@ -65,19 +67,31 @@ pub async fn supervise(mut s: Supervised) {
         }
     }
 
-    if let Some(status) = &exited {
-        let error = exit_error(
+    let exit = exited.as_ref().map(|status| {
+        exit_error(
             status,
             env.cgroup.as_ref(),
             env.state() == State::Initializing,
-        );
+        )
+    });
+    if let Some(error) = &exit {
         if env.fail(error.clone()) {
             tracing::warn!(env = %env.id, error_type = %error.error_type, message = %error.message, "runtime exited");
         }
     }
 
-    // Every caller still waiting learns the outcome now, not at its deadline.
-    let failure = env.status().failure.map(|f| f.error);
+    // The reason is made durable before anything is torn down: an agent that dies from here on still
+    // reports this failure after its restart, not a generic one.
+    if env.state() == State::Failed {
+        if let Err(e) = s.state.save(&env.to_proto()) {
+            tracing::warn!(env = %env.id, error = %e, "recording the failure failed");
+        }
+    }
+
+    // Every caller still waiting learns the outcome now, not at its deadline: the recorded failure, or (a
+    // runtime that exited on its own while draining) how it exited.
+    let failure = env.status().failure.map(|f| f.error).or(exit);
+
     let told = env.broker.close(failure.as_ref());
     if told > 0 {
         tracing::info!(env = %env.id, invokes = told, "ended in-flight invokes of a stopped environment");

@@ -79,6 +79,8 @@ pub struct TestAgent {
     pub cgroup_parent: String,
     child: Option<Child>,
     pub client: AgentClient<Channel>,
+    config_path: PathBuf,
+    notify: UnixDatagram,
 }
 
 impl TestAgent {
@@ -107,32 +109,94 @@ impl TestAgent {
         notify
             .set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();
-        let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+        let mut agent = TestAgent {
+            dir,
+            socket,
+            cgroup_parent,
+            child: None,
+            client: dummy_client(),
+            config_path,
+            notify,
+        };
+        agent.spawn_daemon().await;
+        agent
+    }
+
+    /// Starts the daemon on this agent's config and state and waits for READY=1.
+    async fn spawn_daemon(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .unwrap();
         let child = Command::new(AGENT_BIN)
             .arg("--config")
-            .arg(&config_path)
-            .env("NOTIFY_SOCKET", &notify_path)
+            .arg(&self.config_path)
+            .env("NOTIFY_SOCKET", self.dir.path().join("notify.sock"))
             .env("LMI_AGENT_LOG", "info,lmi_agent=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
-        let mut agent = TestAgent {
-            dir,
-            socket,
-            cgroup_parent,
-            child: Some(child),
-            client: dummy_client(),
-        };
-        // The daemon says READY=1 once its control socket is bound: an event, not a guess.
+        self.child = Some(child);
+        // The daemon says READY=1 once its listeners are up and start-up reconciliation is done: an event,
+        // not a guess.
+        let ready = self.notification();
+        assert_eq!(ready, "READY=1", "first notification\n{}", self.log());
+        self.client = connect(&self.socket).await;
+    }
+
+    /// The next sd_notify message from the daemon (bounded wait).
+    pub fn notification(&self) -> String {
         let mut buf = [0u8; 256];
-        let n = notify
+        let n = self
+            .notify
             .recv(&mut buf)
-            .unwrap_or_else(|e| panic!("agent never became ready: {e}\n{}", agent.log()));
-        assert_eq!(&buf[..n], b"READY=1", "first notification");
-        agent.client = connect(&agent.socket).await;
-        agent
+            .unwrap_or_else(|e| panic!("no notification from the agent: {e}\n{}", self.log()));
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    /// SIGKILLs the daemon (no drain, no cleanup), as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn sigterm(&self) {
+        if let Some(child) = &self.child {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            )
+            .unwrap();
+        }
+    }
+
+    /// Waits (bounded) for the daemon to exit.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("no daemon");
+        let start = Instant::now();
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "agent did not exit\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Starts a new daemon on the same configuration and state directory (after `kill9` or an exit).
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "the daemon is still running");
+        self.spawn_daemon().await;
     }
 
     pub fn log(&self) -> String {

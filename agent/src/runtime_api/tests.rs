@@ -366,6 +366,23 @@ async fn init_error_first_wins_then_403() {
 }
 
 #[tokio::test]
+async fn an_oversized_init_error_still_fails_the_init() {
+    let h = harness(1).await;
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    let head = format!(
+        "POST {PREFIX}init/error HTTP/1.1\r\nHost: x\r\nLambda-Runtime-Function-Error-Type: Runtime.Huge\r\nContent-Length: {}\r\n\r\n",
+        MAX_ERROR_BYTES + 1
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 202"));
+    let errors = h.events.init_errors.lock().unwrap().clone();
+    assert_eq!(errors[0].error_type, "Runtime.Huge");
+    assert!(errors[0].message.contains("exceeded"), "{errors:?}");
+}
+
+#[tokio::test]
 async fn unknown_paths_and_methods() {
     let h = harness(1).await;
     let r = send(h.addr, post("invocation/next", b"")).await;

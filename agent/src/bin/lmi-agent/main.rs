@@ -175,13 +175,24 @@ impl Daemon {
             memory_mib_allocatable = capacity.memory_mib_allocatable,
             "lmi-agent started"
         );
+        let state = lmi_agent::state::StateStore::open(&config.state_dir)?;
         let agent = Agent::new(
             config.clone(),
             catalog,
             capacity,
             cgroups,
             Arc::new(ProcessSpawner),
+            state,
         );
+        // Before taking requests: stop whatever a previous life of the agent left running.
+        let recovery = agent.recover().await;
+        if !recovery.lost.is_empty() || !recovery.orphan_cgroups.is_empty() {
+            tracing::warn!(
+                lost = ?recovery.lost,
+                orphan_cgroups = ?recovery.orphan_cgroups,
+                "reconciled leftovers of a previous agent life"
+            );
+        }
         let mut background = vec![tokio::spawn(agent.clone().run_sampler())];
         if config.scaler.endpoint.is_some() {
             background.push(tokio::spawn(lmi_agent::scaler::run(
