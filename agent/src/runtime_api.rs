@@ -60,16 +60,69 @@ pub struct RuntimeApi {
     events: Arc<dyn RuntimeEvents>,
     max_response: usize,
     max_streamed: usize,
+    header_timeout: std::time::Duration,
+    max_connections: usize,
+}
+
+/// How long a connection may go without a complete request head. hyper counts idle keep-alive time too, and
+/// a worker's connection is idle while its handler runs (up to the 900 s maximum function timeout), so the
+/// timeout sits above that; it still ends connections that stall forever. A runtime can only reach its own
+/// environment's API, so a stalled connection costs that environment alone; the connection cap below
+/// protects the agent's file descriptors.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(960);
+
+/// Connections one environment may hold open at once: `max(64, 4 × max_concurrency)`.
+pub fn connection_cap(max_concurrency: u32) -> usize {
+    (max_concurrency as usize).saturating_mul(4).max(64)
 }
 
 impl RuntimeApi {
     pub fn new(broker: Arc<Broker>, events: Arc<dyn RuntimeEvents>) -> Arc<Self> {
         Arc::new(Self {
-            broker,
             events,
             max_response: MAX_RESPONSE_BYTES,
             max_streamed: MAX_STREAMED_RESPONSE_BYTES,
+            header_timeout: HEADER_READ_TIMEOUT,
+            max_connections: connection_cap(broker.max()),
+            broker,
         })
+    }
+
+    /// The same API with another header read timeout and connection cap (tests).
+    pub fn with_limits(
+        self: Arc<Self>,
+        header_timeout: std::time::Duration,
+        max_connections: usize,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            broker: self.broker.clone(),
+            events: self.events.clone(),
+            max_response: self.max_response,
+            max_streamed: self.max_streamed,
+            header_timeout,
+            max_connections,
+        })
+    }
+
+    /// Serves one connection (any byte stream) to its end.
+    pub async fn serve_connection<I>(self: Arc<Self>, io: I)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let timeout = self.header_timeout;
+        let api = self;
+        let svc = service_fn(move |req| {
+            let api = api.clone();
+            async move { Ok::<_, Infallible>(api.handle(req).await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .keep_alive(true)
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(timeout)
+            .serve_connection(TokioIo::new(io), svc);
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "runtime API connection ended with an error");
+        }
     }
 
     /// Serves connections from `listener` until the returned future is dropped (abort its task to stop:
@@ -80,21 +133,16 @@ impl RuntimeApi {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => {
+                        if conns.len() >= self.max_connections {
+                            // Dropped at once (closed): a runtime cannot exhaust the agent's descriptors.
+                            tracing::warn!(cap = self.max_connections, "runtime API connection refused: too many open");
+                            continue;
+                        }
                         let _ = stream.set_nodelay(true);
-                        let api = self.clone();
-                        conns.spawn(async move {
-                            let svc = service_fn(move |req| {
-                                let api = api.clone();
-                                async move { Ok::<_, Infallible>(api.handle(req).await) }
-                            });
-                            let conn = hyper::server::conn::http1::Builder::new()
-                                .keep_alive(true)
-                                .serve_connection(TokioIo::new(stream), svc);
-                            if let Err(e) = conn.await {
-                                tracing::debug!(error = %e, "runtime API connection ended with an error");
-                            }
-                        });
+                        conns.spawn(self.clone().serve_connection(stream));
                     }
+
+
                     Err(e) => {
                         // Out of file descriptors and the like: log, back off briefly, keep serving.
                         tracing::warn!(error = %e, "runtime API accept failed");

@@ -53,9 +53,13 @@ impl Drop for Harness {
 }
 
 async fn harness(max: u32) -> Harness {
+    harness_with(max, HEADER_READ_TIMEOUT).await
+}
+
+async fn harness_with(max: u32, header_timeout: Duration) -> Harness {
     let broker = Broker::new(max);
     let events = Arc::new(Recorder::default());
-    let api = RuntimeApi::new(broker.clone(), events.clone());
+    let api = RuntimeApi::new(broker.clone(), events.clone()).with_limits(header_timeout, 8);
     let (l, addr) = RuntimeApi::bind_loopback().await.unwrap();
     let server = tokio::spawn(api.serve(l));
     Harness {
@@ -446,6 +450,72 @@ async fn garbage_on_the_socket_does_not_hurt_the_server() {
         p.wait(Duration::from_secs(5)).await,
         Outcome::Success { .. }
     ));
+}
+
+#[tokio::test]
+async fn a_client_that_stalls_in_its_headers_is_cut_off() {
+    let h = harness_with(4, Duration::from_millis(300)).await;
+    // Slowloris: half a request head, then nothing. The server closes the connection.
+    let mut slow = TcpStream::connect(h.addr).await.unwrap();
+    slow.write_all(b"GET /2018-06-01/runtime/invocation/next HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "the stalled connection was not closed");
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_are_closed_and_the_api_keeps_serving() {
+    let h = harness(4).await; // cap 8 in the harness
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let mut s = TcpStream::connect(h.addr).await.unwrap();
+        // Make sure the server accepted it (a full request/response on it).
+        s.write_all(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 404"));
+        held.push(s);
+    }
+    let mut extra = TcpStream::connect(h.addr).await.unwrap();
+    let _ = extra
+        .write_all(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(10), extra.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(
+        n,
+        0,
+        "the ninth connection got an answer: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    // Closing one frees a place.
+    drop(held.pop());
+    let p = submit(&h.broker, "after-cap");
+    let start = std::time::Instant::now();
+    let r = loop {
+        // The server notices the close asynchronously; retry until a place is free (bounded).
+        let mut s = TcpStream::connect(h.addr).await.unwrap();
+        let _ = s
+            .write_all(
+                format!("GET {PREFIX}invocation/next HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+            )
+            .await;
+        let mut buf = [0u8; 2048];
+        match s.read(&mut buf).await {
+            Ok(n) if n > 0 => break String::from_utf8_lossy(&buf[..n]).into_owned(),
+            _ => assert!(start.elapsed() < Duration::from_secs(10), "no place freed"),
+        }
+        tokio::task::yield_now().await;
+    };
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    drop(p);
 }
 
 #[test]
