@@ -10,5 +10,6 @@ cd "$(dirname "$0")/.."
 echo "== cargo test --workspace"
 cargo test --workspace --locked
 
-echo "== runtime shim tests (python)"
-python3 -m pytest -q -p no:cacheprovider runtime-shims/python/tests
+echo "== runtime shim tests (python, java, dotnet)"
+python3 -m pytest -q -p no:cacheprovider runtime-shims/python/tests runtime-shims/java/tests \
+  runtime-shims/dotnet/tests

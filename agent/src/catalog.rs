@@ -218,6 +218,16 @@ mod tests {
         assert!(provided.is_provided());
         assert_eq!(provided.execution_env, None);
         assert_eq!(avail, &Availability::Available);
+        for (id, env) in [
+            ("java17", "AWS_Lambda_java17"),
+            ("java21", "AWS_Lambda_java21"),
+            ("java25", "AWS_Lambda_java25"),
+            ("dotnet8", "AWS_Lambda_dotnet8"),
+        ] {
+            let (e, _) = c.get(id).unwrap();
+            assert_eq!(e.default_concurrency_per_vcpu, 32, "{id}");
+            assert_eq!(e.execution_env.as_deref(), Some(env));
+        }
     }
 
     #[test]
