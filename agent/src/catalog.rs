@@ -183,12 +183,8 @@ fn probe(entry: &RuntimeEntry, shims_dir: Option<&Path>) -> Availability {
         .status()
     {
         Ok(s) if s.success() => Availability::Available,
-        Ok(s) => {
-            Availability::Unavailable(format!("probe `{}` failed: {s}", entry.probe.join(" ")))
-        }
-        Err(e) => {
-            Availability::Unavailable(format!("probe `{}` failed: {e}", entry.probe.join(" ")))
-        }
+        Ok(s) => Availability::Unavailable(format!("probe `{}` failed: {s}", probe.join(" "))),
+        Err(e) => Availability::Unavailable(format!("probe `{}` failed: {e}", probe.join(" "))),
     }
 }
 
