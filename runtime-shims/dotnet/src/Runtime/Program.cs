@@ -9,8 +9,8 @@ namespace Lmi.Lambda.RuntimeSupport
     /// <summary>
     /// The .NET runtime of lmi-agent (Lambda Runtime API 2018-06-01, LMI concurrency model). The handler is
     /// loaded once; then <c>AWS_LAMBDA_DOTNET_PROCESSING_TASKS</c> (default <c>AWS_LAMBDA_MAX_CONCURRENCY</c>)
-    /// asynchronous processing loops each poll <c>/next</c> and run the invoke as a task, so up to that many
-    /// invokes are in flight at once in this one process.
+    /// asynchronous processing loops poll <c>/next</c> and start each invoke as a task, up to
+    /// <c>AWS_LAMBDA_MAX_CONCURRENCY</c> invokes in flight at once in this one process.
     /// </summary>
     /// <remarks>
     /// Exit status 1 after an init error, when <c>/next</c> answers anything but 200 (500: the environment is
@@ -30,13 +30,15 @@ namespace Lmi.Lambda.RuntimeSupport
             }
             int concurrency = Count(Environment.GetEnvironmentVariable("AWS_LAMBDA_MAX_CONCURRENCY"), 1);
             int tasks = Count(Environment.GetEnvironmentVariable("AWS_LAMBDA_DOTNET_PROCESSING_TASKS"), concurrency);
-            // Handlers that block (Thread.Sleep, synchronous I/O) each hold a pool thread: have that many at hand
-            // instead of waiting for the pool's slow growth.
+            // Handlers that block (Thread.Sleep, synchronous I/O) each hold a pool thread: have one per slot at
+            // hand instead of waiting for the pool's slow growth.
             int workers, io;
             ThreadPool.GetMinThreads(out workers, out io);
-            ThreadPool.SetMinThreads(Math.Max(workers, tasks + 4), Math.Max(io, tasks + 4));
+            int threads = Math.Max(tasks, concurrency) + 4;
+            ThreadPool.SetMinThreads(Math.Max(workers, threads), Math.Max(io, threads));
 
-            var client = new RuntimeApiClient(api, tasks + 4);
+            // A connection for every poller's long poll and for every held invoke's answer.
+            var client = new RuntimeApiClient(api, tasks + concurrency + 4);
             string root = Environment.GetEnvironmentVariable("LAMBDA_TASK_ROOT");
             string taskRoot = string.IsNullOrEmpty(root) ? Environment.CurrentDirectory : root;
             Invoker invoker;
@@ -49,9 +51,10 @@ namespace Lmi.Lambda.RuntimeSupport
                 ReportInitError(client, e);
                 return 1;
             }
-            var loop = new InvokeLoop(client, invoker, FunctionInfo.FromEnvironment());
-            Task<int>[] loops = Enumerable.Range(0, tasks).Select(_ => Task.Run(() => loop.RunAsync())).ToArray();
-            JsonLog.Diag("INFO", "started " + tasks + " processing task(s)");
+            var loop = new InvokeLoop(client, invoker, FunctionInfo.FromEnvironment(), concurrency);
+            Task<int>[] loops = Enumerable.Range(0, tasks).Select(_ => Task.Run(() => loop.RunAsync()))
+                .Concat(new[] { loop.Fatal }).ToArray();
+            JsonLog.Diag("INFO", "started " + tasks + " processing task(s) for up to " + concurrency + " invoke(s)");
             // The loops only end on a fatal condition; the first one ends the process.
             int code = loops[Task.WaitAny(loops)].Result;
             Environment.Exit(code);
@@ -83,35 +86,59 @@ namespace Lmi.Lambda.RuntimeSupport
         }
     }
 
-    /// <summary>One processing loop: <c>/next</c>, run the invoke as a task, answer, repeat.</summary>
+    /// <summary>
+    /// The processing loops. Each loop takes a free slot, polls <c>/next</c>, starts the invoke as a task and polls
+    /// again at once, without waiting for it; the slots (<c>AWS_LAMBDA_MAX_CONCURRENCY</c>) bound the invokes the
+    /// process holds, whatever the number of loops.
+    /// </summary>
     internal sealed class InvokeLoop
     {
         private readonly RuntimeApiClient _client;
         private readonly Invoker _invoker;
         private readonly FunctionInfo _function;
+        private readonly SemaphoreSlim _slots;
+        private readonly TaskCompletionSource<int> _fatal = new TaskCompletionSource<int>();
 
-        public InvokeLoop(RuntimeApiClient client, Invoker invoker, FunctionInfo function)
+        public InvokeLoop(RuntimeApiClient client, Invoker invoker, FunctionInfo function, int slots)
         {
             _client = client;
             _invoker = invoker;
             _function = function;
+            _slots = new SemaphoreSlim(slots, slots);
         }
 
-        /// <summary>Runs until a fatal condition; returns the exit status.</summary>
+        /// <summary>Completes with the exit status when an invoke hits a fatal Runtime API failure.</summary>
+        public Task<int> Fatal
+        {
+            get { return _fatal.Task; }
+        }
+
+        /// <summary>One processing loop; runs until a fatal condition and returns the exit status.</summary>
         public async Task<int> RunAsync()
         {
             try
             {
                 while (true)
                 {
-                    NextInvocation next = await _client.NextAsync();
+                    await _slots.WaitAsync();
+                    NextInvocation next;
+                    try
+                    {
+                        next = await _client.NextAsync();
+                    }
+                    catch
+                    {
+                        _slots.Release();
+                        throw;
+                    }
                     if (next.Status != 200)
                     {
+                        _slots.Release();
                         JsonLog.Diag(next.Status == 500 ? "INFO" : "ERROR",
                             "GET /runtime/invocation/next answered " + next.Status + "; exiting");
                         return 1;
                     }
-                    await HandleAsync(next);
+                    _ = RunInvokeAsync(next); // not awaited: this loop polls again at once
                 }
             }
             catch (RuntimeApiException e)
@@ -123,6 +150,28 @@ namespace Lmi.Lambda.RuntimeSupport
             {
                 JsonLog.Diag("ERROR", "processing task failed: " + e);
                 return 1;
+            }
+        }
+
+        private async Task RunInvokeAsync(NextInvocation next)
+        {
+            try
+            {
+                await HandleAsync(next);
+            }
+            catch (RuntimeApiException e)
+            {
+                JsonLog.Diag("ERROR", "runtime API unavailable: " + e.Message);
+                _fatal.TrySetResult(1);
+            }
+            catch (Exception e)
+            {
+                JsonLog.Diag("ERROR", "invoke failed in the runtime: " + e);
+                _fatal.TrySetResult(1);
+            }
+            finally
+            {
+                _slots.Release();
             }
         }
 

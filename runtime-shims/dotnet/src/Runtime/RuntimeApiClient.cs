@@ -18,7 +18,7 @@ namespace Lmi.Lambda.RuntimeSupport
 
     /// <summary>
     /// The Runtime API (2018-06-01) over one shared <see cref="HttpClient"/>. Its connection limit per server is
-    /// raised above the number of processing tasks, so every task's long poll has a connection of its own (the
+    /// raised so that every poller's long poll and every held invoke's answer has a connection of its own (the
     /// .NET Framework/Mono default is 2). Requests that cannot reach the API are retried with a back-off.
     /// </summary>
     internal sealed class RuntimeApiClient
