@@ -10,5 +10,9 @@ cd "$(dirname "$0")/.."
 echo "== cargo test --workspace"
 cargo test --workspace --locked
 
-echo "== runtime shim tests (python)"
-python3 -m pytest -q -p no:cacheprovider runtime-shims/python/tests
+# One pytest run per shim: each tests/ folder has its own conftest.py, and the Python shim's tests import
+# theirs by module name.
+for shim in python java dotnet; do
+  echo "== runtime shim tests ($shim)"
+  python3 -m pytest -q -p no:cacheprovider "runtime-shims/$shim/tests"
+done

@@ -72,8 +72,19 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// Parses catalog text and probes every runtime.
+    /// Parses catalog text and probes every runtime (a probe naming `{shims}` cannot run without a shims
+    /// directory and reports the runtime unavailable; see [`Catalog::parse_with_shims`]).
     pub fn parse(text: &str, origin: &str) -> Result<Self, CatalogError> {
+        Self::parse_with_shims(text, origin, None)
+    }
+
+    /// Parses catalog text and probes every runtime, with `{shims}` in probe commands replaced by
+    /// `shims_dir` (the runtime-shims directory of the agent's configuration).
+    pub fn parse_with_shims(
+        text: &str,
+        origin: &str,
+        shims_dir: Option<&Path>,
+    ) -> Result<Self, CatalogError> {
         let file: CatalogFile = toml::from_str(text).map_err(|e| CatalogError::Parse {
             origin: origin.to_owned(),
             message: e.to_string(),
@@ -92,7 +103,7 @@ impl Catalog {
                     message: format!("runtime {}: default_concurrency_per_vcpu is 0", entry.id),
                 });
             }
-            let availability = probe(&entry);
+            let availability = probe(&entry, shims_dir);
             if runtimes
                 .insert(entry.id.clone(), (entry.clone(), availability))
                 .is_some()
@@ -108,14 +119,22 @@ impl Catalog {
 
     /// The built-in catalog, or the file at `path`.
     pub fn load(path: Option<&Path>) -> Result<Self, CatalogError> {
+        Self::load_with_shims(path, None)
+    }
+
+    /// The built-in catalog, or the file at `path`, probed with `{shims}` = `shims_dir`.
+    pub fn load_with_shims(
+        path: Option<&Path>,
+        shims_dir: Option<&Path>,
+    ) -> Result<Self, CatalogError> {
         match path {
-            None => Self::parse(BUILTIN_CATALOG, "built-in"),
+            None => Self::parse_with_shims(BUILTIN_CATALOG, "built-in", shims_dir),
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|source| CatalogError::Read {
                     path: p.to_owned(),
                     source,
                 })?;
-                Self::parse(&text, &p.display().to_string())
+                Self::parse_with_shims(&text, &p.display().to_string(), shims_dir)
             }
         }
     }
@@ -136,12 +155,24 @@ impl Catalog {
     }
 }
 
-fn probe(entry: &RuntimeEntry) -> Availability {
+fn probe(entry: &RuntimeEntry, shims_dir: Option<&Path>) -> Availability {
     let program = &entry.command[0];
     if !program.contains('{') && find_in_path(program).is_none() {
         return Availability::Unavailable(format!("{program} not found in PATH"));
     }
-    let Some((prog, args)) = entry.probe.split_first() else {
+    let mut probe = Vec::with_capacity(entry.probe.len());
+    for arg in &entry.probe {
+        match (arg.contains("{shims}"), shims_dir) {
+            (false, _) => probe.push(arg.clone()),
+            (true, Some(dir)) => probe.push(arg.replace("{shims}", &dir.display().to_string())),
+            (true, None) => {
+                return Availability::Unavailable(
+                    "probe needs {shims} but no shims directory was given".to_owned(),
+                )
+            }
+        }
+    }
+    let Some((prog, args)) = probe.split_first() else {
         return Availability::Available;
     };
     match Command::new(prog)
@@ -152,12 +183,8 @@ fn probe(entry: &RuntimeEntry) -> Availability {
         .status()
     {
         Ok(s) if s.success() => Availability::Available,
-        Ok(s) => {
-            Availability::Unavailable(format!("probe `{}` failed: {s}", entry.probe.join(" ")))
-        }
-        Err(e) => {
-            Availability::Unavailable(format!("probe `{}` failed: {e}", entry.probe.join(" ")))
-        }
+        Ok(s) => Availability::Unavailable(format!("probe `{}` failed: {s}", probe.join(" "))),
+        Err(e) => Availability::Unavailable(format!("probe `{}` failed: {e}", probe.join(" "))),
     }
 }
 
@@ -187,6 +214,16 @@ mod tests {
         assert!(provided.is_provided());
         assert_eq!(provided.execution_env, None);
         assert_eq!(avail, &Availability::Available);
+        for (id, env) in [
+            ("java17", "AWS_Lambda_java17"),
+            ("java21", "AWS_Lambda_java21"),
+            ("java25", "AWS_Lambda_java25"),
+            ("dotnet8", "AWS_Lambda_dotnet8"),
+        ] {
+            let (e, _) = c.get(id).unwrap();
+            assert_eq!(e.default_concurrency_per_vcpu, 32, "{id}");
+            assert_eq!(e.execution_env.as_deref(), Some(env));
+        }
     }
 
     #[test]
@@ -221,6 +258,29 @@ default_concurrency_per_vcpu = 4
         .unwrap();
         assert!(
             matches!(c.get("sh").unwrap().1, Availability::Unavailable(m) if m.contains("exit status: 3"))
+        );
+    }
+
+    #[test]
+    fn probes_see_the_shims_directory() {
+        let text = r#"[[runtime]]
+id = "shimmed"
+command = ["{shims}/x/bootstrap"]
+probe = ["sh", "-c", "test -f {shims}/marker"]
+default_concurrency_per_vcpu = 4
+"#;
+        let dir = tempfile::tempdir().unwrap();
+        let c = Catalog::parse_with_shims(text, "test", Some(dir.path())).unwrap();
+        assert!(matches!(
+            c.get("shimmed").unwrap().1,
+            Availability::Unavailable(_)
+        ));
+        std::fs::write(dir.path().join("marker"), "").unwrap();
+        let c = Catalog::parse_with_shims(text, "test", Some(dir.path())).unwrap();
+        assert_eq!(c.get("shimmed").unwrap().1, &Availability::Available);
+        let c = Catalog::parse(text, "test").unwrap();
+        assert!(
+            matches!(c.get("shimmed").unwrap().1, Availability::Unavailable(m) if m.contains("{shims}"))
         );
     }
 

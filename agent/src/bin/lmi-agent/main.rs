@@ -146,7 +146,7 @@ impl Daemon {
         std::fs::create_dir_all(&config.state_dir)
             .with_context(|| format!("creating state_dir {}", config.state_dir.display()))?;
         let cgroups = cgroup::detect(&config.cgroup_parent).context("setting up cgroups")?;
-        let catalog = Catalog::load(config.catalog.as_deref())?;
+        let catalog = Catalog::load_with_shims(config.catalog.as_deref(), Some(&config.shims_dir))?;
         for (entry, availability) in catalog.iter() {
             tracing::info!(runtime = %entry.id, availability = ?availability, "runtime");
         }
