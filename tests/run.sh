@@ -12,3 +12,9 @@ cargo test --workspace --locked
 
 echo "== runtime shim tests (python)"
 python3 -m pytest -q -p no:cacheprovider runtime-shims/python/tests
+
+# The Node shim's own tests (node:test, against a stub Runtime API), on each Node major the catalog runs.
+for node in node node22; do
+  echo "== runtime shim tests (node: $node $("$node" --version))"
+  "$node" --test runtime-shims/node/tests/*.test.mjs
+done

@@ -68,7 +68,7 @@ test('one worker keeps several invokes in flight and re-polls while they run', a
   const ids = ['g-1', 'g-2', 'g-3', 'g-4'];
   // Each handler returns only once all four have announced themselves: possible only if the single worker
   // took all four from /next while the earlier ones were still waiting.
-  const results = await Promise.all(ids.map((id) => api.invoke(id, { action: 'gate', dir, count: 4 })));
+  const results = await Promise.all(ids.map((id) => api.invoke(id, { action: 'gate', dir, count: 4, max_s: 15 })));
   const threads = new Set();
   for (const r of results) {
     assert.equal(r.kind, 'response', r.body);
