@@ -16,3 +16,9 @@ for shim in python java dotnet; do
   echo "== runtime shim tests ($shim)"
   python3 -m pytest -q -p no:cacheprovider "runtime-shims/$shim/tests"
 done
+
+# The Node shim's own tests (node:test, against a stub Runtime API), on each Node major the catalog runs.
+for node in node node22; do
+  echo "== runtime shim tests (node: $node $("$node" --version))"
+  "$node" --test runtime-shims/node/tests/*.test.mjs
+done

