@@ -21,6 +21,7 @@ use crate::{
     environment::{Environment, State},
     invocation::{Event, Outcome},
     launch::{self, LaunchContext, LaunchError, Spawner},
+    logs::LogPipeline,
     runtime_api::{RuntimeApi, MAX_RESPONSE_BYTES},
     spec::{self, SpecDefaults, SpecError, LATEST},
     supervisor::{self, Supervised},
@@ -46,6 +47,8 @@ pub enum CreateError {
     Spawn(std::io::Error),
     #[error("starting the Runtime API listener: {0}")]
     Listen(std::io::Error),
+    #[error("binding the environment's log socket: {0}")]
+    LogSocket(std::io::Error),
     #[error("the agent is shutting down")]
     ShuttingDown,
 }
@@ -100,6 +103,7 @@ pub struct Agent {
     ledger: Arc<Ledger>,
     cgroups: Arc<dyn CgroupDriver>,
     spawner: Arc<dyn Spawner>,
+    logs: Arc<LogPipeline>,
     registry: RwLock<Registry>,
     defaults: SpecDefaults,
     runtime_path: String,
@@ -113,6 +117,7 @@ impl Agent {
         capacity: HostCapacity,
         cgroups: Arc<dyn CgroupDriver>,
         spawner: Arc<dyn Spawner>,
+        logs: Arc<LogPipeline>,
     ) -> Arc<Self> {
         let defaults = SpecDefaults {
             region: config.region.clone(),
@@ -126,6 +131,7 @@ impl Agent {
             ledger: Arc::new(Ledger::new(capacity)),
             cgroups,
             spawner,
+            logs,
             registry: RwLock::new(Registry::default()),
             defaults,
             runtime_path,
@@ -155,6 +161,11 @@ impl Agent {
 
     pub fn cgroups(&self) -> &dyn CgroupDriver {
         self.cgroups.as_ref()
+    }
+
+    /// The function log pipeline.
+    pub fn logs(&self) -> &LogPipeline {
+        &self.logs
     }
 
     /// Validates, reserves capacity, stages code, creates the cgroup, starts the Runtime API and the
@@ -197,6 +208,7 @@ impl Agent {
         let (listener, addr) = RuntimeApi::bind_loopback()
             .await
             .map_err(CreateError::Listen)?;
+        let log_capture = self.logs.prepare(&id).map_err(CreateError::LogSocket)?;
         let plan = launch::plan(
             &spec,
             &LaunchContext {
@@ -206,6 +218,7 @@ impl Agent {
                 runtime_api: addr,
                 region: &self.config.region,
                 path: &self.runtime_path,
+                log_socket: Some(log_capture.socket_path()),
             },
         )?;
         let limits = CgroupLimits::from_vcpus(
@@ -269,6 +282,7 @@ impl Agent {
             child,
             cgroup,
             api_server,
+            log_capture,
             ledger: self.ledger.clone(),
             init_timeout,
             stop_timeout: self.config.environments.stop_timeout(),

@@ -66,6 +66,8 @@ pub fn environment_to_proto(e: &Environment) -> pb::Environment {
             .init_duration
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
             .unwrap_or(0),
+        log_records: e.log_stats.records(),
+        log_records_dropped: e.log_stats.dropped(),
     }
 }
 
@@ -82,7 +84,8 @@ fn create_status(e: CreateError) -> Status {
         CreateError::Code(_)
         | CreateError::Cgroup(_)
         | CreateError::Spawn(_)
-        | CreateError::Listen(_) => {
+        | CreateError::Listen(_)
+        | CreateError::LogSocket(_) => {
             tracing::error!(error = %msg, "creating an environment failed");
             Status::internal(msg)
         }
@@ -223,6 +226,16 @@ impl agent_server::Agent for ControlService {
             stack_trace: e.stack_trace,
         });
         Ok(Response::new(resp))
+    }
+
+    type StreamLogsStream = crate::logs::tail::LogBatchStream;
+
+    async fn stream_logs(
+        &self,
+        request: Request<pb::StreamLogsRequest>,
+    ) -> Result<Response<Self::StreamLogsStream>, Status> {
+        crate::logs::tail::stream_logs(self.agent.logs().file_dir(), request.into_inner())
+            .map(Response::new)
     }
 
     async fn get_host(

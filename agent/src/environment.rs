@@ -21,6 +21,7 @@ use tokio::sync::{watch, Notify};
 use crate::{
     broker::Broker,
     invocation::ErrorInfo,
+    logs::LogStats,
     runtime_api::{InitErrorAnswer, RuntimeEvents},
     spec::ValidSpec,
 };
@@ -61,6 +62,8 @@ pub struct Environment {
     pub runtime_api: SocketAddr,
     pub cgroup_path: String,
     pub created_at: SystemTime,
+    /// Counters of the environment's function log capture.
+    pub log_stats: Arc<LogStats>,
     started: Instant,
     status: Mutex<Status>,
     /// Wakes the supervisor: a failure was recorded or a stop was requested.
@@ -87,6 +90,7 @@ impl Environment {
             runtime_api,
             cgroup_path,
             created_at: SystemTime::now(),
+            log_stats: Arc::default(),
             started: Instant::now(),
             status: Mutex::new(Status {
                 state: State::Initializing,

@@ -8,6 +8,7 @@
 //! - [`capacity`]: the host's vCPUs and memory, and what environments hold of them.
 //! - [`code`]: staging a function's code (directory or zip).
 //! - [`cgroup`]: per-environment cgroups, v1 and v2.
+//! - [`logs`]: function logs: capture, bounded queue, sinks, reading back.
 //! - [`launch`]: the runtime's command line, environment variables and spawn into its cgroup.
 //! - [`environment`]: an environment's record and state machine.
 //! - [`supervisor`]: the task that owns a runtime process from spawn to cleanup.
@@ -34,6 +35,7 @@ pub mod dispatch;
 pub mod environment;
 pub mod invocation;
 pub mod launch;
+pub mod logs;
 pub mod notify;
 pub mod runtime_api;
 pub mod server;

@@ -11,11 +11,15 @@ use lmi_agent::{
     cgroup,
     config::{Config, LogFormat, DEFAULT_CONFIG_PATH},
     launch::ProcessSpawner,
+    logs::LogPipeline,
     server,
 };
 use tokio::signal::unix::{signal, SignalKind};
 
 mod demo;
+
+/// How long a stopping agent waits for the function log writer to write what is queued.
+const LOG_FLUSH_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -163,6 +167,10 @@ impl Daemon {
             config.capacity.reserved_vcpus,
             config.capacity.reserved_memory_mib,
         );
+        let logs = Arc::new(
+            LogPipeline::start(&config.logs, &config.state_dir)
+                .context("starting the function log pipeline")?,
+        );
         let unix = server::bind_socket(&config.socket)?;
         tracing::info!(
             socket = %config.socket.display(),
@@ -178,6 +186,7 @@ impl Daemon {
             capacity,
             cgroups,
             Arc::new(ProcessSpawner),
+            logs,
         );
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let server = tokio::spawn({
@@ -196,6 +205,7 @@ impl Daemon {
     /// Drains every environment (in-flight invokes get `grace`), removes all cgroups, stops the listeners.
     pub(crate) async fn shutdown(self, grace: Duration) -> anyhow::Result<()> {
         self.agent.shutdown(grace).await;
+        self.agent.logs().shutdown(LOG_FLUSH_WAIT).await;
         let _ = self.stop_tx.send(true);
         let result = tokio::time::timeout(Duration::from_secs(5), self.server).await;
         let _ = std::fs::remove_file(&self.socket);
