@@ -58,6 +58,9 @@ pub struct AgentOptions {
     pub vcpus: u32,
     pub memory_mib: u64,
     pub extra_config: String,
+    /// Give the daemon a pipe as stdout (taken with [`TestAgent::take_stdout`]) instead of the log file: the
+    /// `stdout` log sink writes there, and a test that does not read it stalls that sink.
+    pub pipe_stdout: bool,
 }
 
 impl Default for AgentOptions {
@@ -66,6 +69,7 @@ impl Default for AgentOptions {
             vcpus: 64,
             memory_mib: 262_144,
             extra_config: String::new(),
+            pipe_stdout: false,
         }
     }
 }
@@ -77,6 +81,7 @@ pub struct TestAgent {
     pub cgroup_parent: String,
     child: Option<Child>,
     pub client: AgentClient<Channel>,
+    stdout: Option<std::process::ChildStdout>,
 }
 
 impl TestAgent {
@@ -106,22 +111,29 @@ impl TestAgent {
             .set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();
         let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
-        let child = Command::new(AGENT_BIN)
+        let stdout = if opts.pipe_stdout {
+            Stdio::piped()
+        } else {
+            Stdio::from(log.try_clone().unwrap())
+        };
+        let mut child = Command::new(AGENT_BIN)
             .arg("--config")
             .arg(&config_path)
             .env("NOTIFY_SOCKET", &notify_path)
             .env("LMI_AGENT_LOG", "info,lmi_agent=debug")
             .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
+            .stdout(stdout)
             .stderr(log)
             .spawn()
             .unwrap();
+        let stdout = child.stdout.take();
         let mut agent = TestAgent {
             dir,
             socket,
             cgroup_parent,
             child: Some(child),
             client: dummy_client(),
+            stdout,
         };
         // The daemon says READY=1 once its control socket is bound: an event, not a guess.
         let mut buf = [0u8; 256];
@@ -131,6 +143,16 @@ impl TestAgent {
         assert_eq!(&buf[..n], b"READY=1", "first notification");
         agent.client = connect(&agent.socket).await;
         agent
+    }
+
+    /// The daemon's stdout pipe (with `pipe_stdout`).
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.stdout.take()
+    }
+
+    /// The daemon's state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
     }
 
     pub fn log(&self) -> String {
