@@ -514,3 +514,60 @@ async fn the_file_sink_rotates_and_keeps_k_files() {
     assert_eq!(kept[..], followed[followed.len() - kept.len()..]);
     assert_eq!(kept.last().unwrap()["message"], END);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_python_client_logs_through_the_socket() {
+    require_root!();
+    const N: usize = 4;
+    const LINES: usize = 50;
+    let mut agent = TestAgent::start().await;
+    let mut spec = python_ric_spec("ric-logs", "ric_app.handler");
+    spec.max_concurrency = N as u32;
+    let env = agent.create_ready(spec).await;
+    let main_pid = u64::from(env.pid);
+    let calls: Vec<_> = (0..N)
+        .map(|_| {
+            tokio::spawn(invoke(
+                agent.client.clone(),
+                "ric-logs",
+                json!({"action": "log", "lines": LINES}),
+            ))
+        })
+        .collect();
+    let mut ids = BTreeSet::new();
+    for c in calls {
+        let r = c.await.unwrap().unwrap();
+        assert_eq!(r.outcome(), Out::Success, "{r:?}");
+        ids.insert(r.request_id);
+    }
+    agent.delete(&env.id).await;
+    let socket = agent.socket.clone();
+    let env_id = env.id.clone();
+    let records =
+        tokio::task::spawn_blocking(move || follow_until_end(&socket, "ric-logs", &env_id))
+            .await
+            .unwrap();
+    let mut per_id: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
+    for r in &records {
+        let t = text(r);
+        let mut words = t.split(' ');
+        if words.next() != Some("ric") {
+            continue;
+        }
+        let i: usize = words.next().unwrap().parse().unwrap();
+        let rid = words.next().unwrap().to_owned();
+        // awslambdaric's own JSON line, kept as written, with its requestId lifted.
+        assert_eq!(r["requestId"], rid.as_str(), "{r}");
+        assert_eq!(r["message"]["requestId"], rid.as_str(), "{r}");
+        assert_eq!(r["message"]["logger"], "fixture.ric", "{r}");
+        assert_eq!(r["level"], "INFO");
+        assert!(r["stream"].as_str().unwrap().starts_with("socket-"), "{r}");
+        assert_ne!(r["pid"], main_pid, "written by a forked worker: {r}");
+        assert!(per_id.entry(rid).or_default().insert(i), "twice: {r}");
+    }
+    assert_eq!(per_id.keys().cloned().collect::<BTreeSet<_>>(), ids);
+    for (rid, lines) in &per_id {
+        assert_eq!(lines.len(), LINES, "{rid}");
+    }
+    assert_eq!(records.last().unwrap()["dropped_total"], 0);
+}

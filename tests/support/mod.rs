@@ -428,6 +428,33 @@ pub fn python_spec(function: &str, handler: &str) -> pb::EnvironmentSpec {
     }
 }
 
+/// The interpreter with the official client installed by tests/setup.sh.
+pub fn ric_python() -> PathBuf {
+    let p = repo().join(".cache/python-ric/bin/python");
+    assert!(
+        p.exists(),
+        "{} is missing: run tests/setup.sh (it installs awslambdaric)",
+        p.display()
+    );
+    p
+}
+
+/// A `provided.al2023` spec whose bootstrap runs the official Python client, unmodified
+/// (`python -m awslambdaric <handler>`), on `handler` in tests/fixtures/python-ric.
+pub fn python_ric_spec(function: &str, handler: &str) -> pb::EnvironmentSpec {
+    let mut spec = python_spec(function, handler);
+    spec.runtime = "provided.al2023".into();
+    spec.code = Some(pb::Code {
+        source: Some(pb::code::Source::Directory(
+            fixtures("python-ric").display().to_string(),
+        )),
+        sha256: String::new(),
+    });
+    spec.environment
+        .insert("LMI_RIC_PYTHON".into(), ric_python().display().to_string());
+    spec
+}
+
 pub fn payload_json(r: &pb::InvokeResponse) -> serde_json::Value {
     serde_json::from_slice(&r.payload).unwrap_or_else(|e| {
         panic!(
