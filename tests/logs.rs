@@ -169,7 +169,8 @@ async fn concurrent_invokes_log_one_record_per_line_with_their_request_id() {
     }
     assert_eq!(ids.len(), 8);
     let live = agent.get(&env.id).await;
-    assert!(live.log_records >= (8 * (LINES + 3)) as u64, "{live:?}");
+    // The agent may still be reading the last lines (the count is complete at the end record, below).
+    assert!(live.log_records > 0, "{live:?}");
     assert_eq!(live.log_records_dropped, 0);
 
     agent.delete(&env.id).await;
@@ -368,11 +369,12 @@ async fn garbage_on_the_log_socket_does_not_hurt_the_agent() {
             s.write_all(b"unfinished").unwrap();
         }
     });
+    // The agent read all of it (the socket buffer is far smaller than 8 MiB): the connection was accepted.
+    garbage.join().unwrap();
     // Many connections at once: beyond the limit (2 × 2 + 16) they are closed by the agent.
     let mut conns: Vec<UnixStream> = (0..40)
         .map(|_| UnixStream::connect(&path).unwrap())
         .collect();
-    garbage.join().unwrap();
     let mut refused = 0;
     for c in &mut conns {
         c.set_read_timeout(Some(Duration::from_millis(500)))
