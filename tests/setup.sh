@@ -36,6 +36,23 @@ have flock || apt_install util-linux
 "$root/tests/fixtures/java/build.sh"
 "$root/tests/fixtures/dotnet/build.sh"
 "$root/tests/fixtures/provided/c/build.sh"
+
+# The official Python runtime interface client (awslambdaric >= 4), unmodified, in a venv of its own under the
+# repository's .cache/ (gitignored): tests run it as a provided.al2023 bootstrap with LMI_RIC_PYTHON pointing at
+# this interpreter. Reinstalled only when missing or older than 4.
+RIC_VENV="$(cd "$(dirname "$0")/.." && pwd)/.cache/python-ric"
+ric_ok() {
+  "$RIC_VENV/bin/python" - <<'PY' >/dev/null 2>&1
+import importlib.metadata as m, awslambdaric.__main__  # noqa: F401
+assert int(m.version("awslambdaric").split(".")[0]) >= 4
+PY
+}
+if ! ric_ok; then
+  rm -rf "$RIC_VENV"
+  "$(command -v python3.11 || command -v python3)" -m venv "$RIC_VENV"
+  "$RIC_VENV/bin/python" -m pip install -q 'awslambdaric>=4,<5'
+  ric_ok || { echo "setup: awslambdaric did not install into $RIC_VENV" >&2; exit 1; }
+fi
 if ! cargo clippy --version >/dev/null 2>&1; then rustup component add clippy; fi
 if ! cargo fmt --version >/dev/null 2>&1; then rustup component add rustfmt; fi
 # --- Node.js 22 and the official Node.js runtime interface client (aws-lambda-ric) ---------------------------

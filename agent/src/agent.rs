@@ -25,6 +25,7 @@ use crate::{
     host::HostReader,
     invocation::{Event, Outcome},
     launch::{self, LaunchContext, LaunchError, Spawner},
+    logs::LogPipeline,
     runtime_api::{RuntimeApi, MAX_RESPONSE_BYTES},
     sampler::{Sampler, Snapshot},
     spec::{self, SpecDefaults, SpecError, LATEST},
@@ -62,6 +63,8 @@ pub enum CreateError {
     Spawn(std::io::Error),
     #[error("starting the Runtime API listener: {0}")]
     Listen(std::io::Error),
+    #[error("binding the environment's log socket: {0}")]
+    LogSocket(std::io::Error),
     #[error("the agent is shutting down")]
     ShuttingDown,
     #[error("the host is draining and takes no new environments")]
@@ -122,6 +125,7 @@ pub struct Agent {
     ledger: Arc<Ledger>,
     cgroups: Arc<dyn CgroupDriver>,
     spawner: Arc<dyn Spawner>,
+    logs: Arc<LogPipeline>,
     registry: RwLock<Registry>,
     defaults: SpecDefaults,
     runtime_path: String,
@@ -156,6 +160,7 @@ impl Agent {
         cgroups: Arc<dyn CgroupDriver>,
         spawner: Arc<dyn Spawner>,
         state: StateStore,
+        logs: Arc<LogPipeline>,
     ) -> Arc<Self> {
         let defaults = SpecDefaults {
             region: config.region.clone(),
@@ -169,6 +174,7 @@ impl Agent {
             ledger: Arc::new(Ledger::new(capacity)),
             cgroups,
             spawner,
+            logs,
             registry: RwLock::new(Registry::default()),
             defaults,
             runtime_path,
@@ -365,6 +371,11 @@ impl Agent {
         self.cgroups.as_ref()
     }
 
+    /// The function log pipeline.
+    pub fn logs(&self) -> &LogPipeline {
+        &self.logs
+    }
+
     /// Validates, reserves capacity, stages code, creates the cgroup and /tmp, starts the Runtime API and the
     /// runtime. Returns while the runtime initialises; on any error everything done so far is undone.
     pub async fn create(
@@ -410,6 +421,7 @@ impl Agent {
             .map_err(CreateError::Listen)?;
         let env_dir = self.config.state_dir.join("envs").join(&id);
         let tmp_dir = env_dir.join("tmp");
+        let log_capture = self.logs.prepare(&id).map_err(CreateError::LogSocket)?;
         let plan = launch::plan(
             &spec,
             &LaunchContext {
@@ -420,6 +432,7 @@ impl Agent {
                 region: &self.config.region,
                 path: &self.runtime_path,
                 tmp_dir: &tmp_dir,
+                log_socket: Some(log_capture.socket_path()),
             },
         )?;
         let limits = CgroupLimits::from_vcpus(
@@ -521,6 +534,7 @@ impl Agent {
             env: env.clone(),
             child,
             api_server,
+            log_capture,
             ledger: self.ledger.clone(),
             init_timeout,
             stop_timeout: self.config.environments.stop_timeout(),

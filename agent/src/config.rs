@@ -66,6 +66,8 @@ pub struct Config {
     pub capacity: CapacityConfig,
     /// Environment lifecycle settings.
     pub environments: EnvironmentsConfig,
+    /// Function logs: capture limits and sinks.
+    pub logs: LogsConfig,
     /// Sampling and admission.
     pub utilization: UtilizationConfig,
     /// The scaler the agent streams utilization reports to.
@@ -155,6 +157,62 @@ pub struct EnvironmentsConfig {
     pub init_timeout_seconds: u32,
 }
 
+/// Where function log records go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogSinkKind {
+    /// `<dir>/<function>/<version>.log`, rotated by size; what `lmictl logs` reads.
+    File,
+    /// The agent's own stdout, one JSON record a line (journald under systemd). The agent's own diagnostics go
+    /// to stderr, so the two never mix.
+    Stdout,
+}
+
+/// `[logs]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogsConfig {
+    /// Sinks of function log records: any of "file" and "stdout", at least one.
+    pub sinks: Vec<LogSinkKind>,
+    /// Directory of the file sink; absent means `<state_dir>/logs`.
+    pub dir: Option<PathBuf>,
+    /// Size at which a function's log file is rotated (bytes).
+    pub max_file_bytes: u64,
+    /// Rotated files kept per function version besides the current one (`.log.1` newest … `.log.N`).
+    pub keep_files: u32,
+    /// Longest line kept as one record (bytes); a longer line is split into records of at most this size,
+    /// each marked `"split": true` except the last.
+    pub max_line_bytes: usize,
+    /// Records the queue between the readers and the sink writer holds at most.
+    pub queue_records: usize,
+    /// Bytes of encoded records the queue holds at most. When either limit is reached the newest record is
+    /// dropped and counted.
+    pub queue_bytes: usize,
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        Self {
+            sinks: vec![LogSinkKind::File],
+            dir: None,
+            max_file_bytes: 16 * 1024 * 1024,
+            keep_files: 4,
+            max_line_bytes: 64 * 1024,
+            queue_records: 8192,
+            queue_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+impl LogsConfig {
+    /// The file sink's directory, resolved against `state_dir`; `None` when the file sink is off.
+    pub fn file_dir(&self, state_dir: &Path) -> Option<PathBuf> {
+        self.sinks
+            .contains(&LogSinkKind::File)
+            .then(|| self.dir.clone().unwrap_or_else(|| state_dir.join("logs")))
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -172,6 +230,7 @@ impl Default for Config {
             utilization: UtilizationConfig::default(),
             scaler: ScalerConfig::default(),
             metrics_listen: None,
+            logs: LogsConfig::default(),
         }
     }
 }
@@ -291,8 +350,57 @@ impl Config {
                 return Err(bad("scaler.endpoint", "must be an http:// or https:// URL"));
             }
         }
+        self.check_logs(origin)?;
         if self.account_id.len() != 12 || !self.account_id.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad("account_id", "must be 12 digits"));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn check_logs(&self, origin: &Path) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, message: String| ConfigError::Invalid {
+            path: origin.to_owned(),
+            key,
+            message,
+        };
+        let l = &self.logs;
+        if l.sinks.is_empty() {
+            return Err(bad(
+                "logs.sinks",
+                "must name at least one sink: \"file\", \"stdout\"".to_owned(),
+            ));
+        }
+        if l.dir.as_ref().is_some_and(|d| !d.is_absolute()) {
+            return Err(bad("logs.dir", "must be an absolute path".to_owned()));
+        }
+        if !(256..=1024 * 1024).contains(&l.max_line_bytes) {
+            return Err(bad(
+                "logs.max_line_bytes",
+                "must be between 256 and 1048576".to_owned(),
+            ));
+        }
+        if l.max_file_bytes < 4096 {
+            return Err(bad(
+                "logs.max_file_bytes",
+                "must be at least 4096".to_owned(),
+            ));
+        }
+        if l.keep_files > 1000 {
+            return Err(bad("logs.keep_files", "must be at most 1000".to_owned()));
+        }
+        if l.queue_records < 16 {
+            return Err(bad("logs.queue_records", "must be at least 16".to_owned()));
+        }
+        // A record can be several times its line (JSON escapes of control bytes) plus its fields: the queue
+        // must hold at least a few of the largest.
+        let least = l.max_line_bytes.saturating_mul(8);
+        if l.queue_bytes < least {
+            return Err(bad(
+                "logs.queue_bytes",
+                format!("must be at least 8 × logs.max_line_bytes ({least})"),
+            ));
         }
         Ok(())
     }
@@ -339,5 +447,40 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("xml"), "{e}");
+    }
+
+    #[test]
+    fn logs_table_is_read_and_checked() {
+        let c = Config::parse(
+            "[logs]\nsinks = ['file', 'stdout']\ndir = '/var/log/lmi'\nkeep_files = 2\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.logs.sinks, vec![LogSinkKind::File, LogSinkKind::Stdout]);
+        assert_eq!(
+            c.logs.file_dir(Path::new("/s")),
+            Some(PathBuf::from("/var/log/lmi"))
+        );
+        let c = Config::parse("[logs]\nsinks = ['stdout']\n", Path::new("t.toml")).unwrap();
+        assert_eq!(c.logs.file_dir(Path::new("/s")), None);
+        assert_eq!(
+            Config::default().logs.file_dir(Path::new("/s")),
+            Some(PathBuf::from("/s/logs"))
+        );
+        for (text, key) in [
+            ("[logs]\nsinks = []", "logs.sinks"),
+            ("[logs]\nsinks = ['syslog']", "syslog"),
+            ("[logs]\ndir = 'rel'", "logs.dir"),
+            ("[logs]\nmax_line_bytes = 10", "logs.max_line_bytes"),
+            ("[logs]\nmax_file_bytes = 10", "logs.max_file_bytes"),
+            ("[logs]\nqueue_records = 1", "logs.queue_records"),
+            ("[logs]\nqueue_bytes = 1000", "logs.queue_bytes"),
+            ("[logs]\nrotate = 3", "unknown field `rotate`"),
+        ] {
+            let e = Config::parse(text, Path::new("t.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 }

@@ -48,7 +48,8 @@ fn create_status(e: CreateError) -> Status {
         | CreateError::Cgroup(_)
         | CreateError::Spawn(_)
         | CreateError::Listen(_)
-        | CreateError::Ephemeral(_) => {
+        | CreateError::Ephemeral(_)
+        | CreateError::LogSocket(_) => {
             tracing::error!(error = %msg, "creating an environment failed");
             Status::internal(msg)
         }
@@ -244,6 +245,16 @@ impl agent_server::Agent for ControlService {
             stack_trace: e.stack_trace,
         });
         Ok(Response::new(resp))
+    }
+
+    type StreamLogsStream = crate::logs::tail::LogBatchStream;
+
+    async fn stream_logs(
+        &self,
+        request: Request<pb::StreamLogsRequest>,
+    ) -> Result<Response<Self::StreamLogsStream>, Status> {
+        crate::logs::tail::stream_logs(self.agent.logs().file_dir(), request.into_inner())
+            .map(Response::new)
     }
 
     async fn get_host(

@@ -26,6 +26,7 @@ use crate::{
     cgroup::{EnvironmentCgroup, Pressure},
     ephemeral::EphemeralStorage,
     invocation::ErrorInfo,
+    logs::LogStats,
     runtime_api::{InitErrorAnswer, RuntimeEvents},
     spec::ValidSpec,
 };
@@ -119,6 +120,8 @@ pub struct Environment {
     usage: Mutex<Usage>,
     saturation: AtomicU8,
     pub created_at: SystemTime,
+    /// Counters of the environment's function log capture.
+    pub log_stats: Arc<LogStats>,
     started: Instant,
     status: Mutex<Status>,
     /// Wakes the supervisor: a failure was recorded or a stop was requested.
@@ -150,6 +153,7 @@ impl Environment {
             usage: Mutex::new(Usage::default()),
             saturation: AtomicU8::new(0),
             created_at: SystemTime::now(),
+            log_stats: Arc::default(),
             started: Instant::now(),
             status: Mutex::new(Status {
                 state: State::Initializing,
@@ -303,6 +307,8 @@ impl Environment {
                 .init_duration
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
                 .unwrap_or(0),
+            log_records: self.log_stats.records(),
+            log_records_dropped: self.log_stats.dropped(),
         }
     }
 }

@@ -42,6 +42,8 @@ pub struct LaunchContext<'a> {
     pub path: &'a str,
     /// The environment's temporary directory (`TMPDIR`).
     pub tmp_dir: &'a Path,
+    /// The environment's log socket, given as `_LAMBDA_TELEMETRY_LOG_FD_PROVIDER_SOCKET`.
+    pub log_socket: Option<&'a Path>,
 }
 
 /// Builds the command line and environment of a runtime.
@@ -109,6 +111,12 @@ pub fn plan(spec: &ValidSpec, ctx: &LaunchContext<'_>) -> Result<LaunchPlan, Lau
     set("LANG", "en_US.UTF-8".to_owned());
     set("PATH", ctx.path.to_owned());
     set("TMPDIR", ctx.tmp_dir.display().to_string());
+    if let Some(socket) = ctx.log_socket {
+        set(
+            "_LAMBDA_TELEMETRY_LOG_FD_PROVIDER_SOCKET",
+            socket.display().to_string(),
+        );
+    }
     set(
         "LD_LIBRARY_PATH",
         format!("{}/lib", ctx.task_root.display()),
@@ -138,7 +146,7 @@ fn log_stream_date() -> String {
 }
 
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -234,6 +242,7 @@ mod tests {
             region: "eu-west-1",
             path: "/usr/bin:/bin",
             tmp_dir: Path::new("/var/lib/lmi-agent/envs/env-1/tmp"),
+            log_socket: Some(Path::new("/run/lmi/env-1.sock")),
         }
     }
 
@@ -261,6 +270,10 @@ mod tests {
         assert!(e("AWS_LAMBDA_LOG_STREAM_NAME").ends_with("/[7]env-1"));
         assert_eq!(e("TZ"), ":UTC");
         assert_eq!(e("GREETING"), "hi");
+        assert_eq!(
+            e("_LAMBDA_TELEMETRY_LOG_FD_PROVIDER_SOCKET"),
+            "/run/lmi/env-1.sock"
+        );
         assert_eq!(p.cwd, t.path());
     }
 

@@ -8,6 +8,7 @@
 //! - [`capacity`]: the host's vCPUs and memory, and what environments hold of them.
 //! - [`code`]: staging a function's code (directory or zip).
 //! - [`cgroup`]: per-environment cgroups, v1 and v2.
+//! - [`logs`]: function logs: capture, bounded queue, sinks, reading back.
 //! - [`launch`]: the runtime's command line, environment variables and spawn into its cgroup.
 //! - [`environment`]: an environment's record, state machine and last measured usage.
 //! - [`ephemeral`]: an environment's /tmp (a size-capped tmpfs).
@@ -44,6 +45,7 @@ pub mod ephemeral;
 pub mod host;
 pub mod invocation;
 pub mod launch;
+pub mod logs;
 pub mod metrics;
 pub mod notify;
 pub mod report;

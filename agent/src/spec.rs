@@ -35,6 +35,7 @@ pub const LATEST: &str = "$LATEST";
 /// Names the agent sets for the runtime; a spec may not set them.
 pub const RESERVED_ENV: &[&str] = &[
     "_HANDLER",
+    "_LAMBDA_TELEMETRY_LOG_FD_PROVIDER_SOCKET",
     "_X_AMZN_TRACE_ID",
     "AWS_ACCESS_KEY",
     "AWS_ACCESS_KEY_ID",

@@ -8,21 +8,15 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::{
-    io::{AsyncRead, AsyncReadExt},
-    process::Child,
-    task::JoinHandle,
-};
+use tokio::{process::Child, task::JoinHandle};
 
 use crate::{
     capacity::Ledger,
     cgroup::EnvironmentCgroup,
     environment::{Environment, State},
     invocation::{ErrorInfo, RUNTIME_EXIT_ERROR, RUNTIME_OUT_OF_MEMORY},
+    logs::{PendingCapture, Source},
 };
-
-/// Longest line of runtime output forwarded as one log record; longer lines are split.
-const MAX_LOG_LINE: usize = 64 * 1024;
 
 /// What the supervisor needs besides the environment.
 #[derive(Debug)]
@@ -30,6 +24,8 @@ pub struct Supervised {
     pub env: Arc<Environment>,
     pub child: Child,
     pub api_server: JoinHandle<()>,
+    /// The environment's bound log socket; its capture (with stdout and stderr) starts with the supervisor.
+    pub log_capture: PendingCapture,
     pub ledger: Arc<Ledger>,
     pub init_timeout: Duration,
     pub stop_timeout: Duration,
@@ -40,7 +36,17 @@ pub struct Supervised {
 /// Runs until the environment is cleaned up.
 pub async fn supervise(mut s: Supervised) {
     let env = s.env.clone();
-    forward_output(&env, &mut s.child);
+    let capture = s.log_capture.start(
+        Source {
+            function: env.spec.function_name.clone(),
+            version: env.spec.version.clone(),
+            environment: env.id.clone(),
+        },
+        env.log_stats.clone(),
+        max_log_connections(env.spec.max_concurrency),
+        s.child.stdout.take(),
+        s.child.stderr.take(),
+    );
     let pid = s.child.id();
     let init_deadline = tokio::time::sleep(s.init_timeout);
     tokio::pin!(init_deadline);
@@ -106,7 +112,10 @@ pub async fn supervise(mut s: Supervised) {
             tracing::warn!(env = %env.id, error = %e, "removing the environment's /tmp failed");
         }
     }
-    if remove_cgroup(&env.id, env.cgroup.clone()).await {
+    let removed = remove_cgroup(&env.id, env.cgroup.clone()).await;
+    // Every process of the runtime is gone: its log streams end; the capture's last record follows them.
+    let _ = capture.close();
+    if removed {
         s.ledger
             .release(env.spec.vcpus, u64::from(env.spec.memory_mib));
     } else {
@@ -198,55 +207,11 @@ async fn stop_process_tree(child: &mut Child, pid: Option<u32>, grace: Duration)
     }
 }
 
-/// Forwards the runtime's stdout and stderr into the agent's log, one record per line.
-fn forward_output(env: &Arc<Environment>, child: &mut Child) {
-    if let Some(out) = child.stdout.take() {
-        tokio::spawn(forward_lines(env.clone(), "stdout", out));
-    }
-    if let Some(err) = child.stderr.take() {
-        tokio::spawn(forward_lines(env.clone(), "stderr", err));
-    }
-}
-
-async fn forward_lines(
-    env: Arc<Environment>,
-    stream: &'static str,
-    mut reader: impl AsyncRead + Unpin,
-) {
-    let mut buf = Vec::with_capacity(4096);
-    let mut chunk = [0u8; 8192];
-    loop {
-        let n = match reader.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        buf.extend_from_slice(&chunk[..n]);
-        while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=pos).collect();
-            emit(&env, stream, &line[..line.len() - 1]);
-        }
-        if buf.len() > MAX_LOG_LINE {
-            let line = std::mem::take(&mut buf);
-            emit(&env, stream, &line);
-        }
-    }
-    if !buf.is_empty() {
-        emit(&env, stream, &buf);
-    }
-}
-
-fn emit(env: &Environment, stream: &'static str, line: &[u8]) {
-    let line = String::from_utf8_lossy(line);
-    let line = line.trim_end_matches('\r');
-    if line.is_empty() {
-        return;
-    }
-    tracing::info!(
-        target: "lmi_agent::function",
-        env = %env.id,
-        function = %env.spec.function_name,
-        version = %env.spec.version,
-        stream,
-        "{line}"
-    );
+/// Log-socket connections an environment may hold open: Python workers open two each (stdout, stderr),
+/// Node workers one; the rest is headroom for the main process and helpers.
+fn max_log_connections(max_concurrency: u32) -> usize {
+    usize::try_from(max_concurrency)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(2)
+        .saturating_add(16)
 }

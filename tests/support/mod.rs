@@ -60,6 +60,9 @@ pub struct AgentOptions {
     pub vcpus: u32,
     pub memory_mib: u64,
     pub extra_config: String,
+    /// Give the daemon a pipe as stdout (taken with [`TestAgent::take_stdout`]) instead of the log file: the
+    /// `stdout` log sink writes there, and a test that does not read it stalls that sink.
+    pub pipe_stdout: bool,
 }
 
 impl Default for AgentOptions {
@@ -68,6 +71,7 @@ impl Default for AgentOptions {
             vcpus: 64,
             memory_mib: 262_144,
             extra_config: String::new(),
+            pipe_stdout: false,
         }
     }
 }
@@ -81,6 +85,8 @@ pub struct TestAgent {
     pub client: AgentClient<Channel>,
     config_path: PathBuf,
     notify: UnixDatagram,
+    stdout: Option<std::process::ChildStdout>,
+    pipe_stdout: bool,
 }
 
 impl TestAgent {
@@ -117,6 +123,8 @@ impl TestAgent {
             client: dummy_client(),
             config_path,
             notify,
+            stdout: None,
+            pipe_stdout: opts.pipe_stdout,
         };
         agent.spawn_daemon().await;
         agent
@@ -129,17 +137,24 @@ impl TestAgent {
             .append(true)
             .open(self.dir.path().join("agent.log"))
             .unwrap();
-        let child = Command::new(AGENT_BIN)
+        let stdout = if self.pipe_stdout {
+            Stdio::piped()
+        } else {
+            Stdio::from(log.try_clone().unwrap())
+        };
+        let mut child = Command::new(AGENT_BIN)
             .arg("--config")
             .arg(&self.config_path)
             .env("NOTIFY_SOCKET", self.dir.path().join("notify.sock"))
             .env("LMI_AGENT_LOG", "info,lmi_agent=debug")
             .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
+            .stdout(stdout)
             .stderr(log)
             .spawn()
             .unwrap();
+        self.stdout = child.stdout.take();
         self.child = Some(child);
+
         // The daemon says READY=1 once its listeners are up and start-up reconciliation is done: an event,
         // not a guess.
         let ready = self.notification();
@@ -197,6 +212,16 @@ impl TestAgent {
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "the daemon is still running");
         self.spawn_daemon().await;
+    }
+
+    /// The daemon's stdout pipe (with `pipe_stdout`).
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.stdout.take()
+    }
+
+    /// The daemon's state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
     }
 
     pub fn log(&self) -> String {
@@ -485,6 +510,33 @@ pub fn python_spec(function: &str, handler: &str) -> pb::EnvironmentSpec {
         }),
         ..Default::default()
     }
+}
+
+/// The interpreter with the official client installed by tests/setup.sh.
+pub fn ric_python() -> PathBuf {
+    let p = repo().join(".cache/python-ric/bin/python");
+    assert!(
+        p.exists(),
+        "{} is missing: run tests/setup.sh (it installs awslambdaric)",
+        p.display()
+    );
+    p
+}
+
+/// A `provided.al2023` spec whose bootstrap runs the official Python client, unmodified
+/// (`python -m awslambdaric <handler>`), on `handler` in tests/fixtures/python-ric.
+pub fn python_ric_spec(function: &str, handler: &str) -> pb::EnvironmentSpec {
+    let mut spec = python_spec(function, handler);
+    spec.runtime = "provided.al2023".into();
+    spec.code = Some(pb::Code {
+        source: Some(pb::code::Source::Directory(
+            fixtures("python-ric").display().to_string(),
+        )),
+        sha256: String::new(),
+    });
+    spec.environment
+        .insert("LMI_RIC_PYTHON".into(), ric_python().display().to_string());
+    spec
 }
 
 pub fn payload_json(r: &pb::InvokeResponse) -> serde_json::Value {

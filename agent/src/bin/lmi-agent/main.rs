@@ -11,11 +11,15 @@ use lmi_agent::{
     cgroup,
     config::{Config, LogFormat, DEFAULT_CONFIG_PATH},
     launch::ProcessSpawner,
+    logs::LogPipeline,
     server,
 };
 use tokio::signal::unix::{signal, SignalKind};
 
 mod demo;
+
+/// How long a stopping agent waits for the function log writer to write what is queued.
+const LOG_FLUSH_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -165,6 +169,10 @@ impl Daemon {
             config.capacity.reserved_vcpus,
             config.capacity.reserved_memory_mib,
         );
+        let logs = Arc::new(
+            LogPipeline::start(&config.logs, &config.state_dir)
+                .context("starting the function log pipeline")?,
+        );
         let unix = server::bind_socket(&config.socket)?;
         let tcp = server::bind_tcp(config).await?;
         tracing::info!(
@@ -183,6 +191,7 @@ impl Daemon {
             cgroups,
             Arc::new(ProcessSpawner),
             state,
+            logs,
         );
         // Before taking requests: stop whatever a previous life of the agent left running.
         let recovery = agent.recover().await;
@@ -230,6 +239,7 @@ impl Daemon {
         for task in &self.background {
             task.abort();
         }
+        self.agent.logs().shutdown(LOG_FLUSH_WAIT).await;
         let _ = self.stop_tx.send(true);
         let result = tokio::time::timeout(Duration::from_secs(5), self.server).await;
         let _ = std::fs::remove_file(&self.socket);

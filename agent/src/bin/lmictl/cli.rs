@@ -50,6 +50,8 @@ pub enum Command {
     Invoke(InvokeArgs),
     /// Show the host's capacity, cgroup version and runtimes.
     Host,
+    /// Print a function version's log records, oldest first, one JSON object a line.
+    Logs(LogsArgs),
     /// Live view of host and environment utilization (one frame per sampling period).
     Top(TopArgs),
 }
@@ -185,6 +187,20 @@ pub struct InvokeArgs {
     pub trace_id: Option<String>,
 }
 
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Function name.
+    pub function: String,
+
+    /// Function version (default $LATEST).
+    #[arg(long, value_name = "V")]
+    pub version: Option<String>,
+
+    /// Keep printing records as they are written (until interrupted).
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+}
+
 /// A positive number of seconds, fractions allowed.
 pub fn parse_seconds(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
@@ -254,6 +270,19 @@ mod tests {
             "x"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn logs_takes_a_function_and_follow() {
+        let cli = Cli::try_parse_from(["lmictl", "logs", "f", "-f", "--version", "3"]).unwrap();
+        let Command::Logs(args) = cli.command else {
+            panic!("not logs")
+        };
+        assert_eq!(
+            (args.function.as_str(), args.version.as_deref(), args.follow),
+            ("f", Some("3"), true)
+        );
+        assert!(Cli::try_parse_from(["lmictl", "logs"]).is_err());
     }
 
     #[test]

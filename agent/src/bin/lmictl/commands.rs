@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use lmi_proto::v1::{
     CreateEnvironmentRequest, DeleteEnvironmentRequest, Environment, EnvironmentSpec,
     EnvironmentState, GetEnvironmentRequest, GetHostRequest, InvokeRequest,
-    ListEnvironmentsRequest,
+    ListEnvironmentsRequest, StreamLogsRequest,
 };
 use tokio::time::Instant;
 
@@ -29,6 +29,9 @@ pub struct Io<'a> {
     pub stdout_is_tty: bool,
     /// Progress notes for humans (e.g. while waiting); stderr in the real binary.
     pub progress: &'a mut dyn Write,
+    /// Where streaming commands (`logs`) write as they go; stdout in the real binary. Other commands return
+    /// their output in `Output`.
+    pub stdout: &'a mut dyn Write,
     /// Relative `--code` paths are resolved against it.
     pub cwd: PathBuf,
     /// Where streaming commands (`top`) write as they go; stdout in the real binary.
@@ -60,6 +63,7 @@ enum Plan {
     Top {
         count: Option<u64>,
     },
+    Logs(StreamLogsRequest),
 }
 
 /// Runs one command line to completion. Every error becomes an `Output` with exit code 3.
@@ -112,6 +116,16 @@ fn prepare(command: Command, io: &mut Io<'_>) -> anyhow::Result<Plan> {
         Command::Invoke(args) => Plan::Invoke(prepare_invoke(args, io)?),
         Command::Host => Plan::Host,
         Command::Top(args) => Plan::Top { count: args.count },
+        Command::Logs(args) => {
+            if args.function.trim().is_empty() {
+                anyhow::bail!("the function name is empty");
+            }
+            Plan::Logs(StreamLogsRequest {
+                function_name: args.function,
+                function_version: args.version.unwrap_or_default(),
+                follow: args.follow,
+            })
+        }
     })
 }
 
@@ -229,7 +243,37 @@ async fn execute(
                 .into_inner();
             render::host_output(&host, json)
         }
+        Plan::Logs(req) => stream_logs(client, req, timeout, io.stdout).await,
     }
+}
+
+/// Prints every record as it arrives, one JSON object a line (the records are JSON already, so `--json`
+/// changes nothing). A reader that goes away (`lmictl logs f | head`) ends the command quietly.
+async fn stream_logs(
+    client: &mut Client,
+    req: StreamLogsRequest,
+    timeout: Option<Duration>,
+    out: &mut dyn Write,
+) -> anyhow::Result<Output> {
+    // A follow has no natural end: --timeout bounds only the connection, not the stream.
+    let timeout = if req.follow { None } else { timeout };
+    let mut stream = client
+        .stream_logs(request(req, timeout))
+        .await?
+        .into_inner();
+    while let Some(batch) = stream.message().await? {
+        let mut text = String::new();
+        for record in &batch.records {
+            text.push_str(record);
+            text.push('\n');
+        }
+        match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
+            Err(e) => return Err(e).context("writing to stdout"),
+        }
+    }
+    Ok(Output::default())
 }
 
 /// Polls until READY (exit 0), a state that will never become READY (exit 1: FAILED, DRAINING,

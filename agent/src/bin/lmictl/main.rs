@@ -59,6 +59,7 @@ fn main() -> ExitCode {
         stdout_is_tty: std::io::stdout().is_terminal(),
         stdin: &mut stdin.lock(),
         progress: &mut std::io::stderr(),
+        stdout: &mut std::io::stdout(),
         cwd,
         live: &mut std::io::stdout(),
     };

@@ -32,6 +32,8 @@ pub struct EnvironmentView {
     pub created_at: Option<String>,
     pub ready_at: Option<String>,
     pub init_duration_ms: u64,
+    pub log_records: u64,
+    pub log_records_dropped: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -205,6 +207,8 @@ pub fn environment_view(env: &Environment) -> EnvironmentView {
         created_at: timestamp(env.created_at.as_ref()),
         ready_at: timestamp(env.ready_at.as_ref()),
         init_duration_ms: env.init_duration_ms,
+        log_records: env.log_records,
+        log_records_dropped: env.log_records_dropped,
     }
 }
 
@@ -495,6 +499,10 @@ pub fn environment_details(env: &Environment, now: i64) -> String {
             |t| format!("{t} (init {} ms)", v.init_duration_ms),
         ),
     ));
+    lines.push((
+        "log records",
+        format!("{} ({} dropped)", v.log_records, v.log_records_dropped),
+    ));
     let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
     let mut out = String::new();
     for (k, val) in lines {
@@ -722,6 +730,8 @@ pub mod tests {
             }),
             ready_at: None,
             init_duration_ms: 0,
+            log_records: 12,
+            log_records_dropped: 0,
         }
     }
 

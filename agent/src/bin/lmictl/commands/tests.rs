@@ -10,7 +10,7 @@ use lmi_proto::v1::{
     CreateEnvironmentRequest, CreateEnvironmentResponse, DeleteEnvironmentRequest, Environment,
     EnvironmentState, Failure, FunctionError, GetEnvironmentRequest, GetHostRequest, Host,
     InvokeOutcome, InvokeRequest, InvokeResponse, ListEnvironmentsRequest,
-    ListEnvironmentsResponse, RuntimeInfo, ThrottleReason,
+    ListEnvironmentsResponse, RuntimeInfo, StreamLogsRequest, StreamLogsResponse, ThrottleReason,
 };
 use tonic::{Request, Response, Status};
 
@@ -177,6 +177,32 @@ impl Agent for FakeAgent {
         Err(Status::unimplemented("the fake agent has no utilization"))
     }
 
+    type StreamLogsStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<StreamLogsResponse, Status>> + Send>,
+    >;
+
+    async fn stream_logs(
+        &self,
+        request: Request<StreamLogsRequest>,
+    ) -> Result<Response<Self::StreamLogsStream>, Status> {
+        let req = request.into_inner();
+        if req.function_name != "chatty" {
+            return Err(Status::not_found(format!(
+                "no log records for function {} version $LATEST on this host",
+                req.function_name
+            )));
+        }
+        let batches = vec![
+            Ok(StreamLogsResponse {
+                records: vec![r#"{"n":1}"#.into(), r#"{"n":2}"#.into()],
+            }),
+            Ok(StreamLogsResponse {
+                records: vec![format!(r#"{{"n":3,"follow":{}}}"#, req.follow)],
+            }),
+        ];
+        Ok(Response::new(Box::pin(tokio_stream::iter(batches))))
+    }
+
     async fn get_host(&self, _request: Request<GetHostRequest>) -> Result<Response<Host>, Status> {
         Ok(Response::new(Host {
             hostname: "fake-host".into(),
@@ -239,15 +265,21 @@ async fn lmictl(h: &Harness, args: &[&str], stdin: &[u8]) -> Output {
     let cli = Cli::try_parse_from(argv).unwrap();
     let mut input = std::io::Cursor::new(stdin.to_vec());
     let mut progress = Vec::new();
+    let mut streamed = Vec::new();
     let mut io = Io {
         stdin: &mut input,
         stdin_is_tty: false,
         stdout_is_tty: false,
         progress: &mut progress,
+        stdout: &mut streamed,
         cwd: PathBuf::from("/home/op"),
         live: &mut std::io::sink(),
     };
-    run(cli, &mut io).await
+    let mut out = run(cli, &mut io).await;
+    // What a streaming command wrote comes first, as it would on a terminal.
+    streamed.extend_from_slice(&out.stdout);
+    out.stdout = streamed;
+    out
 }
 
 fn stdout(out: &Output) -> String {
@@ -573,4 +605,22 @@ async fn list_get_delete_host() {
     let out = lmictl(&h, &["host", "--json"], b"").await;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["runtimes"][0]["id"], "python3.11");
+}
+
+#[tokio::test]
+async fn logs_prints_each_record_on_its_own_line() {
+    let h = start().await;
+    let out = lmictl(&h, &["logs", "chatty", "--follow"], b"").await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        stdout(&out),
+        "{\"n\":1}\n{\"n\":2}\n{\"n\":3,\"follow\":true}\n"
+    );
+    let out = lmictl(&h, &["logs", "quiet"], b"").await;
+    assert_eq!(out.code, 3);
+    assert!(
+        out.stderr.contains("NOT_FOUND") && out.stderr.contains("quiet"),
+        "{}",
+        out.stderr
+    );
 }

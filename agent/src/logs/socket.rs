@@ -1,0 +1,137 @@
+//! The log socket of one environment: the Unix socket named to the runtime in
+//! `_LAMBDA_TELEMETRY_LOG_FD_PROVIDER_SOCKET`. Every accepted connection is one log stream (Python workers
+//! connect twice and `dup2` the connections onto their stdout and stderr; Node workers connect once each).
+//!
+//! The socket file is `<socket_dir>/<environment id>.sock`, mode 0600 (runtimes run as the agent's user), and
+//! is removed when the [`EnvironmentSocket`] is dropped: when the environment is cleaned up, or when its
+//! creation fails half-way.
+
+use std::{
+    io,
+    os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt},
+    path::{Path, PathBuf},
+};
+
+use tokio::net::UnixListener;
+
+/// Longest path a Unix socket address holds (`sun_path` is 108 bytes with its NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// A bound log socket; the file is removed on drop.
+#[derive(Debug)]
+pub struct EnvironmentSocket {
+    listener: Option<UnixListener>,
+    path: PathBuf,
+}
+
+impl EnvironmentSocket {
+    /// Binds `<dir>/<env_id>.sock` (creating `dir` mode 0700). Must run inside the tokio runtime.
+    pub fn bind(dir: &Path, env_id: &str) -> io::Result<Self> {
+        let path = dir.join(format!("{env_id}.sock"));
+        let len = path.as_os_str().len();
+        if len > MAX_SOCKET_PATH {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "log socket path {} is {len} bytes, longer than the {MAX_SOCKET_PATH} a Unix socket allows; \
+                     choose a shorter state_dir",
+                    path.display()
+                ),
+            ));
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        remove_stale(&path)?;
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+        let listener = UnixListener::bind(&path);
+        nix::sys::stat::umask(old);
+        let listener = listener?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(Self {
+            listener: Some(listener),
+            path,
+        })
+    }
+
+    /// The socket's path, for `_LAMBDA_TELEMETRY_LOG_FD_PROVIDER_SOCKET`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The listener; `None` once taken. The file stays until `self` is dropped.
+    pub fn take_listener(&mut self) -> Option<UnixListener> {
+        self.listener.take()
+    }
+}
+
+impl Drop for EnvironmentSocket {
+    fn drop(&mut self) {
+        self.listener = None;
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Removes a socket file left at `path` by an earlier agent; any other kind of file is an error.
+fn remove_stale(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} exists and is not a socket", path.display()),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes every `*.sock` socket in `dir` (left by an agent that did not stop cleanly).
+pub fn remove_stale_sockets(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "sock") && e.file_type().is_ok_and(|t| t.is_socket())
+        {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn binds_0600_removes_its_file_and_refuses_long_paths() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("sockets");
+        let mut s = EnvironmentSocket::bind(&dir, "env-1").unwrap();
+        let mode = std::fs::metadata(s.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let listener = s.take_listener().unwrap();
+        let client = tokio::net::UnixStream::connect(s.path()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        assert_eq!(
+            server.peer_cred().unwrap().pid(),
+            Some(std::process::id() as i32)
+        );
+        drop(client);
+        let path = s.path().to_owned();
+        // Rebinding over a stale socket works; the drop removes the file.
+        drop(listener);
+        let again = EnvironmentSocket::bind(&dir, "env-1").unwrap();
+        drop(s);
+        drop(again);
+        assert!(!path.exists());
+
+        let long = t.path().join("x".repeat(120));
+        let e = EnvironmentSocket::bind(&long, "env").unwrap_err();
+        assert!(e.to_string().contains("longer than the 107"), "{e}");
+        std::fs::write(dir.join("env-2.sock"), "").unwrap();
+        let e = EnvironmentSocket::bind(&dir, "env-2").unwrap_err();
+        assert!(e.to_string().contains("is not a socket"), "{e}");
+    }
+}
