@@ -20,6 +20,8 @@
 //! - [`server`]: the control API's listeners.
 //! - [`client`]: connecting a gRPC client to the control API.
 //! - [`notify`]: readiness and stopping notifications to systemd.
+//! - [`watchdog`]: the systemd watchdog's liveness probe and ping period.
+//! - [`invoke_api`]: the AWS Lambda compatible Invoke API over HTTP.
 
 pub mod agent;
 pub mod broker;
@@ -33,9 +35,11 @@ pub mod control;
 pub mod dispatch;
 pub mod environment;
 pub mod invocation;
+pub mod invoke_api;
 pub mod launch;
 pub mod notify;
 pub mod runtime_api;
 pub mod server;
 pub mod spec;
 pub mod supervisor;
+pub mod watchdog;
