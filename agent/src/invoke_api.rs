@@ -91,9 +91,11 @@ pub fn parse_target(function_name: &str, qualifier: Option<&str>) -> Result<Targ
         // arn:partition:lambda:region:account:function:name[:qualifier]
         ["arn", _, "lambda", _, _, "function", name] => (*name, None),
         ["arn", _, "lambda", _, _, "function", name, q] => (*name, Some(*q)),
-        _ => return Err(format!(
+        _ => {
+            return Err(format!(
             "FunctionName {function_name:?} is not a function name, name:qualifier or function ARN"
-        )),
+        ))
+        }
     };
     let name_ok = !name.is_empty()
         && name.len() <= 140

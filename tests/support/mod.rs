@@ -58,6 +58,8 @@ pub struct AgentOptions {
     pub vcpus: u32,
     pub memory_mib: u64,
     pub extra_config: String,
+    /// Extra environment variables of the daemon (e.g. `WATCHDOG_USEC`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for AgentOptions {
@@ -66,6 +68,7 @@ impl Default for AgentOptions {
             vcpus: 64,
             memory_mib: 262_144,
             extra_config: String::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -77,6 +80,8 @@ pub struct TestAgent {
     pub cgroup_parent: String,
     child: Option<Child>,
     pub client: AgentClient<Channel>,
+    /// The daemon's `NOTIFY_SOCKET`: what it sent after `READY=1` can be read here.
+    pub notify: UnixDatagram,
 }
 
 impl TestAgent {
@@ -111,6 +116,7 @@ impl TestAgent {
             .arg(&config_path)
             .env("NOTIFY_SOCKET", &notify_path)
             .env("LMI_AGENT_LOG", "info,lmi_agent=debug")
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -122,15 +128,58 @@ impl TestAgent {
             cgroup_parent,
             child: Some(child),
             client: dummy_client(),
+            notify,
         };
         // The daemon says READY=1 once its control socket is bound: an event, not a guess.
         let mut buf = [0u8; 256];
-        let n = notify
+        let n = agent
+            .notify
             .recv(&mut buf)
             .unwrap_or_else(|e| panic!("agent never became ready: {e}\n{}", agent.log()));
         assert_eq!(&buf[..n], b"READY=1", "first notification");
         agent.client = connect(&agent.socket).await;
         agent
+    }
+
+    /// The next `sd_notify` message the daemon sent, or `None` if none came within `timeout`.
+    pub fn next_notification(&self, timeout: Duration) -> Option<String> {
+        self.notify.set_read_timeout(Some(timeout)).unwrap();
+        let mut buf = [0u8; 4096];
+        match self.notify.recv(&mut buf) {
+            Ok(n) => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                None
+            }
+            Err(e) => panic!("reading the notify socket: {e}"),
+        }
+    }
+
+    /// The value of field `field` of the first JSON log line whose message is `message`.
+    pub fn log_field(&self, message: &str, field: &str) -> Option<String> {
+        self.log().lines().find_map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).ok()?;
+            (v.get("message")?.as_str()? == message)
+                .then(|| v.get(field)?.as_str().map(str::to_owned))
+                .flatten()
+        })
+    }
+
+    /// Sends `signal` to the daemon.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).unwrap();
+    }
+
+    /// Kills the daemon with SIGKILL (for a daemon wedged on purpose); `Drop` then removes its cgroups.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     pub fn log(&self) -> String {
