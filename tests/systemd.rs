@@ -105,3 +105,29 @@ async fn an_agent_whose_registry_lock_is_stuck_stops_pinging() {
     require_root!();
     wedged_agent_stops_pinging("wedge-registry").await;
 }
+
+fn oom_score_adj(pid: u32) -> i32 {
+    std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtimes_do_not_inherit_the_agents_oom_protection() {
+    require_root!();
+    let mut agent = TestAgent::start().await;
+    // What the unit's OOMScoreAdjust= does to the agent.
+    std::fs::write(format!("/proc/{}/oom_score_adj", agent.pid()), "-900").unwrap();
+    let env = agent
+        .create_ready(python_spec("oomadj", "actions.handler"))
+        .await;
+    assert_eq!(oom_score_adj(agent.pid() as u32), -900);
+    assert_eq!(
+        oom_score_adj(env.pid),
+        0,
+        "the runtime kept the agent's protection"
+    );
+    agent.stop_and_assert_clean(&[env.pid]);
+}

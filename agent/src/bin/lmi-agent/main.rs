@@ -245,12 +245,6 @@ impl Daemon {
         })
     }
 
-    /// The address of the invoke API, when it is on.
-    #[allow(dead_code)]
-    pub(crate) fn invoke_api_addr(&self) -> Option<std::net::SocketAddr> {
-        self.invoke_api.as_ref().map(InvokeApiHandle::local_addr)
-    }
-
     /// Drains every environment (in-flight invokes get `grace`), removes all cgroups, stops the listeners.
     pub(crate) async fn shutdown(mut self, grace: Duration) -> anyhow::Result<()> {
         // No new invokes over HTTP; those in flight finish (or fail) as the environments drain.
