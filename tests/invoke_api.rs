@@ -101,6 +101,16 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// method, path, headers, body, expected status, expected `x-amzn-ErrorType`.
+type BadRequest<'a> = (
+    &'a str,
+    &'a str,
+    Vec<(&'a str, &'a str)>,
+    &'a [u8],
+    u16,
+    &'a str,
+);
+
 fn invoke_api_addr(agent: &TestAgent) -> SocketAddr {
     agent
         .log_field("invoke API listening", "addr")
@@ -254,7 +264,7 @@ async fn bad_http_requests_get_clear_4xx_errors() {
     );
     assert_eq!(status, 200, "{body}");
 
-    let cases: [(&str, &str, Vec<(&str, &str)>, &[u8], u16, &str); 6] = [
+    let cases: [BadRequest<'_>; 6] = [
         (
             "POST",
             "/2015-03-31/functions/raw/elsewhere",

@@ -171,8 +171,9 @@ impl Spawner for ProcessSpawner {
             .stderr(Stdio::piped())
             .kill_on_drop(false);
         // The agent runs with a negative oom_score_adj (the unit's OOMScoreAdjust) so the kernel spares it; a
-        // runtime must not inherit that protection, so it is reset to 0 in the child.
-        let reset_oom_score = own_oom_score_adj() < 0;
+        // runtime must not inherit that protection (nor any other adjustment of the agent's), so it is reset
+        // to 0 in the child. Raising it needs no privilege.
+        let reset_oom_score = own_oom_score_adj() != 0;
         // SAFETY: the closure runs in the child between fork and exec. It only calls setpgid(2), write(2)
         // (through `Placement::enter`, which is async-signal-safe and does not allocate), and open(2)/write(2)/
         // close(2) on a static path; no locks, no heap.

@@ -124,7 +124,18 @@ mod tests {
                 )
                 .await
         );
-        let held = lock.lock().unwrap();
+        // Another thread holds the lock until told to let go, as a stuck lock holder would.
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = {
+            let lock = lock.clone();
+            std::thread::spawn(move || {
+                let _held = lock.lock().unwrap();
+                locked_tx.send(()).unwrap();
+                let _ = release_rx.recv();
+            })
+        };
+        locked_rx.recv().unwrap();
         let l = lock.clone();
         let short = Duration::from_millis(20);
         assert!(
@@ -147,7 +158,8 @@ mod tests {
                 .await
         );
         assert!(!started.load(std::sync::atomic::Ordering::SeqCst));
-        drop(held);
+        release_tx.send(()).unwrap();
+        holder.join().unwrap();
         assert!(liveness.check(|| {}, Duration::from_secs(10)).await);
     }
 }
