@@ -53,6 +53,15 @@ if ! ric_ok; then
   "$RIC_VENV/bin/python" -m pip install -q 'awslambdaric>=4,<5'
   ric_ok || { echo "setup: awslambdaric did not install into $RIC_VENV" >&2; exit 1; }
 fi
+# boto3: the Invoke API test drives the agent with the AWS SDK for Python.
+python3 -c "import boto3" >/dev/null 2>&1 || python3 -m pip install -q boto3
+# Offline checks of the AMI recipes: HCL2 (Packer) and YAML (Image Builder) parsers.
+python3 -c "import hcl2" >/dev/null 2>&1 || python3 -m pip install -q python-hcl2
+python3 -c "import yaml" >/dev/null 2>&1 || python3 -m pip install -q pyyaml
+# systemd-analyze verifies the unit (systemd need not be PID 1); rpm lists the .rpm's contents.
+have systemd-analyze || apt_install systemd
+have rpm || apt_install rpm
+have dpkg-deb || apt_install dpkg
 if ! cargo clippy --version >/dev/null 2>&1; then rustup component add clippy; fi
 if ! cargo fmt --version >/dev/null 2>&1; then rustup component add rustfmt; fi
 # --- Node.js 22 and the official Node.js runtime interface client (aws-lambda-ric) ---------------------------

@@ -769,6 +769,17 @@ impl Agent {
             .collect()
     }
 
+    /// Fault injection for the watchdog tests only (`LMI_AGENT_FAULT=wedge-registry`): takes the registry's
+    /// write lock on the calling thread and never gives it back, as a deadlock would. Never returns.
+    #[doc(hidden)]
+    pub fn fault_wedge_registry(&self, locked: impl FnOnce()) -> ! {
+        let _held = self.write();
+        locked();
+        loop {
+            std::thread::park();
+        }
+    }
+
     /// Number of environments known (any state, lost ones included).
     pub fn environment_count(&self) -> usize {
         self.read().by_id.len() + self.lost.read().unwrap_or_else(|p| p.into_inner()).len()

@@ -1,5 +1,11 @@
 //! The agent's configuration: one TOML file (default `/etc/lmi-agent/agent.toml`), every key optional with a
-//! documented default. Unknown keys and bad values are errors that name the key.
+//! documented default (`docs/configuration.md`), overridable by `LMI_AGENT_<SECTION>_<KEY>` environment
+//! variables and command-line flags ([`layers`]). Unknown keys and bad values are errors that name the key.
+
+#[cfg(test)]
+mod doc_tests;
+pub mod keys;
+pub mod layers;
 
 use std::{
     net::SocketAddr,
@@ -26,6 +32,23 @@ pub enum ConfigError {
     Invalid {
         path: PathBuf,
         key: &'static str,
+        message: String,
+    },
+    /// A key that no configuration struct has.
+    #[error("{origin}: unknown key `{key}` (known here: {expected})")]
+    UnknownKey {
+        key: String,
+        origin: String,
+        expected: String,
+    },
+    /// An `LMI_AGENT_*` environment variable that names no key.
+    #[error("environment variable {var} does not name a configuration key (LMI_AGENT_<SECTION>_<KEY>, see docs/configuration.md)")]
+    UnknownEnv { var: String },
+    /// A value of the wrong kind or out of range.
+    #[error("{origin}: {key}: {message}")]
+    BadValue {
+        key: String,
+        origin: String,
         message: String,
     },
 }
@@ -66,6 +89,8 @@ pub struct Config {
     pub capacity: CapacityConfig,
     /// Environment lifecycle settings.
     pub environments: EnvironmentsConfig,
+    /// The AWS Lambda compatible Invoke API (HTTP).
+    pub invoke_api: InvokeApiConfig,
     /// Function logs: capture limits and sinks.
     pub logs: LogsConfig,
     /// Sampling and admission.
@@ -204,6 +229,32 @@ impl Default for LogsConfig {
     }
 }
 
+/// `[invoke_api]`: the optional HTTP listener that speaks the Lambda Invoke API (`POST
+/// /2015-03-31/functions/{name}/invocations`), for the AWS CLI and SDKs.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InvokeApiConfig {
+    /// Address to listen on, e.g. "127.0.0.1:9001"; unset = no listener.
+    pub listen: Option<SocketAddr>,
+    /// Asynchronous (`Event`) invokes accepted but not yet started; when full, `Event` invokes get 429.
+    pub event_queue: usize,
+    /// Asynchronous invokes run at once.
+    pub event_workers: usize,
+    /// How long a throttled asynchronous invoke is retried before it is dropped (seconds).
+    pub event_max_age_seconds: u32,
+}
+
+impl Default for InvokeApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            event_queue: 1024,
+            event_workers: 16,
+            event_max_age_seconds: 300,
+        }
+    }
+}
+
 impl LogsConfig {
     /// The file sink's directory, resolved against `state_dir`; `None` when the file sink is off.
     pub fn file_dir(&self, state_dir: &Path) -> Option<PathBuf> {
@@ -231,6 +282,7 @@ impl Default for Config {
             scaler: ScalerConfig::default(),
             metrics_listen: None,
             logs: LogsConfig::default(),
+            invoke_api: InvokeApiConfig::default(),
         }
     }
 }
@@ -264,26 +316,18 @@ impl EnvironmentsConfig {
 }
 
 impl Config {
-    /// Parses configuration text; `origin` names it in errors.
+    /// Parses configuration text (no environment, no flags); `origin` names it in errors.
     pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: origin.to_owned(),
-            message: e.to_string().trim().replace('\n', " "),
-        })?;
-        cfg.check(origin)?;
-        Ok(cfg)
+        Ok(layers::Layers::new().text(text, origin)?.resolve()?.config)
     }
 
-    /// Reads and parses a configuration file.
+    /// Reads and parses a configuration file (no environment, no flags).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text, path)
+        Ok(layers::Layers::new().file(path)?.resolve()?.config)
     }
 
-    fn check(&self, origin: &Path) -> Result<(), ConfigError> {
+    /// Checks values that their types alone do not constrain. `origin` names the file in errors.
+    pub fn check(&self, origin: &Path) -> Result<(), ConfigError> {
         let bad = |key: &'static str, message: &str| ConfigError::Invalid {
             path: origin.to_owned(),
             key,
@@ -351,6 +395,12 @@ impl Config {
             }
         }
         self.check_logs(origin)?;
+        if self.invoke_api.event_queue == 0 {
+            return Err(bad("invoke_api.event_queue", "must be at least 1"));
+        }
+        if self.invoke_api.event_workers == 0 {
+            return Err(bad("invoke_api.event_workers", "must be at least 1"));
+        }
         if self.account_id.len() != 12 || !self.account_id.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad("account_id", "must be 12 digits"));
         }
@@ -434,7 +484,7 @@ mod tests {
         let e = Config::parse("sockett = 'x'", Path::new("t.toml"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("unknown field `sockett`"), "{e}");
+        assert!(e.contains("unknown key `sockett`"), "{e}");
         let e = Config::parse("[capacity]\nvcpus = -1", Path::new("t.toml"))
             .unwrap_err()
             .to_string();
@@ -475,7 +525,7 @@ mod tests {
             ("[logs]\nmax_file_bytes = 10", "logs.max_file_bytes"),
             ("[logs]\nqueue_records = 1", "logs.queue_records"),
             ("[logs]\nqueue_bytes = 1000", "logs.queue_bytes"),
-            ("[logs]\nrotate = 3", "unknown field `rotate`"),
+            ("[logs]\nrotate = 3", "unknown key `logs.rotate`"),
         ] {
             let e = Config::parse(text, Path::new("t.toml"))
                 .unwrap_err()

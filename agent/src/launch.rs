@@ -181,18 +181,42 @@ impl Spawner for ProcessSpawner {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(false);
-        // SAFETY: the closure runs in the child between fork and exec. It only calls setpgid(2) and write(2)
-        // (through `Placement::enter`, which is async-signal-safe and does not allocate); no locks, no heap.
+        // The agent runs with a negative oom_score_adj (the unit's OOMScoreAdjust) so the kernel spares it; a
+        // runtime must not inherit that protection (nor any other adjustment of the agent's), so it is reset
+        // to 0 in the child. Raising it needs no privilege.
+        let reset_oom_score = own_oom_score_adj() != 0;
+        // SAFETY: the closure runs in the child between fork and exec. It only calls setpgid(2), write(2)
+        // (through `Placement::enter`, which is async-signal-safe and does not allocate), and open(2)/write(2)/
+        // close(2) on a static path; no locks, no heap.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::setpgid(0, 0) != 0 {
                     return Err(io::Error::last_os_error());
                 }
-                placement.enter()
+                placement.enter()?;
+                if reset_oom_score {
+                    let fd = libc::open(
+                        c"/proc/self/oom_score_adj".as_ptr(),
+                        libc::O_WRONLY | libc::O_CLOEXEC,
+                    );
+                    if fd >= 0 {
+                        libc::write(fd, b"0".as_ptr().cast(), 1);
+                        libc::close(fd);
+                    }
+                }
+                Ok(())
             });
         }
         cmd.spawn()
     }
+}
+
+/// This process's `oom_score_adj` (0 when it cannot be read).
+fn own_oom_score_adj() -> i32 {
+    std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -29,6 +29,8 @@
 //! - [`state`]: durable environment records for restart reconciliation.
 //! - [`client`]: connecting a gRPC client to the control API.
 //! - [`notify`]: readiness and stopping notifications to systemd.
+//! - [`watchdog`]: the systemd watchdog's liveness probe and ping period.
+//! - [`invoke_api`]: the AWS Lambda compatible Invoke API over HTTP.
 
 pub mod agent;
 pub mod broker;
@@ -44,6 +46,7 @@ pub mod environment;
 pub mod ephemeral;
 pub mod host;
 pub mod invocation;
+pub mod invoke_api;
 pub mod launch;
 pub mod logs;
 pub mod metrics;
@@ -57,3 +60,4 @@ pub mod spec;
 pub mod state;
 pub mod stats;
 pub mod supervisor;
+pub mod watchdog;

@@ -63,6 +63,8 @@ pub struct AgentOptions {
     /// Give the daemon a pipe as stdout (taken with [`TestAgent::take_stdout`]) instead of the log file: the
     /// `stdout` log sink writes there, and a test that does not read it stalls that sink.
     pub pipe_stdout: bool,
+    /// Extra environment variables of the daemon (e.g. `WATCHDOG_USEC`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for AgentOptions {
@@ -72,6 +74,7 @@ impl Default for AgentOptions {
             memory_mib: 262_144,
             extra_config: String::new(),
             pipe_stdout: false,
+            env: Vec::new(),
         }
     }
 }
@@ -84,9 +87,12 @@ pub struct TestAgent {
     child: Option<Child>,
     pub client: AgentClient<Channel>,
     config_path: PathBuf,
-    notify: UnixDatagram,
+    /// The daemon's `NOTIFY_SOCKET`: what it sent after `READY=1` can be read here.
+    pub notify: UnixDatagram,
     stdout: Option<std::process::ChildStdout>,
     pipe_stdout: bool,
+    /// Extra environment variables of the daemon.
+    env: Vec<(String, String)>,
 }
 
 impl TestAgent {
@@ -125,6 +131,7 @@ impl TestAgent {
             notify,
             stdout: None,
             pipe_stdout: opts.pipe_stdout,
+            env: opts.env.clone(),
         };
         agent.spawn_daemon().await;
         agent
@@ -147,6 +154,7 @@ impl TestAgent {
             .arg(&self.config_path)
             .env("NOTIFY_SOCKET", self.dir.path().join("notify.sock"))
             .env("LMI_AGENT_LOG", "info,lmi_agent=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(log)
@@ -165,6 +173,9 @@ impl TestAgent {
     /// The next sd_notify message from the daemon (bounded wait).
     pub fn notification(&self) -> String {
         let mut buf = [0u8; 256];
+        self.notify
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         let n = self
             .notify
             .recv(&mut buf)
@@ -222,6 +233,47 @@ impl TestAgent {
     /// The daemon's state directory.
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
+    }
+
+    /// The next `sd_notify` message the daemon sent, or `None` if none came within `timeout`.
+    pub fn next_notification(&self, timeout: Duration) -> Option<String> {
+        self.notify.set_read_timeout(Some(timeout)).unwrap();
+        let mut buf = [0u8; 4096];
+        match self.notify.recv(&mut buf) {
+            Ok(n) => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                None
+            }
+            Err(e) => panic!("reading the notify socket: {e}"),
+        }
+    }
+
+    /// The value of field `field` of the first JSON log line whose message is `message`.
+    pub fn log_field(&self, message: &str, field: &str) -> Option<String> {
+        self.log().lines().find_map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).ok()?;
+            (v.get("message")?.as_str()? == message)
+                .then(|| v.get(field)?.as_str().map(str::to_owned))
+                .flatten()
+        })
+    }
+
+    /// Sends `signal` to the daemon.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).unwrap();
+    }
+
+    /// Kills the daemon with SIGKILL (for a daemon wedged on purpose); `Drop` then removes its cgroups.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     pub fn log(&self) -> String {

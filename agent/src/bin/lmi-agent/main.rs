@@ -1,6 +1,10 @@
 //! The lmi-agent daemon.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -9,14 +13,19 @@ use lmi_agent::{
     capacity::HostCapacity,
     catalog::Catalog,
     cgroup,
-    config::{Config, LogFormat, DEFAULT_CONFIG_PATH},
+    config::{
+        layers::{Layers, Loaded},
+        Config, LogFormat, DEFAULT_CONFIG_PATH,
+    },
+    invoke_api::{InvokeApi, InvokeApiHandle},
     launch::ProcessSpawner,
     logs::LogPipeline,
-    server,
+    server, watchdog,
 };
 use tokio::signal::unix::{signal, SignalKind};
 
 mod demo;
+mod fault;
 
 /// How long a stopping agent waits for the function log writer to write what is queued.
 const LOG_FLUSH_WAIT: Duration = Duration::from_secs(5);
@@ -25,14 +34,16 @@ const LOG_FLUSH_WAIT: Duration = Duration::from_secs(5);
 #[command(
     name = "lmi-agent",
     version,
-    about = "Per-host node agent for Lambda Managed Instances style execution environments"
+    about = "Per-host node agent for Lambda Managed Instances style execution environments",
+    after_help = "Configuration: defaults < the TOML file < LMI_AGENT_<SECTION>_<KEY> environment variables < flags. \
+                  Every key is listed in docs/configuration.md; `lmi-agent check-config` prints the effective one."
 )]
 struct Cli {
-    /// Configuration file (absent default file = built-in defaults).
+    /// Configuration file (default /etc/lmi-agent/agent.toml; an absent default file means built-in defaults).
     #[arg(long, env = "LMI_AGENT_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Overrides `socket`.
-    #[arg(long, env = "LMI_AGENT_SOCKET", global = true)]
+    #[arg(long, global = true)]
     socket: Option<PathBuf>,
     /// Overrides `state_dir`.
     #[arg(long, global = true)]
@@ -46,6 +57,9 @@ struct Cli {
     /// Overrides `log_format` (json or text).
     #[arg(long, global = true, value_parser = ["json", "text"])]
     log_format: Option<String>,
+    /// Sets any configuration key, e.g. `--set capacity.vcpus=8` (repeatable; applied last).
+    #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
+    set: Vec<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -54,41 +68,66 @@ struct Cli {
 enum Command {
     /// Run the agent (the default).
     Run,
-    /// Validate the configuration and print the effective configuration as TOML.
+    /// Validate the configuration (file, environment, flags) and print the effective configuration as TOML.
     CheckConfig,
     /// Start an agent on a built-in default, run an example Python function through it, print what happened
     /// and clean up (needs root: it creates cgroups).
     Demo,
 }
 
-fn load_config(cli: &Cli) -> anyhow::Result<Config> {
-    let mut config = match &cli.config {
-        Some(p) => Config::load(p)?,
-        None if std::path::Path::new(DEFAULT_CONFIG_PATH).exists() => {
-            Config::load(std::path::Path::new(DEFAULT_CONFIG_PATH))?
+/// Merges the configuration layers: defaults, the file, `LMI_AGENT_*` variables, then flags.
+fn load_config(cli: &Cli) -> anyhow::Result<Loaded> {
+    let mut layers = Layers::new();
+    match &cli.config {
+        Some(p) => {
+            layers.file(p)?;
         }
-        None => Config::default(),
+        None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+            layers.file(Path::new(DEFAULT_CONFIG_PATH))?;
+        }
+        None => {}
+    }
+    layers.env(std::env::vars_os())?;
+    let path_flag = |p: &Option<PathBuf>, flag: &str| -> anyhow::Result<Option<String>> {
+        p.as_ref()
+            .map(|p| {
+                p.to_str()
+                    .map(str::to_owned)
+                    .with_context(|| format!("{flag}: the path is not valid UTF-8"))
+            })
+            .transpose()
     };
-    if let Some(s) = &cli.socket {
-        config.socket.clone_from(s);
+    let flags = [
+        ("--socket", "socket", path_flag(&cli.socket, "--socket")?),
+        (
+            "--state-dir",
+            "state_dir",
+            path_flag(&cli.state_dir, "--state-dir")?,
+        ),
+        (
+            "--shims-dir",
+            "shims_dir",
+            path_flag(&cli.shims_dir, "--shims-dir")?,
+        ),
+        (
+            "--cgroup-parent",
+            "cgroup_parent",
+            cli.cgroup_parent.clone(),
+        ),
+        ("--log-format", "log_format", cli.log_format.clone()),
+    ];
+    for (flag, key, value) in flags {
+        if let Some(v) = value {
+            layers.set(key, &v, flag)?;
+        }
     }
-    if let Some(s) = &cli.state_dir {
-        config.state_dir.clone_from(s);
+    for assignment in &cli.set {
+        let (key, value) = assignment
+            .split_once('=')
+            .with_context(|| format!("--set {assignment:?}: expected KEY=VALUE"))?;
+        layers.set(key.trim(), value, &format!("--set {}", key.trim()))?;
     }
-    if let Some(s) = &cli.shims_dir {
-        config.shims_dir.clone_from(s);
-    }
-    if let Some(s) = &cli.cgroup_parent {
-        config.cgroup_parent.clone_from(s);
-    }
-    if let Some(f) = &cli.log_format {
-        config.log_format = if f == "text" {
-            LogFormat::Text
-        } else {
-            LogFormat::Json
-        };
-    }
-    Ok(config)
+    Ok(layers.resolve()?)
 }
 
 fn init_logs(format: LogFormat) {
@@ -109,13 +148,11 @@ fn init_logs(format: LogFormat) {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let config = load_config(&cli)?;
+    let loaded = load_config(&cli)?;
+    let config = loaded.config.clone();
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => {
-            print!(
-                "{}",
-                toml::to_string(&config).context("rendering the configuration")?
-            );
+            print!("{}", loaded.render()?);
             Ok(())
         }
         Command::Demo => tokio::runtime::Builder::new_multi_thread()
@@ -142,6 +179,7 @@ pub(crate) struct Daemon {
     socket: PathBuf,
     /// Sampler, scaler reporter, metrics listener: stopped at shutdown.
     background: Vec<tokio::task::JoinHandle<()>>,
+    invoke_api: Option<InvokeApiHandle>,
 }
 
 impl Daemon {
@@ -175,6 +213,15 @@ impl Daemon {
         );
         let unix = server::bind_socket(&config.socket)?;
         let tcp = server::bind_tcp(config).await?;
+        // Bound before READY, like the control socket: a client told the agent is up can connect.
+        let invoke_listener = match config.invoke_api.listen {
+            Some(addr) => Some(
+                InvokeApi::bind(addr)
+                    .await
+                    .with_context(|| format!("invoke_api.listen: binding {addr}"))?,
+            ),
+            None => None,
+        };
         tracing::info!(
             socket = %config.socket.display(),
             cgroup_version = %cgroups.version(),
@@ -219,6 +266,10 @@ impl Daemon {
                 listener,
             )));
         }
+        let invoke_api = invoke_listener
+            .map(|l| InvokeApi::start(agent.clone(), &config.invoke_api, l))
+            .transpose()
+            .context("starting the invoke API")?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let server = tokio::spawn({
             let agent = agent.clone();
@@ -230,16 +281,24 @@ impl Daemon {
             server,
             socket: config.socket.clone(),
             background,
+            invoke_api,
         })
     }
 
     /// Drains every environment (in-flight invokes get `grace`), removes all cgroups, stops the listeners.
-    pub(crate) async fn shutdown(self, grace: Duration) -> anyhow::Result<()> {
+    pub(crate) async fn shutdown(mut self, grace: Duration) -> anyhow::Result<()> {
+        // No new invokes over HTTP; those in flight finish (or fail) as the environments drain.
+        if let Some(api) = &self.invoke_api {
+            api.begin_stop();
+        }
         self.agent.shutdown(grace).await;
         for task in &self.background {
             task.abort();
         }
         self.agent.logs().shutdown(LOG_FLUSH_WAIT).await;
+        if let Some(api) = self.invoke_api.take() {
+            api.join().await;
+        }
         let _ = self.stop_tx.send(true);
         let result = tokio::time::timeout(Duration::from_secs(5), self.server).await;
         let _ = std::fs::remove_file(&self.socket);
@@ -252,21 +311,58 @@ impl Daemon {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    let watchdog_period = watchdog::ping_period_from_env()?;
+    let fault = fault::Fault::from_env()?;
     let mut daemon = Daemon::start(&config).await?;
     lmi_agent::notify::notify_or_log("READY=1");
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: draining"),
-        _ = int.recv() => tracing::info!("SIGINT: draining"),
-        r = &mut daemon.server => {
-            // The listeners died on their own: stop everything, report why.
-            daemon.agent.shutdown(Duration::ZERO).await;
-            return match r {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(e.into()),
-                Err(e) => Err(e.into()),
-            };
+    let mut fault_signal = match fault {
+        Some(_) => Some(signal(SignalKind::user_defined2())?),
+        None => None,
+    };
+    // The watchdog pings come from this loop, after a probe of the runtime and the registry lock answered: a
+    // wedged agent stops pinging and systemd restarts it.
+    let mut ticker = watchdog_period.map(|p| {
+        tracing::info!(period_ms = p.as_millis() as u64, "systemd watchdog on");
+        let mut t = tokio::time::interval(p);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    let mut liveness = watchdog::Liveness::new();
+    loop {
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: draining");
+                break;
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: draining");
+                break;
+            }
+            r = &mut daemon.server => {
+                // The listeners died on their own: stop everything, report why.
+                daemon.agent.shutdown(Duration::ZERO).await;
+                return match r {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e.into()),
+                    Err(e) => Err(e.into()),
+                };
+            }
+            Some(period) = next_tick(&mut ticker) => {
+                let agent = daemon.agent.clone();
+                let probe = move || {
+                    let _ = agent.environment_count();
+                };
+                if liveness.check(probe, period).await {
+                    lmi_agent::notify::notify_or_log("WATCHDOG=1");
+                }
+            }
+            Some(()) = next_signal(&mut fault_signal) => {
+                if let Some(f) = fault {
+                    f.inject(&daemon.agent);
+                }
+            }
         }
     }
     lmi_agent::notify::notify_or_log("STOPPING=1");
@@ -274,4 +370,23 @@ async fn run(config: Config) -> anyhow::Result<()> {
     daemon.shutdown(grace).await?;
     tracing::info!("lmi-agent stopped");
     Ok(())
+}
+
+/// The next watchdog tick (with the period), or never when the watchdog is off.
+async fn next_tick(ticker: &mut Option<tokio::time::Interval>) -> Option<Duration> {
+    match ticker {
+        Some(t) => {
+            t.tick().await;
+            Some(t.period())
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The next delivery of an optional signal, or never.
+async fn next_signal(sig: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match sig {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
 }

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Checks the packages packaging/build.sh made: lists their contents, compares them with the expected file list,
+# checks architecture and conffiles, then unpacks the .deb into a throwaway root and runs the installed
+# `lmi-agent --version` and `check-config` on the installed default configuration.
+#
+#   packaging/check.sh [--arch x86_64|aarch64]
+#
+# Writes target/lmi-package/files.txt (the .deb's file list), which packaging/check_recipes.py reads.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. packaging/lib.sh
+
+arch=x86_64
+[ "${1:-}" = "--arch" ] && arch=$2
+set_arch "$arch"
+
+deb=$(ls "$PKG_OUT"/lmi-agent_*_"$DEB_ARCH".deb)
+rpm=$(ls "$PKG_OUT"/lmi-agent-*."$RPM_ARCH".rpm)
+fail() { echo "package check FAILED: $*" >&2; exit 1; }
+
+expected_files >"$PKG_OUT/expected.txt"
+
+echo "== $deb"
+dpkg-deb -c "$deb"
+# Regular files only ('-' mode), without the leading '.'; the copyright file is Debian's own.
+dpkg-deb -c "$deb" | awk '$1 ~ /^-/ {print $6}' | sed 's#^\.##' | grep -v '^/usr/share/doc/lmi-agent/copyright$' | sort >"$PKG_OUT/files.txt"
+diff -u "$PKG_OUT/expected.txt" "$PKG_OUT/files.txt" || fail ".deb file list differs from the expected one (- expected, + in package)"
+[ "$(dpkg-deb -f "$deb" Architecture)" = "$DEB_ARCH" ] || fail ".deb architecture is not $DEB_ARCH"
+[ "$(dpkg-deb -I "$deb" conffiles)" = "/etc/lmi-agent/agent.toml" ] || fail ".deb conffiles must be exactly /etc/lmi-agent/agent.toml"
+
+echo "== $rpm"
+rpm -qip "$rpm" 2>/dev/null | sed -n '1,12p'
+rpm -qp --qf '[%{FILEMODES:perms} %{FILENAMES}\n]' "$rpm" 2>/dev/null
+rpm -qp --qf '[%{FILEMODES:perms} %{FILENAMES}\n]' "$rpm" 2>/dev/null | awk '$1 ~ /^-/ {print $2}' | sort >"$PKG_OUT/rpm-files.txt"
+diff -u "$PKG_OUT/expected.txt" "$PKG_OUT/rpm-files.txt" || fail ".rpm file list differs from the expected one"
+[ "$(rpm -qp --qf '%{ARCH}' "$rpm" 2>/dev/null)" = "$RPM_ARCH" ] || fail ".rpm architecture is not $RPM_ARCH"
+[ "$(rpm -qcp "$rpm" 2>/dev/null)" = "/etc/lmi-agent/agent.toml" ] || fail ".rpm config files must be exactly /etc/lmi-agent/agent.toml"
+for f in /usr/bin/lmi-agent /usr/bin/lmictl; do
+  rpm -qp --qf '[%{FILEMODES:perms} %{FILENAMES}\n]' "$rpm" 2>/dev/null | grep -qx -- "-rwxr-xr-x $f" || fail "$f is not 0755 in the .rpm"
+done
+echo "== install the .deb into a throwaway root"
+root=$(mktemp -d)
+trap 'rm -rf "$root"' EXIT
+dpkg-deb -x "$deb" "$root"
+# Both packages carry the same files: the .rpm's recorded SHA-256 digests against the unpacked .deb.
+rpm -qp --qf '[%{FILEDIGESTS} %{FILENAMES}\n]' "$rpm" 2>/dev/null | while read -r digest path; do
+  [ -n "$digest" ] || continue
+  [ "$(sha256sum "$root$path" | cut -d' ' -f1)" = "$digest" ] || fail "$path differs between the .deb and the .rpm"
+done
+if [ "$(uname -m)" = "$RPM_ARCH" ]; then
+  "$root/usr/bin/lmi-agent" --version
+  "$root/usr/bin/lmictl" --version
+  # The installed default configuration is valid, and the shims it points at are where the package put them.
+  out=$(env -u LMI_AGENT_CONFIG "$root/usr/bin/lmi-agent" check-config --config "$root/etc/lmi-agent/agent.toml")
+  echo "$out"
+  shims=$(echo "$out" | sed -n 's/^shims_dir = "\(.*\)".*/\1/p')
+  [ -f "$root$shims/python/bootstrap.py" ] || fail "shims_dir $shims does not hold the packaged Python shim"
+  cmp -s "$root/usr/share/lmi-agent/runtimes.toml" agent/catalog/runtimes.toml || fail "packaged catalog differs from the built-in one"
+else
+  echo "(binaries are $arch; this host is $(uname -m): not run)"
+fi
+echo "packages: ok ($(wc -l <"$PKG_OUT/files.txt") files each)"

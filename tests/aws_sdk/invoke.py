@@ -1,0 +1,70 @@
+"""Invokes functions on an lmi-agent's Invoke API with boto3, as a user of the AWS SDK would.
+
+    python3 invoke.py ENDPOINT < calls.json
+
+stdin: a JSON list of calls, each {"function": ..., "payload": <any JSON or a raw string under "raw">,
+"qualifier": ..., "type": "RequestResponse" | "Event" | "DryRun"}. stdout: a JSON list with one result per
+call: the boto3 response (StatusCode, FunctionError, ExecutedVersion, Payload as text, RequestId), or, when
+boto3 raised, {"exception": class name, "code", "message", "status", "reason", "modeled": whether it is one of
+the Lambda client's modeled exceptions}. Credentials are dummies; the endpoint must be on loopback.
+"""
+import json
+import sys
+import urllib.parse
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+
+def main():
+    endpoint = sys.argv[1]
+    host = urllib.parse.urlparse(endpoint).hostname
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        sys.exit("refusing a non-loopback endpoint: %s" % endpoint)
+    client = boto3.client(
+        "lambda",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="AKIDTEST",
+        aws_secret_access_key="secret",
+        # One attempt: a throttle must reach the caller, not be retried away by the SDK.
+        config=botocore.config.Config(retries={"total_max_attempts": 1}, read_timeout=120),
+    )
+    modeled = tuple(
+        getattr(client.exceptions, name)
+        for name in ("TooManyRequestsException", "ResourceNotFoundException", "InvalidRequestContentException",
+                     "InvalidParameterValueException", "RequestTooLargeException")
+    )
+    results = []
+    for call in json.load(sys.stdin):
+        kwargs = {"FunctionName": call["function"], "InvocationType": call.get("type", "RequestResponse")}
+        if "raw" in call:
+            kwargs["Payload"] = call["raw"].encode()
+        elif "payload" in call:
+            kwargs["Payload"] = json.dumps(call["payload"]).encode()
+        if call.get("qualifier") is not None:
+            kwargs["Qualifier"] = call["qualifier"]
+        try:
+            r = client.invoke(**kwargs)
+            results.append({
+                "StatusCode": r["StatusCode"],
+                "FunctionError": r.get("FunctionError"),
+                "ExecutedVersion": r.get("ExecutedVersion"),
+                "Payload": r["Payload"].read().decode() if "Payload" in r else None,
+                "RequestId": r["ResponseMetadata"].get("RequestId"),
+            })
+        except botocore.exceptions.ClientError as e:
+            results.append({
+                "exception": type(e).__name__,
+                "modeled": isinstance(e, modeled),
+                "code": e.response["Error"].get("Code"),
+                "message": e.response["Error"].get("Message"),
+                "status": e.response["ResponseMetadata"].get("HTTPStatusCode"),
+                "reason": e.response.get("Reason"),
+            })
+    json.dump(results, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,333 @@
+//! The AWS-compatible Invoke API, driven by boto3 (the AWS SDK for Python) and by raw HTTP, against a real
+//! daemon with real Python runtimes. Loopback only, dummy credentials.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    process::{Command, Stdio},
+};
+
+use serde_json::{json, Value};
+use support::*;
+
+const CONFIG: &str = "[invoke_api]\nlisten = \"127.0.0.1:0\"\nevent_queue = 4\n";
+
+/// Runs `calls` through tests/aws_sdk/invoke.py (boto3) and returns one result per call.
+fn boto3(addr: SocketAddr, calls: Value) -> Vec<Value> {
+    let script = repo().join("tests/aws_sdk/invoke.py");
+    let mut child = Command::new("python3")
+        .arg(&script)
+        .arg(format!("http://{addr}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(calls.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "boto3 script failed ({:?}); is boto3 installed (tests/setup.sh)?\n{stderr}",
+        out.status
+    );
+    serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap()
+}
+
+fn payload(r: &Value) -> Value {
+    serde_json::from_str(r["Payload"].as_str().unwrap()).unwrap()
+}
+
+/// One HTTP/1.1 request on a fresh connection; returns (status, headers in lower case, body).
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    // The server may answer (413) and close before the whole body is sent: what it answered still counts.
+    let _ = s.write_all(body);
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 65536];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            Err(e) if raw.is_empty() => panic!("no answer: {e}"),
+            Err(_) => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// method, path, headers, body, expected status, expected `x-amzn-ErrorType`.
+type BadRequest<'a> = (
+    &'a str,
+    &'a str,
+    Vec<(&'a str, &'a str)>,
+    &'a [u8],
+    u16,
+    &'a str,
+);
+
+fn invoke_api_addr(agent: &TestAgent) -> SocketAddr {
+    agent
+        .log_field("invoke API listening", "addr")
+        .unwrap_or_else(|| panic!("no invoke API address in the log\n{}", agent.log()))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_invokes_get_payloads_function_errors_and_throttles() {
+    require_root!();
+    let mut agent = TestAgent::start_with(AgentOptions {
+        extra_config: CONFIG.into(),
+        ..Default::default()
+    })
+    .await;
+    let addr = invoke_api_addr(&agent);
+    let mut spec = python_spec("sdk", "actions.handler");
+    spec.max_concurrency = 1;
+    spec.timeout_seconds = 60;
+    let env = agent.create_ready(spec).await;
+    let events = tempfile::tempdir().unwrap();
+    let ev_dir = events.path().display().to_string();
+
+    let r = boto3(
+        addr,
+        json!([
+            {"function": "sdk", "payload": {"action": "echo", "n": 1}},
+            {"function": "sdk", "payload": {"action": "raise", "message": "boom"}},
+            {"function": "arn:aws:lambda:us-east-1:000000000000:function:sdk", "qualifier": "$LATEST", "payload": {"action": "echo"}},
+            {"function": "sdk", "qualifier": "7", "payload": {}},
+            {"function": "nosuch", "payload": {}},
+            {"function": "sdk", "type": "DryRun", "payload": {}},
+            {"function": "sdk", "raw": "not json"},
+            {"function": "sdk", "type": "Event", "payload": {"action": "gate", "dir": ev_dir, "count": 1}},
+        ]),
+    );
+    // Success: the function's payload, the version that ran, and the request id the runtime saw.
+    assert_eq!(r[0]["StatusCode"], 200, "{r:?}");
+    assert_eq!(r[0]["FunctionError"], Value::Null);
+    assert_eq!(r[0]["ExecutedVersion"], "$LATEST");
+    let p = payload(&r[0]);
+    assert_eq!(p["event"], json!({"action": "echo", "n": 1}));
+    assert_eq!(p["requestId"], r[0]["RequestId"]);
+    // A function error: FunctionError in boto3's response, the error JSON as the payload.
+    assert_eq!(r[1]["StatusCode"], 200, "{r:?}");
+    assert_eq!(r[1]["FunctionError"], "Unhandled");
+    let e = payload(&r[1]);
+    assert_eq!(e["errorType"], "ValueError");
+    assert_eq!(e["errorMessage"], "boom");
+    // A full ARN and an explicit $LATEST qualifier name the same function.
+    assert_eq!(r[2]["StatusCode"], 200, "{r:?}");
+    // Unknown version and unknown function: ResourceNotFoundException.
+    for i in [3, 4] {
+        assert_eq!(r[i]["exception"], "ResourceNotFoundException", "{:?}", r[i]);
+        assert_eq!(r[i]["modeled"], true);
+        assert_eq!(r[i]["status"], 404);
+    }
+    assert!(
+        r[4]["message"]
+            .as_str()
+            .unwrap()
+            .contains("function:nosuch"),
+        "{:?}",
+        r[4]
+    );
+    // DryRun: 204, nothing run.
+    assert_eq!(r[5]["StatusCode"], 204, "{r:?}");
+    // A payload that is not JSON: a clear 400.
+    assert_eq!(
+        r[6]["exception"], "InvalidRequestContentException",
+        "{:?}",
+        r[6]
+    );
+    assert_eq!(r[6]["status"], 400);
+    // Event: accepted with 202, then run by the agent (the handler leaves a file named by its request id).
+    assert_eq!(r[7]["StatusCode"], 202, "{r:?}");
+    wait_for_files(events.path(), 1).await;
+    let ran: Vec<String> = std::fs::read_dir(events.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(ran, vec![r[7]["RequestId"].as_str().unwrap().to_owned()]);
+
+    // Throttle: the environment's only slot is held by a gated invoke over gRPC.
+    let gate = tempfile::tempdir().unwrap();
+    let holder = tokio::spawn(invoke(
+        agent.client.clone(),
+        "sdk",
+        json!({"action": "gate", "dir": gate.path(), "count": 2, "max_s": 60}),
+    ));
+    wait_for_files(gate.path(), 1).await;
+    let later = tempfile::tempdir().unwrap();
+    let r = boto3(
+        addr,
+        json!([
+            {"function": "sdk", "payload": {"action": "echo"}},
+            {"function": "sdk", "type": "Event", "payload": {"action": "gate", "dir": later.path(), "count": 1}},
+        ]),
+    );
+    assert_eq!(r[0]["exception"], "TooManyRequestsException", "{:?}", r[0]);
+    assert_eq!(r[0]["modeled"], true);
+    assert_eq!(r[0]["status"], 429);
+    assert_eq!(r[0]["reason"], "CONCURRENCY");
+    assert!(
+        r[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max concurrency"),
+        "{:?}",
+        r[0]
+    );
+    // An Event invoke is accepted while the function is throttled, and runs once the slot is free.
+    assert_eq!(r[1]["StatusCode"], 202, "{r:?}");
+    std::fs::write(gate.path().join("release"), "").unwrap();
+    let held = holder.await.unwrap().unwrap();
+    assert_eq!(held.outcome(), lmi_proto::v1::InvokeOutcome::Success);
+    wait_for_files(later.path(), 1).await;
+
+    agent.stop_and_assert_clean(&[env.pid]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_http_requests_get_clear_4xx_errors() {
+    require_root!();
+    let mut agent = TestAgent::start_with(AgentOptions {
+        extra_config: CONFIG.into(),
+        ..Default::default()
+    })
+    .await;
+    let addr = invoke_api_addr(&agent);
+    let env = agent
+        .create_ready(python_spec("raw", "actions.handler"))
+        .await;
+    let path = "/2015-03-31/functions/raw/invocations";
+
+    let (status, h, body) = http(addr, "POST", path, &[], br#"{"action":"echo"}"#);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(header(&h, "x-amz-executed-version"), Some("$LATEST"));
+    let rid = header(&h, "x-amz-request-id").unwrap();
+    let p: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(p["requestId"], rid);
+
+    // Percent-encoded ARN with the qualifier in the name.
+    let (status, _, body) = http(
+        addr,
+        "POST",
+        "/2015-03-31/functions/arn%3Aaws%3Alambda%3Aus-east-1%3A000000000000%3Afunction%3Araw%3A%24LATEST/invocations",
+        &[],
+        b"{}",
+    );
+    assert_eq!(status, 200, "{body}");
+
+    let cases: [BadRequest<'_>; 6] = [
+        (
+            "POST",
+            "/2015-03-31/functions/raw/elsewhere",
+            vec![],
+            b"{}",
+            404,
+            "UnknownOperationException",
+        ),
+        ("GET", path, vec![], b"", 405, "UnknownOperationException"),
+        (
+            "POST",
+            path,
+            vec![("X-Amz-Invocation-Type", "Later")],
+            b"{}",
+            400,
+            "InvalidParameterValueException",
+        ),
+        (
+            "POST",
+            "/2015-03-31/functions/raw/invocations?Qualifier=9",
+            vec![],
+            b"{}",
+            404,
+            "ResourceNotFoundException",
+        ),
+        (
+            "POST",
+            "/2015-03-31/functions/raw:1/invocations?Qualifier=2",
+            vec![],
+            b"{}",
+            400,
+            "InvalidParameterValueException",
+        ),
+        (
+            "POST",
+            path,
+            vec![("X-Amz-Client-Context", "%%%")],
+            b"{}",
+            400,
+            "InvalidRequestContentException",
+        ),
+    ];
+    for (method, p, headers, body, want_status, want_type) in cases {
+        let (status, h, text) = http(addr, method, p, &headers, body);
+        assert_eq!(status, want_status, "{method} {p} {headers:?}: {text}");
+        assert_eq!(
+            header(&h, "x-amzn-errortype"),
+            Some(want_type),
+            "{method} {p}: {text}"
+        );
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["Type"], "User");
+        assert!(!v["message"].as_str().unwrap().is_empty());
+        assert!(header(&h, "x-amz-request-id").is_some());
+    }
+    // Larger than the synchronous limit: refused from Content-Length, before the body is read.
+    let big = vec![b' '; 6 * 1024 * 1024 + 101];
+    let (status, h, _) = http(addr, "POST", path, &[], &big);
+    assert_eq!(status, 413);
+    assert_eq!(
+        header(&h, "x-amzn-errortype"),
+        Some("RequestTooLargeException")
+    );
+
+    agent.stop_and_assert_clean(&[env.pid]);
+}
