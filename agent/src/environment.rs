@@ -27,6 +27,7 @@ use crate::{
     ephemeral::EphemeralStorage,
     invocation::ErrorInfo,
     runtime_api::{InitErrorAnswer, RuntimeEvents},
+    sandbox::EnvironmentSandbox,
     spec::ValidSpec,
 };
 
@@ -116,6 +117,8 @@ pub struct Environment {
     pub cgroup: Arc<dyn EnvironmentCgroup>,
     /// The environment's /tmp.
     pub tmp: Option<EphemeralStorage>,
+    /// Its uid and network namespace (released by the supervisor once its processes are gone).
+    pub sandbox: Option<EnvironmentSandbox>,
     usage: Mutex<Usage>,
     saturation: AtomicU8,
     pub created_at: SystemTime,
@@ -137,6 +140,7 @@ impl Environment {
         runtime_api: SocketAddr,
         cgroup: Arc<dyn EnvironmentCgroup>,
         tmp: Option<EphemeralStorage>,
+        sandbox: Option<EnvironmentSandbox>,
     ) -> Arc<Self> {
         let broker = Broker::new(spec.max_concurrency);
         Arc::new(Self {
@@ -147,6 +151,7 @@ impl Environment {
             cgroup_path: cgroup.path().to_owned(),
             cgroup,
             tmp,
+            sandbox,
             usage: Mutex::new(Usage::default()),
             saturation: AtomicU8::new(0),
             created_at: SystemTime::now(),

@@ -1,6 +1,6 @@
 //! Turning a spec into a runtime process tree: the command from the catalog, the Lambda environment
-//! variables, and a spawn that places the child in its cgroup before `exec` (no window outside it) and in a
-//! process group of its own.
+//! variables, and a spawn that places the child in its cgroup and its sandbox before `exec` (no window
+//! outside either) and in a process group of its own.
 
 use std::{
     collections::BTreeMap,
@@ -10,7 +10,7 @@ use std::{
     process::Stdio,
 };
 
-use crate::{cgroup::Placement, spec::ValidSpec};
+use crate::{cgroup::Placement, sandbox::confine::Confinement, spec::ValidSpec};
 
 /// Why a runtime could not be planned.
 #[derive(Debug, thiserror::Error)]
@@ -21,8 +21,8 @@ pub enum LaunchError {
     EmptyCommand(String),
 }
 
-/// Everything needed to start one runtime.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Everything needed to start one runtime. Its `Debug` shows variable names only (values may be secrets).
+#[derive(Clone, PartialEq, Eq)]
 pub struct LaunchPlan {
     pub program: PathBuf,
     pub args: Vec<String>,
@@ -30,17 +30,31 @@ pub struct LaunchPlan {
     pub cwd: PathBuf,
 }
 
+impl std::fmt::Debug for LaunchPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LaunchPlan")
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("env", &crate::spec::RedactedVariables(&self.env))
+            .field("cwd", &self.cwd)
+            .finish()
+    }
+}
+
 /// Host facts the plan depends on.
 #[derive(Debug, Clone)]
 pub struct LaunchContext<'a> {
     pub env_id: &'a str,
+    /// The function's code on the host (checked here).
+    pub code_dir: &'a Path,
+    /// The function's code as the runtime sees it (`LAMBDA_TASK_ROOT`, `{code}` in the catalog).
     pub task_root: &'a Path,
     pub shims_dir: &'a Path,
     pub runtime_api: SocketAddr,
     pub region: &'a str,
     /// `PATH` given to runtimes.
     pub path: &'a str,
-    /// The environment's temporary directory (`TMPDIR`).
+    /// The environment's temporary directory as the runtime sees it (`TMPDIR`).
     pub tmp_dir: &'a Path,
 }
 
@@ -57,10 +71,14 @@ pub fn plan(spec: &ValidSpec, ctx: &LaunchContext<'_>) -> Result<LaunchPlan, Lau
             .next()
             .ok_or_else(|| LaunchError::EmptyCommand(spec.runtime.id.clone()))?,
     );
-    if spec.runtime.is_provided() && !is_executable(&program) {
+    // The runtime sees the code at `task_root`; check the same file where the host has it.
+    let on_host = program
+        .strip_prefix(ctx.task_root)
+        .map_or_else(|_| program.clone(), |rel| ctx.code_dir.join(rel));
+    if spec.runtime.is_provided() && !is_executable(&on_host) {
         return Err(LaunchError::MissingBootstrap {
             runtime: spec.runtime.id.clone(),
-            path: program,
+            path: on_host,
         });
     }
     let args = command.collect();
@@ -153,9 +171,14 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 /// Starts processes. A trait so that lifecycle logic can be exercised without creating processes.
 pub trait Spawner: Send + Sync + std::fmt::Debug {
-    /// Starts the plan's program inside the cgroups of `placement`, in a new process group, with piped
-    /// stdout/stderr and no stdin.
-    fn spawn(&self, plan: &LaunchPlan, placement: Placement) -> io::Result<tokio::process::Child>;
+    /// Starts the plan's program inside the cgroups of `placement` and the sandbox of `confinement` (which
+    /// also sets its working directory), in a new process group, with piped stdout/stderr and no stdin.
+    fn spawn(
+        &self,
+        plan: &LaunchPlan,
+        placement: Placement,
+        confinement: Confinement,
+    ) -> io::Result<tokio::process::Child>;
 }
 
 /// Spawns real processes.
@@ -163,24 +186,33 @@ pub trait Spawner: Send + Sync + std::fmt::Debug {
 pub struct ProcessSpawner;
 
 impl Spawner for ProcessSpawner {
-    fn spawn(&self, plan: &LaunchPlan, placement: Placement) -> io::Result<tokio::process::Child> {
+    fn spawn(
+        &self,
+        plan: &LaunchPlan,
+        placement: Placement,
+        confinement: Confinement,
+    ) -> io::Result<tokio::process::Child> {
         let mut cmd = tokio::process::Command::new(&plan.program);
+        // No `current_dir`: std changes directory before `pre_exec`, where `plan.cwd` (inside the runtime's
+        // mount namespace) does not exist yet; the confinement moves there itself.
         cmd.args(&plan.args)
             .env_clear()
             .envs(&plan.env)
-            .current_dir(&plan.cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(false);
-        // SAFETY: the closure runs in the child between fork and exec. It only calls setpgid(2) and write(2)
-        // (through `Placement::enter`, which is async-signal-safe and does not allocate); no locks, no heap.
+        // SAFETY: the closure runs in the child between fork and exec. It only makes system calls: setpgid(2),
+        // write(2) (`Placement::enter`), then setns, unshare, mount, chdir, prctl, setgroups, setres[ug]id and
+        // capset (`Confinement::enter`) on values prepared before fork; no locks, no heap. The cgroup is
+        // joined first, while the child is still root.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::setpgid(0, 0) != 0 {
                     return Err(io::Error::last_os_error());
                 }
-                placement.enter()
+                placement.enter()?;
+                confinement.enter()
             });
         }
         cmd.spawn()
@@ -228,12 +260,13 @@ mod tests {
     fn ctx<'a>(dir: &'a Path) -> LaunchContext<'a> {
         LaunchContext {
             env_id: "env-1",
-            task_root: dir,
+            code_dir: dir,
+            task_root: Path::new("/var/task"),
             shims_dir: Path::new("/opt/shims"),
             runtime_api: "127.0.0.1:9001".parse().unwrap(),
             region: "eu-west-1",
             path: "/usr/bin:/bin",
-            tmp_dir: Path::new("/var/lib/lmi-agent/envs/env-1/tmp"),
+            tmp_dir: Path::new("/tmp"),
         }
     }
 
@@ -245,7 +278,9 @@ mod tests {
         let e = |k: &str| p.env.get(k).cloned().unwrap_or_default();
         assert_eq!(e("AWS_LAMBDA_RUNTIME_API"), "127.0.0.1:9001");
         assert_eq!(e("_HANDLER"), "app.handler");
-        assert_eq!(e("LAMBDA_TASK_ROOT"), t.path().display().to_string());
+        assert_eq!(e("LAMBDA_TASK_ROOT"), "/var/task");
+        assert_eq!(e("TMPDIR"), "/tmp");
+        assert_eq!(e("LD_LIBRARY_PATH"), "/var/task/lib");
         assert_eq!(e("AWS_LAMBDA_FUNCTION_NAME"), "f");
         assert_eq!(e("AWS_LAMBDA_FUNCTION_VERSION"), "7");
         assert_eq!(e("AWS_LAMBDA_FUNCTION_MEMORY_SIZE"), "4096");
@@ -261,7 +296,7 @@ mod tests {
         assert!(e("AWS_LAMBDA_LOG_STREAM_NAME").ends_with("/[7]env-1"));
         assert_eq!(e("TZ"), ":UTC");
         assert_eq!(e("GREETING"), "hi");
-        assert_eq!(p.cwd, t.path());
+        assert_eq!(p.cwd, Path::new("/var/task"));
     }
 
     #[test]
@@ -279,12 +314,26 @@ mod tests {
         std::fs::write(&boot, "#!/bin/sh\n").unwrap();
         std::fs::set_permissions(&boot, std::fs::Permissions::from_mode(0o755)).unwrap();
         let p = plan(&spec, &ctx(t.path())).unwrap();
-        assert_eq!(p.program, boot);
+        assert_eq!(p.program, Path::new("/var/task/bootstrap"));
         assert!(!p.env.contains_key("AWS_EXECUTION_ENV"));
     }
 
     fn p_has_exec_env(spec: &ValidSpec) -> bool {
         spec.runtime.execution_env.is_some()
+    }
+
+    #[test]
+    fn debug_output_never_shows_variable_values() {
+        let t = tempfile::tempdir().unwrap();
+        let mut spec = spec_for("python3.11", t.path());
+        spec.environment
+            .insert("DB_PASSWORD".into(), "hunter2-secret".into());
+        let p = plan(&spec, &ctx(t.path())).unwrap();
+        for text in [format!("{p:?}"), format!("{spec:?}"), format!("{p:#?}")] {
+            assert!(text.contains("DB_PASSWORD"), "{text}");
+            assert!(!text.contains("hunter2-secret"), "{text}");
+            assert!(!text.contains("\"hi\""), "{text}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ use lmi_agent::{
     cgroup,
     config::{Config, LogFormat, DEFAULT_CONFIG_PATH},
     launch::ProcessSpawner,
+    sandbox::Sandbox,
     server,
 };
 use tokio::signal::unix::{signal, SignalKind};
@@ -165,12 +166,27 @@ impl Daemon {
             config.capacity.reserved_vcpus,
             config.capacity.reserved_memory_mib,
         );
+        let sandbox = {
+            let (c, dir, name) = (
+                config.sandbox.clone(),
+                config.state_dir.clone(),
+                config.cgroup_parent.clone(),
+            );
+            tokio::task::spawn_blocking(move || Sandbox::start(&c, &dir, &name))
+                .await
+                .context("setting up the sandbox")?
+                .context(
+                    "setting up the sandbox (hosts without network namespaces, ip or nft can run with \
+                     sandbox.network_isolation = false)",
+                )?
+        };
         let unix = server::bind_socket(&config.socket)?;
         let tcp = server::bind_tcp(config).await?;
         tracing::info!(
             socket = %config.socket.display(),
             cgroup_version = %cgroups.version(),
             cgroup_parent = %cgroups.parent_path(),
+            network_isolation = sandbox.network_isolation(),
             vcpus_allocatable = capacity.vcpus_allocatable,
             memory_mib_allocatable = capacity.memory_mib_allocatable,
             "lmi-agent started"
@@ -181,6 +197,7 @@ impl Daemon {
             capacity,
             cgroups,
             Arc::new(ProcessSpawner),
+            Arc::new(sandbox),
         );
         let mut background = vec![tokio::spawn(agent.clone().run_sampler())];
         if config.scaler.endpoint.is_some() {
