@@ -23,6 +23,7 @@ use crate::{
     launch::{self, LaunchContext, LaunchError, Spawner},
     runtime_api::{RuntimeApi, MAX_RESPONSE_BYTES},
     spec::{self, SpecDefaults, SpecError, LATEST},
+    startup::{AgentPhases, Stopwatch},
     supervisor::{self, Supervised},
 };
 
@@ -169,11 +170,16 @@ impl Agent {
         {
             return Err(CreateError::ShuttingDown);
         }
+        let mut clock = Stopwatch::start();
         let spec = spec::validate(spec, &self.catalog, &self.defaults)?;
         self.ledger
             .reserve(spec.vcpus, u64::from(spec.memory_mib))?;
         let (vcpus, memory_mib) = (spec.vcpus, u64::from(spec.memory_mib));
-        match self.start(spec).await {
+        let phases = AgentPhases {
+            validate: clock.lap(),
+            ..AgentPhases::default()
+        };
+        match self.start(spec, clock, phases).await {
             Ok(env) => Ok(env),
             Err(e) => {
                 self.ledger.release(vcpus, memory_mib);
@@ -185,6 +191,8 @@ impl Agent {
     async fn start(
         self: &Arc<Self>,
         spec: spec::ValidSpec,
+        mut clock: Stopwatch,
+        mut phases: AgentPhases,
     ) -> Result<Arc<Environment>, CreateError> {
         let id = uuid::Uuid::new_v4().to_string();
         let code_root = self.config.state_dir.join("code");
@@ -193,10 +201,12 @@ impl Agent {
             tokio::task::spawn_blocking(move || code::stage(&source, &code_root))
                 .await
                 .map_err(|e| CreateError::Spawn(std::io::Error::other(e)))??;
+        phases.code = clock.lap();
 
         let (listener, addr) = RuntimeApi::bind_loopback()
             .await
             .map_err(CreateError::Listen)?;
+        phases.runtime_api = clock.lap();
         let plan = launch::plan(
             &spec,
             &LaunchContext {
@@ -208,6 +218,7 @@ impl Agent {
                 path: &self.runtime_path,
             },
         )?;
+        phases.spawn = clock.lap();
         let limits = CgroupLimits::from_vcpus(
             u64::from(spec.vcpus),
             spec.memory_bytes(),
@@ -225,6 +236,7 @@ impl Agent {
                 return Err(e.into());
             }
         };
+        phases.cgroup = clock.lap();
 
         let init_timeout = match self.config.environments.init_timeout_seconds {
             0 => spec.init_timeout(),
@@ -233,6 +245,7 @@ impl Agent {
         let env = Environment::new(id, spec, addr, cgroup.path().to_owned());
         let api = RuntimeApi::new(env.broker.clone(), env.clone());
         let api_server = tokio::spawn(api.serve(listener));
+        phases.runtime_api += clock.lap();
 
         let child = match self.spawner.spawn(&plan, placement) {
             Ok(c) => c,
@@ -242,7 +255,8 @@ impl Agent {
                 return Err(CreateError::Spawn(e));
             }
         };
-        env.set_pid(child.id());
+        phases.spawn += clock.lap();
+        env.spawned(child.id(), phases);
         {
             // Registered under the lock that shutdown lists environments with, after one more look at the
             // shutdown flag: an environment created while the agent stops is stopped, never left running.

@@ -66,7 +66,33 @@ pub fn environment_to_proto(e: &Environment) -> pb::Environment {
             .init_duration
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
             .unwrap_or(0),
+        startup: st
+            .agent_phases
+            .map(|p| startup_to_proto(&p, st.init_duration)),
     }
+}
+
+fn micros(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The wire view of an environment's start-up timings.
+fn startup_to_proto(
+    p: &crate::startup::AgentPhases,
+    init: Option<std::time::Duration>,
+) -> pb::StartupTimings {
+    let mut t = pb::StartupTimings {
+        validate_us: micros(p.validate),
+        code_us: micros(p.code),
+        runtime_api_us: micros(p.runtime_api),
+        cgroup_us: micros(p.cgroup),
+        spawn_us: micros(p.spawn),
+        agent_us: 0,
+        runtime_init_us: init.map_or(0, micros),
+    };
+    // The sum of the phases as shown, so that the figures add up exactly.
+    t.agent_us = t.validate_us + t.code_us + t.runtime_api_us + t.cgroup_us + t.spawn_us;
+    t
 }
 
 fn create_status(e: CreateError) -> Status {
