@@ -43,20 +43,41 @@ const ENV_FILES: &[(&str, &str)] = &[
 
 /// `n` environments whose cgroups live in a fake cgroup v2 tree under `root`.
 fn environments(root: &Path, code: &Path, n: usize) -> Vec<Arc<Environment>> {
-    let controllers = [("cgroup.controllers", "cpu memory pids\n"), ("cgroup.subtree_control", "cpu memory pids\n")];
+    let controllers = [
+        ("cgroup.controllers", "cpu memory pids\n"),
+        ("cgroup.subtree_control", "cpu memory pids\n"),
+    ];
     write(root, &controllers);
-    write(&root.join("agent"), &[controllers[0], controllers[1], ("cgroup.procs", "")]);
-    write(&root.join("agent/lmi"), &[controllers[0], controllers[1], ("cgroup.procs", "")]);
+    write(
+        &root.join("agent"),
+        &[controllers[0], controllers[1], ("cgroup.procs", "")],
+    );
+    write(
+        &root.join("agent/lmi"),
+        &[controllers[0], controllers[1], ("cgroup.procs", "")],
+    );
     let driver = V2Driver::new(root.to_owned(), "/agent", "lmi", V2Options::default()).unwrap();
-    let catalog = Catalog::parse("[[runtime]]\nid = \"bench1\"\ncommand = [\"sh\"]\ndefault_concurrency_per_vcpu = 16\n", "bench").unwrap();
-    let defaults = SpecDefaults { region: "us-east-1".into(), account_id: "000000000000".into() };
+    let catalog = Catalog::parse(
+        "[[runtime]]\nid = \"bench1\"\ncommand = [\"sh\"]\ndefault_concurrency_per_vcpu = 16\n",
+        "bench",
+    )
+    .unwrap();
+    let defaults = SpecDefaults {
+        region: "us-east-1".into(),
+        account_id: "000000000000".into(),
+    };
     (0..n)
         .map(|i| {
             let name = format!("env-{i}");
             write(&root.join("agent/lmi").join(&name), ENV_FILES);
-            let cgroup = driver.create(&name, &CgroupLimits::from_vcpus(1, 2 << 30, 4096)).unwrap();
+            let cgroup = driver
+                .create(&name, &CgroupLimits::from_vcpus(1, 2 << 30, 4096))
+                .unwrap();
             let wire = pb::EnvironmentSpec {
-                function: Some(pb::FunctionRef { name: format!("f{i}"), ..Default::default() }),
+                function: Some(pb::FunctionRef {
+                    name: format!("f{i}"),
+                    ..Default::default()
+                }),
                 runtime: "bench1".into(),
                 handler: "app.handler".into(),
                 code: Some(pb::Code {
@@ -66,7 +87,13 @@ fn environments(root: &Path, code: &Path, n: usize) -> Vec<Arc<Environment>> {
                 ..Default::default()
             };
             let spec = spec::validate(&wire, &catalog, &defaults).unwrap();
-            Environment::new(name, spec, "127.0.0.1:9001".parse().unwrap(), Arc::from(cgroup), None)
+            Environment::new(
+                name,
+                spec,
+                "127.0.0.1:9001".parse().unwrap(),
+                Arc::from(cgroup),
+                None,
+            )
         })
         .collect()
 }
@@ -77,7 +104,11 @@ fn sampler_tick(c: &mut Criterion) {
         let tree = tempfile::tempdir().unwrap();
         let code = tempfile::tempdir().unwrap();
         let envs = environments(tree.path(), code.path(), n);
-        let mut sampler = Sampler::new(UtilizationConfig::default(), HostReader::default(), code.path().to_owned());
+        let mut sampler = Sampler::new(
+            UtilizationConfig::default(),
+            HostReader::default(),
+            code.path().to_owned(),
+        );
         let capacity = HostCapacity::new(64, 262_144, 0, 0);
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| sampler.tick(&envs, capacity, Allocated::default(), false, Instant::now()));
