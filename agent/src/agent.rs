@@ -31,6 +31,7 @@ use crate::{
     spec::{self, SpecDefaults, SpecError, LATEST},
     state::StateStore,
     stats::Stats,
+    startup::{AgentPhases, Stopwatch},
     supervisor::{self, Supervised},
 };
 
@@ -391,11 +392,16 @@ impl Agent {
         if self.is_draining() {
             return Err(CreateError::Draining);
         }
+        let mut clock = Stopwatch::start();
         let spec = spec::validate(spec, &self.catalog, &self.defaults)?;
         self.ledger
             .reserve(spec.vcpus, u64::from(spec.memory_mib))?;
         let (vcpus, memory_mib) = (spec.vcpus, u64::from(spec.memory_mib));
-        match self.start(spec).await {
+        let phases = AgentPhases {
+            validate: clock.lap(),
+            ..AgentPhases::default()
+        };
+        match self.start(spec, clock, phases).await {
             Ok(env) => Ok(env),
             Err(e) => {
                 self.ledger.release(vcpus, memory_mib);
@@ -407,6 +413,8 @@ impl Agent {
     async fn start(
         self: &Arc<Self>,
         spec: spec::ValidSpec,
+        mut clock: Stopwatch,
+        mut phases: AgentPhases,
     ) -> Result<Arc<Environment>, CreateError> {
         let id = uuid::Uuid::new_v4().to_string();
         let code_root = self.config.state_dir.join("code");
@@ -415,10 +423,12 @@ impl Agent {
             tokio::task::spawn_blocking(move || code::stage(&source, &code_root))
                 .await
                 .map_err(|e| CreateError::Spawn(std::io::Error::other(e)))??;
+        phases.code = clock.lap();
 
         let (listener, addr) = RuntimeApi::bind_loopback()
             .await
             .map_err(CreateError::Listen)?;
+        phases.runtime_api = clock.lap();
         let env_dir = self.config.state_dir.join("envs").join(&id);
         let tmp_dir = env_dir.join("tmp");
         let log_capture = self.logs.prepare(&id).map_err(CreateError::LogSocket)?;
@@ -435,6 +445,7 @@ impl Agent {
                 log_socket: Some(log_capture.socket_path()),
             },
         )?;
+        phases.spawn = clock.lap();
         let limits = CgroupLimits::from_vcpus(
             u64::from(spec.vcpus),
             spec.memory_bytes(),
@@ -463,6 +474,7 @@ impl Agent {
                 return Err(e);
             }
         };
+        phases.cgroup = clock.lap();
 
         let init_timeout = match self.config.environments.init_timeout_seconds {
             0 => spec.init_timeout(),
@@ -471,6 +483,7 @@ impl Agent {
         let env = Environment::new(id, spec, addr, cgroup, Some(tmp));
         let api = RuntimeApi::new(env.broker.clone(), env.clone());
         let api_server = tokio::spawn(api.serve(listener));
+        phases.runtime_api += clock.lap();
 
         // Undoes what this function made, for the two failures below.
         let undo = |env: Arc<Environment>, api_server: tokio::task::JoinHandle<()>| async move {
@@ -491,7 +504,8 @@ impl Agent {
                 return Err(CreateError::Spawn(e));
             }
         };
-        env.set_pid(child.id());
+        phases.spawn += clock.lap();
+        env.spawned(child.id(), phases);
         {
             // Registered under the lock that shutdown lists environments with, after one more look at the
             // shutdown flag: an environment created while the agent stops is stopped, never left running.

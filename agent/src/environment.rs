@@ -29,6 +29,7 @@ use crate::{
     logs::LogStats,
     runtime_api::{InitErrorAnswer, RuntimeEvents},
     spec::ValidSpec,
+    startup::AgentPhases,
 };
 
 /// Lifecycle states (see the module diagram).
@@ -54,8 +55,13 @@ pub struct Status {
     pub state: State,
     pub failure: Option<Failure>,
     pub ready_at: Option<SystemTime>,
+    /// From the runtime's spawn to its first `/next`.
     pub init_duration: Option<Duration>,
     pub pid: Option<u32>,
+    /// The agent's start-up phases, known once the runtime is spawned.
+    pub agent_phases: Option<AgentPhases>,
+    spawned_at: Option<Instant>,
+    polled_at: Option<Instant>,
 }
 
 /// A utilization as its last raw sample and its smoothed value (0..1).
@@ -161,6 +167,9 @@ impl Environment {
                 ready_at: None,
                 init_duration: None,
                 pid: None,
+                agent_phases: None,
+                spawned_at: None,
+                polled_at: None,
             }),
             wake: Notify::new(),
             stop_requested: std::sync::atomic::AtomicBool::new(false),
@@ -197,8 +206,17 @@ impl Environment {
         self.lock().state
     }
 
-    pub(crate) fn set_pid(&self, pid: Option<u32>) {
-        self.lock().pid = pid;
+    /// The runtime was spawned (`pid`) after the agent's start-up `phases`; its init time counts from now.
+    pub(crate) fn spawned(&self, pid: Option<u32>, phases: AgentPhases) {
+        let now = Instant::now();
+        let mut s = self.lock();
+        s.pid = pid;
+        s.agent_phases = Some(phases);
+        s.spawned_at = Some(now);
+        if let Some(polled) = s.polled_at {
+            // The runtime polled before this was recorded: its init took (almost) no time.
+            s.init_duration = Some(polled.saturating_duration_since(now));
+        }
     }
 
     /// Records a failure (first one wins) and stops admitting. Returns false if the environment had already
@@ -309,6 +327,7 @@ impl Environment {
                 .unwrap_or(0),
             log_records: self.log_stats.records(),
             log_records_dropped: self.log_stats.dropped(),
+            startup: st.agent_phases.map(|p| p.to_proto(st.init_duration)),
         }
     }
 }
@@ -323,8 +342,11 @@ impl RuntimeEvents for Environment {
             .store(true, std::sync::atomic::Ordering::Release);
         if s.state == State::Initializing {
             s.state = State::Ready;
+            let now = Instant::now();
             s.ready_at = Some(SystemTime::now());
-            s.init_duration = Some(self.started.elapsed());
+            s.polled_at = Some(now);
+            let since = s.spawned_at.unwrap_or(self.started);
+            s.init_duration = Some(now.saturating_duration_since(since));
             drop(s);
             tracing::info!(env = %self.id, function = %self.spec.function_name, "environment ready");
         }

@@ -5,6 +5,7 @@
 //! - [`config`]: the agent's configuration file.
 //! - [`catalog`]: runtime id → command (data, not code).
 //! - [`spec`]: validation of an environment spec as LMI defines it.
+//! - [`startup`]: where an environment's start-up time goes.
 //! - [`capacity`]: the host's vCPUs and memory, and what environments hold of them.
 //! - [`code`]: staging a function's code (directory or zip).
 //! - [`cgroup`]: per-environment cgroups, v1 and v2.
@@ -57,6 +58,7 @@ pub mod sampler;
 pub mod scaler;
 pub mod server;
 pub mod spec;
+pub mod startup;
 pub mod state;
 pub mod stats;
 pub mod supervisor;

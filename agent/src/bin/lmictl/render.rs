@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use lmi_proto::v1::{
     code, Environment, EnvironmentSpec, EnvironmentState, Failure, FunctionError, Host,
-    InvokeOutcome, InvokeResponse,
+    InvokeOutcome, InvokeResponse, StartupTimings,
 };
 use serde::Serialize;
 
@@ -34,6 +34,53 @@ pub struct EnvironmentView {
     pub init_duration_ms: u64,
     pub log_records: u64,
     pub log_records_dropped: u64,
+    pub startup: Option<StartupView>,
+}
+
+/// Start-up timings in microseconds (see `StartupTimings` in the proto).
+#[derive(Debug, Clone, Serialize)]
+pub struct StartupView {
+    pub validate_us: u64,
+    pub code_us: u64,
+    pub runtime_api_us: u64,
+    pub cgroup_us: u64,
+    pub spawn_us: u64,
+    pub agent_us: u64,
+    pub runtime_init_us: u64,
+}
+
+pub fn startup_view(t: &StartupTimings) -> StartupView {
+    StartupView {
+        validate_us: t.validate_us,
+        code_us: t.code_us,
+        runtime_api_us: t.runtime_api_us,
+        cgroup_us: t.cgroup_us,
+        spawn_us: t.spawn_us,
+        agent_us: t.agent_us,
+        runtime_init_us: t.runtime_init_us,
+    }
+}
+
+/// Microseconds as milliseconds with two decimals.
+pub fn ms(us: u64) -> String {
+    format!("{:.2} ms", us as f64 / 1000.0)
+}
+
+fn startup_text(t: &StartupView) -> String {
+    let init = if t.runtime_init_us == 0 {
+        "-".to_string()
+    } else {
+        ms(t.runtime_init_us)
+    };
+    format!(
+        "agent {} (validate {}, code {}, runtime api {}, cgroup {}, spawn {}); runtime init {init}",
+        ms(t.agent_us),
+        ms(t.validate_us),
+        ms(t.code_us),
+        ms(t.runtime_api_us),
+        ms(t.cgroup_us),
+        ms(t.spawn_us),
+    )
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -209,6 +256,7 @@ pub fn environment_view(env: &Environment) -> EnvironmentView {
         init_duration_ms: env.init_duration_ms,
         log_records: env.log_records,
         log_records_dropped: env.log_records_dropped,
+        startup: env.startup.as_ref().map(startup_view),
     }
 }
 
@@ -503,6 +551,12 @@ pub fn environment_details(env: &Environment, now: i64) -> String {
         "log records",
         format!("{} ({} dropped)", v.log_records, v.log_records_dropped),
     ));
+    lines.push((
+        "start-up",
+        v.startup
+            .as_ref()
+            .map_or_else(|| "-".to_string(), startup_text),
+    ));
     let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
     let mut out = String::new();
     for (k, val) in lines {
@@ -732,6 +786,15 @@ pub mod tests {
             init_duration_ms: 0,
             log_records: 12,
             log_records_dropped: 0,
+            startup: Some(StartupTimings {
+                validate_us: 40,
+                code_us: 10,
+                runtime_api_us: 60,
+                cgroup_us: 900,
+                spawn_us: 1500,
+                agent_us: 2510,
+                runtime_init_us: 0,
+            }),
         }
     }
 
@@ -817,6 +880,7 @@ pub mod tests {
             "environment:       A=1 B=2\n",
             "created:           2023-11-14T22:13:20Z (2m ago)\n",
             "ready:             -\n",
+            "start-up:          agent 2.51 ms (validate 0.04 ms, code 0.01 ms, runtime api 0.06 ms, cgroup 0.90 ms, spawn 1.50 ms); runtime init -\n",
         ] {
             assert!(d.contains(want), "missing {want:?} in\n{d}");
         }
@@ -828,6 +892,7 @@ pub mod tests {
         assert!(v["spec"]["code"].get("zip_file").is_none());
         assert_eq!(v["spec"]["environment"]["A"], "1");
         assert_eq!(v["created_at"], "2023-11-14T22:13:20Z");
+        assert_eq!(v["startup"]["agent_us"], 2510);
     }
 
     #[test]
