@@ -654,3 +654,49 @@ pub fn env_in<'a>(
 ) -> Option<&'a pb::EnvironmentUtilization> {
     r.environments.iter().find(|e| e.environment_id == id)
 }
+
+/// The native echo runtime (tests/fixtures/native-echo), built with this test's profile on first use.
+pub fn native_echo_binary() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            // The daemon binary sits in target/<profile>/; the fixture is built next to it. Cargo only
+            // rebuilds it when its sources changed.
+            let dir = Path::new(AGENT_BIN).parent().unwrap().to_owned();
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.current_dir(repo()).args([
+                "build",
+                "--quiet",
+                "--locked",
+                "-p",
+                "lmi-native-echo",
+                "--bin",
+                "native-echo",
+            ]);
+            if dir.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            let status = cmd
+                .status()
+                .expect("running cargo build for the native echo runtime");
+            assert!(
+                status.success(),
+                "building tests/fixtures/native-echo failed"
+            );
+            let bin = dir.join("native-echo");
+            assert!(
+                bin.is_file(),
+                "{} is missing after the build",
+                bin.display()
+            );
+            bin
+        })
+        .clone()
+}
+
+/// A code directory whose `bootstrap` is the native echo runtime.
+pub fn native_echo_code_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(native_echo_binary(), dir.path().join("bootstrap")).unwrap();
+    dir
+}

@@ -1,0 +1,124 @@
+//! The native echo runtime (tests/fixtures/native-echo, a Rust `provided.al2023` bootstrap with its own
+//! Runtime API client) through the real daemon: it echoes, it holds AWS_LAMBDA_MAX_CONCURRENCY invokes at
+//! once, and the environment reports where its start-up time went.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use lmi_proto::v1::{self as pb, InvokeOutcome as Out};
+use support::*;
+
+fn native_spec(
+    function: &str,
+    code: &std::path::Path,
+    max_concurrency: u32,
+) -> pb::EnvironmentSpec {
+    pb::EnvironmentSpec {
+        function: Some(pb::FunctionRef {
+            name: function.into(),
+            ..Default::default()
+        }),
+        runtime: "provided.al2023".into(),
+        code: Some(pb::Code {
+            source: Some(pb::code::Source::Directory(code.display().to_string())),
+            sha256: String::new(),
+        }),
+        max_concurrency,
+        timeout_seconds: 60,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_echo_answers_byte_for_byte_and_reports_errors() {
+    require_root!();
+    let code = native_echo_code_dir();
+    let mut agent = TestAgent::start().await;
+    let env = agent
+        .create_ready(native_spec("native", code.path(), 4))
+        .await;
+
+    let payload =
+        br#"{"nested": {"list": [1, 2.5, "three"]}, "unicode": "\u00e9t\u00e9"}"#.to_vec();
+    let r = agent
+        .client
+        .invoke(pb::InvokeRequest {
+            function_name: "native".into(),
+            payload: payload.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.outcome(), Out::Success, "{r:?}");
+    assert_eq!(r.payload, payload, "the echo is byte for byte");
+    assert_eq!(r.environment_id, env.id);
+
+    let r = agent
+        .invoke(
+            "native",
+            serde_json::json!({"native_echo": {"error": "Function.Asked"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.outcome(), Out::FunctionError, "{r:?}");
+    assert_eq!(r.error.as_ref().unwrap().error_type, "Function.Asked");
+
+    // The agent's start-up phases add up to its share, and the runtime's init was measured.
+    let t = agent.get(&env.id).await.startup.expect("start-up timings");
+    assert_eq!(
+        t.agent_us,
+        t.validate_us + t.code_us + t.runtime_api_us + t.cgroup_us + t.spawn_us,
+        "{t:?}"
+    );
+    assert!(t.spawn_us > 0 && t.cgroup_us > 0, "{t:?}");
+    assert!(t.runtime_init_us > 0, "READY, so init was measured: {t:?}");
+    agent.stop_and_assert_clean(&[env.pid]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_echo_holds_max_concurrency_invokes_at_once() {
+    require_root!();
+    let code = native_echo_code_dir();
+    let mut agent = TestAgent::start().await;
+    const N: u32 = 8;
+    let env = agent
+        .create_ready(native_spec("native-c", code.path(), N))
+        .await;
+    // Each invoke waits in the runtime until N have arrived there: they can only all succeed if the runtime
+    // held N distinct invokes at the same time (a rendezvous; a missing poller would time them out).
+    let calls: Vec<_> = (0..N)
+        .map(|_| {
+            tokio::spawn(invoke(
+                agent.client.clone(),
+                "native-c",
+                serde_json::json!({"native_echo": {"barrier": N}}),
+            ))
+        })
+        .collect();
+    let mut ids = BTreeSet::new();
+    let mut seen_together = Vec::new();
+    for c in calls {
+        let r = c.await.unwrap().unwrap();
+        assert_eq!(r.outcome(), Out::Success, "{r:?}");
+        let v = payload_json(&r);
+        assert_eq!(v["request_id"], r.request_id.as_str());
+        assert_eq!(v["pollers"], N, "one poller per AWS_LAMBDA_MAX_CONCURRENCY");
+        let together: BTreeSet<String> = v["barrier_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_str().unwrap().to_owned())
+            .collect();
+        seen_together.push(together);
+        ids.insert(r.request_id);
+    }
+    assert_eq!(ids.len(), N as usize, "distinct request ids");
+    for together in seen_together {
+        assert_eq!(together, ids, "all {N} were in the runtime at once");
+    }
+    assert_eq!(agent.get(&env.id).await.in_flight, 0);
+    agent.stop_and_assert_clean(&[env.pid]);
+}
