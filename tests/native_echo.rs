@@ -122,3 +122,108 @@ async fn native_echo_holds_max_concurrency_invokes_at_once() {
     assert_eq!(agent.get(&env.id).await.in_flight, 0);
     agent.stop_and_assert_clean(&[env.pid]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lmictl_bench_reports_every_invoke_and_the_agents_costs() {
+    require_root!();
+    let code = native_echo_code_dir();
+    let mut agent = TestAgent::start().await;
+    let env = agent
+        .create_ready(native_spec("bench-me", code.path(), 4))
+        .await;
+    let lmictl = |args: &[&str]| {
+        let out = std::process::Command::new(LMICTL_BIN)
+            .arg("--socket")
+            .arg(&agent.socket)
+            .arg("--json")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "lmictl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+
+    // Bounded by count: exactly 200 measured invokes, all answered by the echo.
+    let r = lmictl(&[
+        "bench", "invoke", "bench-me", "-c", "4", "-d", "60", "--warmup", "0", "-n", "200",
+    ]);
+    assert_eq!(r["invokes"], 200, "{r:#}");
+    assert_eq!(r["outcomes"]["success"], 200, "{r:#}");
+    for other in [
+        "function_error",
+        "timeout",
+        "runtime_failure",
+        "throttle",
+        "other",
+    ] {
+        assert_eq!(r["outcomes"][other], 0, "{other}: {r:#}");
+    }
+    // The agent was found through the socket's peer credentials, and its costs were read from /proc.
+    assert_eq!(r["agent"]["pid"], agent.pid(), "{r:#}");
+    assert!(r["agent"]["peak_rss_mib"].as_f64().unwrap() > 0.0, "{r:#}");
+    assert!(r["agent"]["cpu_us_per_invoke"].is_number(), "{r:#}");
+    assert_eq!(r["runtime_pids"], serde_json::json!([env.pid]), "{r:#}");
+    let l = &r["latency"];
+    assert!(
+        l["p50_us"].as_f64().unwrap() <= l["p99_us"].as_f64().unwrap(),
+        "{r:#}"
+    );
+
+    // A function error counts as one, not as success.
+    let r = lmictl(&[
+        "bench",
+        "invoke",
+        "bench-me",
+        "--warmup",
+        "0",
+        "-n",
+        "3",
+        "--payload",
+        r#"{"native_echo": {"error": "Function.Asked"}}"#,
+    ]);
+    assert_eq!(r["outcomes"]["function_error"], 3, "{r:#}");
+    assert_eq!(r["outcomes"]["success"], 0, "{r:#}");
+
+    // Start-up: two environments created, measured and deleted.
+    let code_arg = code.path().display().to_string();
+    let r = lmictl(&[
+        "bench",
+        "startup",
+        "-n",
+        "2",
+        "--function",
+        "startup-me",
+        "--runtime",
+        "provided.al2023",
+        "--code",
+        &code_arg,
+    ]);
+    let runs = r["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{r:#}");
+    for run in runs {
+        assert!(run["agent_us"].as_u64().unwrap() > 0, "{r:#}");
+        assert!(run["runtime_init_us"].as_u64().unwrap() > 0, "{r:#}");
+    }
+    let left: Vec<_> = agent
+        .client
+        .list_environments(pb::ListEnvironmentsRequest {
+            function_name: "startup-me".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .environments
+        .into_iter()
+        .filter(|e| e.state() != pb::EnvironmentState::Terminated)
+        .collect();
+    assert!(
+        left.is_empty(),
+        "bench startup deletes what it creates: {left:?}"
+    );
+    agent.stop_and_assert_clean(&[env.pid]);
+}

@@ -29,9 +29,9 @@ use crate::{
     runtime_api::{RuntimeApi, MAX_RESPONSE_BYTES},
     sampler::{Sampler, Snapshot},
     spec::{self, SpecDefaults, SpecError, LATEST},
+    startup::{AgentPhases, Stopwatch},
     state::StateStore,
     stats::Stats,
-    startup::{AgentPhases, Stopwatch},
     supervisor::{self, Supervised},
 };
 

@@ -54,6 +54,82 @@ pub enum Command {
     Logs(LogsArgs),
     /// Live view of host and environment utilization (one frame per sampling period).
     Top(TopArgs),
+    /// Measure the agent: invoke load (throughput, latency, CPU, RSS) or environment start-up.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Drive Invoke at a fixed concurrency (closed loop) or a fixed rate (open loop) for a duration; print
+    /// throughput, latency percentiles, outcome counts, and the agent's CPU per invoke and peak RSS.
+    Invoke(BenchInvokeArgs),
+    /// Create an environment several times and report where its start-up time went (the agent's phases and
+    /// the runtime's own init), deleting each one after.
+    Startup(BenchStartupArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchInvokeArgs {
+    /// Function name (it must have a READY environment).
+    pub function: String,
+
+    /// Function version (default $LATEST).
+    #[arg(long, value_name = "V")]
+    pub version: Option<String>,
+
+    /// Invokes kept in flight (closed loop: each caller sends its next invoke when the last one ends).
+    #[arg(long, short = 'c', value_name = "N", default_value = "1", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub concurrency: u32,
+
+    /// Send this many invokes per second instead, whatever the answers (open loop); latency is measured
+    /// from each invoke's scheduled time. Overrides --concurrency.
+    #[arg(long, value_name = "PER_SECOND", value_parser = parse_rate)]
+    pub rate: Option<f64>,
+
+    /// With --rate: the most invokes in flight; a scheduled invoke beyond it is counted as skipped.
+    #[arg(long, value_name = "N", default_value = "10000", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_in_flight: u32,
+
+    /// How long to measure, in seconds (at most 600).
+    #[arg(long, short = 'd', value_name = "SECONDS", default_value = "10", value_parser = parse_bench_seconds)]
+    pub duration: Duration,
+
+    /// Load before measuring (not counted), in seconds (0 for none, at most 600).
+    #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = parse_warmup)]
+    pub warmup: Duration,
+
+    /// Stop after this many measured invokes even if --duration has not elapsed.
+    #[arg(long, short = 'n', value_name = "COUNT")]
+    pub max_invokes: Option<u64>,
+
+    /// Payload of every invoke (JSON).
+    #[arg(long, value_name = "JSON", default_value = r#"{"hello":"world"}"#)]
+    pub payload: String,
+
+    /// gRPC connections to spread the invokes over (HTTP/2 multiplexes each).
+    #[arg(long, value_name = "N", default_value = "1", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub connections: u32,
+
+    /// The agent's process id, for its CPU time and RSS. Default: the peer of the Unix socket.
+    #[arg(long, value_name = "PID")]
+    pub agent_pid: Option<u32>,
+
+    /// Reset the agent's peak RSS (VmHWM, through /proc/PID/clear_refs) before measuring, so the peak is
+    /// this run's.
+    #[arg(long)]
+    pub reset_peak_rss: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchStartupArgs {
+    /// How many environments to create (one at a time); the report gives each and the median.
+    #[arg(long, short = 'n', value_name = "N", default_value = "5", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub runs: u32,
+
+    /// The spec, as for `create` (its --wait-timeout bounds each wait for READY; --wait is implied).
+    #[command(flatten)]
+    pub create: CreateArgs,
 }
 
 #[derive(Debug, Args)]
@@ -211,6 +287,35 @@ pub fn parse_seconds(s: &str) -> Result<Duration, String> {
         return Err(format!("`{s}`: must be greater than 0"));
     }
     Duration::try_from_secs_f64(secs).map_err(|e| format!("`{s}`: {e}"))
+}
+
+/// A rate of invokes per second: positive and at most 1,000,000.
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    let rate: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of invokes per second"))?;
+    if !(rate > 0.0 && rate <= 1_000_000.0) {
+        return Err(format!("`{s}`: must be greater than 0 and at most 1000000"));
+    }
+    Ok(rate)
+}
+
+/// A benchmark duration: positive, at most 600 seconds (benchmarks are bounded).
+pub fn parse_bench_seconds(s: &str) -> Result<Duration, String> {
+    let d = parse_seconds(s)?;
+    if d > Duration::from_secs(600) {
+        return Err(format!("`{s}`: at most 600 seconds"));
+    }
+    Ok(d)
+}
+
+/// A warm-up: 0 or a benchmark duration.
+pub fn parse_warmup(s: &str) -> Result<Duration, String> {
+    if s.trim().parse::<f64>() == Ok(0.0) {
+        return Ok(Duration::ZERO);
+    }
+    parse_bench_seconds(s)
 }
 
 /// 2, 4 or 8 GiB per vCPU.

@@ -74,8 +74,12 @@ pub async fn run(cli: Cli, io: &mut Io<'_>) -> Output {
     }
 }
 
-async fn try_run(cli: Cli, io: &mut Io<'_>) -> anyhow::Result<Output> {
-    let plan = prepare(cli.command, io)?;
+async fn try_run(mut cli: Cli, io: &mut Io<'_>) -> anyhow::Result<Output> {
+    let command = std::mem::replace(&mut cli.command, Command::Host);
+    if let Command::Bench(bench) = command {
+        return crate::bench::run(&cli, bench, io).await;
+    }
+    let plan = prepare(command, io)?;
     let target = connect::target(&cli.socket, cli.endpoint.as_deref())?;
     let mut client = connect::connect(&target, cli.timeout).await?;
     execute(&mut client, plan, cli.json, cli.timeout, io)
@@ -126,6 +130,7 @@ fn prepare(command: Command, io: &mut Io<'_>) -> anyhow::Result<Plan> {
                 follow: args.follow,
             })
         }
+        Command::Bench(_) => anyhow::bail!("bench is not a single request"),
     })
 }
 

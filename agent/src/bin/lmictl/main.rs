@@ -4,6 +4,7 @@
 //! `main` only parses the command line, runs `commands::run` and writes its `Output`; see `output.rs` for the
 //! exit codes.
 
+mod bench;
 mod cli;
 mod commands;
 mod connect;

@@ -1,0 +1,364 @@
+//! The load generator: Invoke at a fixed concurrency (closed loop) or a fixed rate (open loop), recording
+//! every measured invoke's latency in an HDR histogram and its outcome.
+//!
+//! The run is a warm-up (not recorded), then the measured window; only invokes sent in the window count.
+//! Callers stop sending at the window's end (or after `max_invokes`), and the run ends when the last
+//! measured invoke has its answer. Everything is bounded: the window, the count, the invokes in flight.
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    time::Duration,
+};
+
+use hdrhistogram::Histogram;
+use lmi_proto::v1::{InvokeOutcome, InvokeRequest, InvokeResponse};
+use serde::Serialize;
+use tokio::{task::JoinSet, time::Instant};
+
+use crate::connect::Client;
+
+/// How invokes are sent.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Mode {
+    /// `concurrency` callers, each sending its next invoke as soon as the previous one is answered.
+    Closed { concurrency: u32 },
+    /// `rate` invokes per second whatever the answers, at most `max_in_flight` at once.
+    Open { rate: f64, max_in_flight: u32 },
+}
+
+/// One load run.
+#[derive(Debug, Clone)]
+pub struct LoadPlan {
+    pub request: InvokeRequest,
+    pub mode: Mode,
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub max_invokes: Option<u64>,
+}
+
+/// How the measured invokes ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Outcomes {
+    pub success: u64,
+    pub function_error: u64,
+    pub timeout: u64,
+    pub runtime_failure: u64,
+    /// gRPC RESOURCE_EXHAUSTED (any throttle reason).
+    pub throttle: u64,
+    /// Any other gRPC error.
+    pub other: u64,
+    /// Open loop only: scheduled invokes not sent because `max_in_flight` were already in flight.
+    pub skipped: u64,
+}
+
+impl Outcomes {
+    /// Invokes that got an answer (everything but skipped).
+    pub fn answered(&self) -> u64 {
+        self.success
+            + self.function_error
+            + self.timeout
+            + self.runtime_failure
+            + self.throttle
+            + self.other
+    }
+
+    fn count(&mut self, result: &Result<InvokeResponse, tonic::Status>) {
+        match result {
+            Ok(resp) => match resp.outcome() {
+                InvokeOutcome::Success => self.success += 1,
+                InvokeOutcome::FunctionError => self.function_error += 1,
+                InvokeOutcome::Timeout => self.timeout += 1,
+                InvokeOutcome::RuntimeFailure => self.runtime_failure += 1,
+                InvokeOutcome::Unspecified => self.other += 1,
+            },
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => self.throttle += 1,
+            Err(_) => self.other += 1,
+        }
+    }
+}
+
+/// What a run measured.
+#[derive(Debug, Clone)]
+pub struct LoadResult {
+    /// Latency of every measured invoke, in nanoseconds.
+    pub latency_ns: Histogram<u64>,
+    pub outcomes: Outcomes,
+    /// From the window's start to the last measured answer.
+    pub elapsed: Duration,
+    /// Open loop: how late invokes were sent after their scheduled time (timer granularity and a busy
+    /// generator), in nanoseconds. Empty in closed loop.
+    pub send_lag_ns: Histogram<u64>,
+    /// The first error other than a throttle, to show what went wrong.
+    pub first_error: Option<String>,
+}
+
+impl LoadResult {
+    /// Answered invokes per second.
+    pub fn throughput(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            self.outcomes.answered() as f64 / secs
+        } else {
+            0.0
+        }
+    }
+}
+
+/// A histogram of nanoseconds from 1 µs to one hour at 3 significant digits.
+fn histogram() -> anyhow::Result<Histogram<u64>> {
+    Ok(Histogram::new_with_bounds(1_000, 3_600_000_000_000, 3)?)
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[derive(Debug)]
+struct Record {
+    latency_ns: Histogram<u64>,
+    send_lag_ns: Histogram<u64>,
+    outcomes: Outcomes,
+    last_answer: Option<Instant>,
+    first_error: Option<String>,
+}
+
+/// State shared by the callers of one run.
+#[derive(Debug)]
+struct Shared {
+    record: Mutex<Record>,
+    /// Measured invokes sent so far (for `max_invokes`).
+    sent: AtomicU64,
+    measure_from: Instant,
+    end: Instant,
+    max_invokes: u64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Record> {
+        self.record.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// May an invoke be sent at `now`? Ok(true): yes and it is measured; Ok(false): yes, warm-up; Err: stop.
+    fn admit(&self, now: Instant) -> Result<bool, ()> {
+        if now >= self.end {
+            return Err(());
+        }
+        if now < self.measure_from {
+            return Ok(false);
+        }
+        if self.sent.fetch_add(1, Ordering::Relaxed) >= self.max_invokes {
+            return Err(());
+        }
+        Ok(true)
+    }
+
+    fn finish(
+        &self,
+        sent_at: Instant,
+        answered_at: Instant,
+        result: &Result<InvokeResponse, tonic::Status>,
+    ) {
+        let mut r = self.lock();
+        r.latency_ns
+            .saturating_record(nanos(answered_at.duration_since(sent_at)));
+        r.outcomes.count(result);
+        r.last_answer = Some(r.last_answer.map_or(answered_at, |t| t.max(answered_at)));
+        if let Err(s) = result {
+            if s.code() != tonic::Code::ResourceExhausted && r.first_error.is_none() {
+                r.first_error = Some(format!("{:?}: {}", s.code(), s.message()));
+            }
+        }
+    }
+}
+
+async fn send(
+    client: &mut Client,
+    request: &InvokeRequest,
+) -> Result<InvokeResponse, tonic::Status> {
+    client
+        .invoke(request.clone())
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Runs the plan over `clients` (invokes are spread over them). `at_measure_start` runs once, when the
+/// measured window opens (to snapshot CPU counters); the result covers the window.
+pub async fn run(
+    clients: &[Client],
+    plan: &LoadPlan,
+    at_measure_start: impl FnOnce(),
+) -> anyhow::Result<LoadResult> {
+    anyhow::ensure!(!clients.is_empty(), "no connection to send invokes over");
+    let start = Instant::now();
+    let measure_from = start + plan.warmup;
+    let shared = Arc::new(Shared {
+        record: Mutex::new(Record {
+            latency_ns: histogram()?,
+            send_lag_ns: histogram()?,
+            outcomes: Outcomes::default(),
+            last_answer: None,
+            first_error: None,
+        }),
+        sent: AtomicU64::new(0),
+        measure_from,
+        end: measure_from + plan.duration,
+        max_invokes: plan.max_invokes.unwrap_or(u64::MAX),
+    });
+    let request = Arc::new(plan.request.clone());
+    let mut tasks = JoinSet::new();
+    let mut at_measure_start = Some(at_measure_start);
+    match plan.mode {
+        Mode::Closed { concurrency } => {
+            for i in 0..concurrency as usize {
+                let mut client = clients[i % clients.len()].clone();
+                let (shared, request) = (shared.clone(), request.clone());
+                tasks.spawn(async move {
+                    loop {
+                        let sent_at = Instant::now();
+                        let Ok(measured) = shared.admit(sent_at) else {
+                            break;
+                        };
+                        let result = send(&mut client, &request).await;
+                        if measured {
+                            shared.finish(sent_at, Instant::now(), &result);
+                        }
+                    }
+                });
+            }
+            tokio::time::sleep_until(measure_from).await;
+            if let Some(f) = at_measure_start.take() {
+                f();
+            }
+        }
+        Mode::Open {
+            rate,
+            max_in_flight,
+        } => {
+            let interval = Duration::from_secs_f64(1.0 / rate);
+            let in_flight = Arc::new(AtomicU64::new(0));
+            let mut k: u32 = 0;
+            loop {
+                let scheduled = start + interval.saturating_mul(k);
+                k = k.saturating_add(1);
+                tokio::time::sleep_until(scheduled).await;
+                if scheduled >= measure_from {
+                    if let Some(f) = at_measure_start.take() {
+                        f();
+                    }
+                }
+                let Ok(measured) = shared.admit(scheduled) else {
+                    break;
+                };
+                while tasks.try_join_next().is_some() {}
+                if in_flight.load(Ordering::Relaxed) >= u64::from(max_in_flight) {
+                    if measured {
+                        shared.lock().outcomes.skipped += 1;
+                    }
+                    continue;
+                }
+                let sent_at = Instant::now();
+                if measured {
+                    shared
+                        .lock()
+                        .send_lag_ns
+                        .saturating_record(nanos(sent_at.duration_since(scheduled)));
+                }
+                in_flight.fetch_add(1, Ordering::Relaxed);
+                let mut client = clients[k as usize % clients.len()].clone();
+                let (shared, request, in_flight) =
+                    (shared.clone(), request.clone(), in_flight.clone());
+                tasks.spawn(async move {
+                    let result = send(&mut client, &request).await;
+                    if measured {
+                        shared.finish(sent_at, Instant::now(), &result);
+                    }
+                    in_flight.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+            if let Some(f) = at_measure_start.take() {
+                f();
+            }
+        }
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined?;
+    }
+    let r = shared.lock();
+    Ok(LoadResult {
+        latency_ns: r.latency_ns.clone(),
+        outcomes: r.outcomes.clone(),
+        elapsed: r.last_answer.map_or(Duration::ZERO, |t| {
+            t.saturating_duration_since(measure_from)
+        }),
+        send_lag_ns: r.send_lag_ns.clone(),
+        first_error: r.first_error.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(outcome: InvokeOutcome) -> Result<InvokeResponse, tonic::Status> {
+        Ok(InvokeResponse {
+            outcome: outcome.into(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn every_answer_is_counted_once_under_its_outcome() {
+        let mut o = Outcomes::default();
+        o.count(&ok(InvokeOutcome::Success));
+        o.count(&ok(InvokeOutcome::Success));
+        o.count(&ok(InvokeOutcome::FunctionError));
+        o.count(&ok(InvokeOutcome::Timeout));
+        o.count(&ok(InvokeOutcome::RuntimeFailure));
+        o.count(&Err(tonic::Status::resource_exhausted("throttled")));
+        o.count(&Err(tonic::Status::unavailable("gone")));
+        assert_eq!(
+            o,
+            Outcomes {
+                success: 2,
+                function_error: 1,
+                timeout: 1,
+                runtime_failure: 1,
+                throttle: 1,
+                other: 1,
+                skipped: 0,
+            }
+        );
+        assert_eq!(o.answered(), 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn admission_follows_the_window_and_the_count() {
+        let now = Instant::now();
+        let s = Shared {
+            record: Mutex::new(Record {
+                latency_ns: histogram().unwrap(),
+                send_lag_ns: histogram().unwrap(),
+                outcomes: Outcomes::default(),
+                last_answer: None,
+                first_error: None,
+            }),
+            sent: AtomicU64::new(0),
+            measure_from: now + Duration::from_secs(1),
+            end: now + Duration::from_secs(2),
+            max_invokes: 2,
+        };
+        assert_eq!(s.admit(now), Ok(false), "warm-up");
+        let inside = now + Duration::from_millis(1500);
+        assert_eq!(s.admit(inside), Ok(true));
+        assert_eq!(s.admit(inside), Ok(true));
+        assert_eq!(s.admit(inside), Err(()), "max_invokes reached");
+        assert_eq!(
+            s.admit(now + Duration::from_secs(2)),
+            Err(()),
+            "window over"
+        );
+    }
+}

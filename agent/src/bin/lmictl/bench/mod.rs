@@ -1,0 +1,201 @@
+//! `lmictl bench`: measuring the agent from outside, as a control plane sees it.
+//!
+//! - `bench invoke`: load (see `load`), with the agent's CPU time per invoke and its peak RSS read from
+//!   `/proc` (`proc_stats`), and the same for the function's runtime process and for lmictl itself, so the
+//!   whole machine's CPU is accounted for.
+//! - `bench startup`: environment start-up, split into the agent's phases and the runtime's init (`startup`).
+//!
+//! Benchmarks run against loopback only (the Unix socket, or a TCP endpoint on a loopback address) and are
+//! bounded in time and count.
+
+mod load;
+mod proc_stats;
+mod report;
+mod startup;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use lmi_proto::v1::{EnvironmentState, InvokeRequest, ListEnvironmentsRequest};
+
+use crate::cli::{BenchCommand, BenchInvokeArgs, Cli};
+use crate::commands::Io;
+use crate::connect::{self, Client, Target};
+use crate::output::Output;
+
+pub use report::InvokeReport;
+
+/// Runs a `bench` subcommand.
+pub async fn run(cli: &Cli, command: BenchCommand, io: &mut Io<'_>) -> anyhow::Result<Output> {
+    let target = connect::target(&cli.socket, cli.endpoint.as_deref())?;
+    require_loopback(&target)?;
+    match command {
+        BenchCommand::Invoke(args) => invoke(&target, cli, args).await,
+        BenchCommand::Startup(args) => {
+            let spec = crate::spec_file::build(&args.create, &io.cwd)?;
+            let mut client = connect::connect(&target, cli.timeout).await?;
+            let runs =
+                startup::run(&mut client, &spec, args.runs, args.create.wait_timeout, io).await?;
+            report::startup_output(&runs, cli.json)
+        }
+    }
+}
+
+/// Benchmarks load the agent hard: only against this host.
+fn require_loopback(target: &Target) -> anyhow::Result<()> {
+    let Target::Tcp(url) = target else {
+        return Ok(());
+    };
+    let uri: tonic::transport::Uri = url
+        .parse()
+        .with_context(|| format!("invalid endpoint {url}"))?;
+    let host = uri
+        .host()
+        .unwrap_or("")
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    anyhow::ensure!(
+        loopback,
+        "bench runs against this host only: --endpoint {url} is not a loopback address (use the Unix socket, 127.0.0.1 or [::1])"
+    );
+    Ok(())
+}
+
+async fn invoke(target: &Target, cli: &Cli, args: BenchInvokeArgs) -> anyhow::Result<Output> {
+    anyhow::ensure!(
+        !args.function.trim().is_empty(),
+        "the function name is empty"
+    );
+    serde_json::from_str::<serde_json::Value>(&args.payload)
+        .with_context(|| format!("--payload {:?} is not JSON", args.payload))?;
+    let agent_pid = match (args.agent_pid, target) {
+        (Some(pid), _) => Some(pid),
+        (None, Target::Unix(path)) => {
+            Some(proc_stats::socket_peer_pid(path).with_context(|| {
+                format!(
+                    "finding the agent's pid from {} (or give --agent-pid)",
+                    path.display()
+                )
+            })?)
+        }
+        (None, Target::Tcp(_)) => None,
+    };
+    let mut clients = Vec::new();
+    for _ in 0..args.connections {
+        clients.push(connect::connect(target, cli.timeout).await?);
+    }
+    let runtime_pids = runtime_pids(&mut clients[0], &args).await?;
+    anyhow::ensure!(
+        !runtime_pids.is_empty(),
+        "function {} has no READY environment to invoke",
+        args.function
+    );
+    if let (Some(pid), true) = (agent_pid, args.reset_peak_rss) {
+        proc_stats::reset_peak_rss(pid)?;
+    }
+    let plan = load::LoadPlan {
+        request: InvokeRequest {
+            function_name: args.function.clone(),
+            function_version: args.version.clone().unwrap_or_default(),
+            payload: args.payload.clone().into_bytes(),
+            ..Default::default()
+        },
+        mode: match args.rate {
+            Some(rate) => load::Mode::Open {
+                rate,
+                max_in_flight: args.max_in_flight,
+            },
+            None => load::Mode::Closed {
+                concurrency: args.concurrency,
+            },
+        },
+        warmup: args.warmup,
+        duration: args.duration,
+        max_invokes: args.max_invokes,
+    };
+    let me = std::process::id();
+    let cpu_now = |pid: Option<u32>| pid.and_then(|p| proc_stats::cpu_time(p).ok());
+    let mut before = None;
+    let result = load::run(&clients, &plan, || {
+        before = Some(Snapshot {
+            agent: cpu_now(agent_pid),
+            runtimes: runtime_pids.iter().map(|p| cpu_now(Some(*p))).collect(),
+            lmictl: cpu_now(Some(me)),
+        });
+    })
+    .await?;
+    let after = Snapshot {
+        agent: cpu_now(agent_pid),
+        runtimes: runtime_pids.iter().map(|p| cpu_now(Some(*p))).collect(),
+        lmictl: cpu_now(Some(me)),
+    };
+    let before = before.unwrap_or_default();
+    let spent =
+        |b: Option<proc_stats::CpuTime>, a: Option<proc_stats::CpuTime>| Some(a?.since(&b?));
+    let runtime_cpu = before
+        .runtimes
+        .iter()
+        .zip(&after.runtimes)
+        .map(|(b, a)| spent(*b, *a))
+        .collect::<Option<Vec<_>>>()
+        .map(|v| v.iter().map(proc_stats::CpuTime::total).sum::<Duration>());
+    let report = InvokeReport::new(
+        &args,
+        &plan,
+        &result,
+        report::ProcessCost {
+            agent_pid,
+            agent_cpu: spent(before.agent, after.agent),
+            agent_memory: agent_pid.and_then(|p| proc_stats::memory(p).ok()),
+            runtime_pids,
+            runtime_cpu,
+            lmictl_cpu: spent(before.lmictl, after.lmictl).map(|c| c.total()),
+        },
+    );
+    report::invoke_output(&report, cli.json)
+}
+
+/// CPU counters at one moment.
+#[derive(Debug, Default)]
+struct Snapshot {
+    agent: Option<proc_stats::CpuTime>,
+    runtimes: Vec<Option<proc_stats::CpuTime>>,
+    lmictl: Option<proc_stats::CpuTime>,
+}
+
+/// Main processes of the function version's READY environments.
+async fn runtime_pids(client: &mut Client, args: &BenchInvokeArgs) -> anyhow::Result<Vec<u32>> {
+    let envs = client
+        .list_environments(ListEnvironmentsRequest {
+            function_name: args.function.clone(),
+            function_version: args.version.clone().unwrap_or_else(|| "$LATEST".to_owned()),
+        })
+        .await?
+        .into_inner()
+        .environments;
+    Ok(envs
+        .iter()
+        .filter(|e| e.state() == EnvironmentState::Ready && e.pid != 0)
+        .map(|e| e.pid)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_targets_are_benchmarked() {
+        let ok = |u: &str| require_loopback(&Target::Tcp(u.into())).is_ok();
+        assert!(require_loopback(&Target::Unix("/run/x.sock".into())).is_ok());
+        assert!(ok("http://127.0.0.1:7443"));
+        assert!(ok("http://[::1]:7443"));
+        assert!(ok("http://localhost:7443"));
+        assert!(!ok("http://10.0.0.5:7443"));
+        assert!(!ok("http://example.com:7443"));
+    }
+}
