@@ -287,20 +287,21 @@ impl Broker {
         let Some((key, entry)) = t.entries.remove_entry(id) else {
             return Answer::Unknown;
         };
-        let answer = match entry.reply {
+        if entry.reply.is_none() {
+            t.remember_expired(key);
+        }
+        drop(t);
+        // The slot is free before the caller learns the outcome: a caller that submits again as soon as it
+        // has its answer must find the slot it just used (else a closed loop at the limit is throttled).
+        self.release(1);
+        match entry.reply {
             Some(reply) => {
                 // The caller may have gone (cancelled); the answer is still accepted.
                 let _ = reply.send(outcome);
                 Answer::Accepted
             }
-            None => {
-                t.remember_expired(key);
-                Answer::TooLate
-            }
-        };
-        drop(t);
-        self.release(1);
-        answer
+            None => Answer::TooLate,
+        }
     }
 
     /// The runtime finished an invoke whose caller already timed out: frees its slot (no outcome to deliver).
@@ -664,6 +665,29 @@ mod tests {
         e2.payload = Bytes::from_static(b"new");
         let _q = b.submit(e2).unwrap();
         assert_eq!(&b.next().await.unwrap().payload[..], b"new");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_slot_is_free_when_the_caller_gets_its_answer() {
+        // A closed loop at the limit: the caller submits again the moment it has its answer, on another
+        // thread than the one answering. It must never find the slot still taken.
+        let b = Broker::new(1);
+        let runtime = {
+            let b = b.clone();
+            tokio::spawn(async move {
+                while let Some(e) = b.next().await {
+                    b.answer(&e.request_id, ok(b"1"));
+                }
+            })
+        };
+        for i in 0..2000 {
+            let p = b
+                .submit(event(&format!("r{i}")))
+                .unwrap_or_else(|r| panic!("invoke {i} refused: {:?}", r.reason));
+            assert_eq!(p.wait(Duration::from_secs(5)).await, ok(b"1"));
+        }
+        b.close(None);
+        runtime.await.unwrap();
     }
 
     #[tokio::test]
