@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
 use hyper::{
     body::Incoming,
-    header::{HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE},
+    header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE},
     service::service_fn,
     Method, Request, Response, StatusCode,
 };
@@ -32,6 +32,16 @@ pub const MAX_STREAMED_RESPONSE_BYTES: usize = 20 * 1024 * 1024;
 pub const MAX_ERROR_BYTES: usize = 1024 * 1024;
 
 const PREFIX: &str = "/2018-06-01/runtime/";
+// Header names as `HeaderName` constants: a name parsed from a `&str` on every event would be validated,
+// lower-cased and allocated each time.
+const REQUEST_ID: HeaderName = HeaderName::from_static("lambda-runtime-aws-request-id");
+const DEADLINE_MS: HeaderName = HeaderName::from_static("lambda-runtime-deadline-ms");
+const FUNCTION_ARN: HeaderName = HeaderName::from_static("lambda-runtime-invoked-function-arn");
+const TRACE_ID: HeaderName = HeaderName::from_static("lambda-runtime-trace-id");
+const CLIENT_CONTEXT: HeaderName = HeaderName::from_static("lambda-runtime-client-context");
+const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+/// The body of every 202: a constant, not JSON serialised per answer.
+const ACCEPTED_BODY: &[u8] = br#"{"status":"OK"}"#;
 const ERROR_TYPE_HEADER: &str = "lambda-runtime-function-error-type";
 const ERROR_BODY_TRAILER: &str = "lambda-runtime-function-error-body";
 const RESPONSE_MODE_HEADER: &str = "lambda-runtime-function-response-mode";
@@ -161,9 +171,10 @@ impl RuntimeApi {
         Ok((l, addr))
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
-        let path = req.uri().path().to_owned();
-        let Some(rest) = path.strip_prefix(PREFIX) else {
+    async fn handle(&self, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+        // The URI is moved out so that its path can be borrowed while the request is consumed.
+        let uri = std::mem::take(req.uri_mut());
+        let Some(rest) = uri.path().strip_prefix(PREFIX) else {
             return error(StatusCode::NOT_FOUND, "NotFound", "unknown path");
         };
         let method = req.method().clone();
@@ -188,7 +199,7 @@ impl RuntimeApi {
                     Some((id, a @ ("response" | "error")))
                         if !id.is_empty() && !id.contains('/') =>
                     {
-                        (id.to_owned(), a)
+                        (id, a)
                     }
                     _ => return error(StatusCode::NOT_FOUND, "NotFound", "unknown path"),
                 };
@@ -196,9 +207,9 @@ impl RuntimeApi {
                     return method_not_allowed();
                 }
                 if action == "response" {
-                    self.response(&id, req).await
+                    self.response(id, req).await
                 } else {
-                    self.function_error(&id, req).await
+                    self.function_error(id, req).await
                 }
             }
         }
@@ -493,51 +504,47 @@ fn parse_error_body(body: &[u8], header_type: String) -> ErrorInfo {
 }
 
 fn event_response(event: Event) -> Response<Full<Bytes>> {
-    let mut b = Response::builder()
-        .status(StatusCode::OK)
-        .header(CONTENT_TYPE, "application/json")
-        .header("Lambda-Runtime-Deadline-Ms", event.deadline_ms);
+    let mut r = Response::new(Full::new(event.payload));
+    let h = r.headers_mut();
+    h.reserve(6);
+    h.insert(CONTENT_TYPE, APPLICATION_JSON);
+    h.insert(DEADLINE_MS, HeaderValue::from(event.deadline_ms));
     // Values were validated at the control API; a value that still cannot be a header is left out rather
     // than failing the invoke.
-    let mut set = |name: &str, value: &str| {
+    let mut set = |name: HeaderName, value: &str| {
         if let Ok(v) = HeaderValue::from_str(value) {
-            b = std::mem::take(&mut b).header(name, v);
+            h.insert(name, v);
         }
     };
-    set("Lambda-Runtime-Aws-Request-Id", &event.request_id);
-    set("Lambda-Runtime-Invoked-Function-Arn", &event.function_arn);
+    set(REQUEST_ID, &event.request_id);
+    set(FUNCTION_ARN, &event.function_arn);
     if let Some(t) = &event.trace_id {
-        set("Lambda-Runtime-Trace-Id", t);
+        set(TRACE_ID, t);
     }
     if let Some(c) = &event.client_context {
-        set("Lambda-Runtime-Client-Context", c);
+        set(CLIENT_CONTEXT, c);
     }
-    b.body(Full::new(event.payload)).unwrap_or_else(|_| {
-        error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Internal",
-            "bad event headers",
-        )
-    })
+    r
 }
 
-fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+fn json_response(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(CONTENT_TYPE, APPLICATION_JSON);
     r
 }
 
 fn error(status: StatusCode, error_type: &str, message: &str) -> Response<Full<Bytes>> {
     json_response(
         status,
-        serde_json::json!({ "errorMessage": message, "errorType": error_type }),
+        Bytes::from(
+            serde_json::json!({ "errorMessage": message, "errorType": error_type }).to_string(),
+        ),
     )
 }
 
 fn accepted() -> Response<Full<Bytes>> {
-    json_response(StatusCode::ACCEPTED, serde_json::json!({ "status": "OK" }))
+    json_response(StatusCode::ACCEPTED, Bytes::from_static(ACCEPTED_BODY))
 }
 
 fn method_not_allowed() -> Response<Full<Bytes>> {
