@@ -1,8 +1,9 @@
-//! The dispatcher's choice (`lmi_agent::dispatch::candidates`): the READY environments of a function version
-//! with a free slot, least loaded first, for 1, 16 and 100 environments with uneven load.
+//! The dispatcher's choice (`lmi_agent::dispatch::plan`): the READY, unsaturated environments of a function
+//! version with a free slot, least loaded first, for 1, 16 and 100 environments with uneven load.
 //!
 //! The environments are real `Environment` records (made READY by a `/next` poll, as the Runtime API does)
-//! with real brokers holding submitted invokes; no process or cgroup is needed to choose among them.
+//! with real brokers holding submitted invokes, their cgroups in a fake tree; no process is needed to choose
+//! among them.
 //!
 //! Run: `cargo bench -p lmi-benches --bench dispatch`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -12,75 +13,56 @@ use std::{sync::Arc, time::Duration};
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use lmi_agent::{
-    broker::Pending,
-    catalog::Catalog,
-    dispatch,
-    environment::Environment,
-    invocation::Event,
+    broker::Pending, dispatch, environment::Environment, invocation::Event,
     runtime_api::RuntimeEvents,
-    spec::{self, SpecDefaults},
 };
-use lmi_proto::v1 as pb;
+use lmi_benches::{environments, Shape};
 
 const MAX_CONCURRENCY: u32 = 64;
 
 /// `n` READY environments of one function; environment `i` holds `(i * 7) % MAX_CONCURRENCY` invokes, so
 /// loads differ and some environments are full.
-fn environments(n: usize, code: &std::path::Path) -> (Vec<Arc<Environment>>, Vec<Pending>) {
-    let catalog = Catalog::load(None).unwrap();
-    let defaults = SpecDefaults {
-        region: "us-east-1".into(),
-        account_id: "123456789012".into(),
-    };
-    let wire = pb::EnvironmentSpec {
-        function: Some(pb::FunctionRef {
-            name: "bench".into(),
-            ..Default::default()
-        }),
-        runtime: "provided.al2023".into(),
-        code: Some(pb::Code {
-            source: Some(pb::code::Source::Directory(code.display().to_string())),
-            sha256: String::new(),
-        }),
-        max_concurrency: MAX_CONCURRENCY,
-        ..Default::default()
-    };
-    let valid = spec::validate(&wire, &catalog, &defaults).unwrap();
+fn loaded_environments(
+    tree: &std::path::Path,
+    code: &std::path::Path,
+    n: usize,
+) -> (Vec<Arc<Environment>>, Vec<Pending>) {
+    let envs = environments(
+        tree,
+        code,
+        n,
+        Shape {
+            one_function: true,
+            max_concurrency: MAX_CONCURRENCY,
+        },
+    );
     let mut held = Vec::new();
-    let envs = (0..n)
-        .map(|i| {
-            let env = Environment::new(
-                format!("env-{i}"),
-                valid.clone(),
-                "127.0.0.1:9001".parse().unwrap(),
-                format!("/lmi/env-{i}"),
+    for (i, env) in envs.iter().enumerate() {
+        env.polled();
+        let load = (i * 7) % MAX_CONCURRENCY as usize;
+        for j in 0..load {
+            let ev = Event::new(
+                format!("{i}-{j}"),
+                Bytes::new(),
+                Duration::from_secs(60),
+                String::new(),
+                None,
+                None,
             );
-            env.polled();
-            let load = (i * 7) % MAX_CONCURRENCY as usize;
-            for j in 0..load {
-                let ev = Event::new(
-                    format!("{i}-{j}"),
-                    Bytes::new(),
-                    Duration::from_secs(60),
-                    String::new(),
-                    None,
-                    None,
-                );
-                held.push(env.broker.submit(ev).unwrap());
-            }
-            env
-        })
-        .collect();
+            held.push(env.broker.submit(ev).unwrap());
+        }
+    }
     (envs, held)
 }
 
 fn candidates(c: &mut Criterion) {
     let code = tempfile::tempdir().unwrap();
-    let mut group = c.benchmark_group("dispatch/candidates");
+    let mut group = c.benchmark_group("dispatch/plan");
     for n in [1usize, 16, 100] {
-        let (envs, _held) = environments(n, code.path());
+        let tree = tempfile::tempdir().unwrap();
+        let (envs, _held) = loaded_environments(tree.path(), code.path(), n);
         group.bench_with_input(BenchmarkId::from_parameter(n), &envs, |b, envs| {
-            b.iter(|| dispatch::candidates(std::hint::black_box(envs)).len());
+            b.iter(|| dispatch::plan(std::hint::black_box(envs)).candidates.len());
         });
     }
     group.finish();

@@ -1,14 +1,26 @@
 //! Protobuf encode and decode of the control API's messages.
 //!
+//! - `utilization_report/50`: the report the agent streams to the scaler every period, built by the agent's
+//!   own sampler and report builder over 50 environments (cgroups in a fake cgroupfs tree).
 //! - `list_environments/50`: a `ListEnvironmentsResponse` with 50 fully populated environments, the largest
-//!   routine message. (Issue 4's utilization report will be the periodic message to bench here; until it
-//!   exists this stands in for it.)
+//!   control-API answer.
 //! - `invoke_request` / `invoke_response`: the per-invoke messages with a 1 KiB payload.
 //!
 //! Run: `cargo bench -p lmi-benches --bench proto`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::time::Instant;
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use lmi_agent::{
+    capacity::{Allocated, HostCapacity},
+    config::UtilizationConfig,
+    host::HostReader,
+    report::ReportBuilder,
+    sampler::Sampler,
+    stats::Stats,
+};
+use lmi_benches::{environments, Shape};
 use lmi_proto::v1 as pb;
 use prost::Message;
 
@@ -79,6 +91,47 @@ fn list_environments(c: &mut Criterion) {
     group.finish();
 }
 
+fn utilization_report(c: &mut Criterion) {
+    let (tree, code) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let envs = environments(
+        tree.path(),
+        code.path(),
+        50,
+        Shape {
+            one_function: false,
+            max_concurrency: 0,
+        },
+    );
+    let mut sampler = Sampler::new(
+        UtilizationConfig::default(),
+        HostReader::default(),
+        code.path().to_owned(),
+    );
+    let snapshot = sampler.tick(
+        &envs,
+        HostCapacity::new(64, 262_144, 0, 0),
+        Allocated::default(),
+        false,
+        Instant::now(),
+    );
+    let msg = ReportBuilder::new("bench-host".into(), "bench-instance".into()).build(
+        1,
+        &snapshot,
+        &Stats::default(),
+    );
+    assert_eq!(msg.environments.len(), 50);
+    let bytes = msg.encode_to_vec();
+    let mut group = c.benchmark_group("proto/utilization_report");
+    group.throughput(Throughput::Bytes(bytes.len() as u64));
+    group.bench_function("encode/50", |b| {
+        b.iter(|| std::hint::black_box(&msg).encode_to_vec());
+    });
+    group.bench_function("decode/50", |b| {
+        b.iter(|| pb::UtilizationReport::decode(std::hint::black_box(&bytes[..])).unwrap());
+    });
+    group.finish();
+}
+
 fn invoke_messages(c: &mut Criterion) {
     let payload = vec![b'x'; 1024];
     let req = pb::InvokeRequest {
@@ -113,5 +166,10 @@ fn invoke_messages(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, list_environments, invoke_messages);
+criterion_group!(
+    benches,
+    utilization_report,
+    list_environments,
+    invoke_messages
+);
 criterion_main!(benches);
