@@ -15,6 +15,13 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+/// Lowest uid the sandbox may hand out.
+const MIN_SANDBOX_UID: u32 = 1000;
+/// Highest uid the sandbox may hand out (uids above 2^31 - 1 confuse tools that read them as signed).
+const MAX_SANDBOX_UID: u32 = 2_147_483_647;
+/// `nobody`, which must never be an environment's identity.
+const NOBODY_UID: u64 = 65_534;
+
 /// Default path of the configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/lmi-agent/agent.toml";
 
@@ -99,6 +106,37 @@ pub struct Config {
     pub scaler: ScalerConfig,
     /// Address of the Prometheus `/metrics` endpoint, e.g. "127.0.0.1:9464"; absent = off.
     pub metrics_listen: Option<SocketAddr>,
+    /// How each environment's processes are isolated.
+    pub sandbox: SandboxConfig,
+}
+
+/// `[sandbox]`: every environment runs as its own unprivileged uid/gid, in its own mount namespace, and (with
+/// `network_isolation`) in its own network namespace. See docs/ARCHITECTURE.md, "Sandbox".
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    /// First uid (and gid) handed to environments; each environment gets one of its own.
+    pub uid_first: u32,
+    /// How many uids (from `uid_first`) the agent may hand out: the most environments alive at once.
+    pub uid_count: u32,
+    /// A network namespace per environment: its Runtime API on its own loopback at 127.0.0.1:9001, egress
+    /// through a veth pair and NAT. Off: environments share the host's network and each Runtime API listens
+    /// on an ephemeral loopback port of the host (reachable by every local process).
+    pub network_isolation: bool,
+    /// Private IPv4 network the environments' veth pairs are numbered from, one /30 each ("a.b.c.d/len",
+    /// len 12..=28); must not overlap a network the host routes to.
+    pub network: String,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            uid_first: 1_000_000,
+            uid_count: 65_536,
+            network_isolation: true,
+            network: "10.200.0.0/16".to_owned(),
+        }
+    }
 }
 
 /// `[utilization]`
@@ -283,6 +321,7 @@ impl Default for Config {
             metrics_listen: None,
             logs: LogsConfig::default(),
             invoke_api: InvokeApiConfig::default(),
+            sandbox: SandboxConfig::default(),
         }
     }
 }
@@ -403,6 +442,29 @@ impl Config {
         }
         if self.account_id.len() != 12 || !self.account_id.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad("account_id", "must be 12 digits"));
+        }
+        let sb = &self.sandbox;
+        if sb.uid_first < MIN_SANDBOX_UID {
+            return Err(bad(
+                "sandbox.uid_first",
+                "must be at least 1000 (above the system accounts)",
+            ));
+        }
+        let last = u64::from(sb.uid_first) + u64::from(sb.uid_count);
+        if sb.uid_count == 0 || last > u64::from(MAX_SANDBOX_UID) + 1 {
+            return Err(bad(
+                "sandbox.uid_count",
+                "must be at least 1, and uid_first + uid_count - 1 at most 2147483647",
+            ));
+        }
+        if (u64::from(sb.uid_first)..last).contains(&NOBODY_UID) {
+            return Err(bad(
+                "sandbox.uid_first",
+                "the range must not hold 65534 (nobody)",
+            ));
+        }
+        if let Err(e) = crate::sandbox::Subnet::parse(&sb.network) {
+            return Err(bad("sandbox.network", &e));
         }
         Ok(())
     }
@@ -532,5 +594,43 @@ mod tests {
                 .to_string();
             assert!(e.contains(key), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn sandbox_defaults_and_bad_values_name_the_key() {
+        let c = Config::parse("", Path::new("t.toml")).unwrap();
+        assert!(c.sandbox.network_isolation);
+        assert_eq!(c.sandbox.uid_first, 1_000_000);
+        assert_eq!(c.sandbox.network, "10.200.0.0/16");
+        for (text, key) in [
+            ("[sandbox]\nuid_first = 0", "sandbox.uid_first"),
+            ("[sandbox]\nuid_first = 500", "sandbox.uid_first"),
+            (
+                "[sandbox]\nuid_first = 60000\nuid_count = 10000",
+                "sandbox.uid_first",
+            ),
+            ("[sandbox]\nuid_count = 0", "sandbox.uid_count"),
+            (
+                "[sandbox]\nuid_first = 2147483000\nuid_count = 1000",
+                "sandbox.uid_count",
+            ),
+            ("[sandbox]\nnetwork = '10.200.0.0'", "sandbox.network"),
+            ("[sandbox]\nnetwork = '10.200.0.1/16'", "sandbox.network"),
+            ("[sandbox]\nnetwork = '8.8.0.0/16'", "sandbox.network"),
+            ("[sandbox]\nnetwork = '10.0.0.0/8'", "sandbox.network"),
+            ("[sandbox]\nnetworks = 'x'", "networks"),
+        ] {
+            let e = Config::parse(text, Path::new("t.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        let c = Config::parse(
+            "[sandbox]\nnetwork_isolation = false\nnetwork = '192.168.64.0/24'\nuid_first = 70000\nuid_count = 10",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert!(!c.sandbox.network_isolation);
+        assert_eq!(c.sandbox.uid_count, 10);
     }
 }

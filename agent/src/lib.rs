@@ -13,6 +13,7 @@
 //! - [`launch`]: the runtime's command line, environment variables and spawn into its cgroup.
 //! - [`environment`]: an environment's record, state machine and last measured usage.
 //! - [`ephemeral`]: an environment's /tmp (a size-capped tmpfs).
+//! - [`sandbox`]: each environment's uid, mount and network namespaces, and no privileges.
 //! - [`supervisor`]: the task that owns a runtime process from spawn to cleanup.
 //! - [`invocation`]: an invoke's event and its single outcome.
 //! - [`broker`]: the per-environment exchange between callers and the runtime's pollers.
@@ -55,6 +56,7 @@ pub mod notify;
 pub mod report;
 pub mod runtime_api;
 pub mod sampler;
+pub mod sandbox;
 pub mod scaler;
 pub mod server;
 pub mod spec;

@@ -1,0 +1,38 @@
+//! Everything a runtime process does to itself between `fork` and `exec`, after it joined its cgroup:
+//! enter the environment's network namespace (when isolated), take new mount and IPC namespaces and set up
+//! its mounts, then drop to the environment's identity with no privilege left. Prepared before `fork`;
+//! [`Confinement::enter`] makes system calls only (async-signal-safe, no allocation, no locks).
+
+use std::{io, os::fd::RawFd};
+
+use super::{identity::Identity, mounts::MountPlan, netns::NetworkNamespace, privileges};
+
+/// One runtime's confinement.
+#[derive(Debug)]
+pub struct Confinement {
+    /// The environment's network namespace, kept open by the agent until the runtime has exec'd.
+    pub(crate) netns: Option<RawFd>,
+    pub(crate) mounts: MountPlan,
+    pub(crate) identity: Identity,
+}
+
+impl Confinement {
+    /// The uid and gid the runtime runs as.
+    pub fn identity(&self) -> Identity {
+        self.identity
+    }
+
+    /// Applies the confinement to the calling process (a forked child, still root). Meant for `pre_exec`.
+    pub fn enter(&self) -> io::Result<()> {
+        if let Some(fd) = self.netns {
+            NetworkNamespace::enter(fd)?;
+        }
+        // SAFETY: unshare(2) with constant flags. A private IPC namespace keeps System V IPC and POSIX
+        // message queues of environments apart.
+        if unsafe { libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWIPC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.mounts.apply()?;
+        privileges::drop_to(self.identity)
+    }
+}

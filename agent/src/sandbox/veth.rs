@@ -1,0 +1,93 @@
+//! An environment's link to the host: a veth pair whose host end (`lmi<id>`, address `.1` of the
+//! environment's /30) stays in the host's namespace and whose other end is `eth0` in the environment's
+//! namespace (address `.2`, default route via `.1`). Removing the host end removes the pair.
+
+use super::{addresses::Link, netns::NetworkNamespace, tools::Tool};
+
+/// Prefix of the host ends' names.
+pub const HOST_PREFIX: &str = "lmi";
+/// Longest interface name Linux accepts.
+const IFNAMSIZ_MAX: usize = 15;
+
+/// A veth pair of one environment.
+#[derive(Debug)]
+pub struct Veth {
+    host_name: String,
+}
+
+impl Veth {
+    /// The host end's name for an environment id: the prefix and the id's first hex digits.
+    pub fn host_name_for(env_id: &str) -> String {
+        let digits: String = env_id
+            .chars()
+            .filter(char::is_ascii_hexdigit)
+            .take(IFNAMSIZ_MAX - HOST_PREFIX.len())
+            .collect();
+        format!("{HOST_PREFIX}{digits}")
+    }
+
+    /// Creates the pair with its far end in `ns`, numbers both ends from `link` and routes the namespace's
+    /// traffic through the host. On failure nothing is left.
+    pub fn create(
+        ip: &Tool,
+        env_id: &str,
+        ns: &NetworkNamespace,
+        link: &Link,
+    ) -> Result<Self, String> {
+        let host_name = Self::host_name_for(env_id);
+        let host = format!(
+            "link add {host_name} type veth peer name eth0 netns {ns}\n\
+             addr add {addr}/30 dev {host_name}\n\
+             link set {host_name} up\n",
+            ns = ns.proc_path().display(),
+            addr = link.host,
+        );
+        let veth = Self { host_name };
+        if let Err(e) = ip.run(&["-batch", "-"], &host, None) {
+            let _ = veth.remove(ip);
+            return Err(e);
+        }
+        let inside = format!(
+            "addr add {guest}/30 dev eth0\nlink set eth0 up\nroute add default via {gw}\n",
+            guest = link.guest,
+            gw = link.host,
+        );
+        if let Err(e) = ip.run(&["-batch", "-"], &inside, Some(ns.raw_fd())) {
+            let _ = veth.remove(ip);
+            return Err(e);
+        }
+        Ok(veth)
+    }
+
+    /// The host end's name.
+    pub fn host_name(&self) -> &str {
+        &self.host_name
+    }
+
+    /// Deletes the pair (no error if it is already gone).
+    pub fn remove(&self, ip: &Tool) -> Result<(), String> {
+        remove_link(ip, &self.host_name)
+    }
+}
+
+/// Deletes a link by name; a link that does not exist is not an error.
+pub fn remove_link(ip: &Tool, name: &str) -> Result<(), String> {
+    match ip.run(&["-batch", "-"], &format!("link del {name}\n"), None) {
+        Ok(()) => Ok(()),
+        Err(e) if e.contains("Cannot find device") => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_fit_and_follow_the_id() {
+        let n = Veth::host_name_for("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0");
+        assert_eq!(n, "lmi0f1e2d3c4b5a");
+        assert!(n.len() <= IFNAMSIZ_MAX);
+        assert_eq!(Veth::host_name_for("ab"), "lmiab");
+    }
+}
