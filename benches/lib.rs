@@ -102,6 +102,7 @@ pub fn environments(root: &Path, code: &Path, n: usize, shape: Shape) -> Vec<Arc
                 "127.0.0.1:9001".parse().unwrap(),
                 Arc::from(cgroup),
                 None,
+                None,
             )
         })
         .collect()

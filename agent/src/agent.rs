@@ -3,7 +3,7 @@
 
 use std::{
     collections::HashMap,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard},
     time::Duration,
 };
@@ -25,9 +25,10 @@ use crate::{
     host::HostReader,
     invocation::{Event, Outcome},
     launch::{self, LaunchContext, LaunchError, Spawner},
-    logs::LogPipeline,
+    logs::{LogPipeline, PendingCapture},
     runtime_api::{RuntimeApi, MAX_RESPONSE_BYTES},
     sampler::{Sampler, Snapshot},
+    sandbox::{self, confine::Confinement, mounts, EnvironmentSandbox, Sandbox, SandboxError},
     spec::{self, SpecDefaults, SpecError, LATEST},
     startup::{AgentPhases, Stopwatch},
     state::StateStore,
@@ -72,6 +73,8 @@ pub enum CreateError {
     Draining,
     #[error(transparent)]
     Ephemeral(#[from] crate::ephemeral::EphemeralError),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
 }
 
 /// Why an invoke did not run.
@@ -112,6 +115,22 @@ pub struct InvokeResult {
     pub outcome: Outcome,
 }
 
+/// What [`Agent::launch`] starts from: a staged, sandboxed environment-to-be.
+#[derive(Debug)]
+struct Launch {
+    id: String,
+    spec: spec::ValidSpec,
+    /// The function's code on the host.
+    code_dir: PathBuf,
+    env_dir: PathBuf,
+    listener: std::net::TcpListener,
+    runtime_api: std::net::SocketAddr,
+    confinement: Confinement,
+    log_capture: PendingCapture,
+    clock: Stopwatch,
+    phases: AgentPhases,
+}
+
 #[derive(Debug, Default)]
 struct Registry {
     by_id: HashMap<String, Arc<Environment>>,
@@ -127,6 +146,7 @@ pub struct Agent {
     cgroups: Arc<dyn CgroupDriver>,
     spawner: Arc<dyn Spawner>,
     logs: Arc<LogPipeline>,
+    sandbox: Arc<Sandbox>,
     registry: RwLock<Registry>,
     defaults: SpecDefaults,
     runtime_path: String,
@@ -162,6 +182,7 @@ impl Agent {
         spawner: Arc<dyn Spawner>,
         state: StateStore,
         logs: Arc<LogPipeline>,
+        sandbox: Arc<Sandbox>,
     ) -> Arc<Self> {
         let defaults = SpecDefaults {
             region: config.region.clone(),
@@ -176,6 +197,7 @@ impl Agent {
             cgroups,
             spawner,
             logs,
+            sandbox,
             registry: RwLock::new(Registry::default()),
             defaults,
             runtime_path,
@@ -377,6 +399,11 @@ impl Agent {
         &self.logs
     }
 
+    /// The host's part of the environments' sandbox.
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
     /// Validates, reserves capacity, stages code, creates the cgroup and /tmp, starts the Runtime API and the
     /// runtime. Returns while the runtime initialises; on any error everything done so far is undone.
     pub async fn create(
@@ -419,30 +446,88 @@ impl Agent {
         let id = uuid::Uuid::new_v4().to_string();
         let code_root = self.config.state_dir.join("code");
         let source = spec.code.clone();
-        let task_root: PathBuf =
+        let code_dir: PathBuf =
             tokio::task::spawn_blocking(move || code::stage(&source, &code_root))
                 .await
                 .map_err(|e| CreateError::Spawn(std::io::Error::other(e)))??;
         phases.code = clock.lap();
 
-        let (listener, addr) = RuntimeApi::bind_loopback()
-            .await
-            .map_err(CreateError::Listen)?;
-        phases.runtime_api = clock.lap();
         let env_dir = self.config.state_dir.join("envs").join(&id);
-        let tmp_dir = env_dir.join("tmp");
         let log_capture = self.logs.prepare(&id).map_err(CreateError::LogSocket)?;
+        let prepared = {
+            let (sandbox, id, code, tmp, log_socket) = (
+                self.sandbox.clone(),
+                id.clone(),
+                code_dir.clone(),
+                env_dir.join("tmp"),
+                log_capture.socket_path().to_owned(),
+            );
+            blocking(move || sandbox.prepare(&id, &code, &tmp, &log_socket)).await??
+        };
+        let sandbox::Prepared {
+            lease,
+            listener,
+            runtime_api,
+            confinement,
+        } = prepared;
+        phases.sandbox = clock.lap();
+        let mut lease = Some(lease);
+        let launched = self
+            .launch(
+                Launch {
+                    id,
+                    spec,
+                    code_dir,
+                    env_dir,
+                    listener,
+                    runtime_api,
+                    confinement,
+                    log_capture,
+                    clock,
+                    phases,
+                },
+                &mut lease,
+            )
+            .await;
+        if let Some(lease) = lease.take() {
+            // Never handed to an environment: no process of it ran.
+            let _ = blocking(move || lease.release(true)).await;
+        }
+        launched
+    }
+
+    /// Plans, creates the cgroup and /tmp, serves the Runtime API and spawns the runtime in its sandbox. Takes
+    /// the sandbox `lease` into the environment once there is one (the caller releases it otherwise).
+    async fn launch(
+        self: &Arc<Self>,
+        l: Launch,
+        lease: &mut Option<EnvironmentSandbox>,
+    ) -> Result<Arc<Environment>, CreateError> {
+        let Launch {
+            id,
+            spec,
+            code_dir,
+            env_dir,
+            listener,
+            runtime_api: addr,
+            confinement,
+            log_capture,
+            mut clock,
+            mut phases,
+        } = l;
+        let tmp_dir = env_dir.join("tmp");
         let plan = launch::plan(
             &spec,
             &LaunchContext {
                 env_id: &id,
-                task_root: &task_root,
+                code_dir: &code_dir,
+                task_root: Path::new(mounts::TASK_ROOT),
                 shims_dir: &self.config.shims_dir,
                 runtime_api: addr,
                 region: &self.config.region,
                 path: &self.runtime_path,
-                tmp_dir: &tmp_dir,
-                log_socket: Some(log_capture.socket_path()),
+                tmp_dir: Path::new(mounts::TMP),
+                log_socket: Some(Path::new(mounts::LOG_SOCKET)),
             },
         )?;
         phases.spawn = clock.lap();
@@ -475,12 +560,23 @@ impl Agent {
             }
         };
         phases.cgroup = clock.lap();
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = blocking(move || {
+                    let _ = cgroup.remove();
+                    tmp.remove()
+                })
+                .await;
+                return Err(CreateError::Listen(e));
+            }
+        };
 
         let init_timeout = match self.config.environments.init_timeout_seconds {
             0 => spec.init_timeout(),
             s => Duration::from_secs(u64::from(s)),
         };
-        let env = Environment::new(id, spec, addr, cgroup, Some(tmp));
+        let env = Environment::new(id, spec, addr, cgroup, Some(tmp), lease.take());
         let api = RuntimeApi::new(env.broker.clone(), env.clone());
         let api_server = tokio::spawn(api.serve(listener));
         phases.runtime_api += clock.lap();
@@ -489,15 +585,18 @@ impl Agent {
         let undo = |env: Arc<Environment>, api_server: tokio::task::JoinHandle<()>| async move {
             api_server.abort();
             let _ = blocking(move || {
-                let _ = env.cgroup.remove();
+                let gone = env.cgroup.remove().is_ok();
                 if let Some(t) = &env.tmp {
                     let _ = t.remove();
+                }
+                if let Some(s) = &env.sandbox {
+                    s.release(gone);
                 }
                 let _ = std::fs::remove_dir(env_dir);
             })
             .await;
         };
-        let mut child = match self.spawner.spawn(&plan, placement) {
+        let mut child = match self.spawner.spawn(&plan, placement, confinement) {
             Ok(c) => c,
             Err(e) => {
                 undo(env, api_server).await;
@@ -531,6 +630,7 @@ impl Agent {
         if let Err(e) = self.state.save(&env.to_proto()) {
             tracing::warn!(env = %env.id, error = %e, "recording the environment failed");
         }
+        let identity = env.sandbox.as_ref().map(|s| s.identity());
         tracing::info!(
             env = %env.id,
             function = %env.spec.function_name,
@@ -542,6 +642,9 @@ impl Agent {
             pid = child.id(),
             cgroup = %env.cgroup_path,
             runtime_api = %addr,
+            uid = identity.map(|i| i.uid),
+            address = env.sandbox.as_ref().and_then(|s| s.address()).map(tracing::field::display),
+            sandbox_setup_us = u64::try_from(phases.sandbox.as_micros()).unwrap_or(u64::MAX),
             "environment started"
         );
         tokio::spawn(supervisor::supervise(Supervised {
@@ -800,7 +903,7 @@ impl Agent {
     }
 
     /// Graceful stop: refuse new environments and invokes, let in-flight invokes finish within `grace`, stop
-    /// every runtime and remove every cgroup, then the agent's parent cgroup.
+    /// every runtime and remove every cgroup, then the sandbox's host part and the agent's parent cgroup.
     pub async fn shutdown(&self, grace: Duration) {
         {
             // Under the registry lock, so that a create either registered before this (and is listed below)
@@ -818,6 +921,8 @@ impl Agent {
                 tracing::warn!(env = %e.id, error = %err, "removing a record failed");
             }
         }
+        let sandbox = self.sandbox.clone();
+        let _ = tokio::task::spawn_blocking(move || sandbox.shutdown()).await;
         let cgroups = self.cgroups.clone();
         match tokio::task::spawn_blocking(move || cgroups.remove_parent()).await {
             Ok(Ok(())) => {}

@@ -22,6 +22,8 @@ pub enum CodeError {
     Checksum { expected: String, actual: String },
     #[error("spec.code.zip_file: {0}")]
     BadZip(String),
+    #[error("spec.code.directory: {0} must be readable and searchable by others (mode o+rx, and its files o+r): functions run as an unprivileged user of their own")]
+    NotReadable(PathBuf),
     #[error("staging code in {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
 }
@@ -40,10 +42,18 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CodeError + '_ {
     }
 }
 
-/// Returns the directory the runtime runs the function from (`LAMBDA_TASK_ROOT`).
+/// Returns the host directory holding the function's code (the runtime sees it at `LAMBDA_TASK_ROOT`). A
+/// directory is used in place; it must be readable by others, since the function runs as its own user (its
+/// parent directories need not be: the runtime reaches the code through a bind mount).
 pub fn stage(source: &CodeSource, code_root: &Path) -> Result<PathBuf, CodeError> {
     match source {
-        CodeSource::Directory(d) => Ok(d.clone()),
+        CodeSource::Directory(d) => {
+            let mode = fs::metadata(d).map_err(io_err(d))?.permissions().mode();
+            if mode & 0o005 != 0o005 {
+                return Err(CodeError::NotReadable(d.clone()));
+            }
+            Ok(d.clone())
+        }
         CodeSource::Zip { path, sha256 } => stage_zip(path, sha256.as_deref(), code_root),
     }
 }
@@ -280,8 +290,28 @@ mod tests {
     }
 
     #[test]
+    fn a_directory_others_cannot_read_is_refused_by_name() {
+        let t = tempfile::tempdir().unwrap();
+        fs::set_permissions(t.path(), fs::Permissions::from_mode(0o750)).unwrap();
+        let e = stage(
+            &CodeSource::Directory(t.path().to_owned()),
+            Path::new("/nonexistent"),
+        )
+        .unwrap_err();
+        assert!(e.is_invalid_input());
+        assert!(
+            e.to_string().starts_with(&format!(
+                "spec.code.directory: {} must be readable",
+                t.path().display()
+            )),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn directory_is_used_in_place() {
         let t = tempfile::tempdir().unwrap();
+        fs::set_permissions(t.path(), fs::Permissions::from_mode(0o755)).unwrap();
         let d = stage(
             &CodeSource::Directory(t.path().to_owned()),
             Path::new("/nonexistent"),

@@ -42,12 +42,14 @@ fn create_status(e: CreateError) -> Status {
         }
         CreateError::Spec(SpecError::RuntimeUnavailable { .. }) => Status::failed_precondition(msg),
         CreateError::Capacity(_) => Status::resource_exhausted(msg),
+        CreateError::Sandbox(s) if s.is_exhausted() => Status::resource_exhausted(msg),
         CreateError::Code(c) if c.is_invalid_input() => Status::invalid_argument(msg),
         CreateError::ShuttingDown | CreateError::Draining => Status::unavailable(msg),
         CreateError::Code(_)
         | CreateError::Cgroup(_)
         | CreateError::Spawn(_)
         | CreateError::Listen(_)
+        | CreateError::Sandbox(_)
         | CreateError::Ephemeral(_)
         | CreateError::LogSocket(_) => {
             tracing::error!(error = %msg, "creating an environment failed");

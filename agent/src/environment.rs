@@ -28,6 +28,7 @@ use crate::{
     invocation::ErrorInfo,
     logs::LogStats,
     runtime_api::{InitErrorAnswer, RuntimeEvents},
+    sandbox::EnvironmentSandbox,
     spec::ValidSpec,
     startup::AgentPhases,
 };
@@ -123,6 +124,8 @@ pub struct Environment {
     pub cgroup: Arc<dyn EnvironmentCgroup>,
     /// The environment's /tmp.
     pub tmp: Option<EphemeralStorage>,
+    /// Its uid and network namespace (released by the supervisor once its processes are gone).
+    pub sandbox: Option<EnvironmentSandbox>,
     usage: Mutex<Usage>,
     saturation: AtomicU8,
     pub created_at: SystemTime,
@@ -146,6 +149,7 @@ impl Environment {
         runtime_api: SocketAddr,
         cgroup: Arc<dyn EnvironmentCgroup>,
         tmp: Option<EphemeralStorage>,
+        sandbox: Option<EnvironmentSandbox>,
     ) -> Arc<Self> {
         let broker = Broker::new(spec.max_concurrency);
         Arc::new(Self {
@@ -156,6 +160,7 @@ impl Environment {
             cgroup_path: cgroup.path().to_owned(),
             cgroup,
             tmp,
+            sandbox,
             usage: Mutex::new(Usage::default()),
             saturation: AtomicU8::new(0),
             created_at: SystemTime::now(),

@@ -1,6 +1,6 @@
 //! Turning a spec into a runtime process tree: the command from the catalog, the Lambda environment
-//! variables, and a spawn that places the child in its cgroup before `exec` (no window outside it) and in a
-//! process group of its own.
+//! variables, and a spawn that places the child in its cgroup and its sandbox before `exec` (no window
+//! outside either) and in a process group of its own.
 
 use std::{
     collections::BTreeMap,
@@ -10,7 +10,7 @@ use std::{
     process::Stdio,
 };
 
-use crate::{cgroup::Placement, spec::ValidSpec};
+use crate::{cgroup::Placement, sandbox::confine::Confinement, spec::ValidSpec};
 
 /// Why a runtime could not be planned.
 #[derive(Debug, thiserror::Error)]
@@ -21,8 +21,8 @@ pub enum LaunchError {
     EmptyCommand(String),
 }
 
-/// Everything needed to start one runtime.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Everything needed to start one runtime. Its `Debug` shows variable names only (values may be secrets).
+#[derive(Clone, PartialEq, Eq)]
 pub struct LaunchPlan {
     pub program: PathBuf,
     pub args: Vec<String>,
@@ -30,17 +30,31 @@ pub struct LaunchPlan {
     pub cwd: PathBuf,
 }
 
+impl std::fmt::Debug for LaunchPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LaunchPlan")
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("env", &crate::spec::RedactedVariables(&self.env))
+            .field("cwd", &self.cwd)
+            .finish()
+    }
+}
+
 /// Host facts the plan depends on.
 #[derive(Debug, Clone)]
 pub struct LaunchContext<'a> {
     pub env_id: &'a str,
+    /// The function's code on the host (checked here).
+    pub code_dir: &'a Path,
+    /// The function's code as the runtime sees it (`LAMBDA_TASK_ROOT`, `{code}` in the catalog).
     pub task_root: &'a Path,
     pub shims_dir: &'a Path,
     pub runtime_api: SocketAddr,
     pub region: &'a str,
     /// `PATH` given to runtimes.
     pub path: &'a str,
-    /// The environment's temporary directory (`TMPDIR`).
+    /// The environment's temporary directory as the runtime sees it (`TMPDIR`).
     pub tmp_dir: &'a Path,
     /// The environment's log socket, given as `_LAMBDA_TELEMETRY_LOG_FD_PROVIDER_SOCKET`.
     pub log_socket: Option<&'a Path>,
@@ -59,10 +73,14 @@ pub fn plan(spec: &ValidSpec, ctx: &LaunchContext<'_>) -> Result<LaunchPlan, Lau
             .next()
             .ok_or_else(|| LaunchError::EmptyCommand(spec.runtime.id.clone()))?,
     );
-    if spec.runtime.is_provided() && !is_executable(&program) {
+    // The runtime sees the code at `task_root`; check the same file where the host has it.
+    let on_host = program
+        .strip_prefix(ctx.task_root)
+        .map_or_else(|_| program.clone(), |rel| ctx.code_dir.join(rel));
+    if spec.runtime.is_provided() && !is_executable(&on_host) {
         return Err(LaunchError::MissingBootstrap {
             runtime: spec.runtime.id.clone(),
-            path: program,
+            path: on_host,
         });
     }
     let args = command.collect();
@@ -161,9 +179,14 @@ pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 /// Starts processes. A trait so that lifecycle logic can be exercised without creating processes.
 pub trait Spawner: Send + Sync + std::fmt::Debug {
-    /// Starts the plan's program inside the cgroups of `placement`, in a new process group, with piped
-    /// stdout/stderr and no stdin.
-    fn spawn(&self, plan: &LaunchPlan, placement: Placement) -> io::Result<tokio::process::Child>;
+    /// Starts the plan's program inside the cgroups of `placement` and the sandbox of `confinement` (which
+    /// also sets its working directory), in a new process group, with piped stdout/stderr and no stdin.
+    fn spawn(
+        &self,
+        plan: &LaunchPlan,
+        placement: Placement,
+        confinement: Confinement,
+    ) -> io::Result<tokio::process::Child>;
 }
 
 /// Spawns real processes.
@@ -171,12 +194,18 @@ pub trait Spawner: Send + Sync + std::fmt::Debug {
 pub struct ProcessSpawner;
 
 impl Spawner for ProcessSpawner {
-    fn spawn(&self, plan: &LaunchPlan, placement: Placement) -> io::Result<tokio::process::Child> {
+    fn spawn(
+        &self,
+        plan: &LaunchPlan,
+        placement: Placement,
+        confinement: Confinement,
+    ) -> io::Result<tokio::process::Child> {
         let mut cmd = tokio::process::Command::new(&plan.program);
+        // No `current_dir`: std changes directory before `pre_exec`, where `plan.cwd` (inside the runtime's
+        // mount namespace) does not exist yet; the confinement moves there itself.
         cmd.args(&plan.args)
             .env_clear()
             .envs(&plan.env)
-            .current_dir(&plan.cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -185,9 +214,11 @@ impl Spawner for ProcessSpawner {
         // runtime must not inherit that protection (nor any other adjustment of the agent's), so it is reset
         // to 0 in the child. Raising it needs no privilege.
         let reset_oom_score = own_oom_score_adj() != 0;
-        // SAFETY: the closure runs in the child between fork and exec. It only calls setpgid(2), write(2)
-        // (through `Placement::enter`, which is async-signal-safe and does not allocate), and open(2)/write(2)/
-        // close(2) on a static path; no locks, no heap.
+        // SAFETY: the closure runs in the child between fork and exec. It only makes system calls: setpgid(2),
+        // write(2) (`Placement::enter`), open(2)/write(2)/close(2) on a static path (the OOM score), then setns,
+        // unshare, mount, chdir, prctl, setgroups, setres[ug]id and capset (`Confinement::enter`) on values
+        // prepared before fork; no locks, no heap. The cgroup is joined and the OOM score reset first, while
+        // the child is still root.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::setpgid(0, 0) != 0 {
@@ -204,7 +235,7 @@ impl Spawner for ProcessSpawner {
                         libc::close(fd);
                     }
                 }
-                Ok(())
+                confinement.enter()
             });
         }
         cmd.spawn()
@@ -260,13 +291,14 @@ mod tests {
     fn ctx<'a>(dir: &'a Path) -> LaunchContext<'a> {
         LaunchContext {
             env_id: "env-1",
-            task_root: dir,
+            code_dir: dir,
+            task_root: Path::new("/var/task"),
             shims_dir: Path::new("/opt/shims"),
             runtime_api: "127.0.0.1:9001".parse().unwrap(),
             region: "eu-west-1",
             path: "/usr/bin:/bin",
-            tmp_dir: Path::new("/var/lib/lmi-agent/envs/env-1/tmp"),
-            log_socket: Some(Path::new("/run/lmi/env-1.sock")),
+            tmp_dir: Path::new("/tmp"),
+            log_socket: Some(Path::new("/run/lmi/log.sock")),
         }
     }
 
@@ -278,7 +310,9 @@ mod tests {
         let e = |k: &str| p.env.get(k).cloned().unwrap_or_default();
         assert_eq!(e("AWS_LAMBDA_RUNTIME_API"), "127.0.0.1:9001");
         assert_eq!(e("_HANDLER"), "app.handler");
-        assert_eq!(e("LAMBDA_TASK_ROOT"), t.path().display().to_string());
+        assert_eq!(e("LAMBDA_TASK_ROOT"), "/var/task");
+        assert_eq!(e("TMPDIR"), "/tmp");
+        assert_eq!(e("LD_LIBRARY_PATH"), "/var/task/lib");
         assert_eq!(e("AWS_LAMBDA_FUNCTION_NAME"), "f");
         assert_eq!(e("AWS_LAMBDA_FUNCTION_VERSION"), "7");
         assert_eq!(e("AWS_LAMBDA_FUNCTION_MEMORY_SIZE"), "4096");
@@ -296,9 +330,9 @@ mod tests {
         assert_eq!(e("GREETING"), "hi");
         assert_eq!(
             e("_LAMBDA_TELEMETRY_LOG_FD_PROVIDER_SOCKET"),
-            "/run/lmi/env-1.sock"
+            "/run/lmi/log.sock"
         );
-        assert_eq!(p.cwd, t.path());
+        assert_eq!(p.cwd, Path::new("/var/task"));
     }
 
     #[test]
@@ -316,12 +350,26 @@ mod tests {
         std::fs::write(&boot, "#!/bin/sh\n").unwrap();
         std::fs::set_permissions(&boot, std::fs::Permissions::from_mode(0o755)).unwrap();
         let p = plan(&spec, &ctx(t.path())).unwrap();
-        assert_eq!(p.program, boot);
+        assert_eq!(p.program, Path::new("/var/task/bootstrap"));
         assert!(!p.env.contains_key("AWS_EXECUTION_ENV"));
     }
 
     fn p_has_exec_env(spec: &ValidSpec) -> bool {
         spec.runtime.execution_env.is_some()
+    }
+
+    #[test]
+    fn debug_output_never_shows_variable_values() {
+        let t = tempfile::tempdir().unwrap();
+        let mut spec = spec_for("python3.11", t.path());
+        spec.environment
+            .insert("DB_PASSWORD".into(), "hunter2-secret".into());
+        let p = plan(&spec, &ctx(t.path())).unwrap();
+        for text in [format!("{p:?}"), format!("{spec:?}"), format!("{p:#?}")] {
+            assert!(text.contains("DB_PASSWORD"), "{text}");
+            assert!(!text.contains("hunter2-secret"), "{text}");
+            assert!(!text.contains("\"hi\""), "{text}");
+        }
     }
 
     #[test]

@@ -85,8 +85,9 @@ pub enum CodeSource {
     },
 }
 
-/// A spec with every rule checked and every default resolved.
-#[derive(Debug, Clone)]
+/// A spec with every rule checked and every default resolved. Its `Debug` shows the names of the
+/// environment variables, never their values (they may be secrets).
+#[derive(Clone)]
 pub struct ValidSpec {
     pub function_name: String,
     pub version: String,
@@ -101,6 +102,37 @@ pub struct ValidSpec {
     pub timeout: Duration,
     pub ephemeral_storage_mib: u32,
     pub environment: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for ValidSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ValidSpec")
+            .field("function_name", &self.function_name)
+            .field("version", &self.version)
+            .field("arn", &self.arn)
+            .field("runtime", &self.runtime)
+            .field("handler", &self.handler)
+            .field("code", &self.code)
+            .field("memory_mib", &self.memory_mib)
+            .field("memory_gib_per_vcpu", &self.memory_gib_per_vcpu)
+            .field("vcpus", &self.vcpus)
+            .field("max_concurrency", &self.max_concurrency)
+            .field("timeout", &self.timeout)
+            .field("ephemeral_storage_mib", &self.ephemeral_storage_mib)
+            .field("environment", &RedactedVariables(&self.environment))
+            .finish()
+    }
+}
+
+/// Shows environment variables as their names with `"<redacted>"` values.
+pub struct RedactedVariables<'a>(pub &'a BTreeMap<String, String>);
+
+impl std::fmt::Debug for RedactedVariables<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.keys().map(|k| (k, "<redacted>")))
+            .finish()
+    }
 }
 
 impl ValidSpec {

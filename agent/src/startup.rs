@@ -12,7 +12,10 @@ pub struct AgentPhases {
     pub validate: Duration,
     /// Staging the code.
     pub code: Duration,
-    /// Binding the Runtime API listener and starting its server.
+    /// Preparing the sandbox: a uid, the network namespace with its veth pair and the Runtime API listener
+    /// inside it, the mount plan.
+    pub sandbox: Duration,
+    /// Starting the Runtime API server (and, without network isolation, binding its listener).
     pub runtime_api: Duration,
     /// Creating the cgroup with its limits and opening its placement, and mounting the /tmp.
     pub cgroup: Duration,
@@ -23,7 +26,7 @@ pub struct AgentPhases {
 impl AgentPhases {
     /// The agent's share of start-up: every phase.
     pub fn total(&self) -> Duration {
-        self.validate + self.code + self.runtime_api + self.cgroup + self.spawn
+        self.validate + self.code + self.sandbox + self.runtime_api + self.cgroup + self.spawn
     }
 
     /// The wire view, with the runtime's `init` (spawn to first `/next`) once known.
@@ -34,6 +37,7 @@ impl AgentPhases {
         let mut t = lmi_proto::v1::StartupTimings {
             validate_us: micros(self.validate),
             code_us: micros(self.code),
+            sandbox_us: micros(self.sandbox),
             runtime_api_us: micros(self.runtime_api),
             cgroup_us: micros(self.cgroup),
             spawn_us: micros(self.spawn),
@@ -41,7 +45,8 @@ impl AgentPhases {
             runtime_init_us: init.map_or(0, micros),
         };
         // The sum of the phases as shown, so that the figures add up exactly.
-        t.agent_us = t.validate_us + t.code_us + t.runtime_api_us + t.cgroup_us + t.spawn_us;
+        t.agent_us =
+            t.validate_us + t.code_us + t.sandbox_us + t.runtime_api_us + t.cgroup_us + t.spawn_us;
         t
     }
 }
@@ -83,10 +88,12 @@ mod tests {
         let phases = AgentPhases {
             validate: Duration::from_micros(1),
             code: Duration::from_micros(2),
+            sandbox: Duration::from_micros(6),
             runtime_api: Duration::from_micros(3),
             cgroup: Duration::from_micros(4),
             spawn: Duration::from_micros(5),
         };
-        assert_eq!(phases.total(), Duration::from_micros(15));
+        assert_eq!(phases.total(), Duration::from_micros(21));
+        assert_eq!(phases.to_proto(None).agent_us, 21);
     }
 }

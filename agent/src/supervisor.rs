@@ -3,8 +3,8 @@
 //! It waits for whichever comes first: the runtime's main process exiting, the init timeout, a failure
 //! reported through the Runtime API (`/init/error`), or a stop request (delete, agent shutdown). Then it ends
 //! every in-flight invoke with the failure at once, stops the process tree (SIGTERM to the process group,
-//! then SIGKILL to everything in the cgroup), removes the cgroup, stops the Runtime API server and releases
-//! the environment's capacity.
+//! then SIGKILL to everything in the cgroup), removes the cgroup, stops the Runtime API server, removes the
+//! environment's network and releases its uid and capacity.
 
 use std::{sync::Arc, time::Duration};
 
@@ -127,8 +127,31 @@ pub async fn supervise(mut s: Supervised) {
             "the environment's cgroup could not be removed; its capacity stays reserved"
         );
     }
+    // After the capacity (which waits on nothing else): this runs `ip` to remove the veth pair.
+    release_sandbox(&env, removed).await;
     env.mark_cleaned();
     tracing::info!(env = %env.id, state = ?env.state(), "environment cleaned up");
+}
+
+/// Removes the environment's network and, once its processes are known to be gone (`processes_gone`: its
+/// cgroup was removed), gives its uid back; a uid that may still run a process stays held.
+async fn release_sandbox(env: &Arc<Environment>, processes_gone: bool) {
+    if env.sandbox.is_none() {
+        return;
+    }
+    let e = env.clone();
+    if let Err(err) = tokio::task::spawn_blocking(move || {
+        if let Some(s) = &e.sandbox {
+            s.release(processes_gone);
+        }
+    })
+    .await
+    {
+        tracing::warn!(env = %env.id, error = %err, "sandbox release task failed");
+    }
+    if !processes_gone {
+        tracing::error!(env = %env.id, "the environment's processes may still run: its uid stays reserved");
+    }
 }
 
 /// Kills and removes the cgroup, retrying with backoff (a process may take a moment to die). True on success.

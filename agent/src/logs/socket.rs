@@ -2,9 +2,10 @@
 //! `_LAMBDA_TELEMETRY_LOG_FD_PROVIDER_SOCKET`. Every accepted connection is one log stream (Python workers
 //! connect twice and `dup2` the connections onto their stdout and stderr; Node workers connect once each).
 //!
-//! The socket file is `<socket_dir>/<environment id>.sock`, mode 0600 (runtimes run as the agent's user), and
-//! is removed when the [`EnvironmentSocket`] is dropped: when the environment is cleaned up, or when its
-//! creation fails half-way.
+//! The socket file is `<socket_dir>/<environment id>/log.sock`, mode 0600, in a directory of its own (mode
+//! 0755, root's) that the sandbox binds into the runtime's mount namespace and whose socket it gives to the
+//! environment's uid. File and directory are removed when the [`EnvironmentSocket`] is dropped: when the
+//! environment is cleaned up, or when its creation fails half-way.
 
 use std::{
     io,
@@ -13,6 +14,9 @@ use std::{
 };
 
 use tokio::net::UnixListener;
+
+/// The socket's file name in its environment's directory.
+pub const SOCKET_NAME: &str = "log.sock";
 
 /// Longest path a Unix socket address holds (`sun_path` is 108 bytes with its NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
@@ -25,9 +29,10 @@ pub struct EnvironmentSocket {
 }
 
 impl EnvironmentSocket {
-    /// Binds `<dir>/<env_id>.sock` (creating `dir` mode 0700). Must run inside the tokio runtime.
+    /// Binds `<dir>/<env_id>/log.sock` (creating `dir` mode 0700 and `<dir>/<env_id>` mode 0755). Must run
+    /// inside the tokio runtime.
     pub fn bind(dir: &Path, env_id: &str) -> io::Result<Self> {
-        let path = dir.join(format!("{env_id}.sock"));
+        let path = dir.join(env_id).join(SOCKET_NAME);
         let len = path.as_os_str().len();
         if len > MAX_SOCKET_PATH {
             return Err(io::Error::new(
@@ -43,6 +48,13 @@ impl EnvironmentSocket {
             .recursive(true)
             .mode(0o700)
             .create(dir)?;
+        let own = dir.join(env_id);
+        match std::fs::DirBuilder::new().mode(0o755).create(&own) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o755))?;
         remove_stale(&path)?;
         let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
         let listener = UnixListener::bind(&path);
@@ -70,6 +82,9 @@ impl Drop for EnvironmentSocket {
     fn drop(&mut self) {
         self.listener = None;
         let _ = std::fs::remove_file(&self.path);
+        if let Some(own) = self.path.parent() {
+            let _ = std::fs::remove_dir(own);
+        }
     }
 }
 
@@ -86,17 +101,21 @@ fn remove_stale(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Removes every `*.sock` socket in `dir` (left by an agent that did not stop cleanly).
+/// Removes every environment's socket and directory in `dir` (left by an agent that did not stop cleanly).
 pub fn remove_stale_sockets(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for e in entries.flatten() {
-        let p = e.path();
-        if p.extension().is_some_and(|x| x == "sock") && e.file_type().is_ok_and(|t| t.is_socket())
-        {
-            let _ = std::fs::remove_file(&p);
+        if !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
         }
+        let own = e.path();
+        let sock = own.join(SOCKET_NAME);
+        if std::fs::symlink_metadata(&sock).is_ok_and(|m| m.file_type().is_socket()) {
+            let _ = std::fs::remove_file(&sock);
+        }
+        let _ = std::fs::remove_dir(&own);
     }
 }
 
@@ -109,8 +128,14 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let dir = t.path().join("sockets");
         let mut s = EnvironmentSocket::bind(&dir, "env-1").unwrap();
+        assert_eq!(s.path(), dir.join("env-1/log.sock"));
         let mode = std::fs::metadata(s.path()).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+        let dir_mode = std::fs::metadata(dir.join("env-1"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(dir_mode & 0o777, 0o755);
         let listener = s.take_listener().unwrap();
         let client = tokio::net::UnixStream::connect(s.path()).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
@@ -126,11 +151,16 @@ mod tests {
         drop(s);
         drop(again);
         assert!(!path.exists());
+        assert!(
+            !dir.join("env-1").exists(),
+            "the environment's directory is removed too"
+        );
 
         let long = t.path().join("x".repeat(120));
         let e = EnvironmentSocket::bind(&long, "env").unwrap_err();
         assert!(e.to_string().contains("longer than the 107"), "{e}");
-        std::fs::write(dir.join("env-2.sock"), "").unwrap();
+        std::fs::create_dir_all(dir.join("env-2")).unwrap();
+        std::fs::write(dir.join("env-2").join(SOCKET_NAME), "").unwrap();
         let e = EnvironmentSocket::bind(&dir, "env-2").unwrap_err();
         assert!(e.to_string().contains("is not a socket"), "{e}");
     }

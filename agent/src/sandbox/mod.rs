@@ -29,7 +29,6 @@ use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
 };
 
 pub use addresses::Subnet;
@@ -116,8 +115,6 @@ pub struct Prepared {
     pub runtime_api: SocketAddr,
     /// What the runtime applies to itself before `exec`.
     pub confinement: Confinement,
-    /// How long preparing took (identity, namespace, veth pair, plan).
-    pub setup: Duration,
 }
 
 impl Sandbox {
@@ -152,10 +149,16 @@ impl Sandbox {
         self.identities.held()
     }
 
-    /// Prepares an environment whose code is at `code` and whose tmpfs will be mounted at `tmp` (host paths).
-    /// Blocking (runs `ip`). On error nothing is held.
-    pub fn prepare(&self, env_id: &str, code: &Path, tmp: &Path) -> Result<Prepared, SandboxError> {
-        let started = Instant::now();
+    /// Prepares an environment whose code is at `code`, whose tmpfs will be mounted at `tmp` and whose log
+    /// socket is bound at `log_socket` (host paths; the socket is given to the environment's uid). Blocking
+    /// (runs `ip`). On error nothing is held.
+    pub fn prepare(
+        &self,
+        env_id: &str,
+        code: &Path,
+        tmp: &Path,
+        log_socket: &Path,
+    ) -> Result<Prepared, SandboxError> {
         let identity = self.identities.allocate()?;
         let lease = EnvironmentSandbox {
             identity,
@@ -165,13 +168,12 @@ impl Sandbox {
                 network: None,
             }),
         };
-        match self.prepare_held(&lease, env_id, code, tmp) {
+        match self.prepare_held(&lease, env_id, code, tmp, log_socket) {
             Ok((listener, runtime_api, confinement)) => Ok(Prepared {
                 lease,
                 listener,
                 runtime_api,
                 confinement,
-                setup: started.elapsed(),
             }),
             Err(e) => {
                 lease.release(true);
@@ -186,9 +188,18 @@ impl Sandbox {
         env_id: &str,
         code: &Path,
         tmp: &Path,
+        log_socket: &Path,
     ) -> Result<(TcpListener, SocketAddr, Confinement), SandboxError> {
         let resolv = self.network.as_ref().and_then(|n| n.resolv.as_deref());
-        let mounts = MountPlan::new(&self.mounts, code, tmp, resolv)?;
+        let log_dir = log_socket.parent().ok_or_else(|| MountPlanError {
+            path: log_socket.to_owned(),
+            reason: "has no parent directory",
+        })?;
+        let mounts = MountPlan::new(&self.mounts, code, tmp, log_dir, resolv)?;
+        // Only this environment's uid (and root) may connect to its log socket.
+        let id = lease.identity;
+        std::os::unix::fs::chown(log_socket, Some(id.uid), Some(id.gid))
+            .map_err(io_error("giving the log socket to the environment's uid"))?;
         let Some(net) = &self.network else {
             let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
                 .and_then(|l| l.set_nonblocking(true).map(|()| l))

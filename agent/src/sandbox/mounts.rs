@@ -3,6 +3,8 @@
 //! - `/var/task` = the function's code, read-only (`LAMBDA_TASK_ROOT`);
 //! - `/tmp` = the environment's size-capped tmpfs, and `/var/tmp` and `/dev/shm` the same tmpfs (so no
 //!   world-writable scratch space is shared with the host or another environment, and one cap covers all);
+//! - `/run/lmi-runtime` = the environment's log socket directory, holding `log.sock`
+//!   (`_LAMBDA_TELEMETRY_LOG_FD_PROVIDER_SOCKET`; the socket belongs to the environment's uid);
 //! - optionally `/etc/resolv.conf` = a file naming resolvers reachable from the environment's network;
 //! - no trace of any environment's tmpfs at its host path (every copy is detached, so the namespace pins no
 //!   other environment's memory).
@@ -25,6 +27,10 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 pub const TASK_ROOT: &str = "/var/task";
 /// Where the environment's tmpfs appears (`TMPDIR`).
 pub const TMP: &str = "/tmp";
+/// Where the environment's log socket directory appears.
+pub const LOG_DIR: &str = "/run/lmi-runtime";
+/// The log socket as the runtime sees it (`_LAMBDA_TELEMETRY_LOG_FD_PROVIDER_SOCKET`).
+pub const LOG_SOCKET: &str = "/run/lmi-runtime/log.sock";
 /// Other world-writable scratch directories covered with the same tmpfs when the host has them.
 const SCRATCH: [&str; 2] = ["/var/tmp", "/dev/shm"];
 const RESOLV_CONF: &str = "/etc/resolv.conf";
@@ -64,9 +70,11 @@ impl HostMounts {
             MsFlags::MS_PRIVATE,
             None::<&str>,
         )?;
-        if !Path::new(TASK_ROOT).is_dir() {
-            std::fs::create_dir_all(TASK_ROOT)?;
-            std::fs::set_permissions(TASK_ROOT, std::fs::Permissions::from_mode(0o755))?;
+        for mount_point in [TASK_ROOT, LOG_DIR] {
+            if !Path::new(mount_point).is_dir() {
+                std::fs::create_dir_all(mount_point)?;
+                std::fs::set_permissions(mount_point, std::fs::Permissions::from_mode(0o755))?;
+            }
         }
         Ok(Self { envs, bound_here })
     }
@@ -123,9 +131,11 @@ pub struct MountPlan {
     envs: CString,
     code: CString,
     tmp: CString,
+    log_dir: CString,
     resolv: Option<CString>,
     scratch: Vec<CString>,
     task_root: CString,
+    log_target: CString,
     tmp_target: CString,
     resolv_target: CString,
     root: CString,
@@ -140,12 +150,13 @@ pub struct MountPlanError {
 }
 
 impl MountPlan {
-    /// Plans the namespace of a runtime whose code is at `code` and whose tmpfs is mounted at `tmp` (both
-    /// host paths), with `resolv` bound over `/etc/resolv.conf` when given.
+    /// Plans the namespace of a runtime whose code is at `code`, whose tmpfs is mounted at `tmp` and whose
+    /// log socket lies in `log_dir` (host paths), with `resolv` bound over `/etc/resolv.conf` when given.
     pub fn new(
         host: &HostMounts,
         code: &Path,
         tmp: &Path,
+        log_dir: &Path,
         resolv: Option<&Path>,
     ) -> Result<Self, MountPlanError> {
         let c = |p: &Path| {
@@ -158,6 +169,7 @@ impl MountPlan {
             envs: c(&host.envs)?,
             code: c(code)?,
             tmp: c(tmp)?,
+            log_dir: c(log_dir)?,
             resolv: resolv.map(c).transpose()?,
             scratch: SCRATCH
                 .iter()
@@ -166,6 +178,7 @@ impl MountPlan {
                 .map(c)
                 .collect::<Result<_, _>>()?,
             task_root: c(Path::new(TASK_ROOT))?,
+            log_target: c(Path::new(LOG_DIR))?,
             tmp_target: c(Path::new(TMP))?,
             resolv_target: c(Path::new(RESOLV_CONF))?,
             root: c(Path::new("/"))?,
@@ -181,10 +194,17 @@ impl MountPlan {
         chdir(&self.envs)?;
         sys_mount(None, &self.root, libc::MS_REC | libc::MS_SLAVE)?;
         bind_read_only(&self.code, &self.task_root)?;
+        // Writable (connecting to a socket is a write), but the directory is root's: nothing can be created.
+        sys_mount(Some(&self.log_dir), &self.log_target, libc::MS_BIND)?;
+        sys_mount(
+            None,
+            &self.log_target,
+            libc::MS_REMOUNT | libc::MS_BIND | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        )?;
         if let Some(resolv) = &self.resolv {
             bind_read_only(resolv, &self.resolv_target)?;
         }
-        // The code and the resolver file were bound first: their sources may lie under /tmp.
+        // The code, log and resolver sources were bound first: they may lie under /tmp.
         sys_mount(Some(&self.tmp), &self.tmp_target, libc::MS_BIND)?;
         for dir in &self.scratch {
             sys_mount(Some(&self.tmp_target), dir, libc::MS_BIND)?;
@@ -250,7 +270,7 @@ mod tests {
             bound_here: false,
         };
         let bad = PathBuf::from(std::ffi::OsStr::from_bytes(b"/code\0x"));
-        let e = MountPlan::new(&host, &bad, Path::new("/t"), None).unwrap_err();
+        let e = MountPlan::new(&host, &bad, Path::new("/t"), Path::new("/l"), None).unwrap_err();
         assert_eq!(e.reason, "holds a NUL byte");
     }
 }

@@ -20,6 +20,7 @@ use lmi_agent::{
     invoke_api::{InvokeApi, InvokeApiHandle},
     launch::ProcessSpawner,
     logs::LogPipeline,
+    sandbox::Sandbox,
     server, watchdog,
 };
 use tokio::signal::unix::{signal, SignalKind};
@@ -211,6 +212,20 @@ impl Daemon {
             LogPipeline::start(&config.logs, &config.state_dir)
                 .context("starting the function log pipeline")?,
         );
+        let sandbox = {
+            let (c, dir, name) = (
+                config.sandbox.clone(),
+                config.state_dir.clone(),
+                config.cgroup_parent.clone(),
+            );
+            tokio::task::spawn_blocking(move || Sandbox::start(&c, &dir, &name))
+                .await
+                .context("setting up the sandbox")?
+                .context(
+                    "setting up the sandbox (hosts without network namespaces, ip or nft can run with \
+                     sandbox.network_isolation = false)",
+                )?
+        };
         let unix = server::bind_socket(&config.socket)?;
         let tcp = server::bind_tcp(config).await?;
         // Bound before READY, like the control socket: a client told the agent is up can connect.
@@ -226,6 +241,7 @@ impl Daemon {
             socket = %config.socket.display(),
             cgroup_version = %cgroups.version(),
             cgroup_parent = %cgroups.parent_path(),
+            network_isolation = sandbox.network_isolation(),
             vcpus_allocatable = capacity.vcpus_allocatable,
             memory_mib_allocatable = capacity.memory_mib_allocatable,
             "lmi-agent started"
@@ -239,6 +255,7 @@ impl Daemon {
             Arc::new(ProcessSpawner),
             state,
             logs,
+            Arc::new(sandbox),
         );
         // Before taking requests: stop whatever a previous life of the agent left running.
         let recovery = agent.recover().await;

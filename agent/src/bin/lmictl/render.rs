@@ -42,6 +42,7 @@ pub struct EnvironmentView {
 pub struct StartupView {
     pub validate_us: u64,
     pub code_us: u64,
+    pub sandbox_us: u64,
     pub runtime_api_us: u64,
     pub cgroup_us: u64,
     pub spawn_us: u64,
@@ -53,6 +54,7 @@ pub fn startup_view(t: &StartupTimings) -> StartupView {
     StartupView {
         validate_us: t.validate_us,
         code_us: t.code_us,
+        sandbox_us: t.sandbox_us,
         runtime_api_us: t.runtime_api_us,
         cgroup_us: t.cgroup_us,
         spawn_us: t.spawn_us,
@@ -73,10 +75,11 @@ fn startup_text(t: &StartupView) -> String {
         ms(t.runtime_init_us)
     };
     format!(
-        "agent {} (validate {}, code {}, runtime api {}, cgroup {}, spawn {}); runtime init {init}",
+        "agent {} (validate {}, code {}, sandbox {}, runtime api {}, cgroup {}, spawn {}); runtime init {init}",
         ms(t.agent_us),
         ms(t.validate_us),
         ms(t.code_us),
+        ms(t.sandbox_us),
         ms(t.runtime_api_us),
         ms(t.cgroup_us),
         ms(t.spawn_us),
@@ -789,6 +792,7 @@ pub mod tests {
             startup: Some(StartupTimings {
                 validate_us: 40,
                 code_us: 10,
+                sandbox_us: 0,
                 runtime_api_us: 60,
                 cgroup_us: 900,
                 spawn_us: 1500,
@@ -880,7 +884,7 @@ pub mod tests {
             "environment:       A=1 B=2\n",
             "created:           2023-11-14T22:13:20Z (2m ago)\n",
             "ready:             -\n",
-            "start-up:          agent 2.51 ms (validate 0.04 ms, code 0.01 ms, runtime api 0.06 ms, cgroup 0.90 ms, spawn 1.50 ms); runtime init -\n",
+            "start-up:          agent 2.51 ms (validate 0.04 ms, code 0.01 ms, sandbox 0.00 ms, runtime api 0.06 ms, cgroup 0.90 ms, spawn 1.50 ms); runtime init -\n",
         ] {
             assert!(d.contains(want), "missing {want:?} in\n{d}");
         }

@@ -251,11 +251,12 @@ struct StartupReport<'a> {
     median: StartupRun,
 }
 
-const STARTUP_COLUMNS: [&str; 9] = [
+const STARTUP_COLUMNS: [&str; 10] = [
     "run",
     "agent",
     "validate",
     "code",
+    "sandbox",
     "runtime_api",
     "cgroup",
     "spawn",
@@ -272,6 +273,7 @@ fn startup_median(runs: &[StartupRun]) -> StartupRun {
         agent_us: col(|r| r.agent_us),
         validate_us: col(|r| r.validate_us),
         code_us: col(|r| r.code_us),
+        sandbox_us: col(|r| r.sandbox_us),
         runtime_api_us: col(|r| r.runtime_api_us),
         cgroup_us: col(|r| r.cgroup_us),
         spawn_us: col(|r| r.spawn_us),
@@ -292,6 +294,7 @@ pub fn startup_output(runs: &[StartupRun], json: bool) -> anyhow::Result<Output>
             ms(r.agent_us),
             ms(r.validate_us),
             ms(r.code_us),
+            ms(r.sandbox_us),
             ms(r.runtime_api_us),
             ms(r.cgroup_us),
             ms(r.spawn_us),
@@ -306,7 +309,7 @@ pub fn startup_output(runs: &[StartupRun], json: bool) -> anyhow::Result<Output>
         .collect();
     rows.push(row("median".to_owned(), &median));
     let mut out = format!(
-        "bench startup {}: {} run(s), milliseconds (agent = validate + code + runtime_api + cgroup + spawn; \
+        "bench startup {}: {} run(s), milliseconds (agent = validate + code + sandbox + runtime_api + cgroup + spawn; \
          runtime_init = spawn to first /next; create_rpc = CreateEnvironment round trip seen by lmictl)\n",
         median.runtime,
         runs.len()
@@ -334,6 +337,7 @@ mod tests {
             agent_us,
             validate_us: 10,
             code_us: 5,
+            sandbox_us: 300,
             runtime_api_us: 50,
             cgroup_us: 800,
             spawn_us: 900,

@@ -21,10 +21,11 @@ const POLL: Duration = Duration::from_millis(5);
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct StartupRun {
     pub runtime: String,
-    /// The agent's share: the sum of the next five.
+    /// The agent's share: the sum of the next six.
     pub agent_us: u64,
     pub validate_us: u64,
     pub code_us: u64,
+    pub sandbox_us: u64,
     pub runtime_api_us: u64,
     pub cgroup_us: u64,
     pub spawn_us: u64,
@@ -85,6 +86,7 @@ pub async fn run(
             agent_us: t.agent_us,
             validate_us: t.validate_us,
             code_us: t.code_us,
+            sandbox_us: t.sandbox_us,
             runtime_api_us: t.runtime_api_us,
             cgroup_us: t.cgroup_us,
             spawn_us: t.spawn_us,
