@@ -143,10 +143,8 @@ async fn runtime_environment_variables_follow_the_reference() {
     assert_eq!(e["GREETING"], "hello");
     assert_eq!(e["TZ"], ":UTC");
     assert_eq!(e["_HANDLER"], "echo.handler");
-    assert_eq!(
-        e["LAMBDA_TASK_ROOT"],
-        fixtures("python").display().to_string()
-    );
+    // The code is bound read-only at Lambda's path inside the runtime's mount namespace.
+    assert_eq!(e["LAMBDA_TASK_ROOT"], "/var/task");
     assert_eq!(e["AWS_LAMBDA_RUNTIME_API"], env.runtime_api);
     assert_eq!(
         e["_X_AMZN_TRACE_ID"],
@@ -392,7 +390,7 @@ async fn delete_drains_in_flight_invokes_and_refuses_new_ones() {
     spec.max_concurrency = 2;
     spec.timeout_seconds = 60;
     let env = agent.create_ready(spec).await;
-    let gate = tempfile::tempdir().unwrap();
+    let gate = support::shared_dir();
     let gate_path = gate.path().to_owned();
     let client = agent.client.clone();
     let in_flight = tokio::spawn(invoke(

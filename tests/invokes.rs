@@ -20,7 +20,7 @@ async fn sixteen_concurrent_invokes_all_succeed_and_overlap() {
     spec.max_concurrency = 16;
     spec.timeout_seconds = 120;
     let env = agent.create_ready(spec).await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = support::shared_dir();
     // Each handler announces itself with a file and returns only once all 16 are present: they can only all
     // succeed if all 16 were in flight at the same time.
     let calls: Vec<_> = (0..16)
@@ -59,7 +59,7 @@ async fn the_fifth_invoke_at_max_concurrency_four_is_throttled_for_concurrency()
     spec.max_concurrency = 4;
     spec.timeout_seconds = 120;
     let env = agent.create_ready(spec).await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = support::shared_dir();
     // Four handlers hold their slots until a fifth file appears; the test adds it after the 5th invoke.
     let calls: Vec<_> = (0..4)
         .map(|_| tokio::spawn(invoke(agent.client.clone(), "four", gate(dir.path(), 5))))
@@ -106,7 +106,7 @@ async fn invokes_spread_over_environments_before_throttling() {
     spec.timeout_seconds = 120;
     let a = agent.create_ready(spec.clone()).await;
     let b = agent.create_ready(spec).await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = support::shared_dir();
     let calls: Vec<_> = (0..2)
         .map(|_| tokio::spawn(invoke(agent.client.clone(), "spread", gate(dir.path(), 3))))
         .collect();
@@ -249,7 +249,7 @@ async fn a_runtime_crash_mid_invoke_ends_every_in_flight_invoke_with_exit_error(
     spec.max_concurrency = 4;
     spec.timeout_seconds = 600; // the outcome must come from the crash, not a deadline
     let env = agent.create_ready(spec).await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = support::shared_dir();
     let bystander = tokio::spawn(invoke(agent.client.clone(), "crashy", gate(dir.path(), 99)));
     wait_for_files(dir.path(), 1).await;
     let killer = agent
@@ -298,7 +298,7 @@ async fn an_oom_kill_ends_in_flight_invokes_with_out_of_memory() {
     spec.max_concurrency = 2;
     spec.timeout_seconds = 600;
     let env = agent.create_ready(spec).await; // 2048 MiB, no swap
-    let dir = tempfile::tempdir().unwrap();
+    let dir = support::shared_dir();
     let bystander = tokio::spawn(invoke(agent.client.clone(), "hungry", gate(dir.path(), 99)));
     wait_for_files(dir.path(), 1).await;
     let r = agent
@@ -355,7 +355,7 @@ async fn duplicate_request_ids_and_oversized_payloads_are_refused() {
     let mut spec = python_spec("dup", "actions.handler");
     spec.timeout_seconds = 120;
     let env = agent.create_ready(spec).await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = support::shared_dir();
     let mut c = agent.client.clone();
     let payload = gate(dir.path(), 2).to_string().into_bytes();
     let first = tokio::spawn(async move {

@@ -20,6 +20,9 @@ apt_install() {
 have cargo || { echo "setup: cargo is required (rustup)" >&2; exit 1; }
 have python3 || apt_install python3
 have curl || apt_install curl
+# The sandbox's network isolation: veth pairs and addresses (iproute2), NAT for egress (nftables).
+have ip || apt_install iproute2
+have nft || apt_install nftables
 python3 -m pytest --version >/dev/null 2>&1 || python3 -m pip install -q pytest
 python3 -c "import prometheus_client" >/dev/null 2>&1 || python3 -m pip install -q prometheus_client
 # Java and .NET runtimes, and the compiled `provided` test bootstrap: a JDK (java17 is Debian 12's default;

@@ -93,7 +93,7 @@ async fn saturation_redirects_then_throttles_then_recovers(resource: Resource) {
     let a = agent.create_ready(a_spec).await;
     let b = agent.create_ready(b_spec).await;
 
-    let release = tempfile::tempdir().unwrap();
+    let release = support::shared_dir();
     let release_file = release.path().join("release");
     // Both idle: the load goes to A (ties go to the older environment).
     let loader = tokio::spawn(invoke(
@@ -108,7 +108,7 @@ async fn saturation_redirects_then_throttles_then_recovers(resource: Resource) {
     })
     .await;
 
-    let gates = tempfile::tempdir().unwrap();
+    let gates = support::shared_dir();
     // B is idle (least loaded): the first gate goes there without a redirect.
     let g1 = tokio::spawn(invoke(
         agent.client.clone(),
@@ -284,7 +284,7 @@ async fn the_scaler_gets_matching_reports_across_its_restart_and_can_drain_the_h
     assert!(!r.agent_instance_id.is_empty());
 
     // A concurrency throttle shows up in the next reports' deltas (exactly once in total).
-    let gates = tempfile::tempdir().unwrap();
+    let gates = support::shared_dir();
     let held: Vec<_> = (0..3)
         .map(|_| {
             tokio::spawn(invoke(
@@ -406,7 +406,7 @@ async fn metrics_parse_with_the_prometheus_parser_and_count_the_throttles_caused
     spec.max_concurrency = 1;
     spec.timeout_seconds = 120;
     let env = agent.create_ready(spec).await;
-    let gates = tempfile::tempdir().unwrap();
+    let gates = support::shared_dir();
     let held = tokio::spawn(invoke(
         agent.client.clone(),
         "metered",

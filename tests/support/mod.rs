@@ -59,12 +59,15 @@ pub fn missing_privileges() -> Option<String> {
 pub struct AgentOptions {
     pub vcpus: u32,
     pub memory_mib: u64,
+    /// Top-level keys and whole tables, placed before `[capacity]`.
     pub extra_config: String,
     /// Give the daemon a pipe as stdout (taken with [`TestAgent::take_stdout`]) instead of the log file: the
     /// `stdout` log sink writes there, and a test that does not read it stalls that sink.
     pub pipe_stdout: bool,
     /// Extra environment variables of the daemon (e.g. `WATCHDOG_USEC`).
     pub env: Vec<(String, String)>,
+    /// Extra keys of the `[sandbox]` table (`network`, `uid_first` and `uid_count` are chosen per agent).
+    pub sandbox_config: String,
 }
 
 impl Default for AgentOptions {
@@ -75,8 +78,45 @@ impl Default for AgentOptions {
             extra_config: String::new(),
             pipe_stdout: false,
             env: Vec::new(),
+            sandbox_config: String::new(),
         }
     }
+}
+
+/// `[sandbox]` keys giving one test agent a /24 for its environments and a block of uids of its own,
+/// different for every agent of this process and, with high probability, from other test processes on the
+/// host (agents that run at once must not share addresses or uids).
+fn test_sandbox(n: usize) -> String {
+    let seed = u64::from(std::process::id()).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (n as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93)
+        ^ u64::from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos(),
+        );
+    // 10.128.0.0/9 holds 32768 /24s; the uid ranges are blocks of 64 from 1_000_000.
+    let idx = seed % 32_768;
+    format!(
+        "network = \"10.{}.{}.0/24\"\nuid_first = {}\nuid_count = 64",
+        128 + idx / 256,
+        idx % 256,
+        1_000_000 + idx * 64
+    )
+}
+
+/// A directory that the test and sandboxed functions share (rendezvous and release files): outside `/tmp`
+/// (each function has its own) and writable by every environment's uid. Removed on drop.
+pub fn shared_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("shared");
+    std::fs::create_dir_all(&root).unwrap();
+    let d = tempfile::Builder::new()
+        .prefix("lmi-it-")
+        .tempdir_in(&root)
+        .unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    d
 }
 
 /// A running daemon. Dropping it stops the daemon and removes whatever it left.
@@ -106,7 +146,9 @@ impl TestAgent {
         let cgroup_parent = format!("lmi-it-{}-{n}", std::process::id());
         let socket = dir.path().join("agent.sock");
         let config = format!(
-            "socket = {socket:?}\nstate_dir = {state:?}\ncgroup_parent = {cgroup_parent:?}\nshims_dir = {shims:?}\nlog_format = \"json\"\n{extra}\n[capacity]\nvcpus = {vcpus}\nmemory_mib = {mem}\nreserved_memory_mib = 0\n",
+            "socket = {socket:?}\nstate_dir = {state:?}\ncgroup_parent = {cgroup_parent:?}\nshims_dir = {shims:?}\nlog_format = \"json\"\n{extra}\n[capacity]\nvcpus = {vcpus}\nmemory_mib = {mem}\nreserved_memory_mib = 0\n[sandbox]\n{own}\n{sandbox}\n",
+            own = test_sandbox(n),
+            sandbox = opts.sandbox_config,
             socket = socket.display().to_string(),
             state = dir.path().join("state").display().to_string(),
             shims = repo().join("runtime-shims").display().to_string(),
@@ -471,6 +513,16 @@ impl Drop for TestAgent {
                 let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
             }
         }
+        // An agent that died leaves its nftables table (deleting a missing one fails harmlessly).
+        let _ = Command::new("nft")
+            .args([
+                "delete",
+                "table",
+                "ip",
+                &lmi_agent::sandbox::nat::NatTable::name_for(&self.cgroup_parent),
+            ])
+            .stderr(Stdio::null())
+            .status();
         for d in &dirs {
             for _ in 0..100 {
                 if std::fs::remove_dir(d).is_ok() || !d.exists() {

@@ -1,0 +1,89 @@
+//! What the sandbox costs per environment, on this host: `Sandbox::prepare` (uid, network namespace with its
+//! Runtime API listener, veth pair; the figure the agent logs as `sandbox_setup_us`), the extra time a
+//! confined spawn takes over a plain one, and the release (veth removal). Needs root, `ip` and `nft`.
+//!
+//! `cargo bench -p lmi-agent --bench sandbox_setup` (LMI_BENCH_N environments, default 50).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{
+    os::unix::{fs::PermissionsExt, process::CommandExt},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use lmi_agent::{config::SandboxConfig, ephemeral::EphemeralStorage, sandbox::Sandbox};
+
+fn main() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping: the sandbox needs root");
+        return;
+    }
+    let n: usize = std::env::var("LMI_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let state = tempfile::Builder::new()
+        .prefix("lmi-bench-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let code = state.path().join("code");
+    std::fs::create_dir(&code).unwrap();
+    std::fs::set_permissions(&code, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = SandboxConfig {
+        uid_first: 5_000_000,
+        uid_count: 1024,
+        network_isolation: true,
+        network: "10.248.0.0/20".to_owned(),
+    };
+    let instance = format!("lmi-bench-{}", std::process::id());
+    let sandbox = Sandbox::start(&config, &state.path().join("state"), &instance).unwrap();
+    let (mut prepare, mut plain, mut confined, mut release) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n {
+        let id = format!("{i:08x}-bench");
+        let tmp_dir = state.path().join("state/envs").join(&id).join("tmp");
+        let tmp = EphemeralStorage::create(&tmp_dir, 16).unwrap();
+
+        let t = Instant::now();
+        let prepared = sandbox.prepare(&id, &code, &tmp_dir).unwrap();
+        prepare.push(t.elapsed());
+
+        let t = Instant::now();
+        assert!(Command::new("/bin/true").status().unwrap().success());
+        plain.push(t.elapsed());
+        let confinement = prepared.confinement;
+        let mut cmd = Command::new("/bin/true");
+        // SAFETY: Confinement::enter only makes system calls on values prepared before fork.
+        unsafe {
+            cmd.pre_exec(move || confinement.enter());
+        }
+        let t = Instant::now();
+        assert!(cmd.status().unwrap().success());
+        confined.push(t.elapsed());
+
+        drop(prepared.listener);
+        let t = Instant::now();
+        prepared.lease.release(true);
+        release.push(t.elapsed());
+        tmp.remove().unwrap();
+        let _ = std::fs::remove_dir(tmp_dir.parent().unwrap());
+    }
+    sandbox.shutdown();
+    println!("{n} environments, network isolation on");
+    report("prepare (uid + netns + listener + veth)", &mut prepare);
+    report("spawn /bin/true, plain", &mut plain);
+    report("spawn /bin/true, confined", &mut confined);
+    report("release (veth removal)", &mut release);
+}
+
+fn report(what: &str, v: &mut [Duration]) {
+    v.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "{what:42} p50 {:7.2} ms  p90 {:7.2} ms  max {:7.2} ms",
+        ms(at(0.5)),
+        ms(at(0.9)),
+        ms(at(1.0))
+    );
+}

@@ -1,0 +1,477 @@
+//! The sandbox of each environment, against the real daemon: its own uid with no privilege, its own mount
+//! namespace (private, capped /tmp; code read-only), its own network namespace (its Runtime API unreachable
+//! from any other environment, egress through NAT, the host unreachable), a root-only control socket, and
+//! no secret in the agent's log.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::{net::Ipv4Addr, os::unix::fs::PermissionsExt, time::Duration};
+
+use lmi_agent::sandbox::{
+    addresses::{AddressPool, Subnet},
+    nat::NatTable,
+    netns::NetworkNamespace,
+    tools::Tool,
+    veth::Veth,
+};
+use lmi_proto::v1::{self as pb, InvokeOutcome as Out};
+use serde_json::{json, Value};
+use support::*;
+
+async fn call(agent: &mut TestAgent, function: &str, event: Value) -> Value {
+    let r = agent.invoke(function, event.clone()).await.unwrap();
+    assert_eq!(r.outcome(), Out::Success, "{event}: {r:?}");
+    payload_json(&r)
+}
+
+fn sandbox_range(agent: &TestAgent) -> std::ops::Range<u64> {
+    let config = std::fs::read_to_string(agent.dir.path().join("agent.toml")).unwrap();
+    let key = |k: &str| -> u64 {
+        config
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{k} = ")))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    key("uid_first")..key("uid_first") + key("uid_count")
+}
+
+fn ip_link_exists(name: &str) -> bool {
+    std::process::Command::new("ip")
+        .args(["link", "show", "dev", name])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtimes_run_as_their_own_uid_with_no_privilege_and_their_code_read_only() {
+    require_root!();
+    let mut agent = TestAgent::start().await;
+    let a = agent
+        .create_ready(python_spec("who-a", "actions.handler"))
+        .await;
+    let b = agent
+        .create_ready(python_spec("who-b", "actions.handler"))
+        .await;
+    let range = sandbox_range(&agent);
+    let mut uids = Vec::new();
+    for f in ["who-a", "who-b"] {
+        let w = call(&mut agent, f, json!({"action": "whoami"})).await;
+        let uid = w["uid"][0].as_str().unwrap().to_owned();
+        // Real, effective, saved and filesystem ids are all the environment's own, from the range.
+        assert_eq!(w["uid"], json!([&uid, &uid, &uid, &uid]), "{w}");
+        assert_eq!(w["gid"], json!([&uid, &uid, &uid, &uid]), "{w}");
+        assert!(
+            range.contains(&uid.parse::<u64>().unwrap()),
+            "{uid} not in {range:?}"
+        );
+        assert_eq!(w["groups"], json!([]), "supplementary groups: {w}");
+        for cap in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+            assert_eq!(w["caps"][cap], "0000000000000000", "{cap}: {w}");
+        }
+        assert_eq!(w["noNewPrivs"], "1", "{w}");
+        // The code at Lambda's path, read-only; the working directory there; TMPDIR=/tmp.
+        assert_eq!(w["taskRoot"], "/var/task");
+        assert_eq!(w["cwd"], "/var/task");
+        assert_eq!(w["tmpdir"], "/tmp");
+        assert_eq!(w["codeWrite"], "EROFS", "{w}");
+        uids.push(uid);
+    }
+    assert_ne!(uids[0], uids[1], "two environments share a uid");
+    // The runtime's main process (the shim), seen from the host, runs as that uid too.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", a.pid)).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        line.split_whitespace().skip(1).all(|u| u == uids[0]),
+        "{line}"
+    );
+    assert!(!std::path::Path::new(&fixtures("python").join("written-by-function")).exists());
+    agent.stop_and_assert_clean(&[a.pid, b.pid]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_environment_can_neither_reach_nor_answer_an_environments_runtime_api() {
+    require_root!();
+    let mut agent = TestAgent::start().await;
+    let mut spec = python_spec("victim", "actions.handler");
+    spec.max_concurrency = 2;
+    spec.timeout_seconds = 60; // its gated invoke outlasts B's probe
+    let a = agent.create_ready(spec).await;
+    let mut spec = python_spec("prober", "actions.handler");
+    spec.timeout_seconds = 30; // two blocked connects of 2 s each
+    let b = agent.create_ready(spec).await;
+    // Every environment's runtime sees its own API at the same loopback address.
+    assert_eq!(a.runtime_api, "127.0.0.1:9001");
+    assert_eq!(b.runtime_api, "127.0.0.1:9001");
+    let wa = call(&mut agent, "victim", json!({"action": "whoami"})).await;
+    let wb = call(&mut agent, "prober", json!({"action": "whoami"})).await;
+    let (a_addr, a_gw) = (
+        wa["address"].as_str().unwrap(),
+        wa["gateway"].as_str().unwrap(),
+    );
+    assert_ne!(wa["address"], wb["address"]);
+
+    // An invoke of A in flight, with its request id known to the test (and so to B's probe).
+    let gate = shared_dir();
+    let in_flight = tokio::spawn(invoke(
+        agent.client.clone(),
+        "victim",
+        json!({"action": "gate", "dir": gate.path().display().to_string(), "count": 2, "max_s": 60}),
+    ));
+    wait_for_files(gate.path(), 1).await;
+    let a_request = std::fs::read_dir(gate.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .file_name()
+        .into_string()
+        .unwrap();
+
+    // B tries to answer A's invoke: at A's address, at A's end of the host link, and at the Runtime API
+    // address B's runtime uses (which is B's own API, that has never heard of A's invoke).
+    let probe = call(
+        &mut agent,
+        "prober",
+        json!({
+            "action": "probe_runtime_api",
+            "request_id": a_request,
+            "targets": [[a_addr, 9001], [a_gw, 9001], ["127.0.0.1", 9001]],
+            "pid": wa["pid"],
+        }),
+    )
+    .await;
+    let results = probe["results"].as_array().unwrap();
+    for r in &results[..2] {
+        assert!(r.get("status").is_none(), "B reached A's API: {probe}");
+        assert!(
+            ["timeout", "ECONNREFUSED", "EHOSTUNREACH"].contains(&r["error"].as_str().unwrap()),
+            "{probe}"
+        );
+    }
+    assert_eq!(
+        results[2]["status"], 400,
+        "B's own API knows no such invoke: {probe}"
+    );
+    // Nor can B signal A's processes or read their environment.
+    assert_eq!(probe["signal"], "EPERM", "{probe}");
+    assert_eq!(probe["environ"], "EACCES", "{probe}");
+
+    // A's invoke is untouched: it ends with its own answer.
+    std::fs::write(gate.path().join("release"), "").unwrap();
+    let r = in_flight.await.unwrap().unwrap();
+    assert_eq!(r.outcome(), Out::Success, "{r:?}");
+    let v = payload_json(&r);
+    assert_eq!(v["requestId"], a_request.as_str());
+    assert_ne!(r.payload, br#""forged by another environment""#.to_vec());
+    agent.stop_and_assert_clean(&[a.pid, b.pid]);
+}
+
+/// A network "outside" the host: a namespace joined to the host by a veth pair (host end `.1`, its end `.2`
+/// of a /28 in 192.168/16), with a TCP listener on 0.0.0.0 inside it. Removed on drop.
+struct Outside {
+    ip: Tool,
+    veth: Veth,
+    _ns: NetworkNamespace,
+    listener: Option<std::net::TcpListener>,
+    address: Ipv4Addr,
+    host_end: Ipv4Addr,
+}
+
+impl Outside {
+    const PORT: u16 = 7070;
+
+    fn create() -> Self {
+        let ip = Tool::find("ip").expect("ip (tests/setup.sh installs iproute2)");
+        let x = std::process::id() % 250 + 2;
+        let subnet = Subnet::parse(&format!("192.168.{x}.0/28")).unwrap();
+        let link = AddressPool::new(subnet).allocate().unwrap();
+        let (ns, listener) =
+            NetworkNamespace::with_listener(format!("0.0.0.0:{}", Self::PORT).parse().unwrap())
+                .unwrap();
+        let id = format!("{:x}{:08x}", 0xf, std::process::id());
+        let veth = Veth::create(&ip, &id, &ns, &link).unwrap();
+        Self {
+            ip,
+            veth,
+            _ns: ns,
+            listener: Some(listener),
+            address: link.guest,
+            host_end: link.host,
+        }
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = self.veth.remove(&self.ip);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_reaches_a_server_outside_through_nat_but_not_the_host() {
+    require_root!();
+    let mut outside = Outside::create();
+    let listener = tokio::net::TcpListener::from_std(outside.listener.take().unwrap()).unwrap();
+    // The server answers each connection with the source address it saw.
+    let server = tokio::spawn(async move {
+        let (mut conn, peer) = tokio::time::timeout(Duration::from_secs(60), listener.accept())
+            .await
+            .expect("no connection from the function")
+            .unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut hello = [0u8; 6];
+        conn.read_exact(&mut hello).await.unwrap();
+        conn.write_all(peer.ip().to_string().as_bytes())
+            .await
+            .unwrap();
+        hello
+    });
+
+    let mut agent = TestAgent::start().await;
+    let env = agent
+        .create_ready(python_spec("egress", "actions.handler"))
+        .await;
+    let w = call(&mut agent, "egress", json!({"action": "whoami"})).await;
+    let r = call(
+        &mut agent,
+        "egress",
+        json!({"action": "tcp_connect", "host": outside.address.to_string(), "port": Outside::PORT, "timeout_s": 10}),
+    )
+    .await;
+    assert_eq!(&server.await.unwrap(), b"hello\n");
+    // The server saw the host's address on its link, not the environment's: masqueraded.
+    assert_eq!(r["reply"], outside.host_end.to_string(), "{r}");
+    assert_ne!(r["reply"], w["address"]);
+
+    // The host itself is not reachable from the function, even at its end of the environment's link.
+    let gw: Ipv4Addr = w["gateway"].as_str().unwrap().parse().unwrap();
+    let host_listener = tokio::net::TcpListener::bind((gw, 0)).await.unwrap();
+    let port = host_listener.local_addr().unwrap().port();
+    let r = call(
+        &mut agent,
+        "egress",
+        json!({"action": "tcp_connect", "host": gw.to_string(), "port": port, "timeout_s": 2}),
+    )
+    .await;
+    assert_eq!(r["error"], "timeout", "{r}");
+    assert!(
+        tokio::time::timeout(Duration::ZERO, host_listener.accept())
+            .await
+            .is_err(),
+        "the host accepted a connection from a function"
+    );
+
+    // The veth pair goes with the environment, the NAT table with the agent.
+    let veth = Veth::host_name_for(&env.id);
+    assert!(ip_link_exists(&veth));
+    agent.delete(&env.id).await;
+    assert!(!ip_link_exists(&veth), "{veth} left behind");
+    let table = NatTable::name_for(&agent.cgroup_parent);
+    let listed = |t: &str| {
+        std::process::Command::new("nft")
+            .args(["list", "table", "ip", t])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(listed(&table));
+    agent.stop_and_assert_clean(&[env.pid]);
+    assert!(!listed(&table), "nftables table {table} left behind");
+    drop(outside);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tmp_is_private_to_each_environment_and_capped_at_its_ephemeral_storage() {
+    require_root!();
+    let mut agent = TestAgent::start().await;
+    let a = agent
+        .create_ready(python_spec("tmp-a", "actions.handler"))
+        .await;
+    let b = agent
+        .create_ready(python_spec("tmp-b", "actions.handler"))
+        .await;
+    let wrote = call(
+        &mut agent,
+        "tmp-a",
+        json!({"action": "tmp", "write": "only-in-a"}),
+    )
+    .await;
+    assert_eq!(wrote["error"], Value::Null, "{wrote}");
+    // /var/tmp and /dev/shm are the same tmpfs as /tmp (one cap for all scratch space).
+    for d in ["/tmp", "/var/tmp", "/dev/shm"] {
+        assert!(
+            wrote["listing"][d]
+                .as_array()
+                .unwrap()
+                .contains(&json!("only-in-a")),
+            "{d}: {wrote}"
+        );
+    }
+    // It is the environment's tmpfs, which the agent mounted under its state directory.
+    let host_path = agent
+        .dir
+        .path()
+        .join("state/envs")
+        .join(&a.id)
+        .join("tmp/only-in-a");
+    assert_eq!(std::fs::read(&host_path).unwrap(), b"here");
+    // B sees none of it, anywhere.
+    let seen = call(&mut agent, "tmp-b", json!({"action": "tmp"})).await;
+    for d in ["/tmp", "/var/tmp", "/dev/shm"] {
+        assert!(
+            !seen["listing"][d]
+                .as_array()
+                .unwrap()
+                .contains(&json!("only-in-a")),
+            "B sees A's file in {d}: {seen}"
+        );
+    }
+    // Past ephemeral_storage_mib (512 MiB by default) a write fails with ENOSPC, at the cap.
+    let full = call(
+        &mut agent,
+        "tmp-b",
+        json!({"action": "tmp", "write": "fill", "mb": 600}),
+    )
+    .await;
+    assert_eq!(full["error"], "ENOSPC", "{full}");
+    let written = full["written"].as_u64().unwrap();
+    assert!(
+        (500 * 1024 * 1024..=512 * 1024 * 1024).contains(&written),
+        "{written}"
+    );
+    agent.stop_and_assert_clean(&[a.pid, b.pid]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_socket_refuses_a_non_root_user() {
+    require_root!();
+    let agent = TestAgent::start().await;
+    // Let anyone walk to the socket, so that only the socket's own mode can refuse.
+    std::fs::set_permissions(agent.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let meta = std::fs::metadata(&agent.socket).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 0);
+    let connect = |uid: Option<u32>| {
+        let mut cmd = std::process::Command::new("python3");
+        cmd.args([
+            "-c",
+            "import os, socket, sys\nos.stat(sys.argv[1])\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect(sys.argv[1])\n    print('connected')\nexcept OSError as e:\n    print(e.errno)\n",
+        ])
+        .arg(&agent.socket);
+        if let Some(uid) = uid {
+            std::os::unix::process::CommandExt::uid(&mut cmd, uid);
+            std::os::unix::process::CommandExt::gid(&mut cmd, uid);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    assert_eq!(connect(None), "connected");
+    assert_eq!(connect(Some(65_534)), libc::EACCES.to_string());
+    agent.stop_and_assert_clean(&[]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_in_environment_variables_never_reach_the_agent_log() {
+    require_root!();
+    let mut agent = TestAgent::start().await;
+    let secret = format!("s3cr3t-{}", uuid::Uuid::new_v4());
+    let token = format!("tok-{}", uuid::Uuid::new_v4());
+    let with_secrets = |function: &str, handler: &str| {
+        let mut spec = python_spec(function, handler);
+        spec.environment
+            .insert("DB_PASSWORD".into(), secret.clone());
+        spec.environment.insert("API_TOKEN".into(), token.clone());
+        spec
+    };
+    // A healthy environment, invoked and deleted.
+    let env = agent
+        .create_ready(with_secrets("secretive", "actions.handler"))
+        .await;
+    let w = call(&mut agent, "secretive", json!({"action": "echo"})).await;
+    assert_eq!(w["event"]["action"], "echo");
+    // One whose init fails, one refused by validation, one whose code others may not read.
+    let failed = agent
+        .create(with_secrets("secret-init", "init_error.handler"))
+        .await;
+    agent
+        .wait_state(&failed.id, &[pb::EnvironmentState::Failed])
+        .await;
+    let mut invalid = with_secrets("secret-invalid", "actions.handler");
+    invalid.memory_mib = 1;
+    let s = agent
+        .client
+        .create_environment(pb::CreateEnvironmentRequest {
+            spec: Some(invalid),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::InvalidArgument);
+    let closed = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(closed.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let mut unreadable = with_secrets("secret-closed", "actions.handler");
+    unreadable.code = Some(pb::Code {
+        source: Some(pb::code::Source::Directory(
+            closed.path().display().to_string(),
+        )),
+        sha256: String::new(),
+    });
+    let s = agent
+        .client
+        .create_environment(pb::CreateEnvironmentRequest {
+            spec: Some(unreadable),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+    assert!(
+        s.message()
+            .contains("must be readable and searchable by others"),
+        "{s:?}"
+    );
+    agent.delete(&env.id).await;
+    agent.delete(&failed.id).await;
+    // Stopped first, so the log holds everything the agent wrote, shutdown included.
+    let status = agent.stop().unwrap();
+    assert!(status.success(), "{status:?}");
+    let log = agent.log();
+    assert!(agent.leftover_cgroups().is_empty());
+    assert!(!process_alive(env.pid) && !process_alive(failed.pid));
+    // The log did record these environments (at debug level), just not the values.
+    assert!(
+        log.contains(&env.id) && log.contains("environment started"),
+        "{log}"
+    );
+    assert!(!log.contains(&secret), "the secret is in the agent log");
+    assert!(!log.contains(&token), "the token is in the agent log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_network_isolation_the_runtime_api_is_a_host_loopback_port() {
+    require_root!();
+    let mut agent = TestAgent::start_with(AgentOptions {
+        sandbox_config: "network_isolation = false".into(),
+        ..Default::default()
+    })
+    .await;
+    let env = agent
+        .create_ready(python_spec("shared-net", "actions.handler"))
+        .await;
+    let api: std::net::SocketAddr = env.runtime_api.parse().unwrap();
+    assert!(api.ip().is_loopback());
+    assert_ne!(api.port(), 9001);
+    let w = call(&mut agent, "shared-net", json!({"action": "whoami"})).await;
+    // Still its own uid and no privilege; the host's network (no veth of its own).
+    assert!(sandbox_range(&agent).contains(&w["uid"][0].as_str().unwrap().parse::<u64>().unwrap()));
+    assert_eq!(w["caps"]["CapEff"], "0000000000000000");
+    assert!(!ip_link_exists(&Veth::host_name_for(&env.id)));
+    agent.stop_and_assert_clean(&[env.pid]);
+}
