@@ -2,7 +2,7 @@
 //! Runtime API listener, veth pair; the figure the agent logs as `sandbox_setup_us`), the extra time a
 //! confined spawn takes over a plain one, and the release (veth removal). Needs root, `ip` and `nft`.
 //!
-//! `cargo bench -p lmi-agent --bench sandbox_setup` (LMI_BENCH_N environments, default 50).
+//! `cargo bench -p lmi-benches --bench sandbox_setup` (LMI_BENCH_N environments, default 50).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::{
@@ -44,8 +44,13 @@ fn main() {
         let tmp_dir = state.path().join("state/envs").join(&id).join("tmp");
         let tmp = EphemeralStorage::create(&tmp_dir, 16).unwrap();
 
+        let log_dir = state.path().join("log-sockets").join(&id);
+        std::fs::create_dir_all(&log_dir).unwrap();
+        let log_socket = log_dir.join("log.sock");
+        let log_listener = std::os::unix::net::UnixListener::bind(&log_socket).unwrap();
+
         let t = Instant::now();
-        let prepared = sandbox.prepare(&id, &code, &tmp_dir).unwrap();
+        let prepared = sandbox.prepare(&id, &code, &tmp_dir, &log_socket).unwrap();
         prepare.push(t.elapsed());
 
         let t = Instant::now();
@@ -66,6 +71,8 @@ fn main() {
         prepared.lease.release(true);
         release.push(t.elapsed());
         tmp.remove().unwrap();
+        drop(log_listener);
+        std::fs::remove_dir_all(&log_dir).unwrap();
         let _ = std::fs::remove_dir(tmp_dir.parent().unwrap());
     }
     sandbox.shutdown();
