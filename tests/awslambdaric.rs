@@ -72,7 +72,7 @@ async fn concurrent_invokes_overlap_in_forked_workers() {
     spec.max_concurrency = N as u32;
     spec.timeout_seconds = 120;
     agent.create_ready(spec).await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = shared_dir();
     // A rendezvous: each invoke announces itself with a file and returns only when all N are there, which
     // can only happen if all N run at the same time.
     let calls: Vec<_> = (0..N)

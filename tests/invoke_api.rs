@@ -132,7 +132,7 @@ async fn boto3_invokes_get_payloads_function_errors_and_throttles() {
     spec.max_concurrency = 1;
     spec.timeout_seconds = 60;
     let env = agent.create_ready(spec).await;
-    let events = tempfile::tempdir().unwrap();
+    let events = shared_dir();
     let ev_dir = events.path().display().to_string();
 
     let r = boto3(
@@ -196,14 +196,14 @@ async fn boto3_invokes_get_payloads_function_errors_and_throttles() {
     assert_eq!(ran, vec![r[7]["RequestId"].as_str().unwrap().to_owned()]);
 
     // Throttle: the environment's only slot is held by a gated invoke over gRPC.
-    let gate = tempfile::tempdir().unwrap();
+    let gate = shared_dir();
     let holder = tokio::spawn(invoke(
         agent.client.clone(),
         "sdk",
         json!({"action": "gate", "dir": gate.path(), "count": 2, "max_s": 60}),
     ));
     wait_for_files(gate.path(), 1).await;
-    let later = tempfile::tempdir().unwrap();
+    let later = shared_dir();
     let r = boto3(
         addr,
         json!([

@@ -152,7 +152,7 @@ async fn concurrent_invokes_log_one_record_per_line_with_their_request_id() {
     spec.max_concurrency = 8;
     spec.timeout_seconds = 120;
     let env = agent.create_ready(spec).await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = shared_dir();
     const LINES: usize = 300;
     // The rendezvous holds all 8 invokes in flight before any writes: their lines interleave.
     let calls: Vec<_> = (0..8)
@@ -341,7 +341,8 @@ async fn garbage_on_the_log_socket_does_not_hurt_the_agent() {
     let path = agent
         .state_dir()
         .join("log-sockets")
-        .join(format!("{}.sock", env.id));
+        .join(&env.id)
+        .join("log.sock");
     assert!(path.exists(), "{}", path.display());
     let (rss_before, _) = rss_kib(agent.pid());
 

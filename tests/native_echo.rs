@@ -70,7 +70,7 @@ async fn native_echo_answers_byte_for_byte_and_reports_errors() {
     let t = agent.get(&env.id).await.startup.expect("start-up timings");
     assert_eq!(
         t.agent_us,
-        t.validate_us + t.code_us + t.runtime_api_us + t.cgroup_us + t.spawn_us,
+        t.validate_us + t.code_us + t.sandbox_us + t.runtime_api_us + t.cgroup_us + t.spawn_us,
         "{t:?}"
     );
     assert!(t.spawn_us > 0 && t.cgroup_us > 0, "{t:?}");

@@ -8,13 +8,19 @@ use lmi_proto::v1::{self as pb, EnvironmentState as St, InvokeOutcome as Out};
 use support::*;
 use tonic::Code;
 
+/// Mounts of environments (their /tmp) under the agent's state directory. The sandbox's own bind mount of
+/// `<state>/envs` onto itself is the host's part and lives as long as an agent runs.
 fn mounts_under(dir: &std::path::Path) -> Vec<String> {
-    let root = dir.to_string_lossy().into_owned();
+    mounts_starting_with(&format!("{}/", dir.join("state/envs").display()))
+}
+
+/// Every mount point whose path starts with `root`.
+fn mounts_starting_with(root: &str) -> Vec<String> {
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
-        .filter(|p| p.starts_with(&root))
+        .filter(|p| p.starts_with(root))
         .map(str::to_owned)
         .collect()
 }
@@ -189,7 +195,7 @@ async fn sigterm_lets_in_flight_invokes_finish_then_removes_everything() {
     let mut spec = python_spec("graceful", "actions.handler");
     spec.timeout_seconds = 120;
     let env = agent.create_ready(spec).await;
-    let gates = tempfile::tempdir().unwrap();
+    let gates = shared_dir();
     let held = tokio::spawn(invoke(
         agent.client.clone(),
         "graceful",
@@ -216,7 +222,9 @@ async fn sigterm_lets_in_flight_invokes_finish_then_removes_everything() {
         agent.leftover_cgroups()
     );
     assert!(!process_alive(env.pid));
-    assert!(mounts_under(agent.dir.path()).is_empty());
+    // After a graceful stop not even the sandbox's own mount is left.
+    let left = mounts_starting_with(&agent.dir.path().display().to_string());
+    assert!(left.is_empty(), "{left:?}");
     assert!(!agent.socket.exists(), "the control socket is removed");
     let records = std::fs::read_dir(agent.dir.path().join("state/environments"))
         .unwrap()

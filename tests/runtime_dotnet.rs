@@ -219,7 +219,7 @@ async fn a_timed_out_invoke_gets_sandbox_timedout_and_others_continue() {
     spec.max_concurrency = 2;
     spec.timeout_seconds = 1;
     let env = agent.create_ready(spec).await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = shared_dir();
     // The slow invoke waits for files that never come, past its 1 s deadline (and gives up after 4 s).
     let mut never = gate(dir.path(), 99);
     never["max_s"] = json!(4);
@@ -311,7 +311,7 @@ async fn assert_n_overlap(agent: &mut TestAgent, function: &'static str, handler
     spec.max_concurrency = N as u32;
     spec.timeout_seconds = 120;
     let env = agent.create_ready(spec).await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = shared_dir();
     let calls: Vec<_> = (0..N)
         .map(|_| tokio::spawn(invoke(agent.client.clone(), function, gate(dir.path(), N))))
         .collect();

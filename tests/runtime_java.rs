@@ -201,7 +201,7 @@ async fn a_timed_out_invoke_gets_sandbox_timedout_and_others_continue() {
     spec.max_concurrency = 2;
     spec.timeout_seconds = 1;
     let env = agent.create_ready(spec).await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = shared_dir();
     // The slow invoke holds a thread (it waits for a file that never comes) past its 1 s deadline.
     let mut never = gate(dir.path(), 99);
     never["max_s"] = json!(4);
@@ -297,7 +297,7 @@ async fn n_concurrent_invokes_overlap_on_n_threads_of_one_jvm() {
     spec.max_concurrency = N as u32;
     spec.timeout_seconds = 120;
     let env = agent.create_ready(spec).await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = shared_dir();
     // Each handler announces itself with a file and returns only once all N are present: they can only all
     // succeed if all N were in flight at the same time, in the one JVM.
     let calls: Vec<_> = (0..N)

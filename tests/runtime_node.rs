@@ -295,7 +295,7 @@ async fn a_timed_out_invoke_gets_sandbox_timedout_and_others_continue() {
         spec.timeout_seconds = 1;
         let env = agent.create_ready(spec).await;
         pids.push(env.pid);
-        let dir = tempfile::tempdir().unwrap();
+        let dir = shared_dir();
         // Held at a gate the test opens only after the deadline has passed.
         let stuck = spawn_invoke(&agent, &function, gate(dir.path(), 2));
         wait_for_files(dir.path(), 1).await;
@@ -398,10 +398,8 @@ async fn the_handler_reads_its_context_and_environment() {
         );
         assert_eq!(e["AWS_LAMBDA_LOG_FORMAT"], "JSON");
         assert_eq!(e["_HANDLER"], "actions.handler");
-        assert_eq!(
-            e["LAMBDA_TASK_ROOT"],
-            fixtures("node").display().to_string().as_str()
-        );
+        // The code is where Lambda puts it, inside the environment's own mount namespace.
+        assert_eq!(e["LAMBDA_TASK_ROOT"], "/var/task");
         assert_eq!(e["AWS_LAMBDA_RUNTIME_API"], env.runtime_api.as_str());
         assert_eq!(e["TZ"], ":UTC");
         assert!(e["AWS_REGION"].as_str().is_some_and(|s| !s.is_empty()));
@@ -411,7 +409,7 @@ async fn the_handler_reads_its_context_and_environment() {
 
 /// Fires `n` gate invokes at `function` and checks that all of them were in flight together.
 async fn assert_overlap(agent: &TestAgent, function: &str, n: usize) -> Vec<Value> {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = shared_dir();
     // Each handler announces itself with a file and returns only once all n are there: they can only all
     // succeed if all n were in flight in the environment at the same time.
     let calls: Vec<_> = (0..n)
@@ -489,7 +487,7 @@ async fn a_worker_thread_that_dies_fails_the_environment() {
         spec.timeout_seconds = 600; // the outcome must come from the crash, not a deadline
         let env = agent.create_ready(spec).await;
         pids.push(env.pid);
-        let dir = tempfile::tempdir().unwrap();
+        let dir = shared_dir();
         let bystander = spawn_invoke(&agent, &function, gate(dir.path(), 99));
         wait_for_files(dir.path(), 1).await;
         // An exception thrown from a timer is uncaught: its worker thread dies, so the runtime exits.
@@ -582,10 +580,7 @@ async fn a_node_of_the_wrong_major_version_is_unavailable() {
 
 /// The aws-lambda-ric package directory that tests/setup.sh builds.
 fn node_ric_dir() -> PathBuf {
-    let tools = std::env::var_os("LMI_TEST_TOOLS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/lmi-agent/test-tools"));
-    let dir = tools.join("aws-lambda-ric/node_modules/aws-lambda-ric");
+    let dir = support::test_tools().join("aws-lambda-ric/node_modules/aws-lambda-ric");
     assert!(
         dir.join("rapid-client.node").is_file() && dir.join("index.mjs").is_file(),
         "aws-lambda-ric is not built in {}; run tests/setup.sh",

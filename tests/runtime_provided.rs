@@ -78,7 +78,7 @@ async fn at_concurrency_one_a_second_invoke_is_throttled_while_the_first_runs() 
     require_root!();
     let mut agent = TestAgent::start().await;
     let env = agent.create_ready(c_spec("native1")).await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = shared_dir();
     let held = tokio::spawn(invoke(
         agent.client.clone(),
         "native1",

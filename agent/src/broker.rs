@@ -70,6 +70,8 @@ struct Entry {
     reply: Option<oneshot::Sender<Outcome>>,
     /// A `/response` or `/error` for this id is being read: a second one is refused at once.
     answering: bool,
+    /// The invoke's deadline (ms since the epoch), kept after delivery: an answer's body is read until then.
+    deadline_ms: u64,
 }
 
 impl Entry {
@@ -205,12 +207,14 @@ impl Broker {
                 self.release(1);
                 return Err(Refusal::new(reason, event));
             }
+            let deadline_ms = event.deadline_ms;
             t.entries.insert(
                 id.clone(),
                 Entry {
                     event: Some(event),
                     reply: Some(tx),
                     answering: false,
+                    deadline_ms,
                 },
             );
             t.queue.push_back(id.clone());
@@ -268,6 +272,11 @@ impl Broker {
             None if expired => Answer::TooLate,
             None => Answer::Unknown,
         }
+    }
+
+    /// The deadline (ms since the epoch) of an invoke the broker still holds.
+    pub fn deadline_ms(&self, id: &str) -> Option<u64> {
+        self.table().entries.get(id).map(|e| e.deadline_ms)
     }
 
     /// Hands the runtime's answer to the caller (`/response`, `/error`).

@@ -271,7 +271,8 @@ impl RuntimeApi {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("application/json")
             .to_owned();
-        let outcome = match read_body(req, limit).await {
+        let until = self.broker.deadline_ms(id).map(body_deadline);
+        let outcome = match read_body(req, limit, until).await {
             Err(BodyError::TooLarge) => {
                 self.broker.answer(
                     id,
@@ -301,6 +302,7 @@ impl RuntimeApi {
                     "response body was cut off",
                 );
             }
+            Err(BodyError::Stalled) => return self.stalled(id),
             Ok((body, trailers)) => match trailers.as_ref().and_then(stream_error) {
                 Some(err) => Outcome::FunctionError(err),
                 None => Outcome::Success {
@@ -312,13 +314,34 @@ impl RuntimeApi {
         answer_response(self.broker.answer(id, outcome))
     }
 
+    /// The answer's body was still incomplete past the invoke's deadline: the caller has (or now gets) its
+    /// timeout, the slot is freed, and the runtime is told with 408 (the connection is closed, its unread
+    /// body with it).
+    fn stalled(&self, id: &str) -> Response<Full<Bytes>> {
+        let timed_out = Outcome::Timeout(ErrorInfo::new(
+            "Sandbox.Timedout",
+            "the runtime's answer did not arrive completely before the invoke's deadline",
+        ));
+        self.broker.answer(id, timed_out);
+        let mut r = error(
+            StatusCode::REQUEST_TIMEOUT,
+            "RequestTimeout",
+            "the body did not arrive before the invoke's deadline",
+        );
+        r.headers_mut()
+            .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+        r
+    }
+
     async fn function_error(&self, id: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
         if let Some(r) = self.precheck(id) {
             return r;
         }
         let header_type = header_error_type(req.headers());
-        let info = match read_body(req, MAX_ERROR_BYTES).await {
+        let until = self.broker.deadline_ms(id).map(body_deadline);
+        let info = match read_body(req, MAX_ERROR_BYTES, until).await {
             Ok((body, _)) => parse_error_body(&body, header_type),
+            Err(BodyError::Stalled) => return self.stalled(id),
             Err(BodyError::TooLarge) => {
                 self.broker.answer(
                     id,
@@ -348,8 +371,9 @@ impl RuntimeApi {
             header_type
         };
         // An init error is recorded whatever its body: a body too large or cut off still fails the init,
-        // with the header's type and a note instead of the message.
-        let info = match read_body(req, MAX_ERROR_BYTES).await {
+        // with the header's type and a note instead of the message. (A body that stalls is ended with the
+        // environment by its init timeout.)
+        let info = match read_body(req, MAX_ERROR_BYTES, None).await {
             Ok((body, _)) => parse_error_body(&body, header_type),
             Err(BodyError::TooLarge) => ErrorInfo::new(
                 header_type,
@@ -358,6 +382,10 @@ impl RuntimeApi {
             Err(BodyError::Io(e)) => {
                 ErrorInfo::new(header_type, format!("error body was cut off: {e}"))
             }
+            Err(BodyError::Stalled) => ErrorInfo::new(
+                header_type,
+                "the error body did not arrive in time".to_owned(),
+            ),
         };
         match self.events.init_error(info) {
             InitErrorAnswer::Accepted => accepted(),
@@ -374,10 +402,40 @@ impl RuntimeApi {
 enum BodyError {
     TooLarge,
     Io(hyper::Error),
+    /// The body was not complete by the invoke's deadline (plus [`BODY_GRACE`]).
+    Stalled,
 }
 
-/// Reads a body up to `limit` bytes (refusing at once on a larger Content-Length), with its trailers.
+/// How long after an invoke's deadline its answer's body may still arrive: the caller has had its timeout
+/// by then, and a runtime that trickles (or stalls in) a body must not hold its slot and connection forever.
+pub const BODY_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The instant by which the body of the answer to an invoke due at `deadline_ms` (ms since the epoch) must
+/// be complete.
+fn body_deadline(deadline_ms: u64) -> tokio::time::Instant {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let left = std::time::Duration::from_millis(deadline_ms.saturating_sub(now_ms));
+    tokio::time::Instant::now() + left + BODY_GRACE
+}
+
+/// Reads a body up to `limit` bytes (refusing at once on a larger Content-Length), with its trailers, until
+/// `until` at the latest.
 async fn read_body(
+    req: Request<Incoming>,
+    limit: usize,
+    until: Option<tokio::time::Instant>,
+) -> Result<(Bytes, Option<HeaderMap>), BodyError> {
+    match until {
+        Some(t) => tokio::time::timeout_at(t, read_body_unbounded(req, limit))
+            .await
+            .unwrap_or(Err(BodyError::Stalled)),
+        None => read_body_unbounded(req, limit).await,
+    }
+}
+
+async fn read_body_unbounded(
     req: Request<Incoming>,
     limit: usize,
 ) -> Result<(Bytes, Option<HeaderMap>), BodyError> {

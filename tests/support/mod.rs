@@ -616,9 +616,16 @@ pub fn python_spec(function: &str, handler: &str) -> pb::EnvironmentSpec {
     }
 }
 
+/// Where tests/setup.sh installs test tools (`$LMI_TEST_TOOLS`).
+pub fn test_tools() -> PathBuf {
+    std::env::var_os("LMI_TEST_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/lmi-agent/test-tools"))
+}
+
 /// The interpreter with the official client installed by tests/setup.sh.
 pub fn ric_python() -> PathBuf {
-    let p = repo().join(".cache/python-ric/bin/python");
+    let p = test_tools().join("python-ric/bin/python");
     assert!(
         p.exists(),
         "{} is missing: run tests/setup.sh (it installs awslambdaric)",

@@ -556,3 +556,47 @@ fn error_type_header_shapes() {
     h.insert(ERROR_TYPE_HEADER, HeaderValue::from_static("Evil\"Type"));
     assert_eq!(header_error_type(&h), "Function.Unknown");
 }
+
+#[tokio::test]
+async fn a_response_body_that_stalls_ends_at_the_invoke_deadline_and_frees_the_slot() {
+    let h = harness(4).await;
+    let p = h
+        .broker
+        .submit(Event::new(
+            "slow".into(),
+            Bytes::from_static(b"{}"),
+            Duration::from_millis(300),
+            "arn:aws:lambda:us-east-1:000000000000:function:f:$LATEST".into(),
+            None,
+            None,
+        ))
+        .unwrap();
+    assert_eq!(next(h.addr).await.status, StatusCode::OK);
+    // Headers promise 100 bytes; 10 come, then nothing.
+    let mut slow = TcpStream::connect(h.addr).await.unwrap();
+    slow.write_all(
+        format!(
+            "POST {PREFIX}invocation/slow/response HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    // The caller gets its timeout at the deadline, whatever the runtime is still sending.
+    let outcome = p.wait(Duration::from_millis(300)).await;
+    assert!(matches!(outcome, Outcome::Timeout(_)), "{outcome:?}");
+    // Past the deadline and the grace, the runtime is told 408 and its connection is closed.
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "the stalled connection was not closed");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    // The slot the stalled answer held is free again, and the id is answered.
+    assert_eq!(h.broker.in_flight(), 0);
+    assert_eq!(
+        send(h.addr, post("invocation/slow/response", b"late"))
+            .await
+            .status,
+        StatusCode::GONE
+    );
+}
