@@ -241,6 +241,26 @@ async fn a_handler_that_does_not_import_is_an_import_error() {
     agent.stop_and_assert_clean(&[created.pid]);
 }
 
+/// Another function's environment on the same agent, to show that a fault stays where it happened.
+async fn neighbour(agent: &mut TestAgent) -> pb::Environment {
+    let mut spec = python_spec("neighbour", "actions.handler");
+    spec.max_concurrency = 2;
+    agent.create_ready(spec).await
+}
+
+/// The neighbour still runs the same process and serves.
+async fn assert_unaffected(agent: &mut TestAgent, before: &pb::Environment) {
+    let now = agent.get(&before.id).await;
+    assert_eq!(now.state(), St::Ready, "{now:?}");
+    assert_eq!(now.pid, before.pid, "the neighbour's runtime was restarted");
+    let r = agent
+        .invoke("neighbour", serde_json::json!({"action": "echo"}))
+        .await
+        .unwrap();
+    assert_eq!(r.outcome(), Out::Success, "{r:?}");
+    assert_eq!(r.environment_id, before.id);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runtime_crash_mid_invoke_ends_every_in_flight_invoke_with_exit_error() {
     require_root!();
@@ -249,6 +269,7 @@ async fn a_runtime_crash_mid_invoke_ends_every_in_flight_invoke_with_exit_error(
     spec.max_concurrency = 4;
     spec.timeout_seconds = 600; // the outcome must come from the crash, not a deadline
     let env = agent.create_ready(spec).await;
+    let other = neighbour(&mut agent).await;
     let dir = support::shared_dir();
     let bystander = tokio::spawn(invoke(agent.client.clone(), "crashy", gate(dir.path(), 99)));
     wait_for_files(dir.path(), 1).await;
@@ -267,7 +288,11 @@ async fn a_runtime_crash_mid_invoke_ends_every_in_flight_invoke_with_exit_error(
     assert_eq!(failed.failure.unwrap().error_type, "Runtime.ExitError");
     let dirs = agent.env_cgroup_dirs(&env.id);
     wait_until(|| dirs.values().all(|d| !d.exists())).await;
-    agent.stop_and_assert_clean(&[env.pid]);
+    // Not restarted in place (LMI replaces environments): it stays FAILED, with no process.
+    assert_eq!(agent.get(&env.id).await.state(), St::Failed);
+    assert!(!process_alive(env.pid));
+    assert_unaffected(&mut agent, &other).await;
+    agent.stop_and_assert_clean(&[env.pid, other.pid]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -298,6 +323,7 @@ async fn an_oom_kill_ends_in_flight_invokes_with_out_of_memory() {
     spec.max_concurrency = 2;
     spec.timeout_seconds = 600;
     let env = agent.create_ready(spec).await; // 2048 MiB, no swap
+    let other = neighbour(&mut agent).await;
     let dir = support::shared_dir();
     let bystander = tokio::spawn(invoke(agent.client.clone(), "hungry", gate(dir.path(), 99)));
     wait_for_files(dir.path(), 1).await;
@@ -316,7 +342,8 @@ async fn an_oom_kill_ends_in_flight_invokes_with_out_of_memory() {
     }
     let failed = agent.wait_state(&env.id, &[St::Failed]).await;
     assert_eq!(failed.failure.unwrap().error_type, "Runtime.OutOfMemory");
-    agent.stop_and_assert_clean(&[env.pid]);
+    assert_unaffected(&mut agent, &other).await;
+    agent.stop_and_assert_clean(&[env.pid, other.pid]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -346,6 +373,46 @@ async fn a_runtime_that_never_polls_times_out_its_init() {
     let f = env.failure.unwrap();
     assert_eq!(f.error_type, "Runtime.InitTimeout");
     agent.stop_and_assert_clean(&[created.pid]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_that_exits_during_init_fails_at_once_with_its_exit_status() {
+    require_root!();
+    let mut agent = TestAgent::start().await;
+    let other = neighbour(&mut agent).await;
+    let spec = pb::EnvironmentSpec {
+        function: Some(pb::FunctionRef {
+            name: "quitter".into(),
+            ..Default::default()
+        }),
+        runtime: "provided.al2023".into(),
+        code: Some(pb::Code {
+            source: Some(pb::code::Source::Directory(
+                fixtures("provided/exits-in-init").display().to_string(),
+            )),
+            sha256: String::new(),
+        }),
+        ..Default::default()
+    };
+    let created = agent.create(spec).await;
+    // Known when the process exits: long before the 130 s init timeout (wait_state gives up at 60 s).
+    let env = agent.wait_state(&created.id, &[St::Failed]).await;
+    let f = env.failure.unwrap();
+    assert_eq!(f.error_type, "Runtime.ExitError");
+    assert_eq!(
+        f.message,
+        "Runtime exited during init with error: exit status 3"
+    );
+    // An invoke finds nothing to run on: a clear throttle, not a wait.
+    let s = agent
+        .invoke("quitter", serde_json::json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
+    let dirs = agent.env_cgroup_dirs(&created.id);
+    wait_until(|| dirs.values().all(|d| !d.exists())).await;
+    assert_unaffected(&mut agent, &other).await;
+    agent.stop_and_assert_clean(&[created.pid, other.pid]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
