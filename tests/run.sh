@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test of the project: Rust unit tests, the integration and fault tests in tests/ (they start the
-# real daemon and real runtimes, and skip with a printed reason when not root), and the runtime shims' tests.
+# Runs every test of the project: Rust unit tests, the integration, fault and soak tests in tests/ (they start
+# the real daemon and real runtimes, and skip with a printed reason when not root), a bounded run of every fuzz
+# target, and the runtime shims' tests.
 # Idempotent set-up first: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +10,10 @@ cd "$(dirname "$0")/.."
 
 echo "== cargo test --workspace"
 cargo test --workspace --locked
+
+# Every fuzz target for a bounded time (longer by hand: tests/fuzz/run.sh 3600; see docs/RELIABILITY.md).
+echo "== fuzz (${LMI_FUZZ_SECONDS:-20}s per target)"
+./tests/fuzz/run.sh "${LMI_FUZZ_SECONDS:-20}"
 
 # One pytest run per shim: each tests/ folder has its own conftest.py, and the Python shim's tests import
 # theirs by module name.

@@ -75,6 +75,8 @@ have systemd-analyze || apt_install systemd
 have rpm || apt_install rpm
 have dpkg-deb || apt_install dpkg
 if ! cargo clippy --version >/dev/null 2>&1; then rustup component add clippy; fi
+# cargo-fuzz (crates.io) for tests/fuzz; built once into ~/.cargo/bin.
+have cargo-fuzz || cargo install --quiet --locked cargo-fuzz
 if ! cargo fmt --version >/dev/null 2>&1; then rustup component add rustfmt; fi
 # --- Node.js 22 and the official Node.js runtime interface client (aws-lambda-ric) ---------------------------
 # Node 20 is the distribution's /usr/bin/node (nodejs20.x). Node 22 (nodejs22.x, and what aws-lambda-ric >= 4

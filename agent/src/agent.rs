@@ -173,17 +173,30 @@ pub struct Recovery {
     pub orphan_cgroups: Vec<String>,
 }
 
+/// The host services an [`Agent`] drives: each wraps an OS effect (cgroups, processes, files, namespaces).
+#[derive(Debug)]
+pub struct HostServices {
+    pub cgroups: Arc<dyn CgroupDriver>,
+    pub spawner: Arc<dyn Spawner>,
+    pub state: StateStore,
+    pub logs: Arc<LogPipeline>,
+    pub sandbox: Arc<Sandbox>,
+}
+
 impl Agent {
     pub fn new(
         config: Config,
         catalog: Catalog,
         capacity: HostCapacity,
-        cgroups: Arc<dyn CgroupDriver>,
-        spawner: Arc<dyn Spawner>,
-        state: StateStore,
-        logs: Arc<LogPipeline>,
-        sandbox: Arc<Sandbox>,
+        services: HostServices,
     ) -> Arc<Self> {
+        let HostServices {
+            cgroups,
+            spawner,
+            state,
+            logs,
+            sandbox,
+        } = services;
         let defaults = SpecDefaults {
             region: config.region.clone(),
             account_id: config.account_id.clone(),

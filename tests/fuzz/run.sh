@@ -21,15 +21,18 @@ targets=("$@")
 
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
+# The sanitized build takes minutes from scratch: keep it outside the checkout so that later runs (and CI's
+# fresh clones on the same machine) only rebuild what changed.
+target_dir="${LMI_FUZZ_TARGET_DIR:-/var/cache/lmi-agent/fuzz-target}"
+mkdir -p "$target_dir"
 
 for t in "${targets[@]}"; do
   corpus="tests/fuzz/corpus/$t"
   mkdir -p "$corpus"
   echo "== fuzz $t for ${seconds}s (corpus $(find "$corpus" -type f | wc -l) inputs)"
   # -rss_limit_mb: a single input may not make the process grow past it; -timeout: nor run longer (s).
-  log="tests/fuzz/target/$t.log"
-  mkdir -p tests/fuzz/target
-  if ! cargo fuzz run --fuzz-dir tests/fuzz "$t" "$corpus" "tests/fuzz/seeds/$t" -- \
+  log="$target_dir/$t.log"
+  if ! cargo fuzz run --fuzz-dir tests/fuzz --target-dir "$target_dir" "$t" "$corpus" "tests/fuzz/seeds/$t" -- \
     -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=20 -print_final_stats=1 >"$log" 2>&1; then
     tail -n 80 "$log" >&2
     echo "fuzz $t failed (full log: $log; the failing input is in tests/fuzz/artifacts/$t/)" >&2

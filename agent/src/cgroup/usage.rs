@@ -1,6 +1,16 @@
 //! What a cgroup uses right now: CPU time, memory working set, and pressure stall information.
+//!
+//! The sampler reads every environment's usage every period, so the files are opened once per cgroup
+//! ([`UsageFiles`]) and re-read with `pread(2)` at offset 0 (cgroupfs regenerates a file's content on every
+//! read from its start) into a buffer on the stack: a reading makes no `open`, `close` or allocation. A
+//! pressure file the kernel does not offer is looked for once, not every period.
 
-use std::path::Path;
+use std::{
+    fs::File,
+    os::unix::fs::FileExt,
+    path::{Path, PathBuf},
+    sync::OnceLock,
+};
 
 use super::{fsutil, CgroupError};
 
@@ -35,29 +45,151 @@ pub fn psi_some_avg10(text: &str) -> Option<f64> {
         .map(|p| (p / 100.0).clamp(0.0, 1.0))
 }
 
-/// Reads `cpu.pressure`, `memory.pressure` and `io.pressure` of a cgroup2 directory (None if absent).
-pub(crate) fn read_pressure(dir: &Path) -> Option<Pressure> {
-    let read = |f: &str| {
-        std::fs::read_to_string(dir.join(f))
-            .ok()
-            .and_then(|t| psi_some_avg10(&t))
-    };
-    Some(Pressure {
-        cpu_some: read("cpu.pressure")?,
-        memory_some: read("memory.pressure").unwrap_or(0.0),
-        io_some: read("io.pressure").unwrap_or(0.0),
+/// Where one cgroup's usage is read from (host paths; v1 spreads them over hierarchies).
+#[derive(Debug, Clone)]
+pub(crate) struct UsagePaths {
+    /// Cumulative CPU time: `cpuacct.usage` (v1, ns) or `cpu.stat` (v2, its `usage_usec` line).
+    pub cpu: PathBuf,
+    /// Memory in use: `memory.usage_in_bytes` (v1) or `memory.current` (v2).
+    pub memory: PathBuf,
+    /// `memory.stat`, whose `inactive_key` line is subtracted from memory in use.
+    pub memory_stat: PathBuf,
+    pub inactive_key: &'static str,
+    /// The cgroup2 directory holding the PSI files, if any (v1 hosts: the controller-less unified tree).
+    pub pressure_dir: Option<PathBuf>,
+}
+
+/// How [`UsageFiles::read`] turns the CPU file into nanoseconds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum CpuFormat {
+    /// One number, nanoseconds (`cpuacct.usage`).
+    Nanoseconds,
+    /// A keyed file whose `usage_usec` line is microseconds (`cpu.stat`).
+    UsageUsec,
+}
+
+/// One cgroup's usage files, opened on first use and kept open (see the module documentation).
+#[derive(Debug)]
+pub(crate) struct UsageFiles {
+    paths: UsagePaths,
+    cpu_format: CpuFormat,
+    open: OnceLock<Opened>,
+}
+
+#[derive(Debug)]
+struct Opened {
+    cpu: File,
+    memory: File,
+    memory_stat: File,
+    /// cpu, memory, io; `None` for a file the kernel does not offer (looked for once).
+    pressure: [Option<File>; 3],
+}
+
+/// Large enough for any of the files read here (`memory.stat` is the longest, about 2 KiB on v1 and v2).
+const READ_BUFFER: usize = 8192;
+
+fn open(path: &Path) -> Result<File, CgroupError> {
+    File::open(path).map_err(|source| CgroupError::Read {
+        path: path.to_path_buf(),
+        source,
     })
 }
 
-/// Usage minus the `inactive_file` (v2) / `total_inactive_file` (v1) line of memory.stat, floored at 0.
-pub(crate) fn working_set(
-    usage: u64,
-    stat_file: &Path,
-    inactive_key: &str,
-) -> Result<u64, CgroupError> {
-    let stat = fsutil::read_string(stat_file)?;
-    let inactive = fsutil::keyed_u64(&stat, inactive_key, stat_file).unwrap_or(0);
-    Ok(usage.saturating_sub(inactive))
+/// Reads `file` from its start into `buf`; the text read. A file longer than the buffer is read whole.
+fn pread<'a>(
+    file: &File,
+    path: &Path,
+    buf: &'a mut [u8; READ_BUFFER],
+    spill: &'a mut String,
+) -> Result<&'a str, CgroupError> {
+    let err = |source| CgroupError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let n = file.read_at(buf, 0).map_err(err)?;
+    if n == READ_BUFFER {
+        *spill = fsutil::read_string(path)?;
+        return Ok(spill.as_str());
+    }
+    std::str::from_utf8(&buf[..n]).map_err(|_| CgroupError::Parse {
+        what: path.display().to_string(),
+        reason: "not UTF-8".to_owned(),
+    })
+}
+
+impl UsageFiles {
+    pub(crate) fn new(paths: UsagePaths, cpu_format: CpuFormat) -> Self {
+        Self {
+            paths,
+            cpu_format,
+            open: OnceLock::new(),
+        }
+    }
+
+    fn opened(&self) -> Result<&Opened, CgroupError> {
+        if let Some(o) = self.open.get() {
+            return Ok(o);
+        }
+        let p = &self.paths;
+        let psi = |name: &str| {
+            p.pressure_dir
+                .as_ref()
+                .and_then(|d| File::open(d.join(name)).ok())
+        };
+        let opened = Opened {
+            cpu: open(&p.cpu)?,
+            memory: open(&p.memory)?,
+            memory_stat: open(&p.memory_stat)?,
+            pressure: [
+                psi("cpu.pressure"),
+                psi("memory.pressure"),
+                psi("io.pressure"),
+            ],
+        };
+        // Two first readings at once: one set of files wins, the other is closed.
+        Ok(self.open.get_or_init(|| opened))
+    }
+
+    /// The cgroup's usage now.
+    pub(crate) fn read(&self) -> Result<CgroupUsage, CgroupError> {
+        let o = self.opened()?;
+        let p = &self.paths;
+        let mut buf = [0u8; READ_BUFFER];
+        let mut spill = String::new();
+
+        let text = pread(&o.cpu, &p.cpu, &mut buf, &mut spill)?;
+        let cpu_usage_ns = match self.cpu_format {
+            CpuFormat::Nanoseconds => fsutil::parse_u64(text, &p.cpu)?,
+            CpuFormat::UsageUsec => {
+                fsutil::keyed_u64(text, "usage_usec", &p.cpu)?.saturating_mul(1000)
+            }
+        };
+        let text = pread(&o.memory, &p.memory, &mut buf, &mut spill)?;
+        let usage = fsutil::parse_u64(text, &p.memory)?;
+        let text = pread(&o.memory_stat, &p.memory_stat, &mut buf, &mut spill)?;
+        let inactive = fsutil::keyed_u64(text, p.inactive_key, &p.memory_stat).unwrap_or(0);
+
+        let mut some = [None; 3];
+        for (i, file) in o.pressure.iter().enumerate() {
+            if let Some(f) = file {
+                some[i] = f
+                    .read_at(&mut buf, 0)
+                    .ok()
+                    .and_then(|n| std::str::from_utf8(&buf[..n]).ok())
+                    .and_then(psi_some_avg10);
+            }
+        }
+        let pressure = some[0].map(|cpu_some| Pressure {
+            cpu_some,
+            memory_some: some[1].unwrap_or(0.0),
+            io_some: some[2].unwrap_or(0.0),
+        });
+        Ok(CgroupUsage {
+            cpu_usage_ns,
+            memory_working_set_bytes: usage.saturating_sub(inactive),
+            pressure,
+        })
+    }
 }
 
 #[cfg(test)]

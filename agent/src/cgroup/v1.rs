@@ -113,6 +113,7 @@ impl V1Driver {
                 .iter()
                 .map(|m| (m.roles.clone(), m.parent_dir.join(name)))
                 .collect(),
+            usage: std::sync::OnceLock::new(),
         }
     }
 }
@@ -218,6 +219,7 @@ pub(crate) struct V1Cgroup {
     name: String,
     path: String,
     dirs: Vec<(Vec<Role>, PathBuf)>,
+    usage: std::sync::OnceLock<super::usage::UsageFiles>,
 }
 
 impl V1Cgroup {
@@ -341,6 +343,9 @@ impl EnvironmentCgroup for V1Cgroup {
     }
 
     fn usage(&self) -> Result<super::CgroupUsage, CgroupError> {
+        if let Some(files) = self.usage.get() {
+            return files.read();
+        }
         // cpuacct may be co-mounted with cpu; either way its directory has cpuacct.usage.
         let acct = self
             .dir(Role::Cpuacct)
@@ -348,22 +353,20 @@ impl EnvironmentCgroup for V1Cgroup {
             .ok_or_else(|| {
                 CgroupError::NoHierarchy(format!("cgroup {} has no cpuacct hierarchy", self.path))
             })?;
-        let file = acct.join("cpuacct.usage");
-        let cpu_usage_ns = fsutil::parse_u64(&fsutil::read_string(&file)?, &file)?;
         let memory = self.required_dir(Role::Memory)?;
-        let usage_file = memory.join("memory.usage_in_bytes");
-        let usage = fsutil::parse_u64(&fsutil::read_string(&usage_file)?, &usage_file)?;
-        let memory_working_set_bytes =
-            super::usage::working_set(usage, &memory.join("memory.stat"), "total_inactive_file")?;
-        // On hybrid hosts the controller-less cgroup2 tree still carries PSI per cgroup.
-        let pressure = self
-            .dir(Role::Unified)
-            .and_then(super::usage::read_pressure);
-        Ok(super::CgroupUsage {
-            cpu_usage_ns,
-            memory_working_set_bytes,
-            pressure,
-        })
+        let paths = super::usage::UsagePaths {
+            cpu: acct.join("cpuacct.usage"),
+            memory: memory.join("memory.usage_in_bytes"),
+            memory_stat: memory.join("memory.stat"),
+            inactive_key: "total_inactive_file",
+            // On hybrid hosts the controller-less cgroup2 tree still carries PSI per cgroup.
+            pressure_dir: self.dir(Role::Unified).map(Path::to_path_buf),
+        };
+        self.usage
+            .get_or_init(|| {
+                super::usage::UsageFiles::new(paths, super::usage::CpuFormat::Nanoseconds)
+            })
+            .read()
     }
 
     fn cpu_quota(&self) -> Result<(Option<u64>, u64), CgroupError> {
@@ -453,14 +456,28 @@ mod tests {
         assert_eq!(u.cpu_usage_ns, 7_000_000_000);
         assert_eq!(u.memory_working_set_bytes, 50_000_000);
         assert_eq!(u.pressure, None, "no PSI files in the unified tree");
+        // The files are kept open: a new value is read without reopening them.
+        std::fs::write(at("cpuacct").join("cpuacct.usage"), "8000000000\n").unwrap();
+        assert_eq!(env.usage().unwrap().cpu_usage_ns, 8_000_000_000);
+        std::fs::write(mem.join("memory.usage_in_bytes"), "lots\n").unwrap();
+        assert!(env.usage().is_err());
+
+        // PSI where the kernel offers it (a kernel offers it from the cgroup's creation on).
+        fake_v1_env(root, "lmi-agent", "p", true);
+        let env = driver
+            .create("p", &CgroupLimits::from_vcpus(1, 1 << 30, 64))
+            .unwrap();
+        let at = |m: &str| root.join(m).join("lmi-agent").join("p");
+        std::fs::write(at("cpuacct").join("cpuacct.usage"), "1\n").unwrap();
+        let mem = root.join("memory/process_api/abc/lmi-agent/p");
+        std::fs::write(mem.join("memory.usage_in_bytes"), "0\n").unwrap();
+        std::fs::write(mem.join("memory.stat"), "total_inactive_file 0\n").unwrap();
         std::fs::write(
             at("unified").join("cpu.pressure"),
             "some avg10=90.00 avg60=0 avg300=0 total=1\n",
         )
         .unwrap();
         assert_eq!(env.usage().unwrap().pressure.unwrap().cpu_some, 0.9);
-        std::fs::write(mem.join("memory.usage_in_bytes"), "lots\n").unwrap();
-        assert!(env.usage().is_err());
     }
 
     #[test]

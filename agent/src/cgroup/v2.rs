@@ -103,6 +103,7 @@ impl V2Driver {
             name: name.to_owned(),
             path: fsutil::rel_child(&self.parent_path, name),
             dir: self.parent_dir.join(name),
+            usage: std::sync::OnceLock::new(),
         }
     }
 
@@ -238,6 +239,7 @@ pub(crate) struct V2Cgroup {
     name: String,
     path: String,
     dir: PathBuf,
+    usage: std::sync::OnceLock<super::usage::UsageFiles>,
 }
 
 impl EnvironmentCgroup for V2Cgroup {
@@ -276,19 +278,20 @@ impl EnvironmentCgroup for V2Cgroup {
     }
 
     fn usage(&self) -> Result<super::CgroupUsage, CgroupError> {
-        let stat = self.dir.join("cpu.stat");
-        let usage_usec = fsutil::keyed_u64(&fsutil::read_string(&stat)?, "usage_usec", &stat)?;
-        let current = self.dir.join("memory.current");
-        let usage = fsutil::parse_u64(&fsutil::read_string(&current)?, &current)?;
-        Ok(super::CgroupUsage {
-            cpu_usage_ns: usage_usec.saturating_mul(1000),
-            memory_working_set_bytes: super::usage::working_set(
-                usage,
-                &self.dir.join("memory.stat"),
-                "inactive_file",
-            )?,
-            pressure: super::usage::read_pressure(&self.dir),
-        })
+        self.usage
+            .get_or_init(|| {
+                super::usage::UsageFiles::new(
+                    super::usage::UsagePaths {
+                        cpu: self.dir.join("cpu.stat"),
+                        memory: self.dir.join("memory.current"),
+                        memory_stat: self.dir.join("memory.stat"),
+                        inactive_key: "inactive_file",
+                        pressure_dir: Some(self.dir.clone()),
+                    },
+                    super::usage::CpuFormat::UsageUsec,
+                )
+            })
+            .read()
     }
 
     fn cpu_quota(&self) -> Result<(Option<u64>, u64), CgroupError> {

@@ -9,7 +9,7 @@ use std::{
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use lmi_agent::{
-    agent::Agent,
+    agent::{Agent, HostServices},
     capacity::HostCapacity,
     catalog::Catalog,
     cgroup,
@@ -251,11 +251,13 @@ impl Daemon {
             config.clone(),
             catalog,
             capacity,
-            cgroups,
-            Arc::new(ProcessSpawner),
-            state,
-            logs,
-            Arc::new(sandbox),
+            HostServices {
+                cgroups,
+                spawner: Arc::new(ProcessSpawner),
+                state,
+                logs,
+                sandbox: Arc::new(sandbox),
+            },
         );
         // Before taking requests: stop whatever a previous life of the agent left running.
         let recovery = agent.recover().await;
