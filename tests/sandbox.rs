@@ -351,6 +351,51 @@ async fn tmp_is_private_to_each_environment_and_capped_at_its_ephemeral_storage(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_log_socket_is_reachable_by_its_own_environment_only() {
+    require_root!();
+    let mut agent = TestAgent::start().await;
+    let a = agent
+        .create_ready(python_spec("logs-a", "actions.handler"))
+        .await;
+    let b = agent
+        .create_ready(python_spec("logs-b", "actions.handler"))
+        .await;
+    let host_path = |id: &str| {
+        agent
+            .state_dir()
+            .join("log-sockets")
+            .join(id)
+            .join("log.sock")
+    };
+    let (a_sock, b_sock) = (host_path(&a.id), host_path(&b.id));
+    // On the host: 0600 and owned by the environment's own uid.
+    use std::os::unix::fs::MetadataExt;
+    let wa = call(&mut agent, "logs-a", json!({"action": "whoami"})).await;
+    let a_uid: u32 = wa["uid"][0].as_str().unwrap().parse().unwrap();
+    let meta = std::fs::metadata(&a_sock).unwrap();
+    assert_eq!(meta.uid(), a_uid);
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    assert_ne!(std::fs::metadata(&b_sock).unwrap().uid(), a_uid);
+    // Inside: each reaches its own at the path it was given, and not the other's host path.
+    let own = call(
+        &mut agent,
+        "logs-b",
+        json!({"action": "unix_connect", "path": "/run/lmi-runtime/log.sock"}),
+    )
+    .await;
+    assert_eq!(own["result"], "connected");
+    let other = call(
+        &mut agent,
+        "logs-b",
+        json!({"action": "unix_connect", "path": a_sock.display().to_string()}),
+    )
+    .await;
+    assert_ne!(other["result"], "connected", "B reached A's log socket");
+    let stop = [a.pid, b.pid];
+    agent.stop_and_assert_clean(&stop);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_socket_refuses_a_non_root_user() {
     require_root!();
     let agent = TestAgent::start().await;
