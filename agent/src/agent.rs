@@ -466,6 +466,7 @@ impl Agent {
         phases.code = clock.lap();
 
         let env_dir = self.config.state_dir.join("envs").join(&id);
+        let env_dir_made = env_dir.clone();
         let log_capture = self.logs.prepare(&id).map_err(CreateError::LogSocket)?;
         let prepared = {
             let (sandbox, id, code, tmp, log_socket) = (
@@ -505,6 +506,10 @@ impl Agent {
         if let Some(lease) = lease.take() {
             // Never handed to an environment: no process of it ran.
             let _ = blocking(move || lease.release(true)).await;
+        }
+        if launched.is_err() {
+            // Empty by now (its /tmp mount point, if made, was removed with the mount).
+            let _ = std::fs::remove_dir(&env_dir_made);
         }
         launched
     }

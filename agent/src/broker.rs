@@ -70,8 +70,8 @@ struct Entry {
     reply: Option<oneshot::Sender<Outcome>>,
     /// A `/response` or `/error` for this id is being read: a second one is refused at once.
     answering: bool,
-    /// The invoke's deadline (ms since the epoch), kept after delivery: an answer's body is read until then.
-    deadline_ms: u64,
+    /// The invoke's deadline on the monotonic clock, kept after delivery: an answer's body is read until then.
+    deadline: std::time::Instant,
 }
 
 impl Entry {
@@ -102,6 +102,16 @@ impl Table {
             }
         }
     }
+}
+
+/// The monotonic instant of an event's wall-clock deadline (ms since the epoch), read once at submit.
+fn monotonic_deadline(deadline_ms: u64) -> std::time::Instant {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let left = std::time::Duration::from_millis(deadline_ms.saturating_sub(now_ms));
+    let now = std::time::Instant::now();
+    now.checked_add(left).unwrap_or(now)
 }
 
 /// See the module documentation.
@@ -207,14 +217,14 @@ impl Broker {
                 self.release(1);
                 return Err(Refusal::new(reason, event));
             }
-            let deadline_ms = event.deadline_ms;
+            let deadline = monotonic_deadline(event.deadline_ms);
             t.entries.insert(
                 id.clone(),
                 Entry {
                     event: Some(event),
                     reply: Some(tx),
                     answering: false,
-                    deadline_ms,
+                    deadline,
                 },
             );
             t.queue.push_back(id.clone());
@@ -274,9 +284,9 @@ impl Broker {
         }
     }
 
-    /// The deadline (ms since the epoch) of an invoke the broker still holds.
-    pub fn deadline_ms(&self, id: &str) -> Option<u64> {
-        self.table().entries.get(id).map(|e| e.deadline_ms)
+    /// The deadline of an invoke the broker still holds (monotonic: a wall-clock step does not move it).
+    pub fn deadline(&self, id: &str) -> Option<std::time::Instant> {
+        self.table().entries.get(id).map(|e| e.deadline)
     }
 
     /// Hands the runtime's answer to the caller (`/response`, `/error`).

@@ -271,7 +271,7 @@ impl RuntimeApi {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("application/json")
             .to_owned();
-        let until = self.broker.deadline_ms(id).map(body_deadline);
+        let until = self.broker.deadline(id).map(body_deadline);
         let outcome = match read_body(req, limit, until).await {
             Err(BodyError::TooLarge) => {
                 self.broker.answer(
@@ -338,7 +338,7 @@ impl RuntimeApi {
             return r;
         }
         let header_type = header_error_type(req.headers());
-        let until = self.broker.deadline_ms(id).map(body_deadline);
+        let until = self.broker.deadline(id).map(body_deadline);
         let info = match read_body(req, MAX_ERROR_BYTES, until).await {
             Ok((body, _)) => parse_error_body(&body, header_type),
             Err(BodyError::Stalled) => return self.stalled(id),
@@ -370,10 +370,10 @@ impl RuntimeApi {
         } else {
             header_type
         };
-        // An init error is recorded whatever its body: a body too large or cut off still fails the init,
-        // with the header's type and a note instead of the message. (A body that stalls is ended with the
-        // environment by its init timeout.)
-        let info = match read_body(req, MAX_ERROR_BYTES, None).await {
+        // An init error is recorded whatever its body: a body too large, cut off or stalled still fails the
+        // init, with the header's type and a note instead of the message.
+        let until = tokio::time::Instant::now() + INIT_ERROR_BODY_TIMEOUT;
+        let info = match read_body(req, MAX_ERROR_BYTES, Some(until)).await {
             Ok((body, _)) => parse_error_body(&body, header_type),
             Err(BodyError::TooLarge) => ErrorInfo::new(
                 header_type,
@@ -410,14 +410,13 @@ enum BodyError {
 /// by then, and a runtime that trickles (or stalls in) a body must not hold its slot and connection forever.
 pub const BODY_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The instant by which the body of the answer to an invoke due at `deadline_ms` (ms since the epoch) must
-/// be complete.
-fn body_deadline(deadline_ms: u64) -> tokio::time::Instant {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    let left = std::time::Duration::from_millis(deadline_ms.saturating_sub(now_ms));
-    tokio::time::Instant::now() + left + BODY_GRACE
+/// How long an `/init/error` body may take: init errors are small, and after init the environment would
+/// not end a stalled one.
+pub const INIT_ERROR_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The instant by which the body of the answer to an invoke due at `deadline` must be complete.
+fn body_deadline(deadline: std::time::Instant) -> tokio::time::Instant {
+    tokio::time::Instant::from_std(deadline) + BODY_GRACE
 }
 
 /// Reads a body up to `limit` bytes (refusing at once on a larger Content-Length), with its trailers, until

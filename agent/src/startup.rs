@@ -12,14 +12,14 @@ pub struct AgentPhases {
     pub validate: Duration,
     /// Staging the code.
     pub code: Duration,
-    /// Preparing the sandbox: a uid, the network namespace with its veth pair and the Runtime API listener
-    /// inside it, the mount plan.
+    /// Binding the log socket and preparing the sandbox: a uid, the network namespace with its veth pair and
+    /// the Runtime API listener inside it (on a host loopback port without network isolation), the mount plan.
     pub sandbox: Duration,
-    /// Starting the Runtime API server (and, without network isolation, binding its listener).
+    /// Starting the Runtime API server on that listener.
     pub runtime_api: Duration,
     /// Creating the cgroup with its limits and opening its placement, and mounting the /tmp.
     pub cgroup: Duration,
-    /// Preparing log capture, planning the command and spawning the runtime into its cgroup.
+    /// Planning the command and spawning the runtime into its cgroup and sandbox.
     pub spawn: Duration,
 }
 

@@ -111,6 +111,10 @@ pub async fn supervise(mut s: Supervised) {
         if let Err(e) = tmp.remove() {
             tracing::warn!(env = %env.id, error = %e, "removing the environment's /tmp failed");
         }
+        // `<state_dir>/envs/<id>`, empty once its /tmp mount point is gone.
+        if let Some(env_dir) = tmp.path().parent() {
+            let _ = std::fs::remove_dir(env_dir);
+        }
     }
     let removed = remove_cgroup(&env.id, env.cgroup.clone()).await;
     // Every process of the runtime is gone: its log streams end; the capture's last record follows them.

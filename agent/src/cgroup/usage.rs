@@ -9,7 +9,7 @@ use std::{
     fs::File,
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
-    sync::OnceLock,
+    sync::{Mutex, MutexGuard},
 };
 
 use super::{fsutil, CgroupError};
@@ -68,12 +68,13 @@ pub(crate) enum CpuFormat {
     UsageUsec,
 }
 
-/// One cgroup's usage files, opened on first use and kept open (see the module documentation).
+/// One cgroup's usage files, opened on first use and kept open until [`UsageFiles::close`] (see the module
+/// documentation).
 #[derive(Debug)]
 pub(crate) struct UsageFiles {
     paths: UsagePaths,
     cpu_format: CpuFormat,
-    open: OnceLock<Opened>,
+    open: Mutex<Option<Opened>>,
 }
 
 #[derive(Debug)]
@@ -81,7 +82,7 @@ struct Opened {
     cpu: File,
     memory: File,
     memory_stat: File,
-    /// cpu, memory, io; `None` for a file the kernel does not offer (looked for once).
+    /// cpu, memory, io; `None` for a file the kernel does not offer (looked for once per opening).
     pressure: [Option<File>; 3],
 }
 
@@ -122,37 +123,52 @@ impl UsageFiles {
         Self {
             paths,
             cpu_format,
-            open: OnceLock::new(),
+            open: Mutex::new(None),
         }
     }
 
-    fn opened(&self) -> Result<&Opened, CgroupError> {
-        if let Some(o) = self.open.get() {
-            return Ok(o);
-        }
+    fn lock(&self) -> MutexGuard<'_, Option<Opened>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn open_all(&self) -> Result<Opened, CgroupError> {
         let p = &self.paths;
-        let psi = |name: &str| {
-            p.pressure_dir
-                .as_ref()
-                .and_then(|d| File::open(d.join(name)).ok())
+        let psi = |name: &str| -> Result<Option<File>, CgroupError> {
+            let Some(dir) = &p.pressure_dir else {
+                return Ok(None);
+            };
+            let path = dir.join(name);
+            match File::open(&path) {
+                Ok(f) => Ok(Some(f)),
+                // The kernel does not offer it: not looked for again while these files are open.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(source) => Err(CgroupError::Read { path, source }),
+            }
         };
-        let opened = Opened {
+        Ok(Opened {
             cpu: open(&p.cpu)?,
             memory: open(&p.memory)?,
             memory_stat: open(&p.memory_stat)?,
             pressure: [
-                psi("cpu.pressure"),
-                psi("memory.pressure"),
-                psi("io.pressure"),
+                psi("cpu.pressure")?,
+                psi("memory.pressure")?,
+                psi("io.pressure")?,
             ],
-        };
-        // Two first readings at once: one set of files wins, the other is closed.
-        Ok(self.open.get_or_init(|| opened))
+        })
+    }
+
+    /// Closes the files (the cgroup is being removed); a later reading opens them again.
+    pub(crate) fn close(&self) {
+        self.lock().take();
     }
 
     /// The cgroup's usage now.
     pub(crate) fn read(&self) -> Result<CgroupUsage, CgroupError> {
-        let o = self.opened()?;
+        let mut guard = self.lock();
+        let o = match &mut *guard {
+            Some(o) => o,
+            none => none.insert(self.open_all()?),
+        };
         let p = &self.paths;
         let mut buf = [0u8; READ_BUFFER];
         let mut spill = String::new();

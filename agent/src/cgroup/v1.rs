@@ -403,6 +403,10 @@ impl EnvironmentCgroup for V1Cgroup {
                 first_err.get_or_insert(e);
             }
         }
+        // After the rmdir: a reading in between cannot open them again.
+        if let Some(files) = self.usage.get() {
+            files.close();
+        }
         first_err.map_or(Ok(()), Err)
     }
 }

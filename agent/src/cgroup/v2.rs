@@ -313,7 +313,12 @@ impl EnvironmentCgroup for V2Cgroup {
 
     fn remove(&self) -> Result<(), CgroupError> {
         self.kill_all()?;
-        fsutil::rmdir_tree(&self.dir, RMDIR_TIMEOUT)
+        let removed = fsutil::rmdir_tree(&self.dir, RMDIR_TIMEOUT);
+        // After the rmdir: a reading in between cannot open them again.
+        if let Some(files) = self.usage.get() {
+            files.close();
+        }
+        removed
     }
 }
 
