@@ -269,7 +269,7 @@ def scenario_startup(args):
             r = agent.lmictl("bench", "startup", "-n", str(args.runs), *spec)
             m = r["median"]
             print(f"startup {name}: median of {len(r['runs'])}: agent {m['agent_us'] / 1000:.2f} ms (validate "
-                  f"{m['validate_us'] / 1000:.2f}, code {m['code_us'] / 1000:.2f}, runtime api "
+                  f"{m['validate_us'] / 1000:.2f}, code {m['code_us'] / 1000:.2f}, sandbox {m['sandbox_us'] / 1000:.2f}, runtime api "
                   f"{m['runtime_api_us'] / 1000:.2f}, cgroup {m['cgroup_us'] / 1000:.2f}, spawn "
                   f"{m['spawn_us'] / 1000:.2f}); runtime init {m['runtime_init_us'] / 1000:.2f} ms; "
                   f"CreateEnvironment RPC {m['create_rpc_us'] / 1000:.2f} ms")

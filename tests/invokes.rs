@@ -213,7 +213,10 @@ async fn an_init_error_fails_the_environment_with_its_reason_and_frees_everythin
     assert_eq!(env.ready_at, None);
     // The environment's processes and cgroup are gone and its capacity is back, before any delete.
     let dirs = agent.env_cgroup_dirs(&created.id);
-    wait_until(|| dirs.values().all(|d| !d.exists())).await;
+    eventually("the cgroup is removed", || {
+        dirs.values().all(|d| !d.exists())
+    })
+    .await;
     assert!(!process_alive(created.pid));
     assert_eq!(agent.host().await.vcpus_allocated, 0);
     // Invokes are refused at once rather than queued on a dead environment.
@@ -287,7 +290,10 @@ async fn a_runtime_crash_mid_invoke_ends_every_in_flight_invoke_with_exit_error(
     let failed = agent.wait_state(&env.id, &[St::Failed]).await;
     assert_eq!(failed.failure.unwrap().error_type, "Runtime.ExitError");
     let dirs = agent.env_cgroup_dirs(&env.id);
-    wait_until(|| dirs.values().all(|d| !d.exists())).await;
+    eventually("the cgroup is removed", || {
+        dirs.values().all(|d| !d.exists())
+    })
+    .await;
     // Not restarted in place (LMI replaces environments): it stays FAILED, with no process.
     assert_eq!(agent.get(&env.id).await.state(), St::Failed);
     assert!(!process_alive(env.pid));
@@ -410,7 +416,10 @@ async fn a_runtime_that_exits_during_init_fails_at_once_with_its_exit_status() {
         .unwrap_err();
     assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
     let dirs = agent.env_cgroup_dirs(&created.id);
-    wait_until(|| dirs.values().all(|d| !d.exists())).await;
+    eventually("the cgroup is removed", || {
+        dirs.values().all(|d| !d.exists())
+    })
+    .await;
     assert_unaffected(&mut agent, &other).await;
     agent.stop_and_assert_clean(&[created.pid, other.pid]);
 }
@@ -468,15 +477,4 @@ async fn duplicate_request_ids_and_oversized_payloads_are_refused() {
         s.message()
     );
     agent.stop_and_assert_clean(&[env.pid]);
-}
-
-async fn wait_until(cond: impl Fn() -> bool) {
-    let start = std::time::Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(30),
-            "condition not reached"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
 }

@@ -76,17 +76,6 @@ fn spawn_invoke(
     tokio::spawn(async move { invoke(client, &function, payload).await })
 }
 
-async fn wait_until(cond: impl Fn() -> bool) {
-    let start = std::time::Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(30),
-            "condition not reached"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_handler_style_answers_a_json_event_on_both_node_versions() {
     require_root!();
@@ -274,7 +263,10 @@ async fn init_errors_fail_the_environment_with_their_reason() {
         );
         assert_eq!(failed.ready_at, None, "{runtime} {handler}: never ready");
         let dirs = agent.env_cgroup_dirs(&env.id);
-        wait_until(|| dirs.values().all(|d| !d.exists())).await;
+        eventually("the cgroup is removed", || {
+            dirs.values().all(|d| !d.exists())
+        })
+        .await;
         assert!(!process_alive(env.pid), "{runtime} {handler}: runtime gone");
     }
     assert_eq!(agent.host().await.vcpus_allocated, 0, "capacity is back");

@@ -194,8 +194,7 @@ impl Outside {
         let (ns, listener) =
             NetworkNamespace::with_listener(format!("0.0.0.0:{}", Self::PORT).parse().unwrap())
                 .unwrap();
-        let id = format!("{:x}{:08x}", 0xf, std::process::id());
-        let veth = Veth::create(&ip, &id, &ns, &link).unwrap();
+        let veth = Veth::create(&ip, &ns, &link).unwrap();
         Self {
             ip,
             veth,
@@ -268,7 +267,7 @@ async fn egress_reaches_a_server_outside_through_nat_but_not_the_host() {
     );
 
     // The veth pair goes with the environment, the NAT table with the agent.
-    let veth = Veth::host_name_for(&env.id);
+    let veth = Veth::host_name_for(gw);
     assert!(ip_link_exists(&veth));
     agent.delete(&env.id).await;
     assert!(!ip_link_exists(&veth), "{veth} left behind");
@@ -400,6 +399,49 @@ async fn each_log_socket_is_reachable_by_its_own_environment_only() {
     agent.stop_and_assert_clean(&stop);
 }
 
+/// The first address of the agent's `sandbox.network` (a /24 per test agent).
+fn sandbox_base(agent: &TestAgent) -> Ipv4Addr {
+    let config = std::fs::read_to_string(agent.dir.path().join("agent.toml")).unwrap();
+    let net = config
+        .lines()
+        .find_map(|l| l.strip_prefix("network = \""))
+        .unwrap();
+    net.split('/').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_slots_are_made_ahead_taken_by_creates_and_removed_with_the_agent() {
+    require_root!();
+    let mut agent = TestAgent::start_with(AgentOptions {
+        sandbox_config: "network_pool = 2".into(),
+        ..Default::default()
+    })
+    .await;
+    let base = u32::from(sandbox_base(&agent));
+    let host_end = |slot: u32| Ipv4Addr::from(base + slot * 4 + 1);
+    let veth = |slot: u32| Veth::host_name_for(host_end(slot));
+    // Two slots are made before any environment exists.
+    eventually("two slots made ahead", || {
+        ip_link_exists(&veth(0)) && ip_link_exists(&veth(1))
+    })
+    .await;
+    assert!(!ip_link_exists(&veth(2)), "more slots than the pool holds");
+    // A create takes one of them (its gateway is that slot's host end) ...
+    let env = agent
+        .create_ready(python_spec("pooled", "actions.handler"))
+        .await;
+    let w = call(&mut agent, "pooled", json!({"action": "whoami"})).await;
+    let gw: Ipv4Addr = w["gateway"].as_str().unwrap().parse().unwrap();
+    assert!([host_end(0), host_end(1)].contains(&gw), "{gw}");
+    // ... and the pool makes the next.
+    eventually("the pool refilled", || ip_link_exists(&veth(2))).await;
+    // A graceful stop removes the environment's pair and those still waiting.
+    agent.stop_and_assert_clean(&[env.pid]);
+    for slot in 0..3 {
+        assert!(!ip_link_exists(&veth(slot)), "{} left behind", veth(slot));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_socket_refuses_a_non_root_user() {
     require_root!();
@@ -522,6 +564,11 @@ async fn without_network_isolation_the_runtime_api_is_a_host_loopback_port() {
     // Still its own uid and no privilege; the host's network (no veth of its own).
     assert!(sandbox_range(&agent).contains(&w["uid"][0].as_str().unwrap().parse::<u64>().unwrap()));
     assert_eq!(w["caps"]["CapEff"], "0000000000000000");
-    assert!(!ip_link_exists(&Veth::host_name_for(&env.id)));
+    let netns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+    assert_eq!(
+        netns(&env.pid.to_string()),
+        netns("self"),
+        "the runtime has a network namespace of its own"
+    );
     agent.stop_and_assert_clean(&[env.pid]);
 }

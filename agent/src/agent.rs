@@ -469,14 +469,13 @@ impl Agent {
         let env_dir_made = env_dir.clone();
         let log_capture = self.logs.prepare(&id).map_err(CreateError::LogSocket)?;
         let prepared = {
-            let (sandbox, id, code, tmp, log_socket) = (
+            let (sandbox, code, tmp, log_socket) = (
                 self.sandbox.clone(),
-                id.clone(),
                 code_dir.clone(),
                 env_dir.join("tmp"),
                 log_capture.socket_path().to_owned(),
             );
-            blocking(move || sandbox.prepare(&id, &code, &tmp, &log_socket)).await??
+            blocking(move || sandbox.prepare(&code, &tmp, &log_socket)).await??
         };
         let sandbox::Prepared {
             lease,

@@ -126,6 +126,9 @@ pub struct SandboxConfig {
     /// Private IPv4 network the environments' veth pairs are numbered from, one /30 each ("a.b.c.d/len",
     /// len 12..=28); must not overlap a network the host routes to.
     pub network: String,
+    /// Network slots (namespace, Runtime API listener, veth pair) made ahead of environments, so that
+    /// creating one does not wait for `ip`; 0 makes each on demand. At most 64.
+    pub network_pool: u32,
 }
 
 impl Default for SandboxConfig {
@@ -135,6 +138,7 @@ impl Default for SandboxConfig {
             uid_count: 65_536,
             network_isolation: true,
             network: "10.200.0.0/16".to_owned(),
+            network_pool: 2,
         }
     }
 }
@@ -466,6 +470,9 @@ impl Config {
         if let Err(e) = crate::sandbox::Subnet::parse(&sb.network) {
             return Err(bad("sandbox.network", &e));
         }
+        if sb.network_pool > 64 {
+            return Err(bad("sandbox.network_pool", "must be at most 64"));
+        }
         Ok(())
     }
 }
@@ -619,6 +626,7 @@ mod tests {
             ("[sandbox]\nnetwork = '8.8.0.0/16'", "sandbox.network"),
             ("[sandbox]\nnetwork = '10.0.0.0/8'", "sandbox.network"),
             ("[sandbox]\nnetworks = 'x'", "networks"),
+            ("[sandbox]\nnetwork_pool = 65", "sandbox.network_pool"),
         ] {
             let e = Config::parse(text, Path::new("t.toml"))
                 .unwrap_err()

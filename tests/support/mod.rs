@@ -706,6 +706,19 @@ pub async fn watch_until(
         .unwrap_or_else(|_| panic!("not within 60 s: {what}"))
 }
 
+/// Polls `cond` every 20 ms until it holds, for at most 30 s (for states no event announces: a cgroup
+/// directory gone, a network link made).
+pub async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "not within 30 s: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The environment's entry in a report.
 pub fn env_in<'a>(
     r: &'a pb::UtilizationReport,

@@ -5,7 +5,7 @@
 //! - [`mounts`]: its own mount namespace: the code read-only at `/var/task`, its tmpfs at `/tmp`;
 //! - [`netns`], [`veth`], [`addresses`], [`nat`], [`routes`], [`resolv`]: with network isolation, its own
 //!   network namespace whose loopback carries its Runtime API at 127.0.0.1:9001, with egress through a veth
-//!   pair and NAT;
+//!   pair and NAT; [`pool`] makes them ahead of the environments;
 //! - [`confine`]: all of the above applied by the runtime process to itself between `fork` and `exec`;
 //! - [`tools`]: the host commands (`ip`, `nft`) the network part runs.
 //!
@@ -18,6 +18,7 @@ pub mod identity;
 pub mod mounts;
 pub mod nat;
 pub mod netns;
+pub mod pool;
 pub mod privileges;
 pub mod resolv;
 pub mod routes;
@@ -40,6 +41,7 @@ use identity::{IdentitiesExhausted, Identity, IdentityPool};
 use mounts::{HostMounts, MountPlan, MountPlanError};
 use nat::NatTable;
 use netns::NetworkNamespace;
+use pool::SlotPool;
 use tools::Tool;
 use veth::Veth;
 
@@ -100,6 +102,7 @@ pub struct Sandbox {
 struct HostNetwork {
     ip: Tool,
     addresses: Arc<AddressPool>,
+    pool: SlotPool,
     nat: NatTable,
     resolv: Option<PathBuf>,
 }
@@ -154,7 +157,6 @@ impl Sandbox {
     /// (runs `ip`). On error nothing is held.
     pub fn prepare(
         &self,
-        env_id: &str,
         code: &Path,
         tmp: &Path,
         log_socket: &Path,
@@ -168,7 +170,7 @@ impl Sandbox {
                 network: None,
             }),
         };
-        match self.prepare_held(&lease, env_id, code, tmp, log_socket) {
+        match self.prepare_held(&lease, code, tmp, log_socket) {
             Ok((listener, runtime_api, confinement)) => Ok(Prepared {
                 lease,
                 listener,
@@ -185,7 +187,6 @@ impl Sandbox {
     fn prepare_held(
         &self,
         lease: &EnvironmentSandbox,
-        env_id: &str,
         code: &Path,
         tmp: &Path,
         log_socket: &Path,
@@ -217,21 +218,12 @@ impl Sandbox {
                 },
             ));
         };
-        let link = net.addresses.allocate()?;
-        let (ns, listener) = match NetworkNamespace::with_listener(ISOLATED_RUNTIME_API) {
-            Ok(v) => v,
-            Err(e) => {
-                net.addresses.release(&link);
-                return Err(io_error("creating the network namespace")(e));
-            }
-        };
-        let veth = match Veth::create(&net.ip, env_id, &ns, &link) {
-            Ok(v) => v,
-            Err(e) => {
-                net.addresses.release(&link);
-                return Err(SandboxError::Network(e));
-            }
-        };
+        let pool::NetworkSlot {
+            ns,
+            listener,
+            veth,
+            link,
+        } = net.pool.take()?;
         let netns = Some(ns.raw_fd());
         lease.lock().network = Some(EnvironmentNetwork {
             ns,
@@ -251,9 +243,16 @@ impl Sandbox {
         ))
     }
 
-    /// Removes the host's part (NAT table, mount point). Call once every environment is cleaned up.
+    /// Network slots made ahead and not yet taken (0 without network isolation).
+    pub fn network_slots_ready(&self) -> usize {
+        self.network.as_ref().map_or(0, |n| n.pool.ready())
+    }
+
+    /// Removes the host's part (slots made ahead, NAT table, mount point). Call once every environment is
+    /// cleaned up.
     pub fn shutdown(&self) {
         if let Some(net) = &self.network {
+            net.pool.stop();
             if let Err(e) = net.nat.remove() {
                 tracing::warn!(error = %e, "removing the sandbox's nftables table failed");
             }
@@ -307,10 +306,12 @@ impl HostNetwork {
                 return Err(io_error("writing the environments' resolv.conf")(e));
             }
         };
-        tracing::info!(network = %subnet, table = %NatTable::name_for(instance), "network isolation on");
+        tracing::info!(network = %subnet, table = %NatTable::name_for(instance), pool = config.network_pool, "network isolation on");
+        let addresses = Arc::new(AddressPool::new(subnet));
         Ok(Self {
+            pool: SlotPool::start(ip.clone(), addresses.clone(), config.network_pool as usize),
             ip,
-            addresses: Arc::new(AddressPool::new(subnet)),
+            addresses,
             nat,
             resolv,
         })

@@ -1,4 +1,4 @@
-//! An environment's link to the host: a veth pair whose host end (`lmi<id>`, address `.1` of the
+//! An environment's link to the host: a veth pair whose host end (`lmi<hex address>`, address `.1` of the
 //! environment's /30) stays in the host's namespace and whose other end is `eth0` in the environment's
 //! namespace (address `.2`, default route via `.1`). Removing the host end removes the pair.
 
@@ -16,25 +16,18 @@ pub struct Veth {
 }
 
 impl Veth {
-    /// The host end's name for an environment id: the prefix and the id's first hex digits.
-    pub fn host_name_for(env_id: &str) -> String {
-        let digits: String = env_id
-            .chars()
-            .filter(char::is_ascii_hexdigit)
-            .take(IFNAMSIZ_MAX - HOST_PREFIX.len())
-            .collect();
-        format!("{HOST_PREFIX}{digits}")
+    /// The host end's name for the host end's address: the prefix and the address in hex. Unique while
+    /// the address is (one /30 per pair), and known before any environment is (pairs are made ahead).
+    pub fn host_name_for(host: std::net::Ipv4Addr) -> String {
+        let name = format!("{HOST_PREFIX}{:08x}", u32::from(host));
+        debug_assert!(name.len() <= IFNAMSIZ_MAX);
+        name
     }
 
     /// Creates the pair with its far end in `ns`, numbers both ends from `link` and routes the namespace's
     /// traffic through the host. On failure nothing is left.
-    pub fn create(
-        ip: &Tool,
-        env_id: &str,
-        ns: &NetworkNamespace,
-        link: &Link,
-    ) -> Result<Self, String> {
-        let host_name = Self::host_name_for(env_id);
+    pub fn create(ip: &Tool, ns: &NetworkNamespace, link: &Link) -> Result<Self, String> {
+        let host_name = Self::host_name_for(link.host);
         let host = format!(
             "link add {host_name} type veth peer name eth0 netns {ns}\n\
              addr add {addr}/30 dev {host_name}\n\
@@ -84,10 +77,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn host_names_fit_and_follow_the_id() {
-        let n = Veth::host_name_for("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0");
-        assert_eq!(n, "lmi0f1e2d3c4b5a");
+    fn host_names_fit_and_follow_the_address() {
+        let n = Veth::host_name_for(std::net::Ipv4Addr::new(10, 200, 0, 1));
+        assert_eq!(n, "lmi0ac80001");
         assert!(n.len() <= IFNAMSIZ_MAX);
-        assert_eq!(Veth::host_name_for("ab"), "lmiab");
+        let m = Veth::host_name_for(std::net::Ipv4Addr::new(255, 255, 255, 253));
+        assert_eq!(m, "lmifffffffd");
     }
 }
