@@ -8,7 +8,10 @@ use std::{fs, path::Path, sync::Arc};
 use lmi_agent::{
     catalog::Catalog,
     cgroup::{CgroupDriver, CgroupLimits, V2Driver, V2Options},
+    config::UtilizationConfig,
     environment::Environment,
+    host::HostReader,
+    sampler::Sampler,
     spec::{self, SpecDefaults},
 };
 use lmi_proto::v1 as pb;
@@ -106,4 +109,24 @@ pub fn environments(root: &Path, code: &Path, n: usize, shape: Shape) -> Vec<Arc
             )
         })
         .collect()
+}
+
+/// `n` environments of one function each (the sampler's view of a busy host) and a sampler with the default
+/// settings; `tree` and `code` hold the fake cgroupfs and the code directory.
+pub fn sampled_host(tree: &Path, code: &Path, n: usize) -> (Vec<Arc<Environment>>, Sampler) {
+    let envs = environments(
+        tree,
+        code,
+        n,
+        Shape {
+            one_function: false,
+            max_concurrency: 0,
+        },
+    );
+    let sampler = Sampler::new(
+        UtilizationConfig::default(),
+        HostReader::default(),
+        code.to_owned(),
+    );
+    (envs, sampler)
 }

@@ -207,11 +207,7 @@ async fn soak_every_invoke_ends_in_one_outcome_while_runtimes_are_killed() {
     let callers = knob("LMI_SOAK_CALLERS", 16);
     let wanted = knob("LMI_SOAK_ENVIRONMENTS", 3).max(2) as usize;
     let kill_every = Duration::from_millis(knob("LMI_SOAK_KILL_EVERY_MS", 1500));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_loopback_port();
     let mut agent = TestAgent::start_with(AgentOptions {
         extra_config: format!("metrics_listen = \"127.0.0.1:{port}\"\n"),
         ..Default::default()

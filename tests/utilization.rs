@@ -390,11 +390,7 @@ fn rss_kib(pid: i32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_with_the_prometheus_parser_and_count_the_throttles_caused() {
     require_root!();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_loopback_port();
     let mut agent = TestAgent::start_with(AgentOptions {
         extra_config: format!(
             "metrics_listen = \"127.0.0.1:{port}\"\n[utilization]\nsample_interval_ms = 100\n"

@@ -14,13 +14,10 @@ use std::time::Instant;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use lmi_agent::{
     capacity::{Allocated, HostCapacity},
-    config::UtilizationConfig,
-    host::HostReader,
     report::ReportBuilder,
-    sampler::Sampler,
     stats::Stats,
 };
-use lmi_benches::{environments, Shape};
+use lmi_benches::sampled_host;
 use lmi_proto::v1 as pb;
 use prost::Message;
 
@@ -93,20 +90,7 @@ fn list_environments(c: &mut Criterion) {
 
 fn utilization_report(c: &mut Criterion) {
     let (tree, code) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let envs = environments(
-        tree.path(),
-        code.path(),
-        50,
-        Shape {
-            one_function: false,
-            max_concurrency: 0,
-        },
-    );
-    let mut sampler = Sampler::new(
-        UtilizationConfig::default(),
-        HostReader::default(),
-        code.path().to_owned(),
-    );
+    let (envs, mut sampler) = sampled_host(tree.path(), code.path(), 50);
     let snapshot = sampler.tick(
         &envs,
         HostCapacity::new(64, 262_144, 0, 0),

@@ -6,33 +6,15 @@
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use lmi_agent::{
-    capacity::{Allocated, HostCapacity},
-    config::UtilizationConfig,
-    host::HostReader,
-    sampler::Sampler,
-};
-use lmi_benches::{environments, Shape};
+use lmi_agent::capacity::{Allocated, HostCapacity};
+use lmi_benches::sampled_host;
 
 fn sampler_tick(c: &mut Criterion) {
     let mut group = c.benchmark_group("sampler_tick");
     for n in [1usize, 10, 50] {
         let tree = tempfile::tempdir().unwrap();
         let code = tempfile::tempdir().unwrap();
-        let envs = environments(
-            tree.path(),
-            code.path(),
-            n,
-            Shape {
-                one_function: false,
-                max_concurrency: 0,
-            },
-        );
-        let mut sampler = Sampler::new(
-            UtilizationConfig::default(),
-            HostReader::default(),
-            code.path().to_owned(),
-        );
+        let (envs, mut sampler) = sampled_host(tree.path(), code.path(), n);
         let capacity = HostCapacity::new(64, 262_144, 0, 0);
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| sampler.tick(&envs, capacity, Allocated::default(), false, Instant::now()));

@@ -706,6 +706,15 @@ pub async fn watch_until(
         .unwrap_or_else(|_| panic!("not within 60 s: {what}"))
 }
 
+/// A loopback port free right now (for a listener the daemon binds, such as `metrics_listen`).
+pub fn free_loopback_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Polls `cond` every 20 ms until it holds, for at most 30 s (for states no event announces: a cgroup
 /// directory gone, a network link made).
 pub async fn eventually(what: &str, cond: impl Fn() -> bool) {
