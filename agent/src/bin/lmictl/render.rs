@@ -38,7 +38,7 @@ pub struct EnvironmentView {
 }
 
 /// Start-up timings in microseconds (see `StartupTimings` in the proto).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct StartupView {
     pub validate_us: u64,
     pub code_us: u64,

@@ -10,6 +10,7 @@ use super::proc_stats::{CpuTime, Memory};
 use super::startup::StartupRun;
 use crate::cli::BenchInvokeArgs;
 use crate::output::Output;
+use crate::render::StartupView;
 
 /// CPU and memory of the processes involved, over the measured window.
 #[derive(Debug, Clone)]
@@ -270,14 +271,16 @@ fn startup_median(runs: &[StartupRun]) -> StartupRun {
     };
     StartupRun {
         runtime: runs.first().map(|r| r.runtime.clone()).unwrap_or_default(),
-        agent_us: col(|r| r.agent_us),
-        validate_us: col(|r| r.validate_us),
-        code_us: col(|r| r.code_us),
-        sandbox_us: col(|r| r.sandbox_us),
-        runtime_api_us: col(|r| r.runtime_api_us),
-        cgroup_us: col(|r| r.cgroup_us),
-        spawn_us: col(|r| r.spawn_us),
-        runtime_init_us: col(|r| r.runtime_init_us),
+        timings: StartupView {
+            agent_us: col(|r| r.timings.agent_us),
+            validate_us: col(|r| r.timings.validate_us),
+            code_us: col(|r| r.timings.code_us),
+            sandbox_us: col(|r| r.timings.sandbox_us),
+            runtime_api_us: col(|r| r.timings.runtime_api_us),
+            cgroup_us: col(|r| r.timings.cgroup_us),
+            spawn_us: col(|r| r.timings.spawn_us),
+            runtime_init_us: col(|r| r.timings.runtime_init_us),
+        },
         create_rpc_us: col(|r| r.create_rpc_us),
     }
 }
@@ -291,14 +294,14 @@ pub fn startup_output(runs: &[StartupRun], json: bool) -> anyhow::Result<Output>
     let row = |label: String, r: &StartupRun| {
         vec![
             label,
-            ms(r.agent_us),
-            ms(r.validate_us),
-            ms(r.code_us),
-            ms(r.sandbox_us),
-            ms(r.runtime_api_us),
-            ms(r.cgroup_us),
-            ms(r.spawn_us),
-            ms(r.runtime_init_us),
+            ms(r.timings.agent_us),
+            ms(r.timings.validate_us),
+            ms(r.timings.code_us),
+            ms(r.timings.sandbox_us),
+            ms(r.timings.runtime_api_us),
+            ms(r.timings.cgroup_us),
+            ms(r.timings.spawn_us),
+            ms(r.timings.runtime_init_us),
             ms(r.create_rpc_us),
         ]
     };
@@ -334,14 +337,16 @@ mod tests {
     fn startup_table_has_a_median_row() {
         let run = |agent_us| StartupRun {
             runtime: "provided.al2023".into(),
-            agent_us,
-            validate_us: 10,
-            code_us: 5,
-            sandbox_us: 300,
-            runtime_api_us: 50,
-            cgroup_us: 800,
-            spawn_us: 900,
-            runtime_init_us: 4000,
+            timings: StartupView {
+                agent_us,
+                validate_us: 10,
+                code_us: 5,
+                sandbox_us: 300,
+                runtime_api_us: 50,
+                cgroup_us: 800,
+                spawn_us: 900,
+                runtime_init_us: 4000,
+            },
             create_rpc_us: 2500,
         };
         let out = startup_output(&[run(2000), run(1000), run(3000)], false).unwrap();

@@ -12,7 +12,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::commands::Io;
-use crate::connect::Client;
+use crate::{connect::Client, render::StartupView};
 
 /// How often READY is polled (the API has no watch; the agent's own timings do not depend on it).
 const POLL: Duration = Duration::from_millis(5);
@@ -21,16 +21,10 @@ const POLL: Duration = Duration::from_millis(5);
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct StartupRun {
     pub runtime: String,
-    /// The agent's share: the sum of the next six.
-    pub agent_us: u64,
-    pub validate_us: u64,
-    pub code_us: u64,
-    pub sandbox_us: u64,
-    pub runtime_api_us: u64,
-    pub cgroup_us: u64,
-    pub spawn_us: u64,
-    /// From the runtime's spawn to its first `/next`.
-    pub runtime_init_us: u64,
+    /// The agent's phases, its share (`agent_us`, their sum) and the runtime's init, as `lmictl get` shows
+    /// them (flattened: the JSON keys are the same).
+    #[serde(flatten)]
+    pub timings: StartupView,
     /// The CreateEnvironment round trip as lmictl saw it (the agent's share plus gRPC).
     pub create_rpc_us: u64,
 }
@@ -83,14 +77,7 @@ pub async fn run(
         );
         out.push(StartupRun {
             runtime: spec.runtime.clone(),
-            agent_us: t.agent_us,
-            validate_us: t.validate_us,
-            code_us: t.code_us,
-            sandbox_us: t.sandbox_us,
-            runtime_api_us: t.runtime_api_us,
-            cgroup_us: t.cgroup_us,
-            spawn_us: t.spawn_us,
-            runtime_init_us: t.runtime_init_us,
+            timings: crate::render::startup_view(&t),
             create_rpc_us: micros(create_rpc),
         });
     }
