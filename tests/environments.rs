@@ -110,7 +110,7 @@ async fn runtime_environment_variables_follow_the_reference() {
         .invoke(pb::InvokeRequest {
             function_name: "envvars".into(),
             function_version: "7".into(),
-            payload: br#"{"env_keys": ["GREETING", "AWS_LAMBDA_LOG_STREAM_NAME", "TZ", "_HANDLER", "LAMBDA_TASK_ROOT", "AWS_LAMBDA_RUNTIME_API"]}"#.to_vec(),
+            payload: br#"{"env_keys": ["GREETING", "AWS_LAMBDA_LOG_STREAM_NAME", "TZ", "_HANDLER", "LAMBDA_TASK_ROOT", "AWS_LAMBDA_RUNTIME_API"]}"#.to_vec().into(),
             request_id: "req-fixed-1".into(),
             trace_id: "Root=1-5e1b4151-5ac6c58f5b5b5b5b5b5b5b5b".into(),
             client_context: String::new(),

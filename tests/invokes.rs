@@ -437,7 +437,7 @@ async fn duplicate_request_ids_and_oversized_payloads_are_refused() {
     let first = tokio::spawn(async move {
         c.invoke(pb::InvokeRequest {
             function_name: "dup".into(),
-            payload,
+            payload: payload.into(),
             request_id: "same-id".into(),
             ..Default::default()
         })
@@ -448,7 +448,7 @@ async fn duplicate_request_ids_and_oversized_payloads_are_refused() {
         .client
         .invoke(pb::InvokeRequest {
             function_name: "dup".into(),
-            payload: b"{}".to_vec(),
+            payload: b"{}".to_vec().into(),
             request_id: "same-id".into(),
             ..Default::default()
         })
@@ -465,7 +465,7 @@ async fn duplicate_request_ids_and_oversized_payloads_are_refused() {
         .client
         .invoke(pb::InvokeRequest {
             function_name: "dup".into(),
-            payload: big,
+            payload: big.into(),
             ..Default::default()
         })
         .await

@@ -40,8 +40,9 @@ async fn native_echo_answers_byte_for_byte_and_reports_errors() {
         .create_ready(native_spec("native", code.path(), 4))
         .await;
 
-    let payload =
-        br#"{"nested": {"list": [1, 2.5, "three"]}, "unicode": "\u00e9t\u00e9"}"#.to_vec();
+    let payload = bytes::Bytes::from_static(
+        br#"{"nested": {"list": [1, 2.5, "three"]}, "unicode": "\u00e9t\u00e9"}"#,
+    );
     let r = agent
         .client
         .invoke(pb::InvokeRequest {

@@ -244,7 +244,7 @@ async fn the_context_and_environment_variables_describe_the_function_and_the_inv
         .invoke(pb::InvokeRequest {
             function_name: "jctx".into(),
             function_version: "7".into(),
-            payload: json!({"action": "context"}).to_string().into_bytes(),
+            payload: json!({"action": "context"}).to_string().into_bytes().into(),
             request_id: "ctx-request-1".into(),
             client_context: r#"{"custom":{"k":"v"}}"#.into(),
             trace_id: "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1".into(),

@@ -344,7 +344,7 @@ async fn the_handler_reads_its_context_and_environment() {
             .invoke(pb::InvokeRequest {
                 function_name: function.clone(),
                 function_version: "7".into(),
-                payload: payload.to_string().into_bytes(),
+                payload: payload.to_string().into_bytes().into(),
                 request_id: request_id.clone(),
                 client_context: r#"{"custom":{"tenant":"blue"},"env":{"locale":"en"}}"#.into(),
                 trace_id: String::new(),

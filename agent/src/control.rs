@@ -232,7 +232,7 @@ impl agent_server::Agent for ControlService {
                 payload,
                 content_type,
             } => {
-                resp.payload = payload.to_vec();
+                resp.payload = payload;
                 resp.content_type = content_type;
                 (pb::InvokeOutcome::Success, None)
             }

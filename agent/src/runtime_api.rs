@@ -447,20 +447,33 @@ async fn read_body_unbounded(
         return Err(BodyError::TooLarge);
     }
     let mut body = req.into_body();
-    let mut buf = BytesMut::with_capacity(
-        declared
-            .map_or(0, |n| usize::try_from(n).unwrap_or(0))
-            .min(limit),
-    );
+    let capacity = declared
+        .map_or(0, |n| usize::try_from(n).unwrap_or(0))
+        .min(limit);
+    // A body that arrives in one frame (the common case: a small answer in one segment) is kept as that
+    // frame, without a copy; only a body in several frames is gathered into one buffer.
+    let mut first: Option<Bytes> = None;
+    let mut gathered: Option<BytesMut> = None;
+    let mut len = 0usize;
     let mut trailers = None;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(BodyError::Io)?;
         match frame.into_data() {
             Ok(data) => {
-                if buf.len() + data.len() > limit {
+                len += data.len();
+                if len > limit {
                     return Err(BodyError::TooLarge);
                 }
-                buf.extend_from_slice(&data);
+                if let Some(buf) = gathered.as_mut() {
+                    buf.extend_from_slice(&data);
+                } else if let Some(head) = first.take() {
+                    let mut buf = BytesMut::with_capacity(capacity.max(len));
+                    buf.extend_from_slice(&head);
+                    buf.extend_from_slice(&data);
+                    gathered = Some(buf);
+                } else {
+                    first = Some(data);
+                }
             }
             Err(frame) => {
                 if let Ok(t) = frame.into_trailers() {
@@ -469,7 +482,12 @@ async fn read_body_unbounded(
             }
         }
     }
-    Ok((buf.freeze(), trailers))
+    let body = match (gathered, first) {
+        (Some(buf), _) => buf.freeze(),
+        (None, Some(data)) => data,
+        (None, None) => Bytes::new(),
+    };
+    Ok((body, trailers))
 }
 
 /// The error a streamed response declared in its trailers, if any.

@@ -117,7 +117,7 @@ fn utilization_report(c: &mut Criterion) {
 }
 
 fn invoke_messages(c: &mut Criterion) {
-    let payload = vec![b'x'; 1024];
+    let payload = bytes::Bytes::from(vec![b'x'; 1024]);
     let req = pb::InvokeRequest {
         function_name: "function-1".into(),
         function_version: "42".into(),

@@ -585,7 +585,7 @@ pub fn invoke(
 ) -> impl std::future::Future<Output = Result<pb::InvokeResponse, tonic::Status>> + Send + 'static {
     let request = pb::InvokeRequest {
         function_name: function.into(),
-        payload: payload.to_string().into_bytes(),
+        payload: payload.to_string().into_bytes().into(),
         ..Default::default()
     };
     async move {

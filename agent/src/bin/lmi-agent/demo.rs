@@ -188,7 +188,7 @@ async fn invoke(
     c.invoke(pb::InvokeRequest {
         function_name: "hello".into(),
         function_version: "1".into(),
-        payload: payload.to_string().into_bytes(),
+        payload: payload.to_string().into_bytes().into(),
         ..Default::default()
     })
     .await

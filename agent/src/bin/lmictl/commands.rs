@@ -162,7 +162,7 @@ fn prepare_invoke(args: InvokeArgs, io: &mut Io<'_>) -> anyhow::Result<InvokeReq
     Ok(InvokeRequest {
         function_name: args.function,
         function_version: args.version.unwrap_or_default(),
-        payload,
+        payload: payload.into(),
         request_id: args.request_id.unwrap_or_default(),
         client_context: args.client_context.unwrap_or_default(),
         trace_id: args.trace_id.unwrap_or_default(),

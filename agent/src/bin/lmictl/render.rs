@@ -671,7 +671,7 @@ pub fn invoke_output(
     let mut out = Output::default().with_code(code);
     match code {
         EXIT_OK => {
-            out.stdout = resp.payload.clone();
+            out.stdout = resp.payload.to_vec();
             if stdout_tty && !out.stdout.ends_with(b"\n") {
                 out.stdout.push(b'\n');
             }
@@ -950,7 +950,7 @@ pub mod tests {
             environment_id: "env-1".into(),
             executed_version: "$LATEST".into(),
             outcome: outcome as i32,
-            payload: payload.to_vec(),
+            payload: payload.to_vec().into(),
             content_type: "application/json".into(),
             error: (outcome != InvokeOutcome::Success).then(|| FunctionError {
                 error_type: "ValueError".into(),

@@ -101,7 +101,7 @@ async fn invoke(target: &Target, cli: &Cli, args: BenchInvokeArgs) -> anyhow::Re
         request: InvokeRequest {
             function_name: args.function.clone(),
             function_version: args.version.clone().unwrap_or_default(),
-            payload: args.payload.clone().into_bytes(),
+            payload: args.payload.clone().into_bytes().into(),
             ..Default::default()
         },
         mode: match args.rate {

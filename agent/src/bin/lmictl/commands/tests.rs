@@ -128,7 +128,7 @@ impl Agent for FakeAgent {
             environment_id: "env-1".into(),
             executed_version: "$LATEST".into(),
             outcome: InvokeOutcome::Success as i32,
-            payload: Vec::new(),
+            payload: Default::default(),
             content_type: "application/json".into(),
             error: None,
         };
@@ -156,7 +156,7 @@ impl Agent for FakeAgent {
             "hang" => {
                 tokio::time::sleep(std::time::Duration::from_secs(10)).await;
             }
-            "big" => resp.payload = vec![b'x'; 6 * 1024 * 1024],
+            "big" => resp.payload = vec![b'x'; 6 * 1024 * 1024].into(),
             _ => {
                 return Err(Status::not_found(format!(
                     "function {} has no READY environment",
