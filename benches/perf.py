@@ -9,6 +9,8 @@ Usage (as root: the agent creates cgroups):
 Scenarios:
     latency      invoke round trip at concurrency 1 (one native echo environment, max concurrency 64)
     throughput   invokes/s and CPU per invoke at concurrency 64 in that one environment
+    stream-latency, stream-throughput
+                 the same two over InvokeStream (one stream, each invoke a message) instead of unary Invoke
     idle-rss     the agent's RSS right after start, no environment
     loaded-rss   the agent's peak RSS with 20 environments and 1,000 invokes held in flight
     startup      environment start-up split into the agent's phases and the runtime's init, per runtime
@@ -42,7 +44,7 @@ RELEASE = REPO / "target" / "release"
 AGENT_BIN = RELEASE / "lmi-agent"
 LMICTL_BIN = RELEASE / "lmictl"
 ECHO_BIN = RELEASE / "native-echo"
-SCENARIOS = ["latency", "throughput", "idle-rss", "loaded-rss", "startup"]
+SCENARIOS = ["latency", "throughput", "stream-latency", "stream-throughput", "idle-rss", "loaded-rss", "startup"]
 
 
 def log(msg):
@@ -191,10 +193,10 @@ def summarize_invoke(name, reports):
     return summary
 
 
-def scenario_invoke(args, concurrency):
+def scenario_invoke(args, concurrency, stream=False):
     with Agent() as agent:
         agent.create("echo", "provided.al2023", native_code_dir(agent.dir), 64)
-        return invoke_runs(args, agent, "echo", ["-c", str(concurrency)])
+        return invoke_runs(args, agent, "echo", ["-c", str(concurrency)] + (["--stream"] if stream else []))
 
 
 def scenario_latency(args):
@@ -203,6 +205,15 @@ def scenario_latency(args):
 
 def scenario_throughput(args):
     return summarize_invoke("throughput (c=64, one environment)", scenario_invoke(args, 64))
+
+
+def scenario_stream_latency(args):
+    return summarize_invoke("stream latency (c=1, InvokeStream)", scenario_invoke(args, 1, stream=True))
+
+
+def scenario_stream_throughput(args):
+    return summarize_invoke("stream throughput (c=64, one environment, InvokeStream)",
+                            scenario_invoke(args, 64, stream=True))
 
 
 def scenario_idle_rss(args):

@@ -3,19 +3,18 @@
 use std::sync::Arc;
 
 use lmi_proto::v1::{self as pb, agent_server};
-use prost::Message;
-use tonic::{metadata::MetadataValue, Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 use crate::{
-    agent::{Agent, CreateError, InvokeError, InvokeInput},
+    agent::{Agent, CreateError},
     environment::Environment,
-    invocation::Outcome,
     report::ReportBuilder,
     spec::SpecError,
 };
 
-/// Metadata key that carries the throttle reason of a RESOURCE_EXHAUSTED invoke.
-pub const THROTTLE_REASON_METADATA: &str = "lmi-throttle-reason";
+pub use invoke::THROTTLE_REASON_METADATA;
+
+mod invoke;
 
 /// Implements the generated `Agent` service on top of [`Agent`].
 #[derive(Debug, Clone)]
@@ -56,30 +55,6 @@ fn create_status(e: CreateError) -> Status {
             Status::internal(msg)
         }
     }
-}
-
-fn throttle_status(reason: crate::dispatch::ThrottleReason, message: String) -> Status {
-    let wire = match reason {
-        crate::dispatch::ThrottleReason::Concurrency => pb::ThrottleReason::Concurrency,
-        crate::dispatch::ThrottleReason::Cpu => pb::ThrottleReason::Cpu,
-        crate::dispatch::ThrottleReason::Memory => pb::ThrottleReason::Memory,
-        crate::dispatch::ThrottleReason::Disk => pb::ThrottleReason::Disk,
-    };
-    let details = pb::ThrottleDetails {
-        reason: wire.into(),
-        retry_elsewhere: true,
-        message: message.clone(),
-    };
-    let mut status = Status::with_details(
-        Code::ResourceExhausted,
-        format!("throttled ({}): {message}", reason.as_str()),
-        details.encode_to_vec().into(),
-    );
-    status.metadata_mut().insert(
-        THROTTLE_REASON_METADATA,
-        MetadataValue::from_static(reason.as_str()),
-    );
-    status
 }
 
 /// The local hostname ("" if it cannot be read).
@@ -201,52 +176,22 @@ impl agent_server::Agent for ControlService {
         &self,
         request: Request<pb::InvokeRequest>,
     ) -> Result<Response<pb::InvokeResponse>, Status> {
-        let r = request.into_inner();
-        let non_empty = |s: String| (!s.is_empty()).then_some(s);
-        let result = self
-            .agent
-            .invoke(InvokeInput {
-                function_name: r.function_name,
-                version: r.function_version,
-                payload: r.payload.into(),
-                request_id: non_empty(r.request_id),
-                client_context: non_empty(r.client_context),
-                trace_id: non_empty(r.trace_id),
-            })
+        invoke::run(&self.agent, request.into_inner())
             .await
-            .map_err(|e| match e {
-                InvokeError::Invalid(m) => Status::invalid_argument(m),
-                e @ InvokeError::NoEnvironment { .. } => Status::not_found(e.to_string()),
-                e @ InvokeError::DuplicateRequestId(_) => Status::already_exists(e.to_string()),
-                InvokeError::Throttled { reason, message } => throttle_status(reason, message),
-                e @ InvokeError::Draining => Status::unavailable(e.to_string()),
-            })?;
-        let mut resp = pb::InvokeResponse {
-            request_id: result.request_id,
-            environment_id: result.environment_id,
-            executed_version: result.version,
-            ..Default::default()
-        };
-        let (outcome, error) = match result.outcome {
-            Outcome::Success {
-                payload,
-                content_type,
-            } => {
-                resp.payload = payload;
-                resp.content_type = content_type;
-                (pb::InvokeOutcome::Success, None)
-            }
-            Outcome::FunctionError(e) => (pb::InvokeOutcome::FunctionError, Some(e)),
-            Outcome::Timeout(e) => (pb::InvokeOutcome::Timeout, Some(e)),
-            Outcome::RuntimeFailure(e) => (pb::InvokeOutcome::RuntimeFailure, Some(e)),
-        };
-        resp.outcome = outcome.into();
-        resp.error = error.map(|e| pb::FunctionError {
-            error_type: e.error_type,
-            error_message: e.message,
-            stack_trace: e.stack_trace,
-        });
-        Ok(Response::new(resp))
+            .map(Response::new)
+            .map_err(invoke::status)
+    }
+
+    type InvokeStreamStream = invoke::AnswerStream;
+
+    async fn invoke_stream(
+        &self,
+        request: Request<tonic::Streaming<pb::InvokeStreamRequest>>,
+    ) -> Result<Response<Self::InvokeStreamStream>, Status> {
+        Ok(Response::new(invoke::serve_stream(
+            self.agent.clone(),
+            request.into_inner(),
+        )))
     }
 
     type StreamLogsStream = crate::logs::tail::LogBatchStream;

@@ -107,6 +107,11 @@ pub struct BenchInvokeArgs {
     #[arg(long, value_name = "JSON", default_value = r#"{"hello":"world"}"#)]
     pub payload: String,
 
+    /// Send the invokes over `InvokeStream` (one stream per connection, the concurrency spread over them)
+    /// instead of a unary `Invoke` each. Closed loop only.
+    #[arg(long, conflicts_with = "rate")]
+    pub stream: bool,
+
     /// gRPC connections to spread the invokes over (HTTP/2 multiplexes each).
     #[arg(long, value_name = "N", default_value = "1", value_parser = clap::value_parser!(u32).range(1..=256))]
     pub connections: u32,

@@ -6,6 +6,7 @@
 //! measured invoke has its answer. Everything is bounded: the window, the count, the invokes in flight.
 
 use std::{
+    collections::HashMap,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex, MutexGuard,
@@ -14,7 +15,9 @@ use std::{
 };
 
 use hdrhistogram::Histogram;
-use lmi_proto::v1::{InvokeOutcome, InvokeRequest, InvokeResponse};
+use lmi_proto::v1::{
+    invoke_stream_response, InvokeOutcome, InvokeRequest, InvokeResponse, InvokeStreamRequest,
+};
 use serde::Serialize;
 use tokio::{task::JoinSet, time::Instant};
 
@@ -29,11 +32,21 @@ pub enum Mode {
     Open { rate: f64, max_in_flight: u32 },
 }
 
+/// How invokes travel to the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// A unary `Invoke` per invoke (an HTTP/2 stream each).
+    Unary,
+    /// `InvokeStream`: one stream per connection, each invoke a message on it (closed loop only).
+    Stream,
+}
+
 /// One load run.
 #[derive(Debug, Clone)]
 pub struct LoadPlan {
     pub request: InvokeRequest,
     pub mode: Mode,
+    pub transport: Transport,
     pub warmup: Duration,
     pub duration: Duration,
     pub max_invokes: Option<u64>,
@@ -184,6 +197,70 @@ async fn send(
         .map(tonic::Response::into_inner)
 }
 
+/// `callers` closed-loop callers over one `InvokeStream`: each answer (matched by its tag) lets its caller
+/// send the next invoke. Ends when no caller may send any more and every sent invoke has its answer.
+async fn stream_callers(
+    mut client: Client,
+    callers: usize,
+    shared: &Shared,
+    request: &InvokeRequest,
+) -> Result<(), tonic::Status> {
+    let (tx, rx) = tokio::sync::mpsc::channel(callers.max(1));
+    let mut answers = client
+        .invoke_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let mut sent: HashMap<u64, (Instant, bool)> = HashMap::with_capacity(callers);
+    let mut next_tag = 0u64;
+    let mut send_next = |sent: &mut HashMap<u64, (Instant, bool)>| {
+        let now = Instant::now();
+        let measured = shared.admit(now).ok()?;
+        let tag = next_tag;
+        next_tag += 1;
+        sent.insert(tag, (now, measured));
+        Some(InvokeStreamRequest {
+            tag,
+            invoke: Some(request.clone()),
+        })
+    };
+    for _ in 0..callers {
+        let Some(m) = send_next(&mut sent) else { break };
+        if tx.send(m).await.is_err() {
+            break;
+        }
+    }
+    while !sent.is_empty() {
+        let Some(answer) = answers.message().await? else {
+            return Err(tonic::Status::unavailable(format!(
+                "the stream ended with {} invokes unanswered",
+                sent.len()
+            )));
+        };
+        let Some((sent_at, measured)) = sent.remove(&answer.tag) else {
+            return Err(tonic::Status::internal(format!(
+                "an answer for tag {} that was never sent (or answered twice)",
+                answer.tag
+            )));
+        };
+        if measured {
+            let result = match answer.result {
+                Some(invoke_stream_response::Result::Response(r)) => Ok(r),
+                Some(invoke_stream_response::Result::Rejected(r)) => {
+                    Err(tonic::Status::new(tonic::Code::from(r.code), r.message))
+                }
+                None => Err(tonic::Status::internal("an answer without a result")),
+            };
+            shared.finish(sent_at, Instant::now(), &result);
+        }
+        if let Some(m) = send_next(&mut sent) {
+            if tx.send(m).await.is_err() {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs the plan over `clients` (invokes are spread over them). `at_measure_start` runs once, when the
 /// measured window opens (to snapshot CPU counters); the result covers the window.
 pub async fn run(
@@ -211,6 +288,27 @@ pub async fn run(
     let mut tasks = JoinSet::new();
     let mut at_measure_start = Some(at_measure_start);
     match plan.mode {
+        Mode::Closed { concurrency } if plan.transport == Transport::Stream => {
+            // The callers are spread over the connections, one stream each.
+            let streams = clients.len().min(concurrency as usize);
+            for (i, client) in clients.iter().take(streams).enumerate() {
+                let callers = concurrency as usize / streams
+                    + usize::from(i < concurrency as usize % streams);
+                let (client, shared, request) = (client.clone(), shared.clone(), request.clone());
+                tasks.spawn(async move {
+                    if let Err(status) = stream_callers(client, callers, &shared, &request).await {
+                        let mut r = shared.lock();
+                        r.outcomes.other += 1;
+                        r.first_error
+                            .get_or_insert_with(|| format!("InvokeStream: {status}"));
+                    }
+                });
+            }
+            tokio::time::sleep_until(measure_from).await;
+            if let Some(f) = at_measure_start.take() {
+                f();
+            }
+        }
         Mode::Closed { concurrency } => {
             for i in 0..concurrency as usize {
                 let mut client = clients[i % clients.len()].clone();

@@ -113,6 +113,11 @@ async fn invoke(target: &Target, cli: &Cli, args: BenchInvokeArgs) -> anyhow::Re
                 concurrency: args.concurrency,
             },
         },
+        transport: if args.stream {
+            load::Transport::Stream
+        } else {
+            load::Transport::Unary
+        },
         warmup: args.warmup,
         duration: args.duration,
         max_invokes: args.max_invokes,

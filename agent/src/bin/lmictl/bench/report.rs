@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::load::{LoadPlan, LoadResult, Mode, Outcomes};
+use super::load::{LoadPlan, LoadResult, Mode, Outcomes, Transport};
 use super::proc_stats::{CpuTime, Memory};
 use super::startup::StartupRun;
 use crate::cli::BenchInvokeArgs;
@@ -53,6 +53,8 @@ pub struct InvokeReport {
     pub mode: String,
     pub concurrency: Option<u32>,
     pub rate_per_s: Option<f64>,
+    /// "unary" (an `Invoke` call each) or "stream" (`InvokeStream`).
+    pub transport: String,
     pub connections: u32,
     pub warmup_s: f64,
     pub duration_s: f64,
@@ -111,6 +113,11 @@ impl InvokeReport {
             mode: mode.to_owned(),
             concurrency,
             rate_per_s,
+            transport: match plan.transport {
+                Transport::Unary => "unary",
+                Transport::Stream => "stream",
+            }
+            .to_owned(),
             connections: args.connections,
             warmup_s: plan.warmup.as_secs_f64(),
             duration_s: plan.duration.as_secs_f64(),
@@ -152,8 +159,8 @@ pub fn invoke_text(r: &InvokeReport) -> String {
     };
     let _ = writeln!(
         out,
-        "bench invoke {}: {load}, {} connection(s), {:.1} s measured after {:.1} s warm-up, payload {} B",
-        r.function, r.connections, r.duration_s, r.warmup_s, r.payload_bytes
+        "bench invoke {}: {load}, {} connection(s), {}, {:.1} s measured after {:.1} s warm-up, payload {} B",
+        r.function, r.connections, r.transport, r.duration_s, r.warmup_s, r.payload_bytes
     );
     let _ = writeln!(
         out,

@@ -167,6 +167,16 @@ impl Agent for FakeAgent {
         Ok(Response::new(resp))
     }
 
+    type InvokeStreamStream =
+        tokio_stream::wrappers::ReceiverStream<Result<lmi_proto::v1::InvokeStreamResponse, Status>>;
+
+    async fn invoke_stream(
+        &self,
+        _request: Request<tonic::Streaming<lmi_proto::v1::InvokeStreamRequest>>,
+    ) -> Result<Response<Self::InvokeStreamStream>, Status> {
+        Err(Status::unimplemented("the fake agent has no invoke stream"))
+    }
+
     type WatchUtilizationStream =
         tokio_stream::wrappers::ReceiverStream<Result<lmi_proto::v1::UtilizationReport, Status>>;
 
