@@ -1,0 +1,320 @@
+//! The floor of the Runtime API on this host: what serving a real runtime costs the serving process per
+//! invoke when the server does (almost) nothing but the protocol's socket work, next to what the agent's own
+//! Runtime API (hyper, the broker) costs for the same load.
+//!
+//! A plain program (not criterion): it starts the native echo runtime (`target/release/native-echo`, a
+//! separate process with `AWS_LAMBDA_MAX_CONCURRENCY` pollers, each on its own keep-alive connection, as
+//! every runtime polls) against a server in this process, keeps `concurrency` invokes in flight from
+//! in-process callers (no gRPC), and reports invokes per second and this process's CPU per invoke.
+//! - `minimal`: a hand-written HTTP/1.1 responder: a request head is read until its blank line, a `/next` is
+//!   answered with one pre-formatted write, a `/response` body is read by its Content-Length and answered
+//!   with a constant 202. No header map, no allocation per request beyond the payload.
+//! - `agent`: the agent's [`RuntimeApi`] and [`Broker`], as each environment runs them.
+//!
+//! Each invoke costs either server the same four socket operations (read `/response`, write 202, read
+//! `/next`, write the event), which the kernel charges to the process that makes them; on loopback TCP a
+//! write also pays for the receiving side's protocol processing and for waking its reader.
+//!
+//! Run: `cargo build --release -p lmi-native-echo && cargo bench -p lmi-benches --bench runtime_api_floor`
+//! (LMI_FLOOR_CONCURRENCY, default 64; LMI_FLOOR_SECONDS, default 5; LMI_FLOOR_SERVERS, default
+//! `minimal,agent`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{
+    collections::{HashMap, VecDeque},
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use lmi_agent::{
+    broker::Broker,
+    invocation::{ErrorInfo, Event, Outcome},
+    runtime_api::{InitErrorAnswer, RuntimeApi, RuntimeEvents},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::{oneshot, Notify},
+};
+
+const PAYLOAD: &[u8] = br#"{"hello":"world"}"#;
+const ARN: &str = "arn:aws:lambda:us-east-1:123456789012:function:floor:$LATEST";
+
+fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn native_echo() -> PathBuf {
+    // target/release/deps/runtime_api_floor-<hash> → target/release/native-echo
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("native-echo");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --release -p lmi-native-echo` first",
+        bin.display()
+    );
+    bin
+}
+
+/// CPU seconds (user + system) of a process, from /proc.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks
+        / nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .unwrap()
+            .unwrap() as f64
+}
+
+/// The minimal server's exchange: queued events and the callers waiting for their answers.
+#[derive(Default)]
+struct Exchange {
+    queue: Mutex<VecDeque<(u64, Bytes)>>,
+    queued: Notify,
+    waiting: Mutex<HashMap<u64, oneshot::Sender<Bytes>>>,
+}
+
+impl Exchange {
+    async fn invoke(&self, id: u64, payload: Bytes) -> Bytes {
+        let (tx, rx) = oneshot::channel();
+        self.waiting.lock().unwrap().insert(id, tx);
+        self.queue.lock().unwrap().push_back((id, payload));
+        self.queued.notify_one();
+        rx.await.unwrap()
+    }
+
+    async fn next(&self) -> (u64, Bytes) {
+        loop {
+            let notified = self.queued.notified();
+            if let Some(e) = self.queue.lock().unwrap().pop_front() {
+                return e;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Position of the end of a request head (after its blank line) in `buf`.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
+fn content_length(head: &[u8]) -> usize {
+    let head = std::str::from_utf8(head).unwrap();
+    head.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0)
+}
+
+async fn minimal_connection(mut stream: TcpStream, exchange: Arc<Exchange>) {
+    let _ = stream.set_nodelay(true);
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let end = loop {
+            if let Some(end) = head_end(&buf) {
+                break end;
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let first_line = buf[..end].split(|b| *b == b'\r').next().unwrap().to_vec();
+        let body_len = content_length(&buf[..end]);
+        while buf.len() < end + body_len {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let body = Bytes::copy_from_slice(&buf[end..end + body_len]);
+        buf.drain(..end + body_len);
+        let reply = if first_line.starts_with(b"GET ") {
+            let (id, payload) = exchange.next().await;
+            let mut r = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nlambda-runtime-aws-request-id: floor-{id}\r\n\
+                 lambda-runtime-deadline-ms: 4102444800000\r\nlambda-runtime-invoked-function-arn: {ARN}\r\n\
+                 content-length: {}\r\n\r\n",
+                payload.len()
+            )
+            .into_bytes();
+            r.extend_from_slice(&payload);
+            r
+        } else {
+            // POST /2018-06-01/runtime/invocation/floor-<id>/response
+            let line = String::from_utf8_lossy(&first_line);
+            let id: u64 = line
+                .split("floor-")
+                .nth(1)
+                .and_then(|rest| rest.split('/').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap();
+            if let Some(tx) = exchange.waiting.lock().unwrap().remove(&id) {
+                let _ = tx.send(body);
+            }
+            b"HTTP/1.1 202 Accepted\r\ncontent-type: application/json\r\ncontent-length: 15\r\n\r\n{\"status\":\"OK\"}"
+                .to_vec()
+        };
+        if stream.write_all(&reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[derive(Debug)]
+struct NoEvents;
+
+impl RuntimeEvents for NoEvents {
+    fn polled(&self) {}
+    fn init_error(&self, _error: ErrorInfo) -> InitErrorAnswer {
+        InitErrorAnswer::Refused
+    }
+}
+
+enum Server {
+    Minimal(Arc<Exchange>),
+    Agent(Arc<Broker>),
+}
+
+impl Server {
+    async fn invoke(&self, id: u64) {
+        let payload = Bytes::from_static(PAYLOAD);
+        match self {
+            Server::Minimal(x) => {
+                let answer = x.invoke(id, payload).await;
+                assert_eq!(answer.as_ref(), PAYLOAD);
+            }
+            Server::Agent(broker) => {
+                let event = Event::new(
+                    format!("floor-{id}"),
+                    payload,
+                    Duration::from_secs(60),
+                    ARN.to_owned(),
+                    None,
+                    None,
+                );
+                let pending = broker.submit(event).unwrap();
+                let outcome = pending.wait(Duration::from_secs(60)).await;
+                assert!(matches!(outcome, Outcome::Success { .. }), "{outcome:?}");
+            }
+        }
+    }
+}
+
+fn run(kind: &str, concurrency: u32, seconds: f64) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = Arc::new(match kind {
+            "minimal" => {
+                let exchange = Arc::new(Exchange::default());
+                let x = exchange.clone();
+                tokio::spawn(async move {
+                    while let Ok((s, _)) = listener.accept().await {
+                        tokio::spawn(minimal_connection(s, x.clone()));
+                    }
+                });
+                Server::Minimal(exchange)
+            }
+            "agent" => {
+                let broker = Broker::new(concurrency);
+                tokio::spawn(RuntimeApi::new(broker.clone(), Arc::new(NoEvents)).serve(listener));
+                Server::Agent(broker)
+            }
+            other => panic!("unknown server {other:?}: minimal or agent"),
+        });
+        let mut runtime = tokio::process::Command::new(native_echo())
+            .env_clear()
+            .env("AWS_LAMBDA_RUNTIME_API", addr.to_string())
+            .env("AWS_LAMBDA_MAX_CONCURRENCY", concurrency.to_string())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let runtime_pid = runtime.id().unwrap().to_string();
+
+        let latencies = Arc::new(Mutex::new(Vec::<Duration>::new()));
+        let measure_from = Instant::now() + Duration::from_secs(1);
+        let done = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let next_id = Arc::new(AtomicU64::new(0));
+        let mut callers = Vec::new();
+        for _ in 0..concurrency {
+            let (server, done, stop, next_id, latencies) = (
+                server.clone(),
+                done.clone(),
+                stop.clone(),
+                next_id.clone(),
+                latencies.clone(),
+            );
+            callers.push(tokio::spawn(async move {
+                let mut mine = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let sent = Instant::now();
+                    server.invoke(next_id.fetch_add(1, Ordering::Relaxed)).await;
+                    if sent >= measure_from {
+                        mine.push(sent.elapsed());
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                latencies.lock().unwrap().extend(mine);
+            }));
+        }
+        tokio::time::sleep_until(measure_from.into()).await; // warm-up
+        let (n0, t0) = (done.load(Ordering::Relaxed), Instant::now());
+        let (me0, rt0) = (cpu_seconds("self"), cpu_seconds(&runtime_pid));
+        tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+        let (n1, t1) = (done.load(Ordering::Relaxed), Instant::now());
+        let (me1, rt1) = (cpu_seconds("self"), cpu_seconds(&runtime_pid));
+        stop.store(true, Ordering::Relaxed);
+        for c in callers {
+            c.await.unwrap();
+        }
+        let _ = runtime.kill().await;
+        let n = (n1 - n0) as f64;
+        let mut l = std::mem::take(&mut *latencies.lock().unwrap());
+        l.sort_unstable();
+        let pct = |q: f64| {
+            l.get(((l.len() as f64 * q) as usize).min(l.len().saturating_sub(1)))
+                .map_or(0.0, |d| d.as_secs_f64() * 1e6)
+        };
+        println!(
+            "{kind:>8} server, concurrency {concurrency}: {:.0} invokes/s; round trip p50 {:.1} µs, p99 {:.1} µs; \
+             CPU per invoke: server {:.1} µs, runtime {:.1} µs",
+            n / (t1 - t0).as_secs_f64(),
+            pct(0.5),
+            pct(0.99),
+            (me1 - me0) * 1e6 / n,
+            (rt1 - rt0) * 1e6 / n,
+        );
+    });
+}
+
+fn main() {
+    let concurrency = setting("LMI_FLOOR_CONCURRENCY", 64u32);
+    let seconds = setting("LMI_FLOOR_SECONDS", 5.0f64);
+    let servers: String = setting("LMI_FLOOR_SERVERS", "minimal,agent".to_owned());
+    // `cargo bench` passes --bench; nothing else is taken.
+    for kind in servers.split(',') {
+        run(kind.trim(), concurrency, seconds);
+    }
+}
