@@ -130,3 +130,17 @@ pub fn sampled_host(tree: &Path, code: &Path, n: usize) -> (Vec<Arc<Environment>
     );
     (envs, sampler)
 }
+
+/// Environment events for a Runtime API under bench: its own side (READY, init errors) is not measured.
+#[derive(Debug)]
+pub struct NoEvents;
+
+impl lmi_agent::runtime_api::RuntimeEvents for NoEvents {
+    fn polled(&self) {}
+    fn init_error(
+        &self,
+        _error: lmi_agent::invocation::ErrorInfo,
+    ) -> lmi_agent::runtime_api::InitErrorAnswer {
+        lmi_agent::runtime_api::InitErrorAnswer::Refused
+    }
+}

@@ -11,23 +11,6 @@ use support::*;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-fn native_spec(code: &std::path::Path, max_concurrency: u32, timeout: u32) -> pb::EnvironmentSpec {
-    pb::EnvironmentSpec {
-        function: Some(pb::FunctionRef {
-            name: "streamed".into(),
-            ..Default::default()
-        }),
-        runtime: "provided.al2023".into(),
-        code: Some(pb::Code {
-            source: Some(pb::code::Source::Directory(code.display().to_string())),
-            sha256: String::new(),
-        }),
-        max_concurrency,
-        timeout_seconds: timeout,
-        ..Default::default()
-    }
-}
-
 fn invoke(tag: u64, function: &str, payload: serde_json::Value) -> pb::InvokeStreamRequest {
     pb::InvokeStreamRequest {
         tag,
@@ -80,7 +63,9 @@ async fn every_invoke_on_a_stream_is_answered_once_under_its_tag_and_refusals_do
     require_root!();
     let code = native_echo_code_dir();
     let mut agent = TestAgent::start().await;
-    let env = agent.create_ready(native_spec(code.path(), 8, 60)).await;
+    let env = agent
+        .create_ready(native_echo_spec("streamed", code.path(), 8, 60))
+        .await;
     let (tx, mut answers) = open(&mut agent).await;
 
     // 300 invokes sent at once into 8 slots: each either runs (and echoes its own payload) or is refused
@@ -158,7 +143,9 @@ async fn a_stream_answers_throttles_with_their_reason_and_timeouts_in_their_turn
     let code = native_echo_code_dir();
     let mut agent = TestAgent::start().await;
     // Two slots, a 2 s timeout: two invokes that wait at a barrier of 3 hold both slots until they time out.
-    let env = agent.create_ready(native_spec(code.path(), 2, 2)).await;
+    let env = agent
+        .create_ready(native_echo_spec("streamed", code.path(), 2, 2))
+        .await;
     let (tx, mut answers) = open(&mut agent).await;
     for tag in [1, 2] {
         tx.send(invoke(

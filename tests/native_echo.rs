@@ -10,34 +10,13 @@ use std::collections::BTreeSet;
 use lmi_proto::v1::{self as pb, InvokeOutcome as Out};
 use support::*;
 
-fn native_spec(
-    function: &str,
-    code: &std::path::Path,
-    max_concurrency: u32,
-) -> pb::EnvironmentSpec {
-    pb::EnvironmentSpec {
-        function: Some(pb::FunctionRef {
-            name: function.into(),
-            ..Default::default()
-        }),
-        runtime: "provided.al2023".into(),
-        code: Some(pb::Code {
-            source: Some(pb::code::Source::Directory(code.display().to_string())),
-            sha256: String::new(),
-        }),
-        max_concurrency,
-        timeout_seconds: 60,
-        ..Default::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn native_echo_answers_byte_for_byte_and_reports_errors() {
     require_root!();
     let code = native_echo_code_dir();
     let mut agent = TestAgent::start().await;
     let env = agent
-        .create_ready(native_spec("native", code.path(), 4))
+        .create_ready(native_echo_spec("native", code.path(), 4, 60))
         .await;
 
     let payload = bytes::Bytes::from_static(
@@ -86,7 +65,7 @@ async fn native_echo_holds_max_concurrency_invokes_at_once() {
     let mut agent = TestAgent::start().await;
     const N: u32 = 8;
     let env = agent
-        .create_ready(native_spec("native-c", code.path(), N))
+        .create_ready(native_echo_spec("native-c", code.path(), N, 60))
         .await;
     // Each invoke waits in the runtime until N have arrived there: they can only all succeed if the runtime
     // held N distinct invokes at the same time (a rendezvous; a missing poller would time them out).
@@ -130,7 +109,7 @@ async fn lmictl_bench_reports_every_invoke_and_the_agents_costs() {
     let code = native_echo_code_dir();
     let mut agent = TestAgent::start().await;
     let env = agent
-        .create_ready(native_spec("bench-me", code.path(), 4))
+        .create_ready(native_echo_spec("bench-me", code.path(), 4, 60))
         .await;
     let lmictl = |args: &[&str]| {
         let out = std::process::Command::new(LMICTL_BIN)

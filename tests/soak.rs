@@ -40,21 +40,9 @@ const FUNCTION: &str = "soak";
 const MAX_CONCURRENCY: u32 = 8;
 
 fn spec(code: &std::path::Path) -> pb::EnvironmentSpec {
-    pb::EnvironmentSpec {
-        function: Some(pb::FunctionRef {
-            name: FUNCTION.into(),
-            ..Default::default()
-        }),
-        runtime: "provided.al2023".into(),
-        code: Some(pb::Code {
-            source: Some(pb::code::Source::Directory(code.display().to_string())),
-            sha256: String::new(),
-        }),
-        max_concurrency: MAX_CONCURRENCY,
-        // Far above what an invoke here takes (at most 200 ms): a timeout would mean an answer was lost.
-        timeout_seconds: 30,
-        ..Default::default()
-    }
+    // The timeout is far above what an invoke here takes (at most 200 ms): a timeout would mean an answer
+    // was lost.
+    native_echo_spec(FUNCTION, code, MAX_CONCURRENCY, 30)
 }
 
 /// What the callers saw.

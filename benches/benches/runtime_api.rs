@@ -21,28 +21,17 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use lmi_agent::{
     broker::Broker,
-    invocation::{ErrorInfo, Event, Outcome},
-    runtime_api::{InitErrorAnswer, RuntimeApi, RuntimeEvents},
+    invocation::{Event, Outcome},
+    runtime_api::RuntimeApi,
 };
 use lmi_native_echo::client::RuntimeApiClient;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The environment's side of the Runtime API is not under test here.
-#[derive(Debug)]
-struct NoEvents;
-
-impl RuntimeEvents for NoEvents {
-    fn polled(&self) {}
-    fn init_error(&self, _error: ErrorInfo) -> InitErrorAnswer {
-        InitErrorAnswer::Refused
-    }
-}
-
 /// A broker behind a real Runtime API server on loopback, with `pollers` echoing pollers connected.
 fn environment(rt: &tokio::runtime::Runtime, pollers: u32) -> Arc<Broker> {
     let broker = Broker::new(pollers);
-    let api = RuntimeApi::new(broker.clone(), Arc::new(NoEvents));
+    let api = RuntimeApi::new(broker.clone(), Arc::new(lmi_benches::NoEvents));
     let (listener, addr) = rt.block_on(RuntimeApi::bind_loopback()).unwrap();
     rt.spawn(api.serve(listener));
     for _ in 0..pollers {

@@ -33,8 +33,8 @@ use std::{
 use bytes::Bytes;
 use lmi_agent::{
     broker::Broker,
-    invocation::{ErrorInfo, Event, Outcome},
-    runtime_api::{InitErrorAnswer, RuntimeApi, RuntimeEvents},
+    invocation::{Event, Outcome},
+    runtime_api::RuntimeApi,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -176,16 +176,6 @@ async fn minimal_connection(mut stream: TcpStream, exchange: Arc<Exchange>) {
     }
 }
 
-#[derive(Debug)]
-struct NoEvents;
-
-impl RuntimeEvents for NoEvents {
-    fn polled(&self) {}
-    fn init_error(&self, _error: ErrorInfo) -> InitErrorAnswer {
-        InitErrorAnswer::Refused
-    }
-}
-
 enum Server {
     Minimal(Arc<Exchange>),
     Agent(Arc<Broker>),
@@ -238,7 +228,8 @@ fn run(kind: &str, concurrency: u32, seconds: f64) {
             }
             "agent" => {
                 let broker = Broker::new(concurrency);
-                tokio::spawn(RuntimeApi::new(broker.clone(), Arc::new(NoEvents)).serve(listener));
+                let api = RuntimeApi::new(broker.clone(), Arc::new(lmi_benches::NoEvents));
+                tokio::spawn(api.serve(listener));
                 Server::Agent(broker)
             }
             other => panic!("unknown server {other:?}: minimal or agent"),

@@ -736,6 +736,29 @@ pub fn env_in<'a>(
     r.environments.iter().find(|e| e.environment_id == id)
 }
 
+/// A `provided.al2023` spec running the native echo runtime from `code` (see [`native_echo_code_dir`]).
+pub fn native_echo_spec(
+    function: &str,
+    code: &Path,
+    max_concurrency: u32,
+    timeout_seconds: u32,
+) -> pb::EnvironmentSpec {
+    pb::EnvironmentSpec {
+        function: Some(pb::FunctionRef {
+            name: function.into(),
+            ..Default::default()
+        }),
+        runtime: "provided.al2023".into(),
+        code: Some(pb::Code {
+            source: Some(pb::code::Source::Directory(code.display().to_string())),
+            sha256: String::new(),
+        }),
+        max_concurrency,
+        timeout_seconds,
+        ..Default::default()
+    }
+}
+
 /// The native echo runtime (tests/fixtures/native-echo), built with this test's profile on first use.
 pub fn native_echo_binary() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
