@@ -193,16 +193,13 @@ async fn drive_stream(
 }
 
 async fn answer_one(agent: Arc<Agent>, m: pb::InvokeStreamRequest, slot: AnswerSlot) {
-    let result = match m.invoke {
-        None => pb::invoke_stream_response::Result::Rejected(pb::InvokeRejection {
-            code: Code::InvalidArgument as i32,
-            message: "invoke is required".to_owned(),
-            throttle: None,
-        }),
-        Some(r) => match run(&agent, r).await {
-            Ok(resp) => pb::invoke_stream_response::Result::Response(resp),
-            Err(e) => pb::invoke_stream_response::Result::Rejected(rejection(e)),
-        },
+    let ran = match m.invoke {
+        None => Err(InvokeError::Invalid("invoke is required".to_owned())),
+        Some(r) => run(&agent, r).await,
+    };
+    let result = match ran {
+        Ok(resp) => pb::invoke_stream_response::Result::Response(resp),
+        Err(e) => pb::invoke_stream_response::Result::Rejected(rejection(e)),
     };
     // If the caller has gone, the answer is dropped with the channel.
     slot.send(Ok(pb::InvokeStreamResponse {
