@@ -4,15 +4,22 @@
 //! `/error` answer an invoke by request id; `/init/error` fails the environment's init (first report wins).
 //! Bodies are read frame by frame and refused with 413 as soon as they pass their limit, so a runtime cannot
 //! make the agent buffer more than the limit.
+//!
+//! Every refusal reaches the runtime: runtimes write their whole body before they read the status, so the
+//! unread rest of a refused request's body is read and dropped (up to [`DISCARD_MAX_BYTES`], within
+//! [`DISCARD_TIMEOUT`]) before the answer is sent, and the connection stays usable. Past that bound the answer
+//! carries `Connection: close`.
 
-use std::{convert::Infallible, fmt, net::SocketAddr, sync::Arc};
+use std::{borrow::Cow, convert::Infallible, fmt, net::SocketAddr, sync::Arc};
 
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
 use hyper::{
-    body::Incoming,
-    header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE},
+    body::{Body as _, Incoming},
+    header::{
+        HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT,
+    },
     service::service_fn,
     Method, Request, Response, StatusCode,
 };
@@ -30,6 +37,13 @@ pub const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024 + 100;
 pub const MAX_STREAMED_RESPONSE_BYTES: usize = 20 * 1024 * 1024;
 /// Largest `/error` and `/init/error` body.
 pub const MAX_ERROR_BYTES: usize = 1024 * 1024;
+/// Largest body of a refused request that is read and dropped so that its runtime gets the status on a
+/// connection that stays open: every answer the agent accepts fits with a margin (a streamed answer of 20 MiB
+/// and then some). A larger body is not read: the status goes out with `Connection: close`.
+pub const DISCARD_MAX_BYTES: u64 = 32 * 1024 * 1024;
+/// How long the rest of a refused request's body may take to arrive before the answer goes out with
+/// `Connection: close` instead: a runtime that stalls mid-body holds its connection no longer than that.
+pub const DISCARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 const PREFIX: &str = "/2018-06-01/runtime/";
 // Header names as `HeaderName` constants: a name parsed from a `&str` on every event would be validated,
@@ -171,45 +185,69 @@ impl RuntimeApi {
         Ok((l, addr))
     }
 
-    async fn handle(&self, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        // A client that waits for `100 Continue` sends no body before it reads a final status: a refusal is
+        // answered without reading (hyper then closes the connection instead of sending the 100).
+        let waits_for_continue = req
+            .headers()
+            .get(EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        let (mut response, unread) = self.route(req).await;
+        if let Some(unread) = unread {
+            let drained = !(waits_for_continue && unread.read == 0) && unread.discard().await;
+            if !drained {
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+        }
+        response
+    }
+
+    /// The answer to a request, with the request's body when it was refused before its end.
+    async fn route(&self, mut req: Request<Incoming>) -> Handled {
         // The URI is moved out so that its path can be borrowed while the request is consumed.
         let uri = std::mem::take(req.uri_mut());
         let Some(rest) = uri.path().strip_prefix(PREFIX) else {
-            return error(StatusCode::NOT_FOUND, "NotFound", "unknown path");
+            return refuse(not_found(), req);
         };
         let method = req.method().clone();
         match rest {
             "invocation/next" => {
                 if method != Method::GET {
-                    return method_not_allowed();
+                    return refuse(method_not_allowed(), req);
                 }
-                self.next().await
+                (self.next().await, Unread::of(req.into_body()))
             }
             "init/error" => {
                 if method != Method::POST {
-                    return method_not_allowed();
+                    return refuse(method_not_allowed(), req);
                 }
                 self.init_error(req).await
             }
             _ => {
                 let Some(inv) = rest.strip_prefix("invocation/") else {
-                    return error(StatusCode::NOT_FOUND, "NotFound", "unknown path");
+                    return refuse(not_found(), req);
                 };
-                let (id, action) = match inv.rsplit_once('/') {
+                // The id is split off before it is decoded: a decoded id may hold a '/'.
+                let (raw_id, action) = match inv.rsplit_once('/') {
                     Some((id, a @ ("response" | "error")))
                         if !id.is_empty() && !id.contains('/') =>
                     {
                         (id, a)
                     }
-                    _ => return error(StatusCode::NOT_FOUND, "NotFound", "unknown path"),
+                    _ => return refuse(not_found(), req),
                 };
                 if method != Method::POST {
-                    return method_not_allowed();
+                    return refuse(method_not_allowed(), req);
                 }
+                let Some(id) = percent_decode(raw_id) else {
+                    return refuse(invalid_request_id(), req);
+                };
                 if action == "response" {
-                    self.response(id, req).await
+                    self.response(&id, req).await
                 } else {
-                    self.function_error(id, req).await
+                    self.function_error(&id, req).await
                 }
             }
         }
@@ -232,16 +270,26 @@ impl RuntimeApi {
     fn precheck(&self, id: &str) -> Option<Response<Full<Bytes>>> {
         match self.broker.claim(id) {
             Answer::Accepted => None,
-            Answer::Unknown => Some(invalid_request_id()),
+            Answer::Unknown => {
+                tracing::debug!(
+                    request_id = id,
+                    "runtime answer refused: unknown or answered id"
+                );
+                Some(invalid_request_id())
+            }
             Answer::TooLate => {
-                // The runtime finished a timed-out invoke: that frees its slot; the body is not read.
+                // The runtime finished a timed-out invoke: that frees its slot; the body is discarded.
                 self.broker.settle_late(id);
+                tracing::debug!(
+                    request_id = id,
+                    "runtime answer refused: the invoke timed out"
+                );
                 Some(too_late())
             }
         }
     }
 
-    async fn response(&self, id: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn response(&self, id: &str, req: Request<Incoming>) -> Handled {
         let streaming = match req
             .headers()
             .get(RESPONSE_MODE_HEADER)
@@ -250,15 +298,18 @@ impl RuntimeApi {
             None => false,
             Some(Ok(v)) if v.eq_ignore_ascii_case("streaming") => true,
             Some(_) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "InvalidResponseMode",
-                    "Lambda-Runtime-Function-Response-Mode must be \"streaming\" or absent",
+                return refuse(
+                    error(
+                        StatusCode::BAD_REQUEST,
+                        "InvalidResponseMode",
+                        "Lambda-Runtime-Function-Response-Mode must be \"streaming\" or absent",
+                    ),
+                    req,
                 )
             }
         };
         if let Some(r) = self.precheck(id) {
-            return r;
+            return refuse(r, req);
         }
         let limit = if streaming {
             self.max_streamed
@@ -273,7 +324,7 @@ impl RuntimeApi {
             .to_owned();
         let until = self.broker.deadline(id).map(body_deadline);
         let outcome = match read_body(req, limit, until).await {
-            Err(BodyError::TooLarge) => {
+            Err(BodyError::TooLarge(unread)) => {
                 self.broker.answer(
                     id,
                     Outcome::FunctionError(ErrorInfo::new(
@@ -281,10 +332,14 @@ impl RuntimeApi {
                         format!("Response payload size exceeded maximum allowed payload size ({limit} bytes)."),
                     )),
                 );
-                return error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "RequestEntityTooLarge",
-                    &format!("response payload exceeds {limit} bytes"),
+                tracing::debug!(request_id = id, limit, "runtime answer refused: too large");
+                return (
+                    error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "RequestEntityTooLarge",
+                        &format!("response payload exceeds {limit} bytes"),
+                    ),
+                    Some(unread),
                 );
             }
             Err(BodyError::Io(e)) => {
@@ -296,13 +351,16 @@ impl RuntimeApi {
                         format!("the runtime's response body was cut off: {e}"),
                     )),
                 );
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "TruncatedResponse",
-                    "response body was cut off",
+                return (
+                    error(
+                        StatusCode::BAD_REQUEST,
+                        "TruncatedResponse",
+                        "response body was cut off",
+                    ),
+                    None,
                 );
             }
-            Err(BodyError::Stalled) => return self.stalled(id),
+            Err(BodyError::Stalled) => return (self.stalled(id), None),
             Ok((body, trailers)) => match trailers.as_ref().and_then(stream_error) {
                 Some(err) => Outcome::FunctionError(err),
                 None => Outcome::Success {
@@ -311,7 +369,7 @@ impl RuntimeApi {
                 },
             },
         };
-        answer_response(self.broker.answer(id, outcome))
+        (answer_response(self.broker.answer(id, outcome)), None)
     }
 
     /// The answer's body was still incomplete past the invoke's deadline: the caller has (or now gets) its
@@ -329,20 +387,20 @@ impl RuntimeApi {
             "the body did not arrive before the invoke's deadline",
         );
         r.headers_mut()
-            .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+            .insert(CONNECTION, HeaderValue::from_static("close"));
         r
     }
 
-    async fn function_error(&self, id: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn function_error(&self, id: &str, req: Request<Incoming>) -> Handled {
         if let Some(r) = self.precheck(id) {
-            return r;
+            return refuse(r, req);
         }
         let header_type = header_error_type(req.headers());
         let until = self.broker.deadline(id).map(body_deadline);
         let info = match read_body(req, MAX_ERROR_BYTES, until).await {
             Ok((body, _)) => parse_error_body(&body, header_type),
-            Err(BodyError::Stalled) => return self.stalled(id),
-            Err(BodyError::TooLarge) => {
+            Err(BodyError::Stalled) => return (self.stalled(id), None),
+            Err(BodyError::TooLarge(unread)) => {
                 self.broker.answer(
                     id,
                     Outcome::FunctionError(ErrorInfo::new(
@@ -350,20 +408,26 @@ impl RuntimeApi {
                         format!("the function's error payload exceeded {MAX_ERROR_BYTES} bytes"),
                     )),
                 );
-                return error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "RequestEntityTooLarge",
-                    &format!("error payload exceeds {MAX_ERROR_BYTES} bytes"),
+                return (
+                    error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "RequestEntityTooLarge",
+                        &format!("error payload exceeds {MAX_ERROR_BYTES} bytes"),
+                    ),
+                    Some(unread),
                 );
             }
             Err(BodyError::Io(e)) => {
                 ErrorInfo::new(header_type, format!("error body was cut off: {e}"))
             }
         };
-        answer_response(self.broker.answer(id, Outcome::FunctionError(info)))
+        (
+            answer_response(self.broker.answer(id, Outcome::FunctionError(info))),
+            None,
+        )
     }
 
-    async fn init_error(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn init_error(&self, req: Request<Incoming>) -> Handled {
         let header_type = header_error_type(req.headers());
         let header_type = if header_type == "Function.Unknown" {
             "Runtime.Unknown".to_owned()
@@ -373,12 +437,16 @@ impl RuntimeApi {
         // An init error is recorded whatever its body: a body too large, cut off or stalled still fails the
         // init, with the header's type and a note instead of the message.
         let until = tokio::time::Instant::now() + INIT_ERROR_BODY_TIMEOUT;
+        let mut unread = None;
         let info = match read_body(req, MAX_ERROR_BYTES, Some(until)).await {
             Ok((body, _)) => parse_error_body(&body, header_type),
-            Err(BodyError::TooLarge) => ErrorInfo::new(
-                header_type,
-                format!("the init error payload exceeded {MAX_ERROR_BYTES} bytes"),
-            ),
+            Err(BodyError::TooLarge(rest)) => {
+                unread = Some(rest);
+                ErrorInfo::new(
+                    header_type,
+                    format!("the init error payload exceeded {MAX_ERROR_BYTES} bytes"),
+                )
+            }
             Err(BodyError::Io(e)) => {
                 ErrorInfo::new(header_type, format!("error body was cut off: {e}"))
             }
@@ -387,20 +455,96 @@ impl RuntimeApi {
                 "the error body did not arrive in time".to_owned(),
             ),
         };
-        match self.events.init_error(info) {
+        let response = match self.events.init_error(info) {
             InitErrorAnswer::Accepted => accepted(),
             InitErrorAnswer::Refused => error(
                 StatusCode::FORBIDDEN,
                 "InvalidStateTransition",
                 "init error already reported or init already complete",
             ),
+        };
+        (response, unread)
+    }
+}
+
+/// A response, and the body of its request when the request was refused before its body's end.
+type Handled = (Response<Full<Bytes>>, Option<Unread>);
+
+/// `response` for `req`, whose body was not read.
+fn refuse(response: Response<Full<Bytes>>, req: Request<Incoming>) -> Handled {
+    (response, Unread::of(req.into_body()))
+}
+
+/// The rest of a refused request's body.
+#[derive(Debug)]
+struct Unread {
+    body: Incoming,
+    /// Bytes of it read before the refusal.
+    read: u64,
+}
+
+impl Unread {
+    /// `body` as unread, or `None` when it has nothing left.
+    fn of(body: Incoming) -> Option<Self> {
+        (!body.is_end_stream()).then_some(Self { body, read: 0 })
+    }
+
+    /// Reads and drops the rest of the body, so that a runtime that writes its whole body before it reads
+    /// the status gets the status on a connection that stays open. `false` when the body is (or is declared)
+    /// larger than [`DISCARD_MAX_BYTES`], breaks, or is not over within [`DISCARD_TIMEOUT`]: then the
+    /// connection cannot be kept.
+    async fn discard(self) -> bool {
+        let Self { mut body, read } = self;
+        let remaining = body.size_hint().exact();
+        if remaining.is_some_and(|n| read.saturating_add(n) > DISCARD_MAX_BYTES) {
+            return false;
+        }
+        let drain = async {
+            let mut total = read;
+            while let Some(frame) = body.frame().await {
+                let Ok(frame) = frame else { return false };
+                if let Some(data) = frame.data_ref() {
+                    total = total.saturating_add(data.len() as u64);
+                    if total > DISCARD_MAX_BYTES {
+                        return false;
+                    }
+                }
+            }
+            true
+        };
+        tokio::time::timeout(DISCARD_TIMEOUT, drain)
+            .await
+            .unwrap_or(false)
+    }
+}
+
+/// A path segment with its percent-escapes decoded (`+` stays `+`); `None` when an escape is malformed or
+/// the result is not UTF-8.
+fn percent_decode(segment: &str) -> Option<Cow<'_, str>> {
+    if !segment.contains('%') {
+        return Some(Cow::Borrowed(segment));
+    }
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
         }
     }
+    String::from_utf8(out).ok().map(Cow::Owned)
 }
 
 #[derive(Debug)]
 enum BodyError {
-    TooLarge,
+    /// The body passed its limit; the rest is left unread.
+    TooLarge(Unread),
     Io(hyper::Error),
     /// The body was not complete by the invoke's deadline (plus [`BODY_GRACE`]).
     Stalled,
@@ -443,10 +587,10 @@ async fn read_body_unbounded(
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(BodyError::TooLarge);
-    }
     let mut body = req.into_body();
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(BodyError::TooLarge(Unread { body, read: 0 }));
+    }
     let capacity = declared
         .map_or(0, |n| usize::try_from(n).unwrap_or(0))
         .min(limit);
@@ -462,7 +606,10 @@ async fn read_body_unbounded(
             Ok(data) => {
                 len += data.len();
                 if len > limit {
-                    return Err(BodyError::TooLarge);
+                    return Err(BodyError::TooLarge(Unread {
+                        body,
+                        read: len as u64,
+                    }));
                 }
                 if let Some(buf) = gathered.as_mut() {
                     buf.extend_from_slice(&data);
@@ -620,6 +767,10 @@ fn error(status: StatusCode, error_type: &str, message: &str) -> Response<Full<B
 
 fn accepted() -> Response<Full<Bytes>> {
     json_response(StatusCode::ACCEPTED, Bytes::from_static(ACCEPTED_BODY))
+}
+
+fn not_found() -> Response<Full<Bytes>> {
+    error(StatusCode::NOT_FOUND, "NotFound", "unknown path")
 }
 
 fn method_not_allowed() -> Response<Full<Bytes>> {

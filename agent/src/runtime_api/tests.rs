@@ -255,24 +255,25 @@ async fn unknown_and_late_ids() {
 }
 
 #[tokio::test]
-async fn oversized_response_is_413_by_content_length_without_reading_and_the_caller_is_told() {
+async fn oversized_response_by_content_length_tells_the_caller_before_the_body_and_the_runtime_after_it(
+) {
     let h = harness(4).await;
     let p = submit(&h.broker, "big");
     next(h.addr).await;
-    // Declare a huge body but send none: the server must answer without waiting for it.
-    let mut s = TcpStream::connect(h.addr).await.unwrap();
-    let head = format!(
-        "POST {PREFIX}invocation/big/response HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
-        MAX_RESPONSE_BYTES + 1
-    );
-    s.write_all(head.as_bytes()).await.unwrap();
-    let mut buf = vec![0u8; 1024];
-    let n = s.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 413"));
+    let mut c = RawConn::open(h.addr).await;
+    let len = MAX_RESPONSE_BYTES + 1;
+    c.write(&post_head("invocation/big/response", len)).await;
+    // The caller is told from the declared length alone, before any byte of the body arrived.
     match p.wait(Duration::from_secs(5)).await {
         Outcome::FunctionError(e) => assert_eq!(e.error_type, "Function.ResponseSizeTooLarge"),
         other => panic!("{other:?}"),
     }
+    // The runtime, which writes its whole body before it reads, gets the 413 on an open connection.
+    c.write(&vec![b'x'; len]).await;
+    let r = c.read_reply().await;
+    assert_eq!(r.status, 413);
+    assert_eq!(r.header("connection"), None);
+    assert_still_serves(&h, &mut c).await;
 }
 
 #[tokio::test]
@@ -286,15 +287,8 @@ async fn oversized_chunked_response_is_cut_at_the_limit() {
     let req = Request::post(format!("http://x{PREFIX}invocation/chunky/response"))
         .body(body)
         .unwrap();
-    let stream = TcpStream::connect(h.addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    // The server may close the connection before the client finished sending; either way the invoke ends.
-    if let Ok(resp) = sender.send_request(req).await {
-        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    }
+    let r = send(h.addr, req).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
     match p.wait(Duration::from_secs(5)).await {
         Outcome::FunctionError(e) => assert_eq!(e.error_type, "Function.ResponseSizeTooLarge"),
         other => panic!("{other:?}"),
@@ -396,18 +390,23 @@ async fn init_error_first_wins_then_403() {
 #[tokio::test]
 async fn an_oversized_init_error_still_fails_the_init() {
     let h = harness(1).await;
-    let mut s = TcpStream::connect(h.addr).await.unwrap();
-    let head = format!(
+    let mut c = RawConn::open(h.addr).await;
+    let mut req = format!(
         "POST {PREFIX}init/error HTTP/1.1\r\nHost: x\r\nLambda-Runtime-Function-Error-Type: Runtime.Huge\r\nContent-Length: {}\r\n\r\n",
         MAX_ERROR_BYTES + 1
-    );
-    s.write_all(head.as_bytes()).await.unwrap();
-    let mut buf = vec![0u8; 1024];
-    let n = s.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 202"));
+    )
+    .into_bytes();
+    req.resize(req.len() + MAX_ERROR_BYTES + 1, b'e');
+    c.write(&req).await;
+    let r = c.read_reply().await;
+    assert_eq!(r.status, 202);
+    assert_eq!(r.header("connection"), None);
     let errors = h.events.init_errors.lock().unwrap().clone();
     assert_eq!(errors[0].error_type, "Runtime.Huge");
     assert!(errors[0].message.contains("exceeded"), "{errors:?}");
+    // A second worker's report, on the same connection, is refused with 403.
+    c.write(&post_bytes("init/error", b"{}")).await;
+    assert_eq!(c.read_reply().await.status, 403);
 }
 
 #[tokio::test]
@@ -599,4 +598,390 @@ async fn a_response_body_that_stalls_ends_at_the_invoke_deadline_and_frees_the_s
             .status,
         StatusCode::GONE
     );
+}
+
+// ---- Refusals reach the runtime, and its connection stays usable (raw HTTP/1.1, as a runtime writes it) ----
+
+/// One client connection written and read by hand: the whole request (head and body) is written before the
+/// status is read, as the official runtime clients do.
+struct RawConn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct RawReply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl RawReply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+impl RawConn {
+    async fn open(addr: SocketAddr) -> Self {
+        Self {
+            stream: TcpStream::connect(addr).await.unwrap(),
+            buf: Vec::new(),
+        }
+    }
+
+    async fn write(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Reads one response (its body by Content-Length).
+    async fn read_reply(&mut self) -> RawReply {
+        let head_end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i;
+            }
+            self.fill().await;
+        };
+        let head = String::from_utf8(self.buf[..head_end].to_vec()).unwrap();
+        let mut lines = head.split("\r\n");
+        let status = lines.next().unwrap()["HTTP/1.1 ".len()..][..3]
+            .parse()
+            .unwrap();
+        let headers: Vec<(String, String)> = lines
+            .map(|l| {
+                let (n, v) = l.split_once(':').unwrap();
+                (n.trim().to_ascii_lowercase(), v.trim().to_owned())
+            })
+            .collect();
+        let len: usize = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .map_or(0, |(_, v)| v.parse().unwrap());
+        self.buf.drain(..head_end + 4);
+        while self.buf.len() < len {
+            self.fill().await;
+        }
+        let body = self.buf.drain(..len).collect();
+        RawReply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    async fn fill(&mut self) {
+        let mut chunk = [0u8; 8192];
+        let n = tokio::time::timeout(Duration::from_secs(30), self.stream.read(&mut chunk))
+            .await
+            .expect("no reply within 30 s")
+            .unwrap();
+        assert!(n > 0, "the server closed the connection");
+        self.buf.extend_from_slice(&chunk[..n]);
+    }
+
+    /// Whether the server closed the connection (EOF or reset) with nothing more to read.
+    async fn closed_by_server(&mut self) -> bool {
+        let mut chunk = [0u8; 64];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(30), self.stream.read(&mut chunk)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+}
+
+fn post_head(path: &str, content_length: usize) -> Vec<u8> {
+    format!("POST {PREFIX}{path} HTTP/1.1\r\nHost: x\r\nContent-Length: {content_length}\r\n\r\n")
+        .into_bytes()
+}
+
+fn post_bytes(path: &str, body: &[u8]) -> Vec<u8> {
+    let mut v = post_head(path, body.len());
+    v.extend_from_slice(body);
+    v
+}
+
+/// `body` in chunked transfer coding, in chunks of `chunk` bytes.
+fn post_chunked(path: &str, body: &[u8], chunk: usize) -> Vec<u8> {
+    let mut v =
+        format!("POST {PREFIX}{path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .into_bytes();
+    for c in body.chunks(chunk) {
+        v.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+        v.extend_from_slice(c);
+        v.extend_from_slice(b"\r\n");
+    }
+    v.extend_from_slice(b"0\r\n\r\n");
+    v
+}
+
+/// The connection `c` still serves: a new invoke is polled and answered on it (and on a new connection).
+async fn assert_still_serves(h: &Harness, c: &mut RawConn) {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    for fresh in [false, true] {
+        let id = format!("after-{}", N.fetch_add(1, Ordering::SeqCst));
+        let p = submit(&h.broker, &id);
+        let mut new_conn;
+        let conn = if fresh {
+            new_conn = RawConn::open(h.addr).await;
+            &mut new_conn
+        } else {
+            &mut *c
+        };
+        conn.write(format!("GET {PREFIX}invocation/next HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await;
+        let r = conn.read_reply().await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("lambda-runtime-aws-request-id"), Some(id.as_str()));
+        conn.write(&post_bytes(&format!("invocation/{id}/response"), b"\"ok\""))
+            .await;
+        assert_eq!(conn.read_reply().await.status, 202);
+        assert!(matches!(
+            p.wait(Duration::from_secs(5)).await,
+            Outcome::Success { .. }
+        ));
+    }
+    assert_eq!(h.broker.in_flight(), 0);
+}
+
+#[tokio::test]
+async fn an_unknown_id_is_refused_with_400_after_its_body_and_the_connection_stays_usable() {
+    let h = harness(4).await;
+    let mut c = RawConn::open(h.addr).await;
+    // A body larger than a socket buffer: the client must write all of it before it reads.
+    let body = vec![b'x'; 2 * 1024 * 1024];
+    for path in ["invocation/nope/response", "invocation/nope/error"] {
+        c.write(&post_bytes(path, &body)).await;
+        let r = c.read_reply().await;
+        assert_eq!(r.status, 400, "{path}");
+        assert_eq!(r.json()["errorType"], "InvalidRequestID");
+        assert_eq!(r.header("connection"), None);
+        c.write(&post_chunked(path, &body, 64 * 1024)).await;
+        assert_eq!(c.read_reply().await.status, 400, "{path} chunked");
+    }
+    assert_still_serves(&h, &mut c).await;
+}
+
+#[tokio::test]
+async fn a_late_answer_is_refused_with_410_after_its_body_and_the_connection_stays_usable() {
+    let h = harness(4).await;
+    for (i, chunked) in [false, true].into_iter().enumerate() {
+        let id = format!("late-{i}");
+        let p = submit(&h.broker, &id);
+        assert_eq!(next(h.addr).await.status, StatusCode::OK);
+        assert!(matches!(
+            p.wait(Duration::from_millis(10)).await,
+            Outcome::Timeout(_)
+        ));
+        let mut c = RawConn::open(h.addr).await;
+        let body = vec![b'y'; 3 * 1024 * 1024];
+        let path = format!("invocation/{id}/response");
+        c.write(&if chunked {
+            post_chunked(&path, &body, 100_000)
+        } else {
+            post_bytes(&path, &body)
+        })
+        .await;
+        let r = c.read_reply().await;
+        assert_eq!(r.status, 410);
+        assert_eq!(r.json()["errorType"], "InvokeTimeout");
+        assert_eq!(r.header("connection"), None);
+        assert_eq!(h.broker.in_flight(), 0, "the late answer frees the slot");
+        assert_still_serves(&h, &mut c).await;
+    }
+}
+
+#[tokio::test]
+async fn an_oversized_chunked_answer_gets_413_and_the_connection_stays_usable() {
+    let h = harness(4).await;
+    let p = submit(&h.broker, "chunky");
+    assert_eq!(next(h.addr).await.status, StatusCode::OK);
+    let mut c = RawConn::open(h.addr).await;
+    let body = vec![b'z'; MAX_RESPONSE_BYTES + 1024 * 1024];
+    c.write(&post_chunked(
+        "invocation/chunky/response",
+        &body,
+        256 * 1024,
+    ))
+    .await;
+    let r = c.read_reply().await;
+    assert_eq!(r.status, 413);
+    assert_eq!(r.json()["errorType"], "RequestEntityTooLarge");
+    assert_eq!(r.header("connection"), None);
+    match p.wait(Duration::from_secs(5)).await {
+        Outcome::FunctionError(e) => assert_eq!(e.error_type, "Function.ResponseSizeTooLarge"),
+        other => panic!("{other:?}"),
+    }
+    assert_still_serves(&h, &mut c).await;
+}
+
+#[tokio::test]
+async fn an_oversized_error_body_gets_413_and_the_connection_stays_usable() {
+    let h = harness(4).await;
+    let p = submit(&h.broker, "err-big");
+    assert_eq!(next(h.addr).await.status, StatusCode::OK);
+    let mut c = RawConn::open(h.addr).await;
+    c.write(&post_bytes(
+        "invocation/err-big/error",
+        &vec![b'e'; MAX_ERROR_BYTES + 1],
+    ))
+    .await;
+    assert_eq!(c.read_reply().await.status, 413);
+    assert!(matches!(
+        p.wait(Duration::from_secs(5)).await,
+        Outcome::FunctionError(_)
+    ));
+    assert_still_serves(&h, &mut c).await;
+}
+
+#[tokio::test]
+async fn a_body_declared_past_the_discard_bound_gets_its_status_with_connection_close() {
+    let h = harness(4).await;
+    let p = submit(&h.broker, "huge");
+    assert_eq!(next(h.addr).await.status, StatusCode::OK);
+    let mut c = RawConn::open(h.addr).await;
+    // Only the head: a body this large is not read, the status goes out at once and the connection ends.
+    let declared = usize::try_from(DISCARD_MAX_BYTES).unwrap() + 1;
+    c.write(&post_head("invocation/huge/response", declared))
+        .await;
+    let r = c.read_reply().await;
+    assert_eq!(r.status, 413);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(c.closed_by_server().await);
+    match p.wait(Duration::from_secs(5)).await {
+        Outcome::FunctionError(e) => assert_eq!(e.error_type, "Function.ResponseSizeTooLarge"),
+        other => panic!("{other:?}"),
+    }
+    let mut fresh = RawConn::open(h.addr).await;
+    assert_still_serves(&h, &mut fresh).await;
+}
+
+#[tokio::test]
+async fn a_chunked_body_past_the_discard_bound_ends_the_connection() {
+    let h = harness(4).await;
+    let p = submit(&h.broker, "endless");
+    assert_eq!(next(h.addr).await.status, StatusCode::OK);
+    let stream = TcpStream::connect(h.addr).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    // The client keeps writing past the bound; the server stops reading there and closes.
+    let writer = tokio::spawn(async move {
+        let head = format!(
+            "POST {PREFIX}invocation/endless/response HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        wr.write_all(head.as_bytes()).await?;
+        let chunk = vec![b'q'; 1024 * 1024];
+        let framed = [
+            format!("{:x}\r\n", chunk.len()).into_bytes(),
+            chunk,
+            b"\r\n".to_vec(),
+        ]
+        .concat();
+        for _ in 0..(DISCARD_MAX_BYTES / (1024 * 1024) + 8) {
+            wr.write_all(&framed).await?;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    assert!(
+        writer.await.unwrap().is_err(),
+        "the server read a body past the discard bound"
+    );
+    // Whatever reached the client before the reset is a 413 saying Connection: close.
+    let mut buf = Vec::new();
+    let _ = rd.read_to_end(&mut buf).await;
+    if !buf.is_empty() {
+        let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 413"), "{text}");
+        assert!(text.contains("connection: close"), "{text}");
+    }
+    match p.wait(Duration::from_secs(5)).await {
+        Outcome::FunctionError(e) => assert_eq!(e.error_type, "Function.ResponseSizeTooLarge"),
+        other => panic!("{other:?}"),
+    }
+    let mut fresh = RawConn::open(h.addr).await;
+    assert_still_serves(&h, &mut fresh).await;
+}
+
+#[tokio::test]
+async fn a_client_waiting_for_100_continue_gets_the_refusal_without_sending_its_body() {
+    let h = harness(4).await;
+    let mut c = RawConn::open(h.addr).await;
+    c.write(
+        format!(
+            "POST {PREFIX}invocation/nope/response HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5000000\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    let r = c.read_reply().await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.header("connection"), Some("close"));
+    let mut fresh = RawConn::open(h.addr).await;
+    assert_still_serves(&h, &mut fresh).await;
+}
+
+#[tokio::test]
+async fn refusals_of_paths_and_modes_read_the_body_too() {
+    let h = harness(4).await;
+    let _p = submit(&h.broker, "m");
+    assert_eq!(next(h.addr).await.status, StatusCode::OK);
+    let mut c = RawConn::open(h.addr).await;
+    let body = vec![b'b'; 1024 * 1024];
+    c.write(&post_bytes("invocation/a/b/response", &body)).await;
+    assert_eq!(c.read_reply().await.status, 404);
+    c.write(&post_bytes("nowhere", &body)).await;
+    assert_eq!(c.read_reply().await.status, 404);
+    let mut mode = format!(
+        "POST {PREFIX}invocation/m/response HTTP/1.1\r\nHost: x\r\nLambda-Runtime-Function-Response-Mode: nope\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    mode.extend_from_slice(&body);
+    c.write(&mode).await;
+    assert_eq!(c.read_reply().await.status, 400);
+    c.write(&post_bytes("invocation/m/response", b"1")).await;
+    assert_eq!(c.read_reply().await.status, 202);
+    assert_still_serves(&h, &mut c).await;
+}
+
+#[test]
+fn path_segments_are_percent_decoded() {
+    assert_eq!(percent_decode("plain-id_1.2:3").unwrap(), "plain-id_1.2:3");
+    assert_eq!(percent_decode("a%2Fb%3Fc%23d%25e").unwrap(), "a/b?c#d%e");
+    assert_eq!(percent_decode("a%2fb").unwrap(), "a/b");
+    assert_eq!(percent_decode("sp%20ace+plus").unwrap(), "sp ace+plus");
+    assert_eq!(percent_decode("%C3%A9").unwrap(), "é");
+    for bad in ["%", "%2", "%zz", "a%g1", "%FF"] {
+        assert_eq!(percent_decode(bad), None, "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn an_id_encoded_in_the_path_is_decoded_before_it_is_matched() {
+    let h = harness(4).await;
+    let id = "a/b?c#d%e";
+    let p = submit(&h.broker, id);
+    let r = next(h.addr).await;
+    assert_eq!(r.headers["lambda-runtime-aws-request-id"], id);
+    let mut c = RawConn::open(h.addr).await;
+    c.write(&post_bytes(
+        "invocation/a%2Fb%3Fc%23d%25e/response",
+        b"\"enc\"",
+    ))
+    .await;
+    assert_eq!(c.read_reply().await.status, 202);
+    match p.wait(Duration::from_secs(5)).await {
+        Outcome::Success { payload, .. } => assert_eq!(payload.as_ref(), b"\"enc\""),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.broker.in_flight(), 0);
+    // A malformed escape is an id no invoke has.
+    c.write(&post_bytes("invocation/a%zz/response", b"1")).await;
+    let r = c.read_reply().await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["errorType"], "InvalidRequestID");
 }
