@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::{path::PathBuf, process::Command, sync::OnceLock};
+use std::path::PathBuf;
 
 use lmi_proto::v1::{self as pb, EnvironmentState as St, InvokeOutcome as Out};
 use serde_json::json;
@@ -16,19 +16,7 @@ const RUNTIME: &str = "dotnet8";
 
 /// The fixtures' code directory, built once per test binary (the script is cached and takes a lock).
 fn task_root() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let dir = fixtures("dotnet");
-            let out = Command::new(dir.join("build.sh")).output().unwrap();
-            assert!(
-                out.status.success(),
-                "building the .NET fixtures failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            dir.join("build/task")
-        })
-        .clone()
+    built_fixture("dotnet")
 }
 
 /// Skips the calling test (with the reason) when the host's catalog says dotnet8 is unavailable (no Mono).
@@ -45,15 +33,7 @@ macro_rules! require_dotnet {
 }
 
 fn dotnet_spec(function: &str, handler: &str) -> pb::EnvironmentSpec {
-    let mut spec = python_spec(function, handler);
-    spec.runtime = RUNTIME.into();
-    spec.code = Some(pb::Code {
-        source: Some(pb::code::Source::Directory(
-            task_root().display().to_string(),
-        )),
-        sha256: String::new(),
-    });
-    spec
+    code_spec(function, RUNTIME, handler, &task_root())
 }
 
 fn gate(dir: &std::path::Path, count: usize) -> serde_json::Value {

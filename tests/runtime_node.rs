@@ -16,21 +16,7 @@ const NODE_RUNTIMES: [&str; 2] = ["nodejs20.x", "nodejs22.x"];
 
 /// A spec for `handler` in tests/fixtures/node on `runtime`.
 fn node_spec(function: &str, runtime: &str, handler: &str) -> pb::EnvironmentSpec {
-    pb::EnvironmentSpec {
-        function: Some(pb::FunctionRef {
-            name: function.into(),
-            ..Default::default()
-        }),
-        runtime: runtime.into(),
-        handler: handler.into(),
-        code: Some(pb::Code {
-            source: Some(pb::code::Source::Directory(
-                fixtures("node").display().to_string(),
-            )),
-            sha256: String::new(),
-        }),
-        ..Default::default()
-    }
+    code_spec(function, runtime, handler, &fixtures("node"))
 }
 
 /// A function name unique per runtime: `nodejs22.x` → `name-22`.

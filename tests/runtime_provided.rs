@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::{path::PathBuf, process::Command, sync::OnceLock};
+use std::path::PathBuf;
 
 use lmi_proto::v1::{self as pb, InvokeOutcome as Out};
 use serde_json::json;
@@ -13,30 +13,11 @@ use tonic::Code;
 
 /// The code directory holding the compiled `bootstrap`, built once per test binary (cached, locked).
 fn task_root() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let dir = fixtures("provided/c");
-            let out = Command::new(dir.join("build.sh")).output().unwrap();
-            assert!(
-                out.status.success(),
-                "compiling the C bootstrap failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            dir.join("build/task")
-        })
-        .clone()
+    built_fixture("provided/c")
 }
 
 fn c_spec(function: &str) -> pb::EnvironmentSpec {
-    let mut spec = python_spec(function, "unused");
-    spec.runtime = "provided.al2023".into();
-    spec.code = Some(pb::Code {
-        source: Some(pb::code::Source::Directory(
-            task_root().display().to_string(),
-        )),
-        sha256: String::new(),
-    });
+    let mut spec = code_spec(function, "provided.al2023", "unused", &task_root());
     spec.max_concurrency = 1;
     spec
 }

@@ -412,6 +412,17 @@ impl TestAgent {
             .into_inner()
     }
 
+    /// Why the host's catalog says `runtime` cannot run here, or `None` when it can.
+    pub async fn runtime_unavailable(&mut self, runtime: &str) -> Option<String> {
+        let host = self.host().await;
+        let r = host
+            .runtimes
+            .iter()
+            .find(|r| r.id == runtime)
+            .unwrap_or_else(|| panic!("{runtime} is not in the catalog"));
+        (!r.available).then(|| r.unavailable_reason.clone())
+    }
+
     /// Absolute cgroup directories of an environment, by controller, from the agent's own cgroups.
     pub fn env_cgroup_dirs(&self, env_id: &str) -> HashMap<String, PathBuf> {
         let own = std::fs::read_to_string(format!("/proc/{}/cgroup", self.pid())).unwrap();
@@ -598,22 +609,45 @@ pub fn invoke(
 
 /// A Python spec for `handler` in tests/fixtures/python.
 pub fn python_spec(function: &str, handler: &str) -> pb::EnvironmentSpec {
+    code_spec(function, "python3.11", handler, &fixtures("python"))
+}
+
+/// A spec for `handler` on `runtime` with the code directory `code`.
+pub fn code_spec(function: &str, runtime: &str, handler: &str, code: &Path) -> pb::EnvironmentSpec {
     pb::EnvironmentSpec {
         function: Some(pb::FunctionRef {
             name: function.into(),
             version: String::new(),
             arn: String::new(),
         }),
-        runtime: "python3.11".into(),
+        runtime: runtime.into(),
         handler: handler.into(),
         code: Some(pb::Code {
-            source: Some(pb::code::Source::Directory(
-                fixtures("python").display().to_string(),
-            )),
+            source: Some(pb::code::Source::Directory(code.display().to_string())),
             sha256: String::new(),
         }),
         ..Default::default()
     }
+}
+
+/// The code directory of a compiled fixture (`tests/fixtures/<name>/build.sh` writes `build/task`), built
+/// once per test binary; the scripts cache their output by a hash of the sources and take a lock.
+pub fn built_fixture(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, dir)) = built.iter().find(|(n, _)| n == name) {
+        return dir.clone();
+    }
+    let dir = fixtures(name);
+    let out = Command::new(dir.join("build.sh")).output().unwrap();
+    assert!(
+        out.status.success(),
+        "building the fixtures of tests/fixtures/{name} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let task = dir.join("build/task");
+    built.push((name.to_owned(), task.clone()));
+    task
 }
 
 /// Where tests/setup.sh installs test tools (`$LMI_TEST_TOOLS`).
