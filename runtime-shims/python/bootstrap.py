@@ -195,7 +195,16 @@ class RuntimeClient:
                     self.conn = http.client.HTTPConnection(self.address, timeout=None)
                     self.conn.connect()
                     self.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                self.conn.request(method, API_PREFIX + path, body=body, headers=headers or {})
+                try:
+                    self.conn.request(method, API_PREFIX + path, body=body, headers=headers or {})
+                except OSError:
+                    # The server may have answered (a refusal) and closed while the body was still
+                    # being written: its status can still be waiting in the socket.
+                    salvaged = self._salvage()
+                    if salvaged is None:
+                        raise
+                    self.close()
+                    return salvaged
                 resp = self.conn.getresponse()
                 data = resp.read()
                 if resp.will_close:
@@ -205,6 +214,15 @@ class RuntimeClient:
                 last = e
                 self.close()
         raise RuntimeApiError("%s %s failed: %s" % (method, path, last))
+
+    def _salvage(self):
+        """The response to a request whose sending failed, if the server sent one before closing."""
+        try:
+            self.conn.sock.settimeout(5)
+            resp = self.conn.getresponse()
+            return resp.status, resp.headers, resp.read()
+        except Exception:
+            return None
 
     def post_error(self, path, error):
         body = json.dumps(error, ensure_ascii=False, default=str).encode("utf-8", "replace")
@@ -378,7 +396,8 @@ def check_post(path, status):
         return
     if status >= 500:
         raise RuntimeApiError("POST %s answered %d" % (path, status))
-    # 400 (unknown id / answered twice), 410 (already timed out), 413, 403: the invoke is gone.
+    # 400 (unknown id / answered twice), 410 (already timed out), 413 (too large), 403: the invoke is
+    # over; the worker goes on polling.
     diag("WARN", "POST %s answered %d" % (path, status), status=status)
 
 
@@ -404,13 +423,20 @@ def handle_invoke(client, handler, headers, body):
         except Exception:
             error = error_from_exception(sys.exc_info(), request_id)
         drain_streams()
-        if error is None:
-            path = base + "/response"
-            status = client.request("POST", path, payload, {"Content-Type": content_type})[0]
-        else:
-            log_error(error)
-            path = base + "/error"
-            status = client.post_error(path, error)
+        try:
+            if error is None:
+                path = base + "/response"
+                status = client.request("POST", path, payload, {"Content-Type": content_type})[0]
+            else:
+                log_error(error)
+                path = base + "/error"
+                status = client.post_error(path, error)
+        except RuntimeApiError as e:
+            # The answer could not be delivered (the connection broke while it was posted): the invoke
+            # is the Runtime API's to end; this worker goes on polling. If the Runtime API itself is
+            # gone, the next /next says so.
+            diag("WARN", "answer not delivered: %s" % e)
+            return
         check_post(path, status)
     finally:
         drain_streams()

@@ -39,6 +39,12 @@ class StubRuntimeApi:
         self.connections = 0
         self.next_status = None       # e.g. 500: answer every /next with it
         self.response_status = {}     # request_id -> forced status for its /response
+        # request_id -> how every answer posted for it is refused:
+        #   400 / 410 / 413: the body is read, the status sent, the connection kept (the agent's way);
+        #   "close": 413 and Connection: close at once, the body left unread (the runtime may see EPIPE);
+        #   "drop": the connection is closed without any answer.
+        self.refuse = {}
+        self.refused = {}             # request_id -> answers refused so far
         self.closing = False
         stub = self
 
@@ -76,7 +82,21 @@ class StubRuntimeApi:
                 self._send(200, body, headers)
 
             def do_POST(self):
+                how = stub._refusal(self.path[len(PREFIX):])
+                if how in ("close", "drop"):
+                    self.close_connection = True
+                    if how == "close":
+                        self.send_response(413)
+                        self.send_header("Connection", "close")
+                        self.send_header("Content-Length", "2")
+                        self.end_headers()
+                        self.wfile.write(b"{}")
+                        self.wfile.flush()
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if how is not None:
+                    return self._send(how, b'{"errorMessage":"refused","errorType":"Stub"}')
                 status = stub._post(self.path[len(PREFIX):], body, dict(self.headers))
                 self._send(status, b'{"status":"OK"}' if status == 202 else b"{}")
 
@@ -120,6 +140,18 @@ class StubRuntimeApi:
             finally:
                 self.parked -= 1
                 self.cond.notify_all()
+
+    def _refusal(self, path):
+        """How an answer posted to path is refused (counted), or None."""
+        parts = path.split("/")
+        if len(parts) != 5 or parts[4] not in ("response", "error"):
+            return None
+        with self.cond:
+            how = self.refuse.get(parts[3])
+            if how is not None:
+                self.refused[parts[3]] = self.refused.get(parts[3], 0) + 1
+                self.cond.notify_all()
+            return how
 
     def _post(self, path, body, headers):
         with self.cond:
