@@ -109,20 +109,29 @@ class Worker {
       return;
     }
     await invokeScope.run({ requestId }, async () => {
-      let status;
-      let what;
+      let payload;
+      let error;
       try {
         const context = buildContext(headers, this.env);
         const event = parseEvent(body, headers['content-type']);
-        const result = await runHandler(this.handler, event, context);
-        what = 'response';
-        status = await this.client.postResponse(requestId, marshal(result));
+        payload = marshal(await runHandler(this.handler, event, context));
       } catch (err) {
-        if (err instanceof RuntimeApiError) throw err;
-        const error = errorFor(err instanceof HandlerFailure ? err.error : err);
+        error = errorFor(err instanceof HandlerFailure ? err.error : err);
         this.logger.logError('Invoke Error', error);
-        what = 'error';
-        status = await this.client.postError(requestId, error);
+      }
+      const what = error === undefined ? 'response' : 'error';
+      let status;
+      try {
+        status =
+          error === undefined
+            ? await this.client.postResponse(requestId, payload)
+            : await this.client.postError(requestId, error);
+      } catch (err) {
+        if (!(err instanceof RuntimeApiError)) throw err;
+        // The answer could not be delivered (the connection broke while it was posted): the invoke is the
+        // Runtime API's to end; this worker goes on polling. If the Runtime API itself is gone, /next says so.
+        this.diag('WARN', `answer not delivered: ${err.message}`, { requestId });
+        return;
       }
       if (status >= 500) throw new RuntimeApiError(`POST ${what} for ${requestId} answered ${status}`);
       if (status !== 202) {

@@ -162,3 +162,28 @@ test('a 500 from /next ends the runtime', async () => {
   const { code } = await shim.exited;
   assert.notEqual(code, 0);
 });
+
+for (const refusal of [400, 410, 413, 'close', 'drop']) {
+  test(`a refused answer (${refusal}) is logged and every worker goes on polling`, async () => {
+    const { api, shim } = await setUp('oversize.handler', { AWS_LAMBDA_NODEJS_WORKER_COUNT: '4' });
+    await until(() => api.parked.length === 4, 'four parked polls');
+    // Big enough not to fit in the socket buffers: a stub that closes at once makes the writer see EPIPE.
+    const ids = ['big-1', 'big-2', 'big-3', 'raise-1'];
+    for (const id of ids) api.refuse.set(id, refusal);
+    for (const id of ids.slice(0, 3)) api.invoke(id, { action: 'big', bytes: 8 * 1024 * 1024 });
+    api.invoke('raise-1', { action: 'raise', message: 'refused too' });
+    await until(() => ids.every((id) => (api.refused.get(id) ?? 0) >= 1), 'every answer refused');
+    // Each worker holds one /next at a time, and a poll whose connection closed is dropped from `parked`:
+    // four live parked polls are four live workers.
+    await until(() => api.parked.length === 4, 'all four workers polling again');
+    assert.equal(shim.child.exitCode, null, 'the runtime is still running');
+    const ok = await api.invoke('after', { action: 'echo' });
+    assert.equal(ok.kind, 'response');
+    await until(
+      () => records(shim.stderr).some((r) => r.level === 'WARN' && /answered|not delivered/.test(r.message)),
+      'the refusal logged',
+    );
+    await until(() => api.parked.length === 4, 'all four workers polling after the echo');
+    assert.equal(shim.child.exitCode, null);
+  });
+}

@@ -11,6 +11,10 @@ export class StubRuntimeApi {
     this.initErrors = [];
     this.initErrorWaiters = [];
     this.polls = 0;
+    // requestId -> how every answer posted for it is refused: 400/410/413 after its body is read (the agent's
+    // way), 'close' (413 and Connection: close at once, the body unread) or 'drop' (closed without an answer).
+    this.refuse = new Map();
+    this.refused = new Map(); // requestId -> answers refused so far
     this.server = http.createServer((req, res) => this.route(req, res));
   }
 
@@ -69,6 +73,20 @@ export class StubRuntimeApi {
   }
 
   route(req, res) {
+    const answer = /^\/2018-06-01\/runtime\/invocation\/([^/]+)\/(response|error)$/.exec(req.url || '');
+    const how = answer && this.refuse.get(decodeURIComponent(answer[1]));
+    if (how !== undefined && how !== null) {
+      const id = decodeURIComponent(answer[1]);
+      this.refused.set(id, (this.refused.get(id) ?? 0) + 1);
+      if (how === 'close' || how === 'drop') {
+        if (how === 'drop') req.socket.destroy();
+        else res.writeHead(413, { Connection: 'close' }).end('{}', () => req.socket.destroy());
+        return;
+      }
+      req.resume();
+      req.on('end', () => res.writeHead(how).end('{"errorType":"Refused"}'));
+      return;
+    }
     const chunks = [];
     req.on('data', (c) => chunks.push(c));
     req.on('end', () => {
@@ -78,7 +96,14 @@ export class StubRuntimeApi {
         this.polls += 1;
         const item = this.queue.shift();
         if (item) this.deliver(res, item);
-        else this.parked.push(res);
+        else {
+          this.parked.push(res);
+          // A poll whose connection is gone is no poller.
+          res.on('close', () => {
+            const i = this.parked.indexOf(res);
+            if (i !== -1) this.parked.splice(i, 1);
+          });
+        }
         return;
       }
       const m = /^\/2018-06-01\/runtime\/invocation\/([^/]+)\/(response|error)$/.exec(url);
