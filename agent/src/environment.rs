@@ -133,7 +133,7 @@ pub struct Environment {
     pub log_stats: Arc<LogStats>,
     started: Instant,
     status: Mutex<Status>,
-    /// Wakes the supervisor: a failure was recorded or a stop was requested.
+    /// Wakes the supervisor: init completed, a failure was recorded or a stop was requested.
     pub(crate) wake: Notify,
     stop_requested: std::sync::atomic::AtomicBool,
     /// Fast path for `/next`: true once init completed (or failed), so polls after the first take no lock.
@@ -230,6 +230,12 @@ impl Environment {
         self.fail_if(error, |state| {
             matches!(state, State::Initializing | State::Ready)
         })
+    }
+
+    /// The init deadline passed: fails the environment only if it is still INITIALIZING (checked under the
+    /// same lock that the first `/next` takes to make it READY). True if it failed now.
+    pub(crate) fn init_timed_out(&self, error: ErrorInfo) -> bool {
+        self.fail_if(error, |state| state == State::Initializing)
     }
 
     fn fail_if(&self, error: ErrorInfo, allowed: impl Fn(State) -> bool) -> bool {
@@ -353,6 +359,8 @@ impl RuntimeEvents for Environment {
             let since = s.spawned_at.unwrap_or(self.started);
             s.init_duration = Some(now.saturating_duration_since(since));
             drop(s);
+            // The supervisor disarms the init deadline on this change.
+            self.wake.notify_one();
             tracing::info!(env = %self.id, function = %self.spec.function_name, "environment ready");
         }
     }
@@ -360,10 +368,60 @@ impl RuntimeEvents for Environment {
     fn init_error(&self, error: ErrorInfo) -> InitErrorAnswer {
         // Checked and applied under one lock: an init error that arrives after the first /next is refused.
         if self.fail_if(error.clone(), |state| state == State::Initializing) {
-            tracing::warn!(env = %self.id, error_type = %error.error_type, message = %error.message, "runtime reported an init error");
+            tracing::info!(env = %self.id, error_type = %error.error_type, "runtime reported an init error");
             InitErrorAnswer::Accepted
         } else {
             InitErrorAnswer::Refused
         }
+    }
+}
+
+/// Environments for unit tests: a minimal valid spec on a one-runtime catalog, a [`FakeCgroup`] and no
+/// sandbox, so that the logic above them (state machine, supervisor, dispatch) runs without root.
+///
+/// [`FakeCgroup`]: crate::cgroup::fake::FakeCgroup
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use lmi_proto::v1 as pb;
+
+    use super::Environment;
+    use crate::{catalog::Catalog, cgroup::fake::FakeCgroup, spec};
+
+    /// A new INITIALIZING environment of function `function` with `max_concurrency` slots.
+    pub(crate) fn environment(function: &str, max_concurrency: u32) -> Arc<Environment> {
+        let catalog = Catalog::parse(
+            "[[runtime]]\nid = \"test1\"\ncommand = [\"sh\"]\ndefault_concurrency_per_vcpu = 16\n",
+            "test",
+        )
+        .expect("test catalog");
+        let wire = pb::EnvironmentSpec {
+            function: Some(pb::FunctionRef {
+                name: function.to_owned(),
+                ..Default::default()
+            }),
+            runtime: "test1".into(),
+            handler: "app.handler".into(),
+            code: Some(pb::Code {
+                source: Some(pb::code::Source::Directory("/".into())),
+                sha256: String::new(),
+            }),
+            max_concurrency,
+            ..Default::default()
+        };
+        let defaults = spec::SpecDefaults {
+            region: "us-east-1".into(),
+            account_id: "000000000000".into(),
+        };
+        let spec = spec::validate(&wire, &catalog, &defaults).expect("test spec");
+        Environment::new(
+            format!("env-{function}"),
+            spec,
+            "127.0.0.1:9".parse().expect("address"),
+            Arc::new(FakeCgroup::new(function)),
+            None,
+            None,
+        )
     }
 }

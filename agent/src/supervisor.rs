@@ -14,8 +14,9 @@ use crate::{
     capacity::Ledger,
     cgroup::EnvironmentCgroup,
     environment::{Environment, State},
-    invocation::{ErrorInfo, RUNTIME_EXIT_ERROR, RUNTIME_OUT_OF_MEMORY},
+    invocation::{ErrorInfo, RUNTIME_EXIT_ERROR, RUNTIME_INIT_TIMEOUT, RUNTIME_OUT_OF_MEMORY},
     logs::{PendingCapture, Source},
+    stats::FunctionStats,
 };
 
 /// What the supervisor needs besides the environment.
@@ -31,6 +32,8 @@ pub struct Supervised {
     pub stop_timeout: Duration,
     /// Where the environment's durable record lives (updated when it fails, so a restart keeps the reason).
     pub state: crate::state::StateStore,
+    /// The function version's counters (a failure is counted there by reason).
+    pub stats: Arc<FunctionStats>,
 }
 
 /// Runs until the environment is cleaned up.
@@ -48,30 +51,7 @@ pub async fn supervise(mut s: Supervised) {
         s.child.stderr.take(),
     );
     let pid = s.child.id();
-    let init_deadline = tokio::time::sleep(s.init_timeout);
-    tokio::pin!(init_deadline);
-    let mut exited = None;
-    loop {
-        let wake = env.wake.notified();
-        tokio::pin!(wake);
-        wake.as_mut().enable();
-        if env.stop_requested() || env.state() == State::Failed {
-            break;
-        }
-        tokio::select! {
-            status = s.child.wait() => {
-                exited = Some(status);
-                break;
-            }
-            () = &mut init_deadline, if env.state() == State::Initializing => {
-                env.fail(ErrorInfo::new(
-                    "Runtime.InitTimeout",
-                    format!("the runtime did not finish init within {} seconds", s.init_timeout.as_secs()),
-                ));
-            }
-            () = &mut wake => {}
-        }
-    }
+    let exited = watch(&env, s.init_timeout, s.child.wait()).await;
 
     let exit = exited.as_ref().map(|status| {
         exit_error(
@@ -81,14 +61,24 @@ pub async fn supervise(mut s: Supervised) {
         )
     });
     if let Some(error) = &exit {
-        if env.fail(error.clone()) {
-            tracing::warn!(env = %env.id, error_type = %error.error_type, message = %error.message, "runtime exited");
-        }
+        env.fail(error.clone());
     }
 
-    // The reason is made durable before anything is torn down: an agent that dies from here on still
-    // reports this failure after its restart, not a generic one.
-    if env.state() == State::Failed {
+    // Every failure, whatever its path (init timeout, init error, the runtime's exit or OOM kill), is told
+    // here once: at WARN with its reason, and counted by reason. The reason is made durable before anything
+    // is torn down: an agent that dies from here on still reports this failure after its restart.
+    if let Some(failure) = env.status().failure {
+        let error = &failure.error;
+        tracing::warn!(
+            env = %env.id,
+            function = %env.spec.function_name,
+            version = %env.spec.version,
+            error_type = %error.error_type,
+            error = %error.message,
+            reason = crate::stats::failure_reason(&error.error_type),
+            "environment failed"
+        );
+        s.stats.environment_failed(&error.error_type);
         if let Err(e) = s.state.save(&env.to_proto()) {
             tracing::warn!(env = %env.id, error = %e, "recording the failure failed");
         }
@@ -135,6 +125,52 @@ pub async fn supervise(mut s: Supervised) {
     release_sandbox(&env, removed).await;
     env.mark_cleaned();
     tracing::info!(env = %env.id, state = ?env.state(), "environment cleaned up");
+}
+
+/// Waits for the end of the environment's life: the runtime's main process exiting (its status is returned),
+/// a recorded failure or a stop request (`None`).
+///
+/// The init deadline applies only while the environment is INITIALIZING: every state change that matters
+/// here (READY on the first `/next`, a failure, a stop) wakes this loop through `env.wake`, the loop then
+/// disarms the deadline, and the deadline's own check ([`Environment::init_timed_out`]) is made under the
+/// state lock, so a deadline that no longer applies can never fail the environment.
+async fn watch(
+    env: &Environment,
+    init_timeout: Duration,
+    exit: impl std::future::Future<Output = std::io::Result<std::process::ExitStatus>>,
+) -> Option<std::io::Result<std::process::ExitStatus>> {
+    tokio::pin!(exit);
+    let init_deadline = tokio::time::sleep(init_timeout);
+    tokio::pin!(init_deadline);
+    let mut init_armed = true;
+    loop {
+        // Registered before the state is read: a change after this read still wakes the select below.
+        let wake = env.wake.notified();
+        tokio::pin!(wake);
+        wake.as_mut().enable();
+        if env.stop_requested() {
+            return None;
+        }
+        match env.state() {
+            State::Failed => return None,
+            State::Initializing => {}
+            // Init is over (READY), or a delete began: the init deadline no longer applies.
+            State::Ready | State::Draining | State::Terminated => init_armed = false,
+        }
+        tokio::select! {
+            status = &mut exit => return Some(status),
+            () = &mut init_deadline, if init_armed => {
+                init_armed = false;
+                let timed_out = ErrorInfo::new(
+                    RUNTIME_INIT_TIMEOUT,
+                    format!("the runtime did not finish init within {} seconds", init_timeout.as_secs()),
+                );
+                // Told (WARN, counted) with every other failure once the watch ends.
+                env.init_timed_out(timed_out);
+            }
+            () = &mut wake => {}
+        }
+    }
 }
 
 /// Removes the environment's network and, once its processes are known to be gone (`processes_gone`: its
@@ -241,4 +277,136 @@ fn max_log_connections(max_concurrency: u32) -> usize {
         .unwrap_or(usize::MAX)
         .saturating_mul(2)
         .saturating_add(16)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{future::pending, sync::Arc, time::Duration};
+
+    use super::watch;
+    use crate::{
+        environment::{testing::environment, State},
+        invocation::ErrorInfo,
+        runtime_api::RuntimeEvents,
+    };
+
+    const INIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// The supervisor's wait for the end, on its own task, with a runtime that never exits.
+    fn spawn_watch(
+        env: &Arc<crate::environment::Environment>,
+    ) -> tokio::task::JoinHandle<Option<std::io::Result<std::process::ExitStatus>>> {
+        let env = env.clone();
+        tokio::spawn(async move { watch(&env, INIT_TIMEOUT, pending()).await })
+    }
+
+    /// Runs every ready task of the (paused) runtime until none can progress.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// The bug of issue 12: the init deadline armed at spawn fired after the first `/next` had made the
+    /// environment READY, and failed it with Runtime.InitTimeout 130 s after creation.
+    #[tokio::test(start_paused = true)]
+    async fn a_ready_environment_outlives_its_init_deadline() {
+        let env = environment("ready", 4);
+        let watching = spawn_watch(&env);
+        settle().await;
+        tokio::time::advance(INIT_TIMEOUT / 2).await;
+        env.polled();
+        assert_eq!(env.state(), State::Ready);
+        settle().await;
+        // Far past the deadline: hours of an idle life.
+        for _ in 0..100 {
+            tokio::time::advance(INIT_TIMEOUT * 36).await;
+            settle().await;
+        }
+        assert_eq!(env.state(), State::Ready);
+        assert!(env.status().failure.is_none());
+        assert!(
+            !watching.is_finished(),
+            "the supervisor stopped a READY environment"
+        );
+        env.request_stop();
+        assert!(watching.await.expect("watch task").is_none());
+        assert_eq!(env.state(), State::Ready);
+    }
+
+    /// READY in the same instant the deadline fires: the state decides, not the order the timer and the
+    /// wake-up are seen in.
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_that_no_longer_applies_cannot_fail_the_environment() {
+        let env = environment("race", 1);
+        let watching = spawn_watch(&env);
+        settle().await;
+        tokio::time::advance(INIT_TIMEOUT - Duration::from_millis(1)).await;
+        env.polled();
+        tokio::time::advance(Duration::from_millis(1)).await;
+        settle().await;
+        assert_eq!(env.state(), State::Ready);
+        assert!(!env.init_timed_out(ErrorInfo::new("Runtime.InitTimeout", "late")));
+        assert_eq!(env.state(), State::Ready);
+        assert!(!watching.is_finished());
+        env.request_stop();
+        assert!(watching.await.expect("watch task").is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_environment_still_initializing_at_its_deadline_fails() {
+        let env = environment("slow", 1);
+        let watching = spawn_watch(&env);
+        settle().await;
+        tokio::time::advance(INIT_TIMEOUT + Duration::from_millis(1)).await;
+        assert!(watching.await.expect("watch task").is_none());
+        assert_eq!(env.state(), State::Failed);
+        let failure = env.status().failure.expect("failure");
+        assert_eq!(failure.error.error_type, "Runtime.InitTimeout");
+        // A /next after the failure does not revive it.
+        env.polled();
+        assert_eq!(env.state(), State::Failed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delete_during_init_is_not_an_init_timeout() {
+        let env = environment("deleted", 1);
+        let watching = spawn_watch(&env);
+        settle().await;
+        assert!(env.begin_drain());
+        tokio::time::advance(INIT_TIMEOUT * 2).await;
+        settle().await;
+        assert_eq!(env.state(), State::Draining);
+        assert!(!watching.is_finished());
+        env.request_stop();
+        assert!(watching.await.expect("watch task").is_none());
+        assert!(env.status().failure.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_runtime_exiting_ends_the_watch_with_its_status() {
+        use std::os::unix::process::ExitStatusExt;
+        let env = environment("exits", 1);
+        env.polled();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let env2 = env.clone();
+        let watching = tokio::spawn(async move {
+            watch(&env2, INIT_TIMEOUT, async move {
+                let _ = rx.await;
+                Ok(std::process::ExitStatus::from_raw(1 << 8))
+            })
+            .await
+        });
+        settle().await;
+        tokio::time::advance(INIT_TIMEOUT * 3).await;
+        settle().await;
+        assert!(!watching.is_finished());
+        tx.send(()).expect("send");
+        let status = watching
+            .await
+            .expect("watch task")
+            .expect("exit")
+            .expect("status");
+        assert_eq!(status.code(), Some(1));
+    }
 }

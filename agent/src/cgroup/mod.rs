@@ -30,6 +30,8 @@ mod v2;
 mod v2_delegation;
 
 #[cfg(test)]
+pub(crate) mod fake;
+#[cfg(test)]
 mod real_tests;
 #[cfg(test)]
 mod testutil;
