@@ -118,6 +118,11 @@ async fn lives_past_its_timers(mut fam: Family) {
     fam.spec.timeout_seconds = FUNCTION_TIMEOUT_S;
     let f = function(&fam.spec);
     let created = agent.create_ready(fam.spec.clone()).await;
+    // For whoever tunes `init_timeout_s`: how close this init came to its deadline.
+    println!(
+        "{f}: init took {} ms (init timeout {} s)",
+        created.init_duration_ms, fam.init_timeout_s
+    );
 
     tokio::time::sleep(idle_gap(&fam)).await;
     assert_serving(
@@ -208,7 +213,7 @@ async fn a_java_environment_lives_past_its_init_and_function_timeouts() {
             "fixtures.Actions::handleRequest",
             &built_fixture("java"),
         ),
-        init_timeout_s: 4,
+        init_timeout_s: 5,
         echo_field: "event",
         hold: gate,
     })
