@@ -230,7 +230,22 @@ async fn boto3_invokes_get_payloads_function_errors_and_throttles() {
     assert_eq!(held.outcome(), lmi_proto::v1::InvokeOutcome::Success);
     wait_for_files(later.path(), 1).await;
 
-    agent.stop_and_assert_clean(&[env.pid]);
+    // A function whose only environment never finishes init: the throttle names that, not concurrency.
+    let mut mute = python_spec("unready", "unused");
+    mute.runtime = "provided.al2023".into();
+    mute.code = Some(lmi_proto::v1::Code {
+        source: Some(lmi_proto::v1::code::Source::Directory(
+            fixtures("provided/mute").display().to_string(),
+        )),
+        sha256: String::new(),
+    });
+    let unready = agent.create(mute).await;
+    let r = boto3(addr, json!([{"function": "unready", "payload": {}}]));
+    assert_eq!(r[0]["exception"], "TooManyRequestsException", "{:?}", r[0]);
+    assert_eq!(r[0]["status"], 429);
+    assert_eq!(r[0]["reason"], "NO_READY_ENVIRONMENT", "{:?}", r[0]);
+
+    agent.stop_and_assert_clean(&[env.pid, unready.pid]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -352,11 +352,17 @@ async fn an_oom_kill_ends_in_flight_invokes_with_out_of_memory() {
     agent.stop_and_assert_clean(&[env.pid, other.pid]);
 }
 
+/// A runtime that never polls: while it initializes and after its init timeout fails it, an invoke is
+/// throttled as NO_READY_ENVIRONMENT (not CONCURRENCY); the failure is logged at WARN with its reason and
+/// counted in /metrics by reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runtime_that_never_polls_times_out_its_init() {
     require_root!();
+    let port = free_loopback_port();
     let mut agent = TestAgent::start_with(AgentOptions {
-        extra_config: "[environments]\ninit_timeout_seconds = 1".into(),
+        extra_config: format!(
+            "metrics_listen = \"127.0.0.1:{port}\"\n[environments]\ninit_timeout_seconds = 2\n"
+        ),
         ..Default::default()
     })
     .await;
@@ -375,9 +381,68 @@ async fn a_runtime_that_never_polls_times_out_its_init() {
         ..Default::default()
     };
     let created = agent.create(spec).await;
+    let not_ready = |s: tonic::Status| {
+        assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+        assert_eq!(
+            s.metadata().get("lmi-throttle-reason").unwrap(),
+            "NO_READY_ENVIRONMENT"
+        );
+        let details = pb::ThrottleDetails::decode(s.details()).unwrap();
+        assert_eq!(details.reason(), pb::ThrottleReason::NoReadyEnvironment);
+        assert!(details.message.contains("is READY"), "{}", details.message);
+    };
+    // Initializing (or, on a very slow machine, already failed: the same reason either way).
+    not_ready(
+        agent
+            .invoke("mute", serde_json::json!({}))
+            .await
+            .unwrap_err(),
+    );
     let env = agent.wait_state(&created.id, &[St::Failed]).await;
     let f = env.failure.unwrap();
     assert_eq!(f.error_type, "Runtime.InitTimeout");
+    not_ready(
+        agent
+            .invoke("mute", serde_json::json!({}))
+            .await
+            .unwrap_err(),
+    );
+
+    let metrics = scrape_metrics(port).await;
+    let fails = |reason| {
+        metric_value(
+            &metrics,
+            "lmi_environment_failures_total",
+            &[("function", "mute"), ("reason", reason)],
+        )
+    };
+    assert_eq!(fails("init_timeout"), Some(1.0), "{metrics}");
+    assert_eq!(fails("runtime_exit"), Some(0.0), "{metrics}");
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "lmi_no_ready_environment_throttles_total",
+            &[("function", "mute")]
+        ),
+        Some(2.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_value(&metrics, "lmi_throttles_total", &[("function", "mute")]),
+        Some(2.0)
+    );
+    // One WARN line, with the reason, for the failure.
+    let warned: Vec<serde_json::Value> = agent
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v["message"] == "environment failed")
+        .collect();
+    assert_eq!(warned.len(), 1, "{}", agent.log());
+    assert_eq!(warned[0]["level"], "WARN");
+    assert_eq!(warned[0]["env"], created.id.as_str());
+    assert_eq!(warned[0]["error_type"], "Runtime.InitTimeout");
+    assert_eq!(warned[0]["reason"], "init_timeout");
     agent.stop_and_assert_clean(&[created.pid]);
 }
 

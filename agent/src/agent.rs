@@ -26,6 +26,7 @@ use crate::{
     invocation::{Event, Outcome},
     launch::{self, LaunchContext, LaunchError, Spawner},
     logs::{LogPipeline, PendingCapture},
+    request_id::{self, InFlightIds},
     runtime_api::{RuntimeApi, MAX_RESPONSE_BYTES},
     sampler::{Sampler, Snapshot},
     sandbox::{self, confine::Confinement, mounts, EnvironmentSandbox, Sandbox, SandboxError},
@@ -159,6 +160,8 @@ pub struct Agent {
     /// Environments of a previous life of the agent, found in the state directory at start-up: stopped and
     /// cleaned up, shown FAILED until the control plane deletes them.
     lost: RwLock<HashMap<String, lmi_proto::v1::Environment>>,
+    /// Caller-chosen request ids of the invokes running here.
+    caller_ids: InFlightIds,
 }
 
 /// Error type of an environment that a previous life of the agent left behind.
@@ -221,6 +224,7 @@ impl Agent {
             instance_id: uuid::Uuid::new_v4().to_string(),
             state,
             lost: RwLock::new(HashMap::new()),
+            caller_ids: InFlightIds::default(),
         })
     }
 
@@ -673,6 +677,9 @@ impl Agent {
             init_timeout,
             stop_timeout: self.config.environments.stop_timeout(),
             state: self.state.clone(),
+            stats: self
+                .stats
+                .function(&env.spec.function_name, &env.spec.version),
         }));
         Ok(env)
     }
@@ -783,17 +790,10 @@ impl Agent {
         } else {
             input.version
         };
-        let request_id = match input.request_id {
-            Some(id) if !id.is_empty() => {
-                if id.len() > 128 || !id.bytes().all(|b| b.is_ascii_graphic()) || id.contains('/') {
-                    return Err(InvokeError::Invalid(
-                        "request_id must be 1-128 visible ASCII characters without '/'".to_owned(),
-                    ));
-                }
-                id
-            }
-            _ => uuid::Uuid::new_v4().to_string(),
-        };
+        let chosen = input.request_id.filter(|id| !id.is_empty());
+        if let Some(id) = &chosen {
+            request_id::validate(id).map_err(InvokeError::Invalid)?;
+        }
         for (name, value) in [
             ("client_context", &input.client_context),
             ("trace_id", &input.trace_id),
@@ -810,6 +810,15 @@ impl Agent {
         if self.is_draining() {
             return Err(InvokeError::Draining);
         }
+        // A caller-chosen id is held host-wide for the whole invoke: the same id cannot run on two
+        // environments at once (each broker only knows its own).
+        let (request_id, _held) = match chosen {
+            Some(id) => match self.caller_ids.hold(&id) {
+                Some(held) => (id, Some(held)),
+                None => return Err(InvokeError::DuplicateRequestId(id)),
+            },
+            None => (uuid::Uuid::new_v4().to_string(), None),
+        };
         let envs = self
             .read()
             .by_function
@@ -869,12 +878,18 @@ impl Agent {
         stats.throttled(reason);
         let ready = envs.iter().filter(|e| e.state() == State::Ready).count();
         let message = match reason {
-            _ if ready == 0 => format!(
-                "none of the {} environments of {}:{} is READY",
-                envs.len(),
-                input.function_name,
-                version
-            ),
+            ThrottleReason::NoReadyEnvironment => {
+                let initializing = envs
+                    .iter()
+                    .filter(|e| e.state() == State::Initializing)
+                    .count();
+                format!(
+                    "none of the {} environments of {}:{} is READY ({initializing} initializing, the others failed or draining)",
+                    envs.len(),
+                    input.function_name,
+                    version
+                )
+            }
             ThrottleReason::Concurrency => format!(
                 "all {ready} READY environments of {}:{} are at their max concurrency",
                 input.function_name, version

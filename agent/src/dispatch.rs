@@ -11,6 +11,8 @@ pub enum ThrottleReason {
     Cpu,
     Memory,
     Disk,
+    /// The version has environments here, but none is READY (initializing, draining or failed).
+    NoReadyEnvironment,
 }
 
 impl ThrottleReason {
@@ -21,6 +23,7 @@ impl ThrottleReason {
             ThrottleReason::Cpu => "CPU",
             ThrottleReason::Memory => "MEMORY",
             ThrottleReason::Disk => "DISK",
+            ThrottleReason::NoReadyEnvironment => "NO_READY_ENVIRONMENT",
         }
     }
 }
@@ -55,13 +58,16 @@ fn saturated_reason(s: Saturation) -> Option<ThrottleReason> {
 /// Plans an invoke over the environments of one function version.
 ///
 /// Load order: in-flight share of each environment's limit, ascending (ties: creation order). The throttle
-/// reason, if nothing can take the invoke: when some READY environment had a free slot, the saturated
-/// resource that excluded the last of them (in load order); otherwise `CONCURRENCY`.
+/// reason, if nothing can take the invoke: `NO_READY_ENVIRONMENT` when none is READY; when some READY
+/// environment had a free slot, the saturated resource that excluded the last of them (in load order);
+/// otherwise `CONCURRENCY`.
 pub fn plan(envs: &[Arc<Environment>]) -> Plan<'_> {
+    let mut any_ready = false;
     let mut open: Vec<(u64, usize, &Arc<Environment>, Saturation)> = envs
         .iter()
         .enumerate()
         .filter(|(_, e)| e.state() == State::Ready)
+        .inspect(|_| any_ready = true)
         .filter_map(|(i, e)| {
             let (n, max) = (e.broker.in_flight(), e.broker.max());
             // Share of the limit in parts per million, compared as integers.
@@ -84,7 +90,11 @@ pub fn plan(envs: &[Arc<Environment>]) -> Plan<'_> {
         .iter()
         .rev()
         .find_map(|(_, _, _, s)| saturated_reason(*s))
-        .unwrap_or(ThrottleReason::Concurrency);
+        .unwrap_or(if any_ready {
+            ThrottleReason::Concurrency
+        } else {
+            ThrottleReason::NoReadyEnvironment
+        });
     Plan {
         candidates: open
             .into_iter()
@@ -93,5 +103,61 @@ pub fn plan(envs: &[Arc<Environment>]) -> Plan<'_> {
             .collect(),
         first_choice_saturated,
         throttle,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{plan, ThrottleReason};
+    use crate::{environment::testing::environment, invocation::Event, runtime_api::RuntimeEvents};
+
+    fn event(id: &str) -> Event {
+        Event::new(
+            id.to_owned(),
+            bytes::Bytes::new(),
+            Duration::from_secs(60),
+            String::new(),
+            None,
+            None,
+        )
+    }
+
+    #[test]
+    fn none_ready_is_its_own_reason_not_concurrency() {
+        let initializing = environment("f", 2);
+        let failed = environment("f", 2);
+        failed.fail(crate::invocation::ErrorInfo::new(
+            "Runtime.ExitError",
+            "gone",
+        ));
+        let envs = [initializing, failed];
+        let p = plan(&envs);
+        assert!(p.candidates.is_empty());
+        assert_eq!(p.throttle, ThrottleReason::NoReadyEnvironment);
+        assert_eq!(p.throttle.as_str(), "NO_READY_ENVIRONMENT");
+    }
+
+    #[test]
+    fn ready_environments_at_their_limit_are_a_concurrency_throttle() {
+        let full = environment("f", 1);
+        full.polled();
+        let _held = full.broker.submit(event("a")).expect("a free slot");
+        let initializing = environment("f", 1);
+        let envs = [full, initializing];
+        let p = plan(&envs);
+        assert!(p.candidates.is_empty());
+        assert_eq!(p.throttle, ThrottleReason::Concurrency);
+    }
+
+    #[test]
+    fn a_ready_environment_with_a_free_slot_is_a_candidate() {
+        let ready = environment("f", 1);
+        ready.polled();
+        let envs = [environment("f", 1), ready];
+        let p = plan(&envs);
+        assert_eq!(p.candidates.len(), 1);
+        assert!(p.first_choice_saturated.is_none());
     }
 }

@@ -80,6 +80,8 @@ impl ErrorInfo {
 pub const RUNTIME_EXIT_ERROR: &str = "Runtime.ExitError";
 /// Error type of an environment whose runtime was killed for lack of memory.
 pub const RUNTIME_OUT_OF_MEMORY: &str = "Runtime.OutOfMemory";
+/// Error type of an environment whose runtime did not finish init (its first `/next`) in time.
+pub const RUNTIME_INIT_TIMEOUT: &str = "Runtime.InitTimeout";
 
 /// The one way an invoke ends (a throttle never reaches an environment, so it is not here).
 #[derive(Debug, Clone, PartialEq, Eq)]

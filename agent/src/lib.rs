@@ -16,6 +16,7 @@
 //! - [`sandbox`]: each environment's uid, mount and network namespaces, and no privileges.
 //! - [`supervisor`]: the task that owns a runtime process from spawn to cleanup.
 //! - [`invocation`]: an invoke's event and its single outcome.
+//! - [`request_id`]: which request ids a caller may choose; caller-chosen ids in flight on the host.
 //! - [`broker`]: the per-environment exchange between callers and the runtime's pollers.
 //! - [`runtime_api`]: the Lambda Runtime API server each runtime talks to.
 //! - [`dispatch`]: admission: choosing an environment for an invoke, redirects and throttle reasons.
@@ -54,6 +55,7 @@ pub mod logs;
 pub mod metrics;
 pub mod notify;
 pub mod report;
+pub mod request_id;
 pub mod runtime_api;
 pub mod sampler;
 pub mod sandbox;

@@ -9,8 +9,10 @@
 //! | ExecutionEnvironmentConcurrency(Limit) | `lmi_execution_environment_concurrency`, `…_concurrency_limit` |
 //! | ExecutionEnvironmentCPU/MemoryUtilization | `lmi_execution_environment_cpu_utilization_ratio`, `…_memory_…` |
 //! | Throttles, ConcurrencyThrottles, CPUThrottles, MemoryThrottles, DiskThrottles | `lmi_throttles_total`, `lmi_concurrency_throttles_total`, `lmi_cpu_throttles_total`, `lmi_memory_throttles_total`, `lmi_disk_throttles_total` |
+//! | (none: a reason of this agent's own) | `lmi_no_ready_environment_throttles_total` |
 //!
-//! plus `lmi_redirects_total`, `lmi_invocations_total{outcome}` and `lmi_invoke_duration_seconds`.
+//! plus `lmi_redirects_total`, `lmi_invocations_total{outcome}`, `lmi_environment_failures_total{reason}` and
+//! `lmi_invoke_duration_seconds`.
 
 use std::{convert::Infallible, fmt::Write as _, net::SocketAddr, sync::Arc};
 
@@ -24,7 +26,7 @@ use crate::{
     agent::Agent,
     control::hostname,
     report::ReportBuilder,
-    stats::{LATENCY_BUCKETS, OUTCOMES},
+    stats::{FAILURE_REASONS, LATENCY_BUCKETS, OUTCOMES},
 };
 
 fn escape(v: &str) -> String {
@@ -150,7 +152,7 @@ pub fn render(agent: &Agent) -> String {
 
     let stats = agent.stats().all();
     type Count = fn(&crate::stats::FunctionCounts) -> u64;
-    let counters: [(&str, &str, Count); 6] = [
+    let counters: [(&str, &str, Count); 7] = [
         (
             "lmi_throttles_total",
             "Invokes throttled, any reason (each also counted under exactly one reason).",
@@ -177,6 +179,11 @@ pub fn render(agent: &Agent) -> String {
             |c| c.throttles.disk,
         ),
         (
+            "lmi_no_ready_environment_throttles_total",
+            "Invokes throttled because no environment of the version was READY (initializing or failed).",
+            |c| c.throttles.no_ready_environment,
+        ),
+        (
             "lmi_redirects_total",
             "Invokes sent to another environment because the first choice was saturated.",
             |c| c.redirects,
@@ -200,6 +207,20 @@ pub fn render(agent: &Agent) -> String {
                 "lmi_invocations_total",
                 &[("function", f), ("version", v), ("outcome", outcome)],
                 c.outcomes[i] as f64,
+            );
+        }
+    }
+    o.family(
+        "lmi_environment_failures_total",
+        "counter",
+        "Execution environments that failed, by reason (init_timeout, init_error, runtime_exit, out_of_memory).",
+    );
+    for ((f, v), c) in &counts {
+        for (i, reason) in FAILURE_REASONS.iter().enumerate() {
+            o.sample(
+                "lmi_environment_failures_total",
+                &[("function", f), ("version", v), ("reason", reason)],
+                c.failures[i] as f64,
             );
         }
     }

@@ -53,6 +53,7 @@ fn throttles(t: ThrottleCounts) -> Option<pb::ThrottleCounts> {
         cpu: t.cpu,
         memory: t.memory,
         disk: t.disk,
+        no_ready_environment: t.no_ready_environment,
     })
 }
 

@@ -23,6 +23,27 @@ pub const LATENCY_BUCKETS: [f64; 16] = [
 /// Outcome kinds counted per function version.
 pub const OUTCOMES: [&str; 4] = ["success", "function_error", "timeout", "runtime_failure"];
 
+/// Why environments failed, as counted per function version. A bounded set (a metrics label): the error type
+/// itself may be any string a runtime reports through `/init/error`.
+pub const FAILURE_REASONS: [&str; 4] = [
+    "init_timeout",
+    "init_error",
+    "runtime_exit",
+    "out_of_memory",
+];
+
+/// The [`FAILURE_REASONS`] entry of an environment failure's error type.
+pub fn failure_reason(error_type: &str) -> &'static str {
+    use crate::invocation::{RUNTIME_EXIT_ERROR, RUNTIME_INIT_TIMEOUT, RUNTIME_OUT_OF_MEMORY};
+    match error_type {
+        RUNTIME_INIT_TIMEOUT => "init_timeout",
+        RUNTIME_EXIT_ERROR => "runtime_exit",
+        RUNTIME_OUT_OF_MEMORY => "out_of_memory",
+        // Anything else was reported by the runtime itself (`/init/error`).
+        _ => "init_error",
+    }
+}
+
 /// Throttle counts; `total` is the sum of the reasons (each throttle counted once in total and once in
 /// exactly one reason, as LMI's `Throttles` metric and its four reason metrics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -32,6 +53,7 @@ pub struct ThrottleCounts {
     pub cpu: u64,
     pub memory: u64,
     pub disk: u64,
+    pub no_ready_environment: u64,
 }
 
 impl ThrottleCounts {
@@ -43,6 +65,9 @@ impl ThrottleCounts {
             cpu: self.cpu.saturating_sub(earlier.cpu),
             memory: self.memory.saturating_sub(earlier.memory),
             disk: self.disk.saturating_sub(earlier.disk),
+            no_ready_environment: self
+                .no_ready_environment
+                .saturating_sub(earlier.no_ready_environment),
         }
     }
 }
@@ -53,6 +78,7 @@ struct Throttles {
     cpu: AtomicU64,
     memory: AtomicU64,
     disk: AtomicU64,
+    no_ready_environment: AtomicU64,
 }
 
 impl Throttles {
@@ -62,6 +88,7 @@ impl Throttles {
             ThrottleReason::Cpu => &self.cpu,
             ThrottleReason::Memory => &self.memory,
             ThrottleReason::Disk => &self.disk,
+            ThrottleReason::NoReadyEnvironment => &self.no_ready_environment,
         }
         .fetch_add(1, Relaxed);
     }
@@ -73,9 +100,10 @@ impl Throttles {
             cpu: self.cpu.load(Relaxed),
             memory: self.memory.load(Relaxed),
             disk: self.disk.load(Relaxed),
+            no_ready_environment: self.no_ready_environment.load(Relaxed),
         };
         ThrottleCounts {
-            total: c.concurrency + c.cpu + c.memory + c.disk,
+            total: c.concurrency + c.cpu + c.memory + c.disk + c.no_ready_environment,
             ..c
         }
     }
@@ -135,6 +163,7 @@ pub struct FunctionStats {
     throttles: Throttles,
     redirects: AtomicU64,
     outcomes: [AtomicU64; OUTCOMES.len()],
+    failures: [AtomicU64; FAILURE_REASONS.len()],
     pub latency: Histogram,
 }
 
@@ -145,6 +174,8 @@ pub struct FunctionCounts {
     pub redirects: u64,
     /// Per [`OUTCOMES`].
     pub outcomes: [u64; OUTCOMES.len()],
+    /// Environments failed, per [`FAILURE_REASONS`].
+    pub failures: [u64; FAILURE_REASONS.len()],
 }
 
 impl FunctionCounts {
@@ -170,11 +201,20 @@ impl FunctionStats {
         self.latency.observe(took);
     }
 
+    /// Records an environment of this version that failed with `error_type`.
+    pub fn environment_failed(&self, error_type: &str) {
+        let reason = failure_reason(error_type);
+        if let Some(i) = FAILURE_REASONS.iter().position(|r| *r == reason) {
+            self.failures[i].fetch_add(1, Relaxed);
+        }
+    }
+
     pub fn counts(&self) -> FunctionCounts {
         FunctionCounts {
             throttles: self.throttles.counts(),
             redirects: self.redirects.load(Relaxed),
             outcomes: std::array::from_fn(|i| self.outcomes[i].load(Relaxed)),
+            failures: std::array::from_fn(|i| self.failures[i].load(Relaxed)),
         }
     }
 }
@@ -251,19 +291,21 @@ mod tests {
         f.throttled(ThrottleReason::Cpu);
         f.throttled(ThrottleReason::Cpu);
         f.throttled(ThrottleReason::Disk);
+        f.throttled(ThrottleReason::NoReadyEnvironment);
         s.function("g", "1").throttled(ThrottleReason::Concurrency);
         let c = f.counts().throttles;
         assert_eq!(
             c,
             ThrottleCounts {
-                total: 3,
+                total: 4,
                 concurrency: 0,
                 cpu: 2,
                 memory: 0,
-                disk: 1
+                disk: 1,
+                no_ready_environment: 1,
             }
         );
-        assert_eq!(s.totals().throttles.total, 4);
+        assert_eq!(s.totals().throttles.total, 5);
         let later = ThrottleCounts {
             total: 5,
             cpu: 3,
@@ -272,10 +314,31 @@ mod tests {
         assert_eq!(
             later.since(&c),
             ThrottleCounts {
-                total: 2,
+                total: 1,
                 cpu: 1,
                 ..Default::default()
             }
+        );
+    }
+
+    #[test]
+    fn environment_failures_count_under_a_bounded_reason() {
+        let f = FunctionStats::default();
+        f.environment_failed("Runtime.InitTimeout");
+        f.environment_failed("Runtime.ExitError");
+        f.environment_failed("Runtime.ImportModuleError");
+        f.environment_failed("whatever a runtime says");
+        f.environment_failed("Runtime.OutOfMemory");
+        let c = f.counts().failures;
+        let at = |r: &str| c[FAILURE_REASONS.iter().position(|x| *x == r).unwrap()];
+        assert_eq!(
+            (
+                at("init_timeout"),
+                at("init_error"),
+                at("runtime_exit"),
+                at("out_of_memory")
+            ),
+            (1, 2, 1, 1)
         );
     }
 

@@ -95,6 +95,7 @@ fn refusal(e: InvokeError) -> Refusal {
                 ThrottleReason::Cpu => pb::ThrottleReason::Cpu,
                 ThrottleReason::Memory => pb::ThrottleReason::Memory,
                 ThrottleReason::Disk => pb::ThrottleReason::Disk,
+                ThrottleReason::NoReadyEnvironment => pb::ThrottleReason::NoReadyEnvironment,
             };
             let details = pb::ThrottleDetails {
                 reason: wire.into(),
