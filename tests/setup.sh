@@ -133,4 +133,14 @@ if ! ric_built; then
     exit 1
   fi
 fi
+# AWS's own Go and Rust runtime clients (aws-lambda-go from the Go module proxy, the lambda_runtime crate),
+# unmodified, in provided.al2023 test functions: each fixture's build.sh builds its bootstrap into
+# $LMI_TEST_TOOLS (cached by a hash of its sources; the Rust build keeps its cargo target dir there too).
+LMI_TEST_TOOLS="$LMI_TEST_TOOLS" "$root/tests/fixtures/go-ric/build.sh"
+LMI_TEST_TOOLS="$LMI_TEST_TOOLS" "$root/tests/fixtures/rust-ric/build.sh"
+# AWS's own Java runtime client (com.amazonaws:aws-lambda-java-runtime-interface-client from Maven Central),
+# unmodified, in a provided.al2023 test function: the fixture's build.sh fetches the jars of its pom.xml once
+# with Maven into $LMI_TEST_TOOLS/java-ric and compiles the handlers (cached by a hash of its sources).
+have mvn || apt_install maven
+LMI_TEST_TOOLS="$LMI_TEST_TOOLS" "$root/tests/fixtures/java-ric/build.sh"
 echo "setup: ok"
