@@ -1,4 +1,6 @@
 """The Java shim's logs, exit statuses and log socket, against a stub Runtime API (no agent needed)."""
+import pytest
+from refusal_checks import check_refused_answers_leave_every_poller
 from shim_log_checks import check_concurrent_logs, check_error_is_logged, listen_for_log_streams
 
 HANDLER = "fixtures.Actions"
@@ -52,3 +54,13 @@ def test_next_answering_500_ends_the_process_with_1(stub, start_shim):
     stub.wait_parked(2, timeout=30)
     stub.fail_next(500)
     assert shim.proc.wait(30) == 1
+
+
+@pytest.mark.parametrize("refusal", [400, 410, 413, "close", "drop"])
+def test_a_refused_answer_leaves_every_poller(stub, start_shim, tmp_path, refusal):
+    """400/410/413 after the body, 413 with the body unread and the connection closed, or the connection
+    closed without an answer: logged, and every poller goes on."""
+    shim = start_shim(HANDLER, concurrency=4)
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    check_refused_answers_leave_every_poller(stub, shim, refusal, workers=4, gate_dir=gate)

@@ -4,6 +4,7 @@ import signal
 import time
 
 import pytest
+from refusal_checks import check_refused_answers_leave_every_poller
 
 ERROR_CT = "application/vnd.aws.lambda.error+json"
 
@@ -341,32 +342,14 @@ def test_workers_log_to_telemetry_socket(stub, start_shim, tmp_path):
         os.rmdir(os.path.dirname(path))
 
 
+
 @pytest.mark.parametrize("refusal", [400, 410, 413, "close", "drop"])
 def test_a_refused_answer_leaves_every_worker_polling(stub, start_shim, tmp_path, refusal):
     """400/410/413 after the body, 413 with the body unread and the connection closed, or the connection
     closed without an answer: the worker logs it and goes on polling; no worker is lost."""
-    shim = start_shim("oversize.handler", concurrency=4)
-    stub.wait_parked(4)
+    shim = start_shim("actions.handler", concurrency=4)
     pids = worker_pids(shim)
-    # Big enough that the answer cannot sit in the socket buffers: the stub that closes at once makes
-    # the writer see EPIPE/ECONNRESET.
-    rids = [stub.enqueue({"action": "big", "bytes": 8 * 1024 * 1024}) for _ in range(3)]
-    rids.append(stub.enqueue({"action": "raise", "message": "refused too"}))
-    with stub.cond:
-        for rid in rids:
-            stub.refuse[rid] = refusal
-    stub.wait_for(lambda: all(stub.refused.get(r, 0) >= 1 for r in rids), timeout=30)
-    # Every worker is back in /next (a worker lost on the way would leave fewer than 4 parked) ...
-    stub.wait_parked(4, timeout=30)
-    assert shim.proc.poll() is None
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    check_refused_answers_leave_every_poller(stub, shim, refusal, workers=4, gate_dir=gate)
     assert all(alive(p) for p in pids)
-    # ... and serves: 4 invokes that each wait until all 4 have started must run at once.
-    d = tmp_path / "gate"
-    d.mkdir()
-    gates = [stub.enqueue({"action": "gate", "dir": str(d), "count": 4, "max_s": 60})
-             for _ in range(4)]
-    bodies = [stub.wait_answer(g, timeout=60).json() for g in gates]
-    for b in bodies:
-        assert b["seen"] == sorted(gates)
-    warned = [r for r in shim.stderr_records() if r.get("level") == "WARN"]
-    assert warned, "the refusal was not logged"

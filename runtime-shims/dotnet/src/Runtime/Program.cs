@@ -202,17 +202,24 @@ namespace Lmi.Lambda.RuntimeSupport
                 }
                 LineWriter.DrainScope(scope);
                 int status;
-                string path;
-                if (error == null)
-                {
-                    path = "/response";
-                    status = await _client.RespondAsync(requestId, body, "application/json");
-                }
-                else
+                string path = error == null ? "/response" : "/error";
+                if (error != null)
                 {
                     JsonLog.Stdout(JsonLog.Record("ERROR", error.Message, null, requestId, error.Members()));
-                    path = "/error";
-                    status = await _client.ErrorAsync(requestId, error);
+                }
+                try
+                {
+                    status = error == null
+                        ? await _client.RespondAsync(requestId, body, "application/json")
+                        : await _client.ErrorAsync(requestId, error);
+                }
+                catch (Exception e)
+                {
+                    // The answer could not be delivered (the connection broke while it was posted): the invoke is
+                    // the Runtime API's to end; this loop goes on polling. If the Runtime API itself is gone, the
+                    // next /next says so.
+                    JsonLog.Diag("WARN", "answer not delivered: " + e.Message);
+                    return;
                 }
                 if (status >= 500)
                 {

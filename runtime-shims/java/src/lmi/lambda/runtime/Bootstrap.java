@@ -157,14 +157,20 @@ public final class Bootstrap {
                 }
                 LineCapture.drainCurrentThread();
                 int status;
-                String path;
-                if (error == null) {
-                    path = "/response";
-                    status = client.respond(requestId, body, "application/json");
-                } else {
+                String path = error == null ? "/response" : "/error";
+                if (error != null) {
                     JsonLog.stdout(JsonLog.record("ERROR", error.message, null, requestId, error.members()));
-                    path = "/error";
-                    status = client.error(requestId, error);
+                }
+                try {
+                    status = error == null
+                            ? client.respond(requestId, body, "application/json")
+                            : client.error(requestId, error);
+                } catch (IOException e) {
+                    // The answer could not be delivered (the connection broke while it was posted): the invoke
+                    // is the Runtime API's to end; this thread goes on polling. If the Runtime API itself is
+                    // gone, the next /next says so.
+                    JsonLog.diag("WARN", "answer not delivered: " + e.getMessage());
+                    return;
                 }
                 if (status >= 500) {
                     throw new IOException("POST " + path + " answered " + status);
