@@ -26,7 +26,7 @@ struct RpcStatus {
 /// A throttle as shown to the operator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Throttle {
-    /// CONCURRENCY, CPU, MEMORY, DISK or UNSPECIFIED.
+    /// CONCURRENCY, CPU, MEMORY, DISK, NO_READY_ENVIRONMENT or UNSPECIFIED.
     pub reason: String,
     pub retry_elsewhere: bool,
     pub message: String,
