@@ -274,7 +274,7 @@ async fn egress_reaches_a_server_outside_through_nat_but_not_the_host() {
     let table = NatTable::name_for(&agent.cgroup_parent);
     let listed = |t: &str| {
         std::process::Command::new("nft")
-            .args(["list", "table", "ip", t])
+            .args(["list", "table", NatTable::FAMILY, t])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status()

@@ -529,7 +529,7 @@ impl Drop for TestAgent {
             .args([
                 "delete",
                 "table",
-                "ip",
+                lmi_agent::sandbox::nat::NatTable::FAMILY,
                 &lmi_agent::sandbox::nat::NatTable::name_for(&self.cgroup_parent),
             ])
             .stderr(Stdio::null())

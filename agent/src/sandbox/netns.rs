@@ -5,6 +5,11 @@
 //! which brings the loopback up, binds the listener (a socket belongs to the namespace it was created in, for
 //! life) and ends. The agent's other threads, and the async runtime's pooled threads, never change namespace.
 //! The runtime joins the namespace with `setns` between `fork` and `exec` ([`NetworkNamespace::enter`]).
+//!
+//! IPv6 is off for every interface that later enters the namespace (its `default` configuration has
+//! `disable_ipv6 = 1`, which a moved-in veth end takes): the environment's `eth0` gets no address, not even a
+//! link-local one, so nothing on the host's side of the pair is reachable over IPv6. The namespace's own
+//! loopback keeps `::1` (it reaches only the namespace).
 
 use std::{
     fs::File,
@@ -30,6 +35,8 @@ impl NetworkNamespace {
             .spawn(move || -> io::Result<(Self, TcpListener)> {
                 nix::sched::unshare(CloneFlags::CLONE_NEWNET)?;
                 let fd = OwnedFd::from(File::open("/proc/thread-self/ns/net")?);
+                // Net sysctls are those of the calling thread's namespace: this one's.
+                disable_ipv6("default")?;
                 loopback_up()?;
                 let listener = TcpListener::bind(addr)?;
                 listener.set_nonblocking(true)?;
@@ -61,6 +68,25 @@ impl NetworkNamespace {
         }
         Ok(())
     }
+}
+
+/// Sets `net.ipv6.conf.<conf>.disable_ipv6 = 1` in the calling thread's network namespace (`conf` an
+/// interface name, `default` or `all`). A kernel without IPv6 has no such file: nothing to disable.
+pub fn disable_ipv6(conf: &str) -> io::Result<()> {
+    if !std::path::Path::new("/proc/sys/net/ipv6").exists() {
+        return Ok(());
+    }
+    let path = format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6");
+    std::fs::write(&path, "1").map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))
+}
+
+/// Reads `net.ipv6.conf.<conf>.disable_ipv6` of the calling thread's namespace (None without IPv6).
+pub fn ipv6_disabled(conf: &str) -> io::Result<Option<bool>> {
+    if !std::path::Path::new("/proc/sys/net/ipv6").exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6"))?;
+    Ok(Some(text.trim() == "1"))
 }
 
 /// Sets IFF_UP on `lo` of the calling thread's namespace (a new namespace's loopback is down, without

@@ -1,6 +1,10 @@
 //! An environment's link to the host: a veth pair whose host end (`lmi<hex address>`, address `.1` of the
 //! environment's /30) stays in the host's namespace and whose other end is `eth0` in the environment's
 //! namespace (address `.2`, default route via `.1`). Removing the host end removes the pair.
+//!
+//! Neither end has IPv6: `eth0` arrives in a namespace whose default turns it off ([`super::netns`]) and the
+//! host end has it turned off right after it is made (before any environment can be in the namespace), so
+//! neither gets a link-local address and the host's kernel drops any IPv6 packet that arrives on the pair.
 
 use super::{addresses::Link, netns::NetworkNamespace, tools::Tool};
 
@@ -36,7 +40,11 @@ impl Veth {
             addr = link.host,
         );
         let veth = Self { host_name };
-        if let Err(e) = ip.run(&["-batch", "-"], &host, None) {
+        let host_end = ip.run(&["-batch", "-"], &host, None).and_then(|()| {
+            super::netns::disable_ipv6(&veth.host_name)
+                .map_err(|e| format!("turning IPv6 off on {}: {e}", veth.host_name))
+        });
+        if let Err(e) = host_end {
             let _ = veth.remove(ip);
             return Err(e);
         }
@@ -83,5 +91,64 @@ mod tests {
         assert!(n.len() <= IFNAMSIZ_MAX);
         let m = Veth::host_name_for(std::net::Ipv4Addr::new(255, 255, 255, 253));
         assert_eq!(m, "lmifffffffd");
+    }
+
+    #[test]
+    fn neither_end_of_a_pair_has_ipv6() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipping: creating a veth pair needs root");
+            return;
+        }
+        let Some(ip) = Tool::find("ip") else {
+            eprintln!("skipping: no ip (tests/setup.sh installs iproute2)");
+            return;
+        };
+        if super::super::netns::ipv6_disabled("default")
+            .unwrap()
+            .is_none()
+        {
+            eprintln!("skipping: this kernel has no IPv6");
+            return;
+        }
+        let net = crate::sandbox::addresses::Subnet::parse(&format!(
+            "10.252.{}.0/28",
+            std::process::id() % 250
+        ))
+        .unwrap();
+        let link = crate::sandbox::addresses::AddressPool::new(net)
+            .allocate()
+            .unwrap();
+        let addr = "127.0.0.1:9001".parse().unwrap();
+        let (ns, _listener) = NetworkNamespace::with_listener(addr).unwrap();
+        let veth = Veth::create(&ip, &ns, &link).unwrap();
+        // The interfaces with an IPv6 address, in the calling thread's namespace.
+        let v6_interfaces = || -> Vec<String> {
+            std::fs::read_to_string("/proc/thread-self/net/if_inet6")
+                .unwrap()
+                .lines()
+                .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
+                .collect()
+        };
+        // The host end: off, no address (not even link-local).
+        assert_eq!(
+            super::super::netns::ipv6_disabled(veth.host_name()).unwrap(),
+            Some(true)
+        );
+        assert!(!v6_interfaces().contains(&veth.host_name().to_owned()));
+        // Inside: eth0 off and without address, loopback still ::1.
+        let fd = ns.raw_fd();
+        let inside = std::thread::spawn(move || {
+            NetworkNamespace::enter(fd).unwrap();
+            (
+                super::super::netns::ipv6_disabled("eth0").unwrap(),
+                super::super::netns::ipv6_disabled("lo").unwrap(),
+                v6_interfaces(),
+            )
+        })
+        .join()
+        .unwrap();
+        assert_eq!((inside.0, inside.1), (Some(true), Some(false)));
+        assert_eq!(inside.2, ["lo"], "only the loopback has an IPv6 address");
+        veth.remove(&ip).unwrap();
     }
 }
