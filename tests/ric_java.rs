@@ -309,6 +309,8 @@ async fn a_missing_handler_class_is_not_an_init_error_each_invoke_fails_instead(
         let e = r.error.unwrap();
         assert_eq!(e.error_type, "java.lang.ClassNotFoundException", "{e:?}");
         assert_eq!(e.error_message, "Class not found: fixtures.DoesNotExist");
+        // The client reports its own faults without a stack.
+        assert_eq!(e.stack_trace, Vec::<String>::new());
     }
     let env = agent.get(&env.id).await;
     assert_eq!(env.state(), St::Ready);
