@@ -517,14 +517,14 @@ async fn assert_none_lost(agent: &mut TestAgent, created: &[pb::Environment], wh
 ///   cargo test -p lmi-agent --test soak -- --nocapture environments_live
 /// ```
 ///
-/// Knobs: `LMI_LIFETIME_SOAK_SECONDS` (60), `LMI_SOAK_INIT_TIMEOUT` (3; the agent's
+/// Knobs: `LMI_LIFETIME_SOAK_SECONDS` (60), `LMI_SOAK_INIT_TIMEOUT` (8; the agent's
 /// `[environments] init_timeout_seconds`), `LMI_SOAK_IDLE_SECONDS` (init timeout + 2), `LMI_SOAK_BURST`
 /// (invokes per environment per burst, 48).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_environments_live_through_idle_gaps_and_bursts_across_runtimes() {
     require_root!();
     let seconds = knob("LMI_LIFETIME_SOAK_SECONDS", 60);
-    let init_timeout = knob("LMI_SOAK_INIT_TIMEOUT", 3).max(1);
+    let init_timeout = knob("LMI_SOAK_INIT_TIMEOUT", 8).max(1);
     let idle = knob("LMI_SOAK_IDLE_SECONDS", init_timeout + 2).max(init_timeout + 1);
     let per_burst = knob("LMI_SOAK_BURST", 48).max(u64::from(SOAK_CONCURRENCY));
     let port = free_loopback_port();
@@ -541,20 +541,23 @@ async fn soak_environments_live_through_idle_gaps_and_bursts_across_runtimes() {
         .into_iter()
         .map(Arc::new)
         .collect();
+    // One at a time: runtimes starting together on a busy host (a JVM, Mono) could legitimately miss the
+    // short init timeout, which is not what this soak is about.
     let mut created = Vec::new();
     for f in &functions {
-        created.push(agent.create(f.spec.clone()).await);
-    }
-    for e in &mut created {
-        *e = agent.wait_state(&e.id, &[St::Ready, St::Failed]).await;
-        assert_eq!(e.state(), St::Ready, "{e:?}\n{}", agent.log());
+        let e = agent.create_ready(f.spec.clone()).await;
+        println!(
+            "lifetime soak: {} init took {} ms (init timeout {init_timeout} s)",
+            f.name, e.init_duration_ms
+        );
+        created.push(e);
     }
 
     let started = Instant::now();
     let mut tallies: BTreeMap<&'static str, Tally> = BTreeMap::new();
     let mut samples: Vec<(f64, u64, usize)> = Vec::new();
     let mut cycle = 0u64;
-    while cycle == 0 || started.elapsed() < Duration::from_secs(seconds) {
+    while cycle < 2 || started.elapsed() < Duration::from_secs(seconds) {
         // A burst: every function at once, at its full concurrency.
         let client = agent.client.clone();
         let burst: Vec<_> = functions
@@ -607,9 +610,10 @@ async fn soak_environments_live_through_idle_gaps_and_bursts_across_runtimes() {
         println!("lifetime soak: {name}: {t:?}");
     }
     // Flat: the first sample (after one burst and one gap: connections, buffers and allocator warmed up) is the
-    // baseline; at the same quiescent point of every later cycle the agent holds no more descriptors, and its
-    // memory stays within the same generous bound as the fault soak's (a leak per invoke or per cycle would
-    // grow with the run).
+    // baseline. At the same quiescent point of every later cycle the agent holds at most one descriptor more
+    // per function (a runtime's client may open one more keep-alive connection to its Runtime API over the
+    // first bursts: the Node shim's pool grows so, then stays), and its memory stays within the same generous
+    // bound as the fault soak's. A leak per invoke, or per cycle over a long run, grows past both.
     let (_, rss_base, fds_base) = samples[0];
     let (rss_max, fds_max) = samples
         .iter()
@@ -624,7 +628,7 @@ async fn soak_environments_live_through_idle_gaps_and_bursts_across_runtimes() {
         3 * idle,
     );
     assert!(
-        samples.iter().all(|s| s.2 <= fds_base),
+        samples.iter().all(|s| s.2 <= fds_base + functions.len()),
         "the agent's descriptors grew: {samples:?}"
     );
     assert!(
