@@ -344,30 +344,32 @@ async fn an_oversized_answer_is_response_size_too_large_and_every_thread_survive
     let env = agent
         .create_ready(ric_spec("jric-huge", HANDLER, N as u32))
         .await;
-    // N answers of 6.5 MiB at once, so that every thread of the client is refused once.
-    let calls: Vec<_> = (0..N)
-        .map(|_| {
-            tokio::spawn(invoke(
-                agent.client.clone(),
-                "jric-huge",
-                json!({"action": "big", "bytes": 6_815_744}),
-            ))
-        })
-        .collect();
-    for c in calls {
-        let r = c.await.unwrap().unwrap();
-        assert_eq!(r.outcome(), Out::FunctionError, "{r:?}");
-        let e = r.error.unwrap();
-        assert_eq!(e.error_type, "Function.ResponseSizeTooLarge", "{e:?}");
+    // Rounds of N answers of 6.5 MiB, each round after a rendezvous: every thread of the client is refused
+    // once per round.
+    const ROUNDS: usize = 2;
+    for _ in 0..ROUNDS {
+        let dir = shared_dir();
+        let mut event = gate(dir.path(), N, 60);
+        event["action"] = json!("big");
+        event["bytes"] = json!(6_815_744);
+        let calls: Vec<_> = (0..N)
+            .map(|_| tokio::spawn(invoke(agent.client.clone(), "jric-huge", event.clone())))
+            .collect();
+        for c in calls {
+            let r = c.await.unwrap().unwrap();
+            assert_eq!(r.outcome(), Out::FunctionError, "{r:?}");
+            let e = r.error.unwrap();
+            assert_eq!(e.error_type, "Function.ResponseSizeTooLarge", "{e:?}");
+        }
     }
-    // Each refused thread received the Runtime API's 413 (a broken connection would be code -1) and logged
-    // it.
+    // Each refusal reached the client as the Runtime API's 413 (a broken connection would be code -1), which
+    // it logs.
     let socket = agent.socket.clone();
     let records = tokio::task::spawn_blocking(move || {
         let refused = std::sync::atomic::AtomicUsize::new(0);
         follow_logs(&socket, "jric-huge", |r| {
             text(r).contains("Failed to post invocation response")
-                && refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == N
+                && refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == ROUNDS * N
         })
     })
     .await
