@@ -31,12 +31,28 @@ pub struct Ric {
 }
 
 impl Ric {
-    /// `$LMI_TEST_TOOLS/<dir>/task`, built by `tests/fixtures/<dir>/build.sh` (run by tests/setup.sh).
+    /// `$LMI_TEST_TOOLS/<dir>/task`, built by `tests/fixtures/<dir>/build.sh` (tests/setup.sh runs it; it is
+    /// run again here, once per test binary, so a changed fixture is rebuilt: unchanged, it returns at once).
     fn built(name: &'static str, dir: &str) -> Self {
+        static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+        let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+        if !built.iter().any(|d| d == dir) {
+            let out = Command::new(fixtures(dir).join("build.sh"))
+                .env("LMI_TEST_TOOLS", test_tools())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "tests/fixtures/{dir}/build.sh failed:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            built.push(dir.to_owned());
+        }
         let code = test_tools().join(dir).join("task");
         assert!(
             code.join("bootstrap").is_file(),
-            "{} is missing: run tests/setup.sh (it runs tests/fixtures/{dir}/build.sh)",
+            "{} is missing after tests/fixtures/{dir}/build.sh",
             code.join("bootstrap").display()
         );
         Self { name, code }
@@ -74,15 +90,27 @@ pub async fn rendezvous(agent: &TestAgent, function: &str, n: usize) -> BTreeSet
     let mut ids = BTreeSet::new();
     let mut seen = Vec::new();
     for c in calls {
-        let r = c.await.unwrap().unwrap_or_else(|s| {
-            panic!("a rendezvous of {n} on {function}: {s:?}\n{}", agent.log())
-        });
-        assert_eq!(
-            r.outcome(),
-            Out::Success,
-            "a rendezvous of {n} on {function}: {r:?}\n{}",
-            agent.log()
-        );
+        let r = match c.await.unwrap() {
+            Ok(r) if r.outcome() == Out::Success => r,
+            other => {
+                let envs = agent
+                    .client
+                    .clone()
+                    .list_environments(pb::ListEnvironmentsRequest {
+                        function_name: function.into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .environments;
+                let mut lines = String::new();
+                for e in &envs {
+                    lines += &last_lines(agent, function, &e.id).await;
+                }
+                panic!("a rendezvous of {n} on {function}: {other:?}; the runtime's last lines:\n{lines}")
+            }
+        };
         let v = payload_json(&r);
         assert_eq!(v["requestId"], r.request_id.as_str(), "{v}");
         seen.push(
@@ -218,12 +246,14 @@ pub async fn timeout_then_serving(ric: &Ric) {
     // The agent keeps the slot until the runtime has answered (late): its return is the sign the late
     // answer was received (and, for a client that dies of the status it got, that it has died).
     let env_now = wait_idle(&mut agent, &env.id).await;
-    assert_eq!(
-        env_now.state(),
-        State::Ready,
-        "after the late answer: {:?}",
-        env_now.failure
-    );
+    if env_now.state() != State::Ready {
+        panic!(
+            "after the late answer: {:?} {:?}; the runtime's last lines:\n{}",
+            env_now.state(),
+            env_now.failure,
+            last_lines(&agent, &function, &env.id).await
+        );
+    }
     rendezvous(&agent, &function, N as usize).await;
     assert_serving(&mut agent, &env).await;
     agent.delete(&env.id).await;
@@ -309,7 +339,12 @@ pub async fn oversized_answers_keep_every_poller(ric: &Ric) {
             )
             .await
             .unwrap();
-        assert_eq!(r.outcome(), Out::FunctionError, "answer {i}: {r:?}");
+        if r.outcome() != Out::FunctionError {
+            panic!(
+                "answer {i}: {r:?}; the runtime's last lines:\n{}",
+                last_lines(&agent, &function, &env.id).await
+            );
+        }
         let e = r.error.unwrap();
         assert_eq!(
             e.error_type, "Function.ResponseSizeTooLarge",
@@ -344,6 +379,26 @@ pub async fn logged_record(ric: &Ric) -> (Value, String) {
     assert_eq!(hits.len(), 1, "one record with {marker}: {records:#?}");
     agent.stop_and_assert_clean(&[env.pid]);
     (hits.into_iter().next().unwrap(), r.request_id)
+}
+
+/// For a failure message: the last function log records of an environment that failed (its capture
+/// has ended, so its records are all written), or a note when it has not failed.
+pub async fn last_lines(agent: &TestAgent, function: &str, env_id: &str) -> String {
+    let env = agent
+        .client
+        .clone()
+        .get_environment(pb::GetEnvironmentRequest { id: env_id.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    if env.state() != State::Failed {
+        return "(the environment has not failed)".into();
+    }
+    let records = logs_until_end(agent, function, env_id).await;
+    records[records.len().saturating_sub(12)..]
+        .iter()
+        .map(|r| format!("{}\n", r["message"]))
+        .collect()
 }
 
 /// Every record of `function` that `lmictl logs --follow` prints until the end record of `env_id` (the
