@@ -213,7 +213,7 @@ async fn a_java_environment_lives_past_its_init_and_function_timeouts() {
             "fixtures.Actions::handleRequest",
             &built_fixture("java"),
         ),
-        init_timeout_s: 5,
+        init_timeout_s: 6,
         echo_field: "event",
         hold: gate,
     })
