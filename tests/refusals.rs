@@ -1,6 +1,8 @@
 //! Refused answers reach the runtime, and cost it no poller (issue 12, point 2), on real runtimes behind the
 //! real agent: oversized answers (413 to the runtime, `Function.ResponseSizeTooLarge` to the caller) and late
-//! ones (410) on the Python and Node shims, and oversized answers on the official Python client.
+//! ones (410) on the Python and Node shims, and oversized answers on the official Python client. The agents
+//! here run in the refusing mode (`environments.refuse_late_and_oversized_answers`); the default answers both
+//! with 202 (the official Go client's tests run that).
 //!
 //! "No poller lost" is proved without timing: `max_concurrency` invokes that each wait until all of them
 //! have started (a rendezvous of files) can only finish if the runtime serves all of them at once.
@@ -120,29 +122,29 @@ async fn a_late_answer_costs_no_poller(mut agent: TestAgent, mut spec: pb::Envir
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_shim_oversized_answers_cost_no_poller() {
     require_root!();
-    oversized_answers_cost_no_poller(TestAgent::start().await, python("big-py")).await;
+    oversized_answers_cost_no_poller(refusing_agent().await, python("big-py")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_shim_oversized_answers_cost_no_poller() {
     require_root!();
-    oversized_answers_cost_no_poller(TestAgent::start().await, node("big-node")).await;
+    oversized_answers_cost_no_poller(refusing_agent().await, node("big-node")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_python_client_oversized_answers_cost_no_poller() {
     require_root!();
-    oversized_answers_cost_no_poller(TestAgent::start().await, python_ric("big-ric")).await;
+    oversized_answers_cost_no_poller(refusing_agent().await, python_ric("big-ric")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_shim_late_answer_costs_no_poller() {
     require_root!();
-    a_late_answer_costs_no_poller(TestAgent::start().await, python("late-py")).await;
+    a_late_answer_costs_no_poller(refusing_agent().await, python("late-py")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_shim_late_answer_costs_no_poller() {
     require_root!();
-    a_late_answer_costs_no_poller(TestAgent::start().await, node("late-node")).await;
+    a_late_answer_costs_no_poller(refusing_agent().await, node("late-node")).await;
 }

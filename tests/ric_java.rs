@@ -215,7 +215,8 @@ async fn a_function_error_reaches_the_caller_with_type_message_and_stack() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timed_out_invoke_leaves_the_client_serving_with_every_thread() {
     require_root!();
-    let mut agent = TestAgent::start().await;
+    // Refusing mode: the late answer gets 410 (the default answers 202), and the client survives it.
+    let mut agent = refusing_agent().await;
     let mut spec = ric_spec("jric-slow", HANDLER, 2);
     spec.timeout_seconds = 2;
     let env = agent.create_ready(spec).await;
@@ -340,7 +341,8 @@ async fn a_near_6_mb_payload_goes_both_ways() {
 async fn an_oversized_answer_is_response_size_too_large_and_every_thread_survives() {
     require_root!();
     const N: usize = 4;
-    let mut agent = TestAgent::start().await;
+    // Refusing mode: each oversized answer gets 413 (the default answers 202), and the client survives it.
+    let mut agent = refusing_agent().await;
     let env = agent
         .create_ready(ric_spec("jric-huge", HANDLER, N as u32))
         .await;

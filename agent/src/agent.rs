@@ -27,7 +27,7 @@ use crate::{
     launch::{self, LaunchContext, LaunchError, Spawner},
     logs::{LogPipeline, PendingCapture},
     request_id::{self, InFlightIds},
-    runtime_api::{RuntimeApi, MAX_RESPONSE_BYTES},
+    runtime_api::{RuntimeApi, SettledAnswers, MAX_RESPONSE_BYTES},
     sampler::{Sampler, Snapshot},
     sandbox::{self, confine::Confinement, mounts, EnvironmentSandbox, Sandbox, SandboxError},
     spec::{self, SpecDefaults, SpecError, LATEST},
@@ -598,7 +598,12 @@ impl Agent {
             s => Duration::from_secs(u64::from(s)),
         };
         let env = Environment::new(id, spec, addr, cgroup, Some(tmp), lease.take());
-        let api = RuntimeApi::new(env.broker.clone(), env.clone());
+        let settled = if self.config.environments.refuse_late_and_oversized_answers {
+            SettledAnswers::Refuse
+        } else {
+            SettledAnswers::Accept
+        };
+        let api = RuntimeApi::new(env.broker.clone(), env.clone()).with_settled_answers(settled);
         let api_server = tokio::spawn(api.serve(listener));
         phases.runtime_api += clock.lap();
 

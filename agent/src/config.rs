@@ -222,6 +222,10 @@ pub struct EnvironmentsConfig {
     pub pids_max: u64,
     /// Override of the init timeout (seconds); 0 = Lambda's max(130 s, function timeout).
     pub init_timeout_seconds: u32,
+    /// What the Runtime API answers a runtime's answer to an invoke the agent already ended (its caller timed
+    /// out, or the answer is over the size limit): false = 202, the body read and dropped (every official
+    /// client goes on polling); true = 410 / 413 as Lambda's emulator does (the official Go client exits).
+    pub refuse_late_and_oversized_answers: bool,
 }
 
 /// Where function log records go.
@@ -348,6 +352,7 @@ impl Default for EnvironmentsConfig {
             stop_timeout_ms: 2000,
             pids_max: 4096,
             init_timeout_seconds: 0,
+            refuse_late_and_oversized_answers: false,
         }
     }
 }

@@ -86,6 +86,22 @@ pub struct RuntimeApi {
     max_streamed: usize,
     header_timeout: std::time::Duration,
     max_connections: usize,
+    settled: SettledAnswers,
+}
+
+/// What the API answers a `/response` or `/error` for an invoke the agent has already ended: a late answer
+/// (its caller got `Sandbox.Timedout`) or one over the size limit (its caller got
+/// `Function.ResponseSizeTooLarge`). Either way the caller's outcome is settled and the body is read and
+/// dropped; only the status differs. See "Late and oversized answers" in `docs/ARCHITECTURE.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SettledAnswers {
+    /// 202: nothing is left for the runtime to do about it, and the official Go client exits on any other
+    /// status (taking every poller of the environment with it).
+    #[default]
+    Accept,
+    /// 410 `InvokeTimeout` for a late answer, 413 `RequestEntityTooLarge` for an oversized one, as Lambda's
+    /// emulator answers.
+    Refuse,
 }
 
 /// How long a connection may go without a complete request head. hyper counts idle keep-alive time too, and
@@ -108,7 +124,18 @@ impl RuntimeApi {
             max_streamed: MAX_STREAMED_RESPONSE_BYTES,
             header_timeout: HEADER_READ_TIMEOUT,
             max_connections: connection_cap(broker.max()),
+            settled: SettledAnswers::default(),
             broker,
+        })
+    }
+
+    /// The same API answering late and oversized answers as `settled` says.
+    pub fn with_settled_answers(self: Arc<Self>, settled: SettledAnswers) -> Arc<Self> {
+        Arc::new(Self {
+            broker: self.broker.clone(),
+            events: self.events.clone(),
+            settled,
+            ..*self
         })
     }
 
@@ -125,6 +152,7 @@ impl RuntimeApi {
             max_streamed: self.max_streamed,
             header_timeout,
             max_connections,
+            settled: self.settled,
         })
     }
 
@@ -280,11 +308,8 @@ impl RuntimeApi {
             Answer::TooLate => {
                 // The runtime finished a timed-out invoke: that frees its slot; the body is discarded.
                 self.broker.settle_late(id);
-                tracing::debug!(
-                    request_id = id,
-                    "runtime answer refused: the invoke timed out"
-                );
-                Some(too_late())
+                tracing::debug!(request_id = id, "late runtime answer: the invoke timed out");
+                Some(self.settled_status(too_late()))
             }
         }
     }
@@ -332,13 +357,13 @@ impl RuntimeApi {
                         format!("Response payload size exceeded maximum allowed payload size ({limit} bytes)."),
                     )),
                 );
-                tracing::debug!(request_id = id, limit, "runtime answer refused: too large");
+                tracing::debug!(request_id = id, limit, "runtime answer over the size limit");
                 return (
-                    error(
+                    self.settled_status(error(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         "RequestEntityTooLarge",
                         &format!("response payload exceeds {limit} bytes"),
-                    ),
+                    )),
                     Some(unread),
                 );
             }
@@ -369,7 +394,7 @@ impl RuntimeApi {
                 },
             },
         };
-        (answer_response(self.broker.answer(id, outcome)), None)
+        (self.answer_response(self.broker.answer(id, outcome)), None)
     }
 
     /// The answer's body was still incomplete past the invoke's deadline: the caller has (or now gets) its
@@ -409,11 +434,11 @@ impl RuntimeApi {
                     )),
                 );
                 return (
-                    error(
+                    self.settled_status(error(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         "RequestEntityTooLarge",
                         &format!("error payload exceeds {MAX_ERROR_BYTES} bytes"),
-                    ),
+                    )),
                     Some(unread),
                 );
             }
@@ -422,7 +447,7 @@ impl RuntimeApi {
             }
         };
         (
-            answer_response(self.broker.answer(id, Outcome::FunctionError(info))),
+            self.answer_response(self.broker.answer(id, Outcome::FunctionError(info))),
             None,
         )
     }
@@ -797,11 +822,22 @@ fn too_late() -> Response<Full<Bytes>> {
     )
 }
 
-fn answer_response(a: Answer) -> Response<Full<Bytes>> {
-    match a {
-        Answer::Accepted => accepted(),
-        Answer::Unknown => invalid_request_id(),
-        Answer::TooLate => too_late(),
+impl RuntimeApi {
+    /// The status of an answer to an invoke the agent already ended: `refusal` in [`SettledAnswers::Refuse`]
+    /// mode, else 202.
+    fn settled_status(&self, refusal: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+        match self.settled {
+            SettledAnswers::Accept => accepted(),
+            SettledAnswers::Refuse => refusal,
+        }
+    }
+
+    fn answer_response(&self, a: Answer) -> Response<Full<Bytes>> {
+        match a {
+            Answer::Accepted => accepted(),
+            Answer::Unknown => invalid_request_id(),
+            Answer::TooLate => self.settled_status(too_late()),
+        }
     }
 }
 

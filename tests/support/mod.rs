@@ -86,7 +86,7 @@ impl Default for AgentOptions {
 /// `[sandbox]` keys giving one test agent a /24 for its environments and a block of uids of its own,
 /// different for every agent of this process and, with high probability, from other test processes on the
 /// host (agents that run at once must not share addresses or uids).
-fn test_sandbox(n: usize) -> String {
+pub fn test_sandbox(n: usize) -> String {
     let seed = u64::from(std::process::id()).wrapping_mul(0x9E37_79B9_7F4A_7C15)
         ^ (n as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93)
         ^ u64::from(
@@ -555,7 +555,7 @@ pub fn process_alive(pid: u32) -> bool {
     }
 }
 
-fn find_dirs_named(root: &Path, name: &str, depth: usize) -> Vec<PathBuf> {
+pub fn find_dirs_named(root: &Path, name: &str, depth: usize) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let Ok(rd) = std::fs::read_dir(root) else {
         return out;
@@ -867,4 +867,15 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
             })
         })
         .and_then(|(_, v)| v.parse().ok())
+}
+
+/// An agent whose Runtime API refuses late answers with 410 and oversized ones with 413 (Lambda's emulator's
+/// statuses; `environments.refuse_late_and_oversized_answers`) instead of the default 202: the tests that show
+/// a runtime reads those refusals and keeps every poller.
+pub async fn refusing_agent() -> TestAgent {
+    TestAgent::start_with(AgentOptions {
+        extra_config: "[environments]\nrefuse_late_and_oversized_answers = true\n".into(),
+        ..Default::default()
+    })
+    .await
 }

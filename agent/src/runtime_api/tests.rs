@@ -56,10 +56,37 @@ async fn harness(max: u32) -> Harness {
     harness_with(max, HEADER_READ_TIMEOUT).await
 }
 
+/// The API in the mode that refuses late (410) and oversized (413) answers: most tests here check that a
+/// refusal's status reaches the runtime; [`accepting_harness`] runs the default mode.
 async fn harness_with(max: u32, header_timeout: Duration) -> Harness {
+    serve(
+        max,
+        header_timeout,
+        crate::runtime_api::SettledAnswers::Refuse,
+    )
+    .await
+}
+
+/// The default mode: a late or oversized answer is read, dropped and answered 202.
+async fn accepting_harness(max: u32) -> Harness {
+    serve(
+        max,
+        HEADER_READ_TIMEOUT,
+        crate::runtime_api::SettledAnswers::Accept,
+    )
+    .await
+}
+
+async fn serve(
+    max: u32,
+    header_timeout: Duration,
+    settled: crate::runtime_api::SettledAnswers,
+) -> Harness {
     let broker = Broker::new(max);
     let events = Arc::new(Recorder::default());
-    let api = RuntimeApi::new(broker.clone(), events.clone()).with_limits(header_timeout, 8);
+    let api = RuntimeApi::new(broker.clone(), events.clone())
+        .with_limits(header_timeout, 8)
+        .with_settled_answers(settled);
     let (l, addr) = RuntimeApi::bind_loopback().await.unwrap();
     let server = tokio::spawn(api.serve(l));
     Harness {
@@ -985,4 +1012,64 @@ async fn an_id_encoded_in_the_path_is_decoded_before_it_is_matched() {
     let r = c.read_reply().await;
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["errorType"], "InvalidRequestID");
+}
+
+/// The default mode: a late answer and an oversized one (declared, chunked, and an oversized error body) are
+/// read to their end and answered 202 on a connection that stays open, while the caller's outcome is what it
+/// is in the refusing mode: its timeout, or `Function.ResponseSizeTooLarge`. The official Go client exits on
+/// any other status.
+#[tokio::test]
+async fn by_default_late_and_oversized_answers_get_202_and_the_caller_its_outcome() {
+    let h = accepting_harness(4).await;
+    let mut c = RawConn::open(h.addr).await;
+
+    let late = submit(&h.broker, "late");
+    assert_eq!(next(h.addr).await.status, StatusCode::OK);
+    assert!(matches!(
+        late.wait(Duration::from_millis(10)).await,
+        Outcome::Timeout(_)
+    ));
+    c.write(&post_bytes(
+        "invocation/late/response",
+        &vec![b'y'; 1024 * 1024],
+    ))
+    .await;
+    let r = c.read_reply().await;
+    assert_eq!(r.status, 202);
+    assert_eq!(r.header("connection"), None);
+    assert_eq!(h.broker.in_flight(), 0, "the late answer frees the slot");
+
+    let big = vec![b'z'; MAX_RESPONSE_BYTES + 1024 * 1024];
+    for (id, request) in [
+        ("declared", post_bytes("invocation/declared/response", &big)),
+        (
+            "chunked",
+            post_chunked("invocation/chunked/response", &big, 256 * 1024),
+        ),
+        (
+            "error",
+            post_bytes("invocation/error/error", &vec![b'e'; MAX_ERROR_BYTES + 1]),
+        ),
+    ] {
+        let p = submit(&h.broker, id);
+        assert_eq!(next(h.addr).await.status, StatusCode::OK);
+        c.write(&request).await;
+        let r = c.read_reply().await;
+        assert_eq!(r.status, 202, "{id}");
+        assert_eq!(r.header("connection"), None, "{id}");
+        match p.wait(Duration::from_secs(5)).await {
+            Outcome::FunctionError(e) if id == "error" => {
+                assert!(e.message.contains("exceeded"), "{e:?}")
+            }
+            Outcome::FunctionError(e) => {
+                assert_eq!(e.error_type, "Function.ResponseSizeTooLarge", "{id}")
+            }
+            other => panic!("{id}: {other:?}"),
+        }
+    }
+    // An unknown id is still a runtime bug, and still refused.
+    c.write(&post_bytes("invocation/nope/response", b"{}"))
+        .await;
+    assert_eq!(c.read_reply().await.status, 400);
+    assert_still_serves(&h, &mut c).await;
 }
