@@ -1,6 +1,7 @@
 //! Turning a spec into a runtime process tree: the command from the catalog, the Lambda environment
 //! variables, and a spawn that places the child in its cgroup and its sandbox before `exec` (no window
-//! outside either) and in a process group of its own.
+//! outside either), in a process group of its own and, as PID 2 under a reaping init, in a PID namespace
+//! of its own ([`crate::sandbox::pidns`]).
 
 use std::{
     collections::BTreeMap,
@@ -10,7 +11,11 @@ use std::{
     process::Stdio,
 };
 
-use crate::{cgroup::Placement, sandbox::confine::Confinement, spec::ValidSpec};
+use crate::{
+    cgroup::Placement,
+    sandbox::{confine::Confinement, mounts::CgroupView, pidns},
+    spec::ValidSpec,
+};
 
 /// Why a runtime could not be planned.
 #[derive(Debug, thiserror::Error)]
@@ -180,7 +185,8 @@ pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
 /// Starts processes. A trait so that lifecycle logic can be exercised without creating processes.
 pub trait Spawner: Send + Sync + std::fmt::Debug {
     /// Starts the plan's program inside the cgroups of `placement` and the sandbox of `confinement` (which
-    /// also sets its working directory), in a new process group, with piped stdout/stderr and no stdin.
+    /// also sets its working directory), in a new process group and a new PID namespace, with piped
+    /// stdout/stderr and no stdin. The child returned is the runtime's main process itself.
     fn spawn(
         &self,
         plan: &LaunchPlan,
@@ -189,7 +195,8 @@ pub trait Spawner: Send + Sync + std::fmt::Debug {
     ) -> io::Result<tokio::process::Child>;
 }
 
-/// Spawns real processes.
+/// Spawns real processes. The binary using it must call [`pidns::run_init_if_asked`] first thing in its
+/// `main`: it is re-executed as each PID namespace's init.
 #[derive(Debug, Default)]
 pub struct ProcessSpawner;
 
@@ -198,8 +205,16 @@ impl Spawner for ProcessSpawner {
         &self,
         plan: &LaunchPlan,
         placement: Placement,
-        confinement: Confinement,
+        mut confinement: Confinement,
     ) -> io::Result<tokio::process::Child> {
+        let dirs: Vec<PathBuf> = placement
+            .paths()
+            .iter()
+            .filter_map(|p| p.parent().map(Path::to_path_buf))
+            .collect();
+        if let Some(view) = CgroupView::new(&dirs).map_err(io::Error::other)? {
+            confinement.show_cgroups(view);
+        }
         let mut cmd = tokio::process::Command::new(&plan.program);
         // No `current_dir`: std changes directory before `pre_exec`, where `plan.cwd` (inside the runtime's
         // mount namespace) does not exist yet; the confinement moves there itself.
@@ -216,9 +231,10 @@ impl Spawner for ProcessSpawner {
         let reset_oom_score = own_oom_score_adj() != 0;
         // SAFETY: the closure runs in the child between fork and exec. It only makes system calls: setpgid(2),
         // write(2) (`Placement::enter`), open(2)/write(2)/close(2) on a static path (the OOM score), then setns,
-        // unshare, mount, chdir, prctl, setgroups, setres[ug]id and capset (`Confinement::enter`) on values
-        // prepared before fork; no locks, no heap. The cgroup is joined and the OOM score reset first, while
-        // the child is still root.
+        // unshare, mount, umount2, open_tree, move_mount, mkdir, symlink, close, chdir, prctl, setgroups,
+        // setres[ug]id and capset (`Confinement::enter`) on values prepared before fork; no locks, no heap.
+        // The cgroup is joined and the OOM score reset first, while the child is still root (and before
+        // `Confinement::enter` roots its cgroup namespace there).
         unsafe {
             cmd.pre_exec(move || {
                 if libc::setpgid(0, 0) != 0 {
@@ -238,7 +254,7 @@ impl Spawner for ProcessSpawner {
                 confinement.enter()
             });
         }
-        cmd.spawn()
+        pidns::spawn_in_new_namespace(cmd)
     }
 }
 

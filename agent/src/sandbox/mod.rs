@@ -2,7 +2,9 @@
 //!
 //! - [`identity`]: a uid/gid of its own from the configured range;
 //! - [`privileges`]: no supplementary group, no capability, `no_new_privs`;
-//! - [`mounts`]: its own mount namespace: the code read-only at `/var/task`, its tmpfs at `/tmp`;
+//! - [`mounts`]: its own mount namespace: the code read-only at `/var/task`, its tmpfs at `/tmp` (and
+//!   `/var/tmp`, `/dev/shm`, `/run/lock`), its own `/proc` and only its own cgroups at `/sys/fs/cgroup`;
+//! - [`pidns`]: its own PID namespace, whose init reaps orphans; its own cgroup namespace;
 //! - [`netns`], [`veth`], [`addresses`], [`nat`], [`routes`], [`resolv`]: with network isolation, its own
 //!   network namespace whose loopback carries its Runtime API at 127.0.0.1:9001, with egress through a veth
 //!   pair and NAT; [`pool`] makes them ahead of the environments;
@@ -18,6 +20,7 @@ pub mod identity;
 pub mod mounts;
 pub mod nat;
 pub mod netns;
+pub mod pidns;
 pub mod pool;
 pub mod privileges;
 pub mod resolv;

@@ -148,6 +148,8 @@ fn init_logs(format: LogFormat) {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Re-executed as an environment's PID namespace init: that, and nothing else.
+    lmi_agent::sandbox::pidns::run_init_if_asked();
     let cli = Cli::parse();
     let loaded = load_config(&cli)?;
     let config = loaded.config.clone();
