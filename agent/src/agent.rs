@@ -463,8 +463,9 @@ impl Agent {
         let id = uuid::Uuid::new_v4().to_string();
         let code_root = self.config.state_dir.join("code");
         let source = spec.code.clone();
+        let limits = self.config.code.limits();
         let code_dir: PathBuf =
-            tokio::task::spawn_blocking(move || code::stage(&source, &code_root))
+            tokio::task::spawn_blocking(move || code::stage(&source, &code_root, &limits))
                 .await
                 .map_err(|e| CreateError::Spawn(std::io::Error::other(e)))??;
         phases.code = clock.lap();

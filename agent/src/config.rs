@@ -108,6 +108,66 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// How each environment's processes are isolated.
     pub sandbox: SandboxConfig,
+    /// Limits on zip code unpacked for environments.
+    pub code: CodeConfig,
+    /// Timeouts and connection caps of the agent's HTTP and gRPC listeners.
+    pub listeners: ListenersConfig,
+}
+
+/// `[code]`: limits on a zip's unpacked code, checked while it is unpacked (a zip past them is refused with
+/// `INVALID_ARGUMENT` and nothing of it is kept).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CodeConfig {
+    /// Total uncompressed bytes of a zip's entries (Lambda's limit on unzipped code is 250 MB).
+    pub max_unzipped_bytes: u64,
+    /// Entries (files, directories, links) of a zip.
+    pub max_zip_entries: u32,
+}
+
+impl Default for CodeConfig {
+    fn default() -> Self {
+        let d = crate::code::CodeLimits::default();
+        Self {
+            max_unzipped_bytes: d.max_unzipped_bytes,
+            max_zip_entries: d.max_entries,
+        }
+    }
+}
+
+impl CodeConfig {
+    /// The limits as the code stager takes them.
+    pub fn limits(&self) -> crate::code::CodeLimits {
+        crate::code::CodeLimits {
+            max_unzipped_bytes: self.max_unzipped_bytes,
+            max_entries: self.max_zip_entries,
+        }
+    }
+}
+
+/// `[listeners]`: what every listener of the agent enforces on each connection: the Invoke API and `/metrics`
+/// (HTTP/1) and the control API's TCP listener (gRPC).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenersConfig {
+    /// Time a client has to send a request's head (milliseconds); also how long an idle keep-alive
+    /// connection is kept. A connection past it is closed.
+    pub header_timeout_ms: u64,
+    /// Time a client has to send a request's whole body once its head arrived (milliseconds); past it the
+    /// request gets 408 and the connection is closed.
+    pub body_timeout_ms: u64,
+    /// Connections each listener holds at once; one more is closed as soon as it is accepted.
+    pub max_connections: u32,
+}
+
+impl Default for ListenersConfig {
+    fn default() -> Self {
+        Self {
+            header_timeout_ms: 30_000,
+            body_timeout_ms: 60_000,
+            max_connections: 4096,
+        }
+    }
 }
 
 /// `[sandbox]`: every environment runs as its own unprivileged uid/gid, in its own mount namespace, and (with
@@ -330,6 +390,8 @@ impl Default for Config {
             logs: LogsConfig::default(),
             invoke_api: InvokeApiConfig::default(),
             sandbox: SandboxConfig::default(),
+            code: CodeConfig::default(),
+            listeners: ListenersConfig::default(),
         }
     }
 }
@@ -478,6 +540,24 @@ impl Config {
         if sb.network_pool > 64 {
             return Err(bad("sandbox.network_pool", "must be at most 64"));
         }
+        if self.code.max_unzipped_bytes == 0 {
+            return Err(bad("code.max_unzipped_bytes", "must be at least 1"));
+        }
+        if self.code.max_zip_entries == 0 {
+            return Err(bad("code.max_zip_entries", "must be at least 1"));
+        }
+        let li = &self.listeners;
+        for (key, ms) in [
+            ("listeners.header_timeout_ms", li.header_timeout_ms),
+            ("listeners.body_timeout_ms", li.body_timeout_ms),
+        ] {
+            if !(10..=3_600_000).contains(&ms) {
+                return Err(bad(key, "must be between 10 and 3600000"));
+            }
+        }
+        if li.max_connections == 0 {
+            return Err(bad("listeners.max_connections", "must be at least 1"));
+        }
         Ok(())
     }
 }
@@ -600,6 +680,43 @@ mod tests {
             ("[logs]\nqueue_records = 1", "logs.queue_records"),
             ("[logs]\nqueue_bytes = 1000", "logs.queue_bytes"),
             ("[logs]\nrotate = 3", "unknown key `logs.rotate`"),
+        ] {
+            let e = Config::parse(text, Path::new("t.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn code_and_listener_limits_are_read_and_checked() {
+        let c = Config::parse("", Path::new("t.toml")).unwrap();
+        assert_eq!(c.code.limits(), crate::code::CodeLimits::default());
+        assert_eq!(c.listeners.header_timeout_ms, 30_000);
+        let c = Config::parse(
+            "[code]\nmax_unzipped_bytes = 1000\nmax_zip_entries = 5\n[listeners]\nheader_timeout_ms = 200\nbody_timeout_ms = 300\nmax_connections = 2\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.code.limits().max_unzipped_bytes, 1000);
+        assert_eq!(c.code.limits().max_entries, 5);
+        assert_eq!(c.listeners.body_timeout_ms, 300);
+        assert_eq!(c.listeners.max_connections, 2);
+        for (text, key) in [
+            ("[code]\nmax_unzipped_bytes = 0", "code.max_unzipped_bytes"),
+            ("[code]\nmax_zip_entries = 0", "code.max_zip_entries"),
+            (
+                "[listeners]\nheader_timeout_ms = 0",
+                "listeners.header_timeout_ms",
+            ),
+            (
+                "[listeners]\nbody_timeout_ms = 9",
+                "listeners.body_timeout_ms",
+            ),
+            (
+                "[listeners]\nmax_connections = 0",
+                "listeners.max_connections",
+            ),
         ] {
             let e = Config::parse(text, Path::new("t.toml"))
                 .unwrap_err()

@@ -20,18 +20,16 @@
 //! Requests are not authenticated (SigV4 signatures are ignored): bind the listener to loopback or a private
 //! interface only.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use base64::Engine as _;
-use bytes::{Bytes, BytesMut};
-use http_body_util::{BodyExt, Full};
+use bytes::Bytes;
+use http_body_util::Full;
 use hyper::{
     body::Incoming,
     header::{HeaderName, HeaderValue, CONTENT_TYPE},
-    service::service_fn,
     Method, Request, Response, StatusCode,
 };
-use hyper_util::rt::TokioIo;
 use tokio::{
     net::TcpListener,
     sync::{mpsc, watch, Semaphore},
@@ -42,6 +40,7 @@ use crate::{
     agent::{Agent, InvokeError, InvokeInput, InvokeResult, MAX_INVOKE_PAYLOAD},
     config::InvokeApiConfig,
     invocation::{ErrorInfo, Outcome},
+    listener::{self, BodyError, ListenerLimits},
     spec::LATEST,
 };
 
@@ -238,6 +237,13 @@ impl ApiError {
             HeaderName::from_static("x-amzn-errortype"),
             HeaderValue::from_static(self.error_type),
         );
+        // Answered before the body was read whole: the connection cannot carry another request.
+        if matches!(
+            self.status,
+            StatusCode::REQUEST_TIMEOUT | StatusCode::PAYLOAD_TOO_LARGE
+        ) {
+            r = listener::closing(r);
+        }
         r
     }
 }
@@ -255,6 +261,7 @@ pub struct InvokeApi {
     agent: Arc<Agent>,
     events: mpsc::Sender<QueuedEvent>,
     arn_prefix: String,
+    limits: ListenerLimits,
 }
 
 /// A running Invoke API: the listener and the asynchronous invoke workers.
@@ -309,6 +316,7 @@ impl InvokeApi {
             agent: agent.clone(),
             events: tx,
             arn_prefix,
+            limits: ListenerLimits::from(&agent.config().listeners),
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(api.serve(listener, stop_rx.clone()));
@@ -323,46 +331,15 @@ impl InvokeApi {
         Ok(InvokeApiHandle { addr, stop, tasks })
     }
 
-    async fn serve(self: Arc<Self>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
-        let mut conns = JoinSet::new();
-        loop {
-            tokio::select! {
-                _ = stopped(&mut stop) => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => {
-                        let _ = stream.set_nodelay(true);
-                        let api = self.clone();
-                        let mut conn_stop = stop.clone();
-                        conns.spawn(async move {
-                            let svc = service_fn(move |req| {
-                                let api = api.clone();
-                                async move { Ok::<_, Infallible>(api.handle(req).await) }
-                            });
-                            let conn = hyper::server::conn::http1::Builder::new()
-                                .keep_alive(true)
-                                .serve_connection(TokioIo::new(stream), svc);
-                            tokio::pin!(conn);
-                            tokio::select! {
-                                r = conn.as_mut() => if let Err(e) = r {
-                                    tracing::debug!(error = %e, "invoke API connection ended with an error");
-                                },
-                                _ = stopped(&mut conn_stop) => {
-                                    // Let the request in progress finish, then close.
-                                    conn.as_mut().graceful_shutdown();
-                                    let _ = conn.await;
-                                }
-                            }
-                        });
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "invoke API accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
-                Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            }
-        }
-        while conns.join_next().await.is_some() {}
+    /// Serves the listener with the limits every listener of the agent has (`[listeners]`: header and body
+    /// timeouts, connection cap) until `stop`.
+    async fn serve(self: Arc<Self>, listener: TcpListener, stop: watch::Receiver<bool>) {
+        let limits = self.limits;
+        listener::serve_http1("invoke API", listener, limits, stop, move |req| {
+            let api = self.clone();
+            async move { api.handle(req).await }
+        })
+        .await;
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -425,7 +402,7 @@ impl InvokeApi {
             InvocationType::Event => MAX_EVENT_PAYLOAD,
             _ => MAX_INVOKE_PAYLOAD,
         };
-        let payload = read_payload(req.into_body(), limit).await?;
+        let payload = read_payload(req.into_body(), limit, self.limits.body_timeout).await?;
 
         if self
             .agent
@@ -588,36 +565,28 @@ fn decode_client_context(value: &str) -> Result<String, ApiError> {
     Ok(json.to_string())
 }
 
-/// Reads the request body up to `limit` bytes (refusing as soon as it is passed) and checks it is JSON; an
-/// empty body is the empty object.
-async fn read_payload(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "RequestTooLargeException",
-            format!("Request must be smaller than {limit} bytes for the Invoke operation"),
-        )
-    };
-    if body_declared_len(&body).is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    let mut body = body;
-    let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            ApiError::new(
+/// Reads the request body up to `limit` bytes (refusing as soon as it is passed) within `deadline`, and checks
+/// it is JSON; an empty body is the empty object.
+async fn read_payload(body: Incoming, limit: usize, deadline: Duration) -> Result<Bytes, ApiError> {
+    let buf = listener::read_body(body, limit, deadline)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge { .. } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestTooLargeException",
+                format!("Request must be smaller than {limit} bytes for the Invoke operation"),
+            ),
+            BodyError::TimedOut(_) => ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "RequestTimeoutException",
+                e.to_string(),
+            ),
+            BodyError::Read(_) => ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "InvalidRequestContentException",
-                format!("reading the request body: {e}"),
-            )
+                e.to_string(),
+            ),
         })?;
-        if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > limit {
-                return Err(too_large());
-            }
-            buf.extend_from_slice(&data);
-        }
-    }
     if buf.iter().all(u8::is_ascii_whitespace) {
         return Ok(Bytes::from_static(b"{}"));
     }
@@ -628,12 +597,7 @@ async fn read_payload(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
             "Could not parse request body into json: the payload must be JSON",
         ));
     }
-    Ok(buf.freeze())
-}
-
-fn body_declared_len(body: &Incoming) -> Option<u64> {
-    use hyper::body::Body as _;
-    body.size_hint().exact()
+    Ok(buf)
 }
 
 /// Resolves once `stop` turns true (or its sender is gone).

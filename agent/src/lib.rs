@@ -34,6 +34,7 @@
 //! - [`notify`]: readiness and stopping notifications to systemd.
 //! - [`watchdog`]: the systemd watchdog's liveness probe and ping period.
 //! - [`invoke_api`]: the AWS Lambda compatible Invoke API over HTTP.
+//! - [`listener`]: what every listener enforces: header and body timeouts, a connection cap.
 
 pub mod agent;
 pub mod broker;
@@ -51,6 +52,7 @@ pub mod host;
 pub mod invocation;
 pub mod invoke_api;
 pub mod launch;
+pub mod listener;
 pub mod logs;
 pub mod metrics;
 pub mod notify;

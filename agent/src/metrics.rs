@@ -14,17 +14,17 @@
 //! plus `lmi_redirects_total`, `lmi_invocations_total{outcome}`, `lmi_environment_failures_total{reason}` and
 //! `lmi_invoke_duration_seconds`.
 
-use std::{convert::Infallible, fmt::Write as _, net::SocketAddr, sync::Arc};
+use std::{fmt::Write as _, net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{header::CONTENT_TYPE, service::service_fn, Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{header::CONTENT_TYPE, Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 
 use crate::{
     agent::Agent,
     control::hostname,
+    listener::{closing, read_body, ListenerLimits},
     report::ReportBuilder,
     stats::{FAILURE_REASONS, LATENCY_BUCKETS, OUTCOMES},
 };
@@ -259,43 +259,45 @@ pub fn render(agent: &Agent) -> String {
     o.0
 }
 
-/// Serves `GET /metrics` on `addr` until the task is dropped.
+/// Largest request body `/metrics` reads (a scrape has none).
+const MAX_REQUEST_BODY: usize = 64 * 1024;
+
+/// Serves `GET /metrics` on `listener` until the task is dropped, with the limits every listener of the agent
+/// has (`[listeners]`: header and body timeouts, connection cap).
 pub async fn serve(agent: Arc<Agent>, listener: TcpListener) {
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    let limits = ListenerLimits::from(&agent.config().listeners);
+    // Never stopped: the task is aborted at shutdown.
+    let (_keep, stop) = tokio::sync::watch::channel(false);
+    crate::listener::serve_http1("metrics", listener, limits, stop, move |req| {
         let agent = agent.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let agent = agent.clone();
-                async move {
-                    let resp = if req.method() == Method::GET && req.uri().path() == "/metrics" {
-                        let mut r = Response::new(Full::new(Bytes::from(render(&agent))));
-                        r.headers_mut().insert(
-                            CONTENT_TYPE,
-                            hyper::header::HeaderValue::from_static(
-                                "text/plain; version=0.0.4; charset=utf-8",
-                            ),
-                        );
-                        r
-                    } else {
-                        let mut r = Response::new(Full::new(Bytes::from_static(b"not found\n")));
-                        *r.status_mut() = StatusCode::NOT_FOUND;
-                        r
-                    };
-                    Ok::<_, Infallible>(resp)
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
+        async move { answer(&agent, req, limits).await }
+    })
+    .await;
+}
+
+async fn answer(
+    agent: &Agent,
+    req: Request<hyper::body::Incoming>,
+    limits: ListenerLimits,
+) -> Response<Full<Bytes>> {
+    let scrape = req.method() == Method::GET && req.uri().path() == "/metrics";
+    // The body is read (and dropped) so that a request never holds its connection past the body deadline.
+    if let Err(e) = read_body(req.into_body(), MAX_REQUEST_BODY, limits.body_timeout).await {
+        let mut r = Response::new(Full::new(Bytes::from(format!("{e}\n"))));
+        *r.status_mut() = e.status();
+        return closing(r);
+    }
+    if scrape {
+        let mut r = Response::new(Full::new(Bytes::from(render(agent))));
+        r.headers_mut().insert(
+            CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        r
+    } else {
+        let mut r = Response::new(Full::new(Bytes::from_static(b"not found\n")));
+        *r.status_mut() = StatusCode::NOT_FOUND;
+        r
     }
 }
 

@@ -186,12 +186,51 @@ pub(crate) struct Daemon {
 }
 
 impl Daemon {
-    /// Sets up cgroups, the catalog and capacity, binds the control socket and starts serving.
+    /// Binds the listeners, sets up cgroups, the catalog and capacity, the log pipeline and the sandbox, and
+    /// starts serving. When a step fails, every earlier one is undone ([`StartUndo`]): a failed start leaves
+    /// no cgroup, nftables table, mount, socket or file of its own behind.
     pub(crate) async fn start(config: &Config) -> anyhow::Result<Self> {
+        let mut undo = StartUndo::new(config);
+        match Self::start_steps(config, &mut undo).await {
+            Ok(daemon) => Ok(daemon),
+            Err(e) => {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "start-up failed: undoing what it set up"
+                );
+                undo.run().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_steps(config: &Config, undo: &mut StartUndo) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.state_dir)
             .with_context(|| format!("creating state_dir {}", config.state_dir.display()))?;
-        let cgroups = cgroup::detect(&config.cgroup_parent).context("setting up cgroups")?;
+        // The listeners first: a socket path or a port that cannot be bound fails the start before anything
+        // is set up on the host. Bound before READY: a client told the agent is up can connect.
+        let unix = server::bind_socket(&config.socket)?;
+        undo.socket = Some(config.socket.clone());
+        let tcp = server::bind_tcp(config).await?;
+        let invoke_listener = match config.invoke_api.listen {
+            Some(addr) => Some(
+                InvokeApi::bind(addr)
+                    .await
+                    .with_context(|| format!("invoke_api.listen: binding {addr}"))?,
+            ),
+            None => None,
+        };
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(
+                lmi_agent::metrics::bind(addr)
+                    .await
+                    .with_context(|| format!("metrics_listen: binding {addr}"))?,
+            ),
+            None => None,
+        };
         let catalog = Catalog::load_with_shims(config.catalog.as_deref(), Some(&config.shims_dir))?;
+        let cgroups = cgroup::detect(&config.cgroup_parent).context("setting up cgroups")?;
+        undo.cgroups = Some(cgroups.clone());
         for (entry, availability) in catalog.iter() {
             tracing::info!(runtime = %entry.id, availability = ?availability, "runtime");
         }
@@ -214,31 +253,30 @@ impl Daemon {
             LogPipeline::start(&config.logs, &config.state_dir)
                 .context("starting the function log pipeline")?,
         );
+        undo.logs = Some(logs.clone());
         let sandbox = {
             let (c, dir, name) = (
                 config.sandbox.clone(),
                 config.state_dir.clone(),
                 config.cgroup_parent.clone(),
             );
-            tokio::task::spawn_blocking(move || Sandbox::start(&c, &dir, &name))
-                .await
-                .context("setting up the sandbox")?
-                .context(
-                    "setting up the sandbox (hosts without network namespaces, ip or nft can run with \
-                     sandbox.network_isolation = false)",
-                )?
-        };
-        let unix = server::bind_socket(&config.socket)?;
-        let tcp = server::bind_tcp(config).await?;
-        // Bound before READY, like the control socket: a client told the agent is up can connect.
-        let invoke_listener = match config.invoke_api.listen {
-            Some(addr) => Some(
-                InvokeApi::bind(addr)
+            Arc::new(
+                tokio::task::spawn_blocking(move || Sandbox::start(&c, &dir, &name))
                     .await
-                    .with_context(|| format!("invoke_api.listen: binding {addr}"))?,
-            ),
-            None => None,
+                    .context("setting up the sandbox")?
+                    .context(
+                        "setting up the sandbox (hosts without network namespaces, ip or nft can run with \
+                         sandbox.network_isolation = false)",
+                    )?,
+            )
         };
+        undo.sandbox = Some(sandbox.clone());
+        let state = lmi_agent::state::StateStore::open(&config.state_dir)?;
+        // Unpacks a previous life stopped in the middle of.
+        let code_root = config.state_dir.join("code");
+        if let Err(e) = lmi_agent::code::remove_stale_unpacks(&code_root) {
+            tracing::warn!(dir = %code_root.display(), error = %e, "removing partial unpacks failed");
+        }
         tracing::info!(
             socket = %config.socket.display(),
             cgroup_version = %cgroups.version(),
@@ -248,7 +286,6 @@ impl Daemon {
             memory_mib_allocatable = capacity.memory_mib_allocatable,
             "lmi-agent started"
         );
-        let state = lmi_agent::state::StateStore::open(&config.state_dir)?;
         let agent = Agent::new(
             config.clone(),
             catalog,
@@ -258,9 +295,11 @@ impl Daemon {
                 spawner: Arc::new(ProcessSpawner),
                 state,
                 logs,
-                sandbox: Arc::new(sandbox),
+                sandbox,
             },
         );
+        // From here the agent's own shutdown undoes the cgroups and the sandbox.
+        undo.agent = Some(agent.clone());
         // Before taking requests: stop whatever a previous life of the agent left running.
         let recovery = agent.recover().await;
         if !recovery.lost.is_empty() || !recovery.orphan_cgroups.is_empty() {
@@ -270,6 +309,11 @@ impl Daemon {
                 "reconciled leftovers of a previous agent life"
             );
         }
+        // The last step that can fail; nothing after it can.
+        let invoke_api = invoke_listener
+            .map(|l| InvokeApi::start(agent.clone(), &config.invoke_api, l))
+            .transpose()
+            .context("starting the invoke API")?;
         let mut background = vec![tokio::spawn(agent.clone().run_sampler())];
         if config.scaler.endpoint.is_some() {
             background.push(tokio::spawn(lmi_agent::scaler::run(
@@ -277,25 +321,21 @@ impl Daemon {
                 config.scaler.clone(),
             )));
         }
-        if let Some(addr) = config.metrics_listen {
-            let listener = lmi_agent::metrics::bind(addr)
-                .await
-                .with_context(|| format!("binding metrics_listen {addr}"))?;
-            tracing::info!(%addr, "metrics on /metrics");
+        if let Some(listener) = metrics_listener {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "metrics on /metrics");
+            }
             background.push(tokio::spawn(lmi_agent::metrics::serve(
                 agent.clone(),
                 listener,
             )));
         }
-        let invoke_api = invoke_listener
-            .map(|l| InvokeApi::start(agent.clone(), &config.invoke_api, l))
-            .transpose()
-            .context("starting the invoke API")?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let server = tokio::spawn({
             let agent = agent.clone();
             async move { server::serve(agent, unix, tcp, stop_rx).await }
         });
+        undo.disarm();
         Ok(Self {
             agent,
             stop_tx,
@@ -329,6 +369,153 @@ impl Daemon {
             Err(_) => Ok(()),
         }
     }
+}
+
+/// What a start set up so far, undone in reverse order when a later step fails. The state directory is left
+/// as the start found it: entries it did not hold are removed, mounts made under it are detached, and
+/// directories the start created (the state directory, the socket's) are removed.
+#[derive(Default)]
+struct StartUndo {
+    armed: bool,
+    state_dir: PathBuf,
+    /// The state directory's entries before the start (`None`: it did not exist).
+    state_before: StateBefore,
+    mounts_before: Vec<PathBuf>,
+    /// Directories that did not exist before the start (deepest first), removed if empty.
+    missing_dirs: Vec<PathBuf>,
+    socket: Option<PathBuf>,
+    cgroups: Option<Arc<dyn cgroup::CgroupDriver>>,
+    logs: Option<Arc<LogPipeline>>,
+    sandbox: Option<Arc<Sandbox>>,
+    agent: Option<Arc<Agent>>,
+}
+
+/// What the state directory held before the start.
+#[derive(Default)]
+enum StateBefore {
+    /// It did not exist: it is removed whole.
+    Missing,
+    /// These entries: others are removed.
+    Entries(std::collections::HashSet<std::ffi::OsString>),
+    /// Unreadable: it is left alone.
+    #[default]
+    Unknown,
+}
+
+/// `dir` and its ancestors that do not exist, deepest first.
+fn missing_ancestors(dir: &Path) -> Vec<PathBuf> {
+    dir.ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .map(Path::to_owned)
+        .collect()
+}
+
+impl StartUndo {
+    fn new(config: &Config) -> Self {
+        let state_dir = config.state_dir.clone();
+        let state_before = match std::fs::read_dir(&state_dir) {
+            Ok(rd) => {
+                StateBefore::Entries(rd.filter_map(|e| e.ok().map(|e| e.file_name())).collect())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => StateBefore::Missing,
+            Err(_) => StateBefore::Unknown,
+        };
+        let mut missing_dirs = missing_ancestors(&state_dir);
+        if let Some(parent) = config.socket.parent() {
+            missing_dirs.extend(missing_ancestors(parent));
+        }
+        missing_dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        missing_dirs.dedup();
+        Self {
+            armed: true,
+            mounts_before: mounts_under(&state_dir),
+            state_dir,
+            state_before,
+            missing_dirs,
+            ..Self::default()
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+
+    async fn run(mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Some(agent) = self.agent.take() {
+            // Stops what recovery may have found, removes the sandbox's host part and the parent cgroup.
+            agent.shutdown(Duration::ZERO).await;
+            self.sandbox = None;
+            self.cgroups = None;
+        }
+        if let Some(sandbox) = self.sandbox.take() {
+            let _ = tokio::task::spawn_blocking(move || sandbox.shutdown()).await;
+        }
+        if let Some(logs) = self.logs.take() {
+            logs.shutdown(Duration::from_secs(1)).await;
+        }
+        if let Some(cgroups) = self.cgroups.take() {
+            if let Err(e) = cgroups.remove_parent() {
+                tracing::warn!(error = %e, "removing the agent's parent cgroup failed");
+            }
+        }
+        if let Some(socket) = self.socket.take() {
+            let _ = std::fs::remove_file(socket);
+        }
+        // Mounts this start made under the state directory (deepest first), then what it created there.
+        let mut made: Vec<PathBuf> = mounts_under(&self.state_dir)
+            .into_iter()
+            .filter(|m| !self.mounts_before.contains(m))
+            .collect();
+        made.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+        for m in made {
+            if let Err(e) = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH) {
+                tracing::warn!(mount = %m.display(), error = %e, "detaching a mount of the failed start failed");
+            }
+        }
+        let removed = match &self.state_before {
+            StateBefore::Unknown => Ok(()),
+            StateBefore::Missing => std::fs::remove_dir_all(&self.state_dir),
+            StateBefore::Entries(before) => std::fs::read_dir(&self.state_dir).and_then(|rd| {
+                for e in rd.flatten() {
+                    if before.contains(&e.file_name()) {
+                        continue;
+                    }
+                    let p = e.path();
+                    if e.file_type()?.is_dir() {
+                        std::fs::remove_dir_all(&p)?;
+                    } else {
+                        std::fs::remove_file(&p)?;
+                    }
+                }
+                Ok(())
+            }),
+        };
+        match removed {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(dir = %self.state_dir.display(), error = %e,
+                "removing what the failed start wrote in state_dir failed"),
+        }
+        for d in &self.missing_dirs {
+            // Only when empty: never what something else put there since.
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// Mount points at or under `dir`, from `/proc/self/mountinfo`.
+fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(&dir))
+        .collect()
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
