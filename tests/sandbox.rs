@@ -173,7 +173,7 @@ async fn another_environment_can_neither_reach_nor_answer_an_environments_runtim
 }
 
 /// A network "outside" the host: a namespace joined to the host by a veth pair (host end `.1`, its end `.2`
-/// of a /28 in 192.168/16), with a TCP listener on 0.0.0.0 inside it. Removed on drop.
+/// of a /28 in 192.168/16, another for each call), with a TCP listener on 0.0.0.0 inside it. Removed on drop.
 struct Outside {
     ip: Tool,
     veth: Veth,
@@ -188,8 +188,11 @@ impl Outside {
 
     fn create() -> Self {
         let ip = Tool::find("ip").expect("ip (tests/setup.sh installs iproute2)");
+        // A /28 of its own per call (tests of this binary run in parallel), a /24 per test process.
+        static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let x = std::process::id() % 250 + 2;
-        let subnet = Subnet::parse(&format!("192.168.{x}.0/28")).unwrap();
+        let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 16;
+        let subnet = Subnet::parse(&format!("192.168.{x}.{}/28", n * 16)).unwrap();
         let link = AddressPool::new(subnet).allocate().unwrap();
         let (ns, listener) =
             NetworkNamespace::with_listener(format!("0.0.0.0:{}", Self::PORT).parse().unwrap())
@@ -571,4 +574,335 @@ async fn without_network_isolation_the_runtime_api_is_a_host_loopback_port() {
         "the runtime has a network namespace of its own"
     );
     agent.stop_and_assert_clean(&[env.pid]);
+}
+
+// IPv6 and the control API (issue 13): no host service is reachable from a function over IPv6, nor the
+// control API on any address; its TCP listener needs its token; no API shows a variable's value.
+
+/// The link-local address the kernel would give `dev` (EUI-64 of its MAC) were IPv6 on for it.
+fn eui64_link_local(dev: &str) -> std::net::Ipv6Addr {
+    let mac = std::fs::read_to_string(format!("/sys/class/net/{dev}/address")).unwrap();
+    let b: Vec<u8> = mac
+        .trim()
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect();
+    std::net::Ipv6Addr::from([
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        b[0] ^ 2,
+        b[1],
+        b[2],
+        0xff,
+        0xfe,
+        b[3],
+        b[4],
+        b[5],
+    ])
+}
+
+/// (interface, address, scope) of every IPv6 address of the test's own network namespace (the host's).
+fn host_ipv6_addresses() -> Vec<(String, std::net::Ipv6Addr, u8)> {
+    std::fs::read_to_string("/proc/net/if_inet6")
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let addr = u128::from_str_radix(f[0], 16).unwrap();
+            (
+                f[5].to_owned(),
+                std::net::Ipv6Addr::from(addr),
+                u8::from_str_radix(f[3], 16).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// A token file (0600, root's) in `dir`, and its token.
+fn token_file(dir: &std::path::Path) -> (std::path::PathBuf, String) {
+    let token = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let path = dir.join("control.token");
+    std::fs::write(&path, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (path, token)
+}
+
+/// A port free on every address right now (bound on `[::]` and released; the agent binds it right after).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("[::]:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A control API client over TCP that sends `token` (when given) with every call.
+async fn tcp_client(
+    url: String,
+    token: Option<&str>,
+) -> pb::agent_client::AgentClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        lmi_agent::auth::AddBearer,
+    >,
+> {
+    let channel = tonic::transport::Endpoint::from_shared(url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    pb::agent_client::AgentClient::with_interceptor(
+        channel,
+        lmi_agent::auth::AddBearer::new(token).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_reaches_no_host_service_over_ipv6_nor_the_control_api_while_egress_works() {
+    require_root!();
+    // The outside server, reached over IPv4 through NAT, answers with the source address it saw.
+    let mut outside = Outside::create();
+    let listener = tokio::net::TcpListener::from_std(outside.listener.take().unwrap()).unwrap();
+    let server = tokio::spawn(async move {
+        let (mut conn, peer) = tokio::time::timeout(Duration::from_secs(60), listener.accept())
+            .await
+            .expect("no connection from the function")
+            .unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut hello = [0u8; 6];
+        conn.read_exact(&mut hello).await.unwrap();
+        conn.write_all(peer.ip().to_string().as_bytes())
+            .await
+            .unwrap();
+    });
+    // A host service on every address of both families, and the control API on [::] (with its token).
+    let host_service = std::net::TcpListener::bind("[::]:0").unwrap();
+    host_service.set_nonblocking(true).unwrap();
+    let service_port = host_service.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let (token_path, token) = token_file(dir.path());
+    let control_port = free_port();
+    let mut agent = TestAgent::start_with(AgentOptions {
+        extra_config: format!(
+            "listen_tcp = \"[::]:{control_port}\"\nlisten_tcp_token_file = \"{}\"",
+            token_path.display()
+        ),
+        ..Default::default()
+    })
+    .await;
+    let mut spec = python_spec("v6-prober", "actions.handler");
+    spec.timeout_seconds = 60;
+    let env = agent.create_ready(spec).await;
+    let w = call(&mut agent, "v6-prober", json!({"action": "whoami"})).await;
+    let gw: Ipv4Addr = w["gateway"].as_str().unwrap().parse().unwrap();
+    let veth = Veth::host_name_for(gw);
+
+    // Inside: IPv6 only on the namespace's own loopback; eth0 has none, not even link-local.
+    let inside = call(&mut agent, "v6-prober", json!({"action": "ipv6_state"})).await;
+    assert_eq!(inside["addresses"], json!({"lo": ["::1"]}), "{inside}");
+    assert_eq!(inside["disabled"]["eth0"], "1", "{inside}");
+    // The host's end of the pair: off, no address.
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{veth}/disable_ipv6"))
+            .unwrap()
+            .trim(),
+        "1"
+    );
+    let host_v6 = host_ipv6_addresses();
+    assert!(
+        host_v6.iter().all(|(dev, _, _)| dev != &veth),
+        "{veth} has an IPv6 address: {host_v6:?}"
+    );
+
+    // Every way in: the link-local the host end would have had (scoped to eth0), each global IPv6 address
+    // of the host, and the host end's IPv4 address; to the host service and to the control API.
+    let link_local = eui64_link_local(&veth);
+    let mut hosts = vec![format!("{link_local}%eth0"), gw.to_string()];
+    hosts.extend(
+        host_v6
+            .iter()
+            .filter(|(_, _, scope)| *scope == 0)
+            .map(|(_, a, _)| a.to_string()),
+    );
+    for host in &hosts {
+        for port in [service_port, control_port] {
+            let r = call(
+                &mut agent,
+                "v6-prober",
+                json!({"action": "tcp_connect", "host": host, "port": port, "timeout_s": 2}),
+            )
+            .await;
+            // A connection made and then left unanswered is a reach too.
+            assert!(
+                r.get("reply").is_none() && r.get("connected").is_none(),
+                "reached [{host}]:{port}: {r}"
+            );
+            // Refused (ECONNREFUSED) would mean the host's stack answered: not one of these.
+            assert!(
+                ["ENETUNREACH", "EHOSTUNREACH", "EADDRNOTAVAIL", "timeout"]
+                    .contains(&r["error"].as_str().unwrap_or_default()),
+                "[{host}]:{port}: {r}"
+            );
+        }
+    }
+    assert_eq!(
+        host_service.accept().unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "the host service accepted a connection from a function"
+    );
+
+    // Egress to the world still works, masqueraded.
+    let r = call(
+        &mut agent,
+        "v6-prober",
+        json!({"action": "tcp_connect", "host": outside.address.to_string(), "port": Outside::PORT, "timeout_s": 10}),
+    )
+    .await;
+    assert_eq!(r["reply"], outside.host_end.to_string(), "{r}");
+    server.await.unwrap();
+
+    // The control API on [::] does serve the host itself, with the token.
+    let mut tcp = tcp_client(format!("http://[::1]:{control_port}"), Some(&token)).await;
+    let listed = tcp
+        .list_environments(pb::ListEnvironmentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.environments.len(), 1);
+    agent.stop_and_assert_clean(&[env.pid]);
+    drop(outside);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tcp_control_api_needs_its_token_and_no_api_shows_a_variables_value() {
+    require_root!();
+    let dir = tempfile::tempdir().unwrap();
+    let (token_path, token) = token_file(dir.path());
+    let port = free_port();
+    let mut agent = TestAgent::start_with(AgentOptions {
+        extra_config: format!(
+            "listen_tcp = \"127.0.0.1:{port}\"\nlisten_tcp_token_file = \"{}\"",
+            token_path.display()
+        ),
+        ..Default::default()
+    })
+    .await;
+    let secret = format!("s3cr3t-{}", uuid::Uuid::new_v4());
+    let mut spec = python_spec("secret-keeper", "actions.handler");
+    spec.environment
+        .insert("DB_PASSWORD".into(), secret.clone());
+    let created = agent.create_ready(spec).await;
+    let redacted = |e: &pb::Environment| {
+        let vars = &e.spec.as_ref().unwrap().environment;
+        assert_eq!(vars.len(), 1, "{vars:?}");
+        assert_eq!(vars["DB_PASSWORD"], lmi_agent::spec::REDACTED_VALUE);
+        assert!(!format!("{e:?}").contains(&secret));
+    };
+    redacted(&created);
+    // The runtime still gets the value.
+    let r = call(&mut agent, "secret-keeper", json!({"action": "echo"})).await;
+    assert_eq!(r["event"]["action"], "echo");
+
+    let url = format!("http://127.0.0.1:{port}");
+    // Without the token, or with another one, nothing but health answers.
+    for sent in [None, Some("x".repeat(40)), Some(format!("{token}x"))] {
+        let mut c = tcp_client(url.clone(), sent.as_deref()).await;
+        let e = c.get_host(pb::GetHostRequest {}).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{sent:?}: {e:?}");
+        let e = c
+            .list_environments(pb::ListEnvironmentsRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+        assert!(!e.message().contains(&token));
+    }
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        health.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+
+    // With it: the same API, and no value anywhere (TCP or the Unix socket, get or list).
+    let mut c = tcp_client(url.clone(), Some(&token)).await;
+    let got = c
+        .get_environment(pb::GetEnvironmentRequest {
+            id: created.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    redacted(&got);
+    let listed = c
+        .list_environments(pb::ListEnvironmentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.environments.len(), 1);
+    redacted(&listed.environments[0]);
+    let local = agent
+        .client
+        .get_environment(pb::GetEnvironmentRequest {
+            id: created.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    redacted(&local);
+    // Nor in the environment's record on disk.
+    let record = std::fs::read(
+        agent
+            .state_dir()
+            .join("environments")
+            .join(format!("{}.pb", created.id)),
+    )
+    .unwrap();
+    assert!(!String::from_utf8_lossy(&record).contains(&secret));
+
+    // lmictl sends the token from --token-file; without it the agent refuses.
+    let lmictl = |with_token: bool| {
+        let mut cmd = std::process::Command::new(LMICTL_BIN);
+        cmd.args(["--endpoint", &url, "--json", "get", &created.id])
+            .env_remove("LMI_AGENT_LISTEN_TCP_TOKEN_FILE");
+        if with_token {
+            cmd.arg("--token-file").arg(&token_path);
+        }
+        cmd.output().unwrap()
+    };
+    let ok = lmictl(true);
+    assert!(ok.status.success(), "{ok:?}");
+    let shown = String::from_utf8(ok.stdout).unwrap();
+    assert!(
+        shown.contains("DB_PASSWORD") && !shown.contains(&secret),
+        "{shown}"
+    );
+    let refused = lmictl(false);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("Unauthenticated")
+            || String::from_utf8_lossy(&refused.stdout).contains("UNAUTHENTICATED")
+            || String::from_utf8_lossy(&refused.stderr).contains("UNAUTHENTICATED"),
+        "{refused:?}"
+    );
+    agent.stop_and_assert_clean(&[created.pid]);
 }

@@ -78,6 +78,9 @@ pub struct Config {
     pub socket: PathBuf,
     /// Optional TCP address for the gRPC control API, e.g. "127.0.0.1:50051".
     pub listen_tcp: Option<SocketAddr>,
+    /// File holding the bearer token that calls on `listen_tcp` must carry (mode 0600, at least 32
+    /// characters). Required unless `listen_tcp` is a loopback address and network isolation is on.
+    pub listen_tcp_token_file: Option<PathBuf>,
     /// Where the agent keeps state (unpacked code, ...).
     pub state_dir: PathBuf,
     /// Name of the agent's cgroup, created under the agent's own cgroup in every hierarchy.
@@ -375,6 +378,7 @@ impl Default for Config {
         Self {
             socket: PathBuf::from("/run/lmi-agent/agent.sock"),
             listen_tcp: None,
+            listen_tcp_token_file: None,
             state_dir: PathBuf::from("/var/lib/lmi-agent"),
             cgroup_parent: "lmi-agent".to_owned(),
             shims_dir: PathBuf::from("/usr/share/lmi-agent/runtime-shims"),
@@ -457,6 +461,22 @@ impl Config {
         }
         if self.socket.as_os_str().is_empty() {
             return Err(bad("socket", "must not be empty"));
+        }
+        if let Some(addr) = self.listen_tcp {
+            if self.listen_tcp_token_file.is_none() {
+                if !addr.ip().is_loopback() {
+                    return Err(bad(
+                        "listen_tcp",
+                        "a control API beyond the loopback needs listen_tcp_token_file (a bearer token)",
+                    ));
+                }
+                if !self.sandbox.network_isolation {
+                    return Err(bad(
+                        "listen_tcp",
+                        "without sandbox.network_isolation functions share the host's loopback: set listen_tcp_token_file (a bearer token)",
+                    ));
+                }
+            }
         }
         if !self.state_dir.is_absolute() {
             return Err(bad("state_dir", "must be an absolute path"));
@@ -631,6 +651,36 @@ mod tests {
         .unwrap();
         assert_eq!(c.capacity.vcpus, 64);
         assert_eq!(c.listen_tcp, Some("127.0.0.1:50051".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_tcp_control_api_functions_or_other_hosts_can_reach_needs_a_token() {
+        let check = |text: &str| {
+            Config::parse(text, Path::new("t.toml"))
+                .and_then(|c| c.check(Path::new("t.toml")))
+                .map_err(|e| e.to_string())
+        };
+        // Loopback with network isolation: only local users reach it (as before).
+        check("listen_tcp = '127.0.0.1:50051'").unwrap();
+        check("listen_tcp = '[::1]:50051'").unwrap();
+        for open in [
+            "listen_tcp = '0.0.0.0:50051'",
+            "listen_tcp = '[::]:50051'",
+            "listen_tcp = '10.0.0.5:50051'",
+        ] {
+            let e = check(open).unwrap_err();
+            assert!(
+                e.starts_with("t.toml: listen_tcp:") && e.contains("listen_tcp_token_file"),
+                "{open}: {e}"
+            );
+            check(&format!(
+                "{open}\nlisten_tcp_token_file = '/etc/lmi-agent/token'"
+            ))
+            .unwrap();
+        }
+        let e = check("listen_tcp = '127.0.0.1:50051'\n[sandbox]\nnetwork_isolation = false")
+            .unwrap_err();
+        assert!(e.contains("share the host's loopback"), "{e}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::{
     agent::{Agent, CreateError},
     environment::Environment,
     report::ReportBuilder,
-    spec::SpecError,
+    spec::{SpecError, REDACTED_VALUE},
 };
 
 pub use invoke::THROTTLE_REASON_METADATA;
@@ -30,7 +30,19 @@ impl ControlService {
 
 /// The wire view of an environment.
 pub fn environment_to_proto(e: &Environment) -> pb::Environment {
-    e.to_proto()
+    redacted(e.to_proto())
+}
+
+/// An environment as the API shows it: the names of its environment variables, never their values. (The
+/// spec's own wire view already leaves them out; a record written by an older agent, served for a lost
+/// environment, may still hold them.)
+pub fn redacted(mut e: pb::Environment) -> pb::Environment {
+    if let Some(spec) = e.spec.as_mut() {
+        for value in spec.environment.values_mut() {
+            REDACTED_VALUE.clone_into(value);
+        }
+    }
+    e
 }
 
 fn create_status(e: CreateError) -> Status {
@@ -126,7 +138,7 @@ impl agent_server::Agent for ControlService {
         }
         self.agent
             .get_lost(&id)
-            .map(Response::new)
+            .map(|e| Response::new(redacted(e)))
             .ok_or_else(|| Status::not_found(format!("no environment {id}")))
     }
 
@@ -148,7 +160,13 @@ impl agent_server::Agent for ControlService {
             f.is_none_or(|f| func.is_some_and(|x| x.name == f))
                 && v.is_none_or(|v| func.is_some_and(|x| x.version == v))
         };
-        environments.extend(self.agent.list_lost().into_iter().filter(|e| matches(e)));
+        environments.extend(
+            self.agent
+                .list_lost()
+                .into_iter()
+                .filter(|e| matches(e))
+                .map(redacted),
+        );
         Ok(Response::new(pb::ListEnvironmentsResponse { environments }))
     }
 
@@ -158,7 +176,7 @@ impl agent_server::Agent for ControlService {
     ) -> Result<Response<pb::Environment>, Status> {
         let r = request.into_inner();
         if let Some(lost) = self.agent.delete_lost(&r.id) {
-            return Ok(Response::new(lost));
+            return Ok(Response::new(redacted(lost)));
         }
         let grace = (r.grace_period_seconds > 0)
             .then(|| std::time::Duration::from_secs(u64::from(r.grace_period_seconds)));
@@ -233,5 +251,30 @@ impl agent_server::Agent for ControlService {
                 })
                 .collect(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recorded_value_is_never_shown() {
+        // As an older agent's record holds it.
+        let mut e = pb::Environment {
+            id: "e1".into(),
+            spec: Some(pb::EnvironmentSpec::default()),
+            ..Default::default()
+        };
+        let spec = e.spec.as_mut().unwrap();
+        spec.environment.insert("TOKEN".into(), "s3cr3t".into());
+        spec.environment.insert("EMPTY".into(), String::new());
+        let shown = redacted(e);
+        let env = &shown.spec.as_ref().unwrap().environment;
+        assert_eq!(env.len(), 2);
+        assert!(env.values().all(|v| v == REDACTED_VALUE), "{env:?}");
+        // An environment without a spec passes unchanged.
+        let bare = pb::Environment::default();
+        assert_eq!(redacted(bare.clone()), bare);
     }
 }

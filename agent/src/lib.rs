@@ -29,6 +29,7 @@
 //! - [`agent`]: the host's environments and the operations on them.
 //! - [`control`]: the gRPC control API on top of [`agent`].
 //! - [`server`]: the control API's listeners.
+//! - [`auth`]: the bearer token of the control API's TCP listener.
 //! - [`state`]: durable environment records for restart reconciliation.
 //! - [`client`]: connecting a gRPC client to the control API.
 //! - [`notify`]: readiness and stopping notifications to systemd.
@@ -37,6 +38,7 @@
 //! - [`listener`]: what every listener enforces: header and body timeouts, a connection cap.
 
 pub mod agent;
+pub mod auth;
 pub mod broker;
 pub mod capacity;
 pub mod catalog;

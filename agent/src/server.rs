@@ -1,5 +1,6 @@
 //! The listeners of the control API: a Unix socket (mode 0600: root only) and optionally TCP, each serving
-//! `lmi.agent.v1.Agent`, gRPC health and server reflection.
+//! `lmi.agent.v1.Agent`, gRPC health and server reflection. On TCP, with `listen_tcp_token_file`, the agent
+//! and reflection services need the bearer token ([`crate::auth`]).
 
 use std::{
     io,
@@ -11,8 +12,14 @@ use std::{
 use lmi_proto::v1::agent_server::AgentServer;
 use tokio::{net::UnixListener, sync::watch};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::service::interceptor::InterceptedService;
 
-use crate::{agent::Agent, config::Config, control::ControlService};
+use crate::{
+    agent::Agent,
+    auth::{TokenCheck, TokenError},
+    config::Config,
+    control::ControlService,
+};
 
 /// Largest gRPC message (invoke payloads and results are up to 6 MiB; streamed results up to 20 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
@@ -24,6 +31,8 @@ pub enum ServeError {
     Socket { path: String, source: io::Error },
     #[error("TCP listener {addr}: {source}")]
     Tcp { addr: String, source: io::Error },
+    #[error("listen_tcp_token_file: {0}")]
+    Token(#[from] TokenError),
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server: {0}")]
@@ -60,26 +69,45 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, ServeError> {
     Ok(listener)
 }
 
-/// Binds the optional TCP listener of the control API (before the agent says it is ready).
-pub async fn bind_tcp(config: &Config) -> Result<Option<tokio::net::TcpListener>, ServeError> {
+/// The TCP listener of the control API and the check its calls pass.
+#[derive(Debug)]
+pub struct TcpControl {
+    listener: tokio::net::TcpListener,
+    check: TokenCheck,
+}
+
+impl TcpControl {
+    /// The bound address.
+    pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// Reads the token (if configured) and binds the optional TCP listener of the control API (before the agent
+/// says it is ready). Whether a token is required where the listener binds is the configuration's check.
+pub async fn bind_tcp(config: &Config) -> Result<Option<TcpControl>, ServeError> {
     let Some(addr) = config.listen_tcp else {
         return Ok(None);
     };
-    let tcp = tokio::net::TcpListener::bind(addr)
+    let check = match &config.listen_tcp_token_file {
+        Some(path) => TokenCheck::bearer(&crate::auth::read_token(path)?),
+        None => TokenCheck::open(),
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Tcp {
             addr: addr.to_string(),
             source,
         })?;
-    tracing::info!(%addr, "control API listening on TCP");
-    Ok(Some(tcp))
+    tracing::info!(%addr, token = check.required(), "control API listening on TCP");
+    Ok(Some(TcpControl { listener, check }))
 }
 
 /// Serves the control API on the bound listeners until `shutdown` turns true.
 pub async fn serve(
     agent: Arc<Agent>,
     unix: UnixListener,
-    tcp: Option<tokio::net::TcpListener>,
+    tcp: Option<TcpControl>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -91,30 +119,34 @@ pub async fn serve(
     let control = AgentServer::new(ControlService::new(agent))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-
-    let router = tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(control);
+    // One router per listener, the same services behind each listener's check.
+    let router = |check: TokenCheck| {
+        tonic::transport::Server::builder()
+            .add_service(health_service.clone())
+            .add_service(InterceptedService::new(reflection.clone(), check.clone()))
+            .add_service(InterceptedService::new(control.clone(), check))
+    };
 
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    let local = router(TokenCheck::open());
     match tcp {
         None => {
-            router
+            local
                 .serve_with_incoming_shutdown(UnixListenerStream::new(unix), stopped(shutdown))
                 .await?
         }
-        Some(tcp) => {
-            let tcp_router = router.clone();
+        Some(TcpControl { listener, check }) => {
             let (a, b) = tokio::join!(
-                router.serve_with_incoming_shutdown(
+                local.serve_with_incoming_shutdown(
                     UnixListenerStream::new(unix),
                     stopped(shutdown.clone())
                 ),
-                tcp_router
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(tcp), stopped(shutdown)),
+                router(check).serve_with_incoming_shutdown(
+                    TcpListenerStream::new(listener),
+                    stopped(shutdown)
+                ),
             );
             a?;
             b?;

@@ -124,19 +124,24 @@ impl std::fmt::Debug for ValidSpec {
     }
 }
 
+/// What the control API and the state records show in place of an environment variable's value: the values
+/// are secrets that only the runtime receives (docs/ARCHITECTURE.md, "Sandbox", secrets).
+pub const REDACTED_VALUE: &str = "<redacted>";
+
 /// Shows environment variables as their names with `"<redacted>"` values.
 pub struct RedactedVariables<'a>(pub &'a BTreeMap<String, String>);
 
 impl std::fmt::Debug for RedactedVariables<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_map()
-            .entries(self.0.keys().map(|k| (k, "<redacted>")))
+            .entries(self.0.keys().map(|k| (k, REDACTED_VALUE)))
             .finish()
     }
 }
 
 impl ValidSpec {
-    /// The spec as the wire shows it back, with defaults filled in.
+    /// The spec as the wire shows it back, with defaults filled in and the environment variables' values
+    /// replaced by [`REDACTED_VALUE`] (their names stay).
     pub fn to_proto(&self) -> pb::EnvironmentSpec {
         pb::EnvironmentSpec {
             function: Some(pb::FunctionRef {
@@ -161,7 +166,11 @@ impl ValidSpec {
             max_concurrency: self.max_concurrency,
             timeout_seconds: u32::try_from(self.timeout.as_secs()).unwrap_or(u32::MAX),
             ephemeral_storage_mib: self.ephemeral_storage_mib,
-            environment: self.environment.clone().into_iter().collect(),
+            environment: self
+                .environment
+                .keys()
+                .map(|k| (k.clone(), REDACTED_VALUE.to_owned()))
+                .collect(),
         }
     }
 
@@ -493,6 +502,22 @@ default_concurrency_per_vcpu = 8
         validate(spec, &catalog(), &defaults())
             .unwrap_err()
             .to_string()
+    }
+
+    #[test]
+    fn the_wire_view_names_variables_without_their_values() {
+        let mut spec = base();
+        spec.environment
+            .insert("DB_PASSWORD".into(), "hunter2".into());
+        spec.environment.insert("EMPTY".into(), String::new());
+        let v = validate(&spec, &catalog(), &defaults()).unwrap();
+        // The runtime gets the values; the wire view (and the state records) only the names.
+        assert_eq!(v.environment["DB_PASSWORD"], "hunter2");
+        let shown = v.to_proto().environment;
+        assert_eq!(shown.len(), 2);
+        assert_eq!(shown["DB_PASSWORD"], REDACTED_VALUE);
+        assert_eq!(shown["EMPTY"], REDACTED_VALUE);
+        assert!(!format!("{v:?}").contains("hunter2"));
     }
 
     #[test]

@@ -23,6 +23,16 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "URL")]
     pub endpoint: Option<String>,
 
+    /// File holding the bearer token of the agent's TCP listener (its `listen_tcp_token_file`); sent as
+    /// `authorization: Bearer <token>` with --endpoint. Mode 0600, owned by the caller.
+    #[arg(
+        long,
+        global = true,
+        env = "LMI_AGENT_LISTEN_TCP_TOKEN_FILE",
+        value_name = "PATH"
+    )]
+    pub token_file: Option<PathBuf>,
+
     /// Print JSON instead of human-readable output.
     #[arg(long, global = true)]
     pub json: bool,

@@ -81,7 +81,8 @@ async fn try_run(mut cli: Cli, io: &mut Io<'_>) -> anyhow::Result<Output> {
     }
     let plan = prepare(command, io)?;
     let target = connect::target(&cli.socket, cli.endpoint.as_deref())?;
-    let mut client = connect::connect(&target, cli.timeout).await?;
+    let token = connect::token(&target, cli.token_file.as_deref())?;
+    let mut client = connect::connect(&target, cli.timeout, token.as_deref()).await?;
     execute(&mut client, plan, cli.json, cli.timeout, io)
         .await
         .map_err(|err| clarify_timeout(err, cli.timeout))

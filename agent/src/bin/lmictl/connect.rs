@@ -4,8 +4,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
+use lmi_agent::auth::AddBearer;
 use lmi_proto::v1::agent_client::AgentClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::{
+    service::interceptor::InterceptedService,
+    transport::{Channel, Endpoint},
+};
 
 /// Payloads are up to 6 MiB; leave room for the rest of the message.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -13,7 +17,8 @@ pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// How long connecting may take when no `--timeout` is given.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub type Client = AgentClient<Channel>;
+/// A client whose calls carry the bearer token, when one was given.
+pub type Client = AgentClient<InterceptedService<Channel, AddBearer>>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -44,9 +49,23 @@ pub fn target(socket: &Path, endpoint: Option<&str>) -> anyhow::Result<Target> {
     }
 }
 
+/// The token to send: read from `token_file` for a TCP target (the Unix socket needs none).
+pub fn token(target: &Target, token_file: Option<&Path>) -> anyhow::Result<Option<String>> {
+    match (target, token_file) {
+        (Target::Tcp(_), Some(path)) => Ok(Some(lmi_agent::auth::read_token(path)?)),
+        _ => Ok(None),
+    }
+}
+
 /// Connects (eagerly, so a missing socket is reported as such) and returns a client that accepts 16 MiB
-/// messages. `timeout` bounds connecting and every RPC made through the channel.
-pub async fn connect(target: &Target, timeout: Option<Duration>) -> anyhow::Result<Client> {
+/// messages and sends `token` with every call. `timeout` bounds connecting and every RPC made through the
+/// channel.
+pub async fn connect(
+    target: &Target,
+    timeout: Option<Duration>,
+    token: Option<&str>,
+) -> anyhow::Result<Client> {
+    let bearer = AddBearer::new(token).map_err(|s| anyhow!("--token-file: {}", s.message()))?;
     let uri = match target {
         // The authority is a placeholder: the connector below ignores it.
         Target::Unix(_) => "http://[::]:50051",
@@ -63,7 +82,7 @@ pub async fn connect(target: &Target, timeout: Option<Duration>) -> anyhow::Resu
         Target::Tcp(_) => endpoint.connect().await,
     }
     .with_context(|| format!("cannot connect to lmi-agent at {target}"))?;
-    Ok(AgentClient::new(channel)
+    Ok(AgentClient::with_interceptor(channel, bearer)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
@@ -101,7 +120,7 @@ mod tests {
     #[tokio::test]
     async fn missing_socket_is_a_clear_error() {
         let path = std::env::temp_dir().join(format!("lmictl-none-{}.sock", uuid::Uuid::new_v4()));
-        let err = connect(&Target::Unix(path.clone()), None)
+        let err = connect(&Target::Unix(path.clone()), None, None)
             .await
             .unwrap_err();
         let msg = format!("{err:#}");

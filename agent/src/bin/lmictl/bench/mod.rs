@@ -33,7 +33,8 @@ pub async fn run(cli: &Cli, command: BenchCommand, io: &mut Io<'_>) -> anyhow::R
         BenchCommand::Invoke(args) => invoke(&target, cli, args).await,
         BenchCommand::Startup(args) => {
             let spec = crate::spec_file::build(&args.create, &io.cwd)?;
-            let mut client = connect::connect(&target, cli.timeout).await?;
+            let token = connect::token(&target, cli.token_file.as_deref())?;
+            let mut client = connect::connect(&target, cli.timeout, token.as_deref()).await?;
             let runs =
                 startup::run(&mut client, &spec, args.runs, args.create.wait_timeout, io).await?;
             report::startup_output(&runs, cli.json)
@@ -85,8 +86,9 @@ async fn invoke(target: &Target, cli: &Cli, args: BenchInvokeArgs) -> anyhow::Re
         (None, Target::Tcp(_)) => None,
     };
     let mut clients = Vec::new();
+    let token = connect::token(target, cli.token_file.as_deref())?;
     for _ in 0..args.connections {
-        clients.push(connect::connect(target, cli.timeout).await?);
+        clients.push(connect::connect(target, cli.timeout, token.as_deref()).await?);
     }
     let runtime_pids = runtime_pids(&mut clients[0], &args).await?;
     anyhow::ensure!(
