@@ -7,14 +7,17 @@
 //!
 //! A slot is held from admission until the runtime answers (even after the caller's deadline, since the code is
 //! still running), until a queued invoke is dropped undelivered, or until the environment dies.
+//!
+//! An optional [`InvokeObserver`] (the function log's platform records) learns when each invoke is delivered
+//! and, exactly once, when it ends for its caller.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     sync::{
         atomic::{AtomicU32, Ordering},
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex, MutexGuard, OnceLock,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tokio::sync::{oneshot, watch, Notify};
@@ -51,6 +54,54 @@ impl Refusal {
     }
 }
 
+/// How a delivered invoke ended for its caller (see [`InvokeObserver::ended`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvokeEnd {
+    /// The runtime answered.
+    Success,
+    /// The runtime reported a function error, or its answer was refused (too large, cut off).
+    Error,
+    /// The deadline passed first.
+    Timeout,
+    /// The environment stopped (its runtime exited or was stopped).
+    Failure,
+    /// The caller went away before an outcome.
+    Cancelled,
+}
+
+impl InvokeEnd {
+    /// `success`, `error`, `timeout`, `failure` or `cancelled`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvokeEnd::Success => "success",
+            InvokeEnd::Error => "error",
+            InvokeEnd::Timeout => "timeout",
+            InvokeEnd::Failure => "failure",
+            InvokeEnd::Cancelled => "cancelled",
+        }
+    }
+
+    fn of(outcome: &Outcome) -> (Self, Option<&str>) {
+        match outcome {
+            Outcome::Success { .. } => (InvokeEnd::Success, None),
+            Outcome::FunctionError(e) => (InvokeEnd::Error, Some(&e.error_type)),
+            Outcome::Timeout(e) => (InvokeEnd::Timeout, Some(&e.error_type)),
+            Outcome::RuntimeFailure(e) => (InvokeEnd::Failure, Some(&e.error_type)),
+        }
+    }
+}
+
+/// Learns when invokes are delivered to the runtime and when they end. Called on the invoke path: must be
+/// cheap and must not call back into the broker.
+pub trait InvokeObserver: Send + Sync + std::fmt::Debug {
+    /// A `/next` is taking the invoke. Called with the broker's table locked, so that it is seen before the
+    /// invoke's end, whichever thread ends it.
+    fn delivered(&self, id: &Arc<str>);
+    /// A delivered invoke ended for its caller, `ran` after its delivery. Called once per delivered invoke,
+    /// before the caller gets the outcome.
+    fn ended(&self, id: &str, ran: Duration, end: InvokeEnd, error_type: Option<&str>);
+}
+
 /// What the Runtime API answers to a `/response` or `/error` for a request id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answer {
@@ -72,6 +123,8 @@ struct Entry {
     answering: bool,
     /// The invoke's deadline on the monotonic clock, kept after delivery: an answer's body is read until then.
     deadline: std::time::Instant,
+    /// When it was delivered, while the observer has not been told of its end (only with an observer).
+    started: Option<Instant>,
 }
 
 impl Entry {
@@ -124,6 +177,7 @@ pub struct Broker {
     queued: Notify,
     table: Mutex<Table>,
     closed_tx: watch::Sender<bool>,
+    observer: OnceLock<Arc<dyn InvokeObserver>>,
 }
 
 /// A submitted invoke; [`Pending::wait`] yields its outcome. Dropping it unanswered frees what it holds.
@@ -144,7 +198,27 @@ impl Broker {
             queued: Notify::new(),
             table: Mutex::new(Table::default()),
             closed_tx: watch::Sender::new(false),
+            observer: OnceLock::new(),
         })
+    }
+
+    /// Sets the observer of deliveries and ends (once; a second one is ignored). Set it before the runtime
+    /// can poll, so that every delivered invoke is seen.
+    pub fn observe(&self, observer: Arc<dyn InvokeObserver>) {
+        let _ = self.observer.set(observer);
+    }
+
+    /// Tells the observer that a delivered invoke ended, if it was seen delivered and not yet ended.
+    fn tell_end(
+        &self,
+        id: &str,
+        started: Option<Instant>,
+        end: InvokeEnd,
+        error_type: Option<&str>,
+    ) {
+        if let (Some(observer), Some(started)) = (self.observer.get(), started) {
+            observer.ended(id, started.elapsed(), end, error_type);
+        }
     }
 
     fn table(&self) -> MutexGuard<'_, Table> {
@@ -225,6 +299,7 @@ impl Broker {
                     reply: Some(tx),
                     answering: false,
                     deadline,
+                    started: None,
                 },
             );
             t.queue.push_back(id.clone());
@@ -238,9 +313,17 @@ impl Broker {
     }
 
     fn take_queued(&self) -> Option<Event> {
+        let observer = self.observer.get();
         let mut t = self.table();
         while let Some(id) = t.queue.pop_front() {
-            if let Some(event) = t.entries.get_mut(&id).and_then(|e| e.event.take()) {
+            let Some(entry) = t.entries.get_mut(&id) else {
+                continue;
+            };
+            if let Some(event) = entry.event.take() {
+                if let Some(observer) = observer {
+                    entry.started = Some(Instant::now());
+                    observer.delivered(&id);
+                }
                 return Some(event);
             }
         }
@@ -313,6 +396,8 @@ impl Broker {
         // The slot is free before the caller learns the outcome: a caller that submits again as soon as it
         // has its answer must find the slot it just used (else a closed loop at the limit is throttled).
         self.release(1);
+        let (end, error_type) = InvokeEnd::of(&outcome);
+        self.tell_end(id, entry.started, end, error_type);
         match entry.reply {
             Some(reply) => {
                 // The caller may have gone (cancelled); the answer is still accepted.
@@ -334,16 +419,17 @@ impl Broker {
         }
     }
 
-    /// The caller stopped waiting (deadline or cancellation). Returns false if the answer already came.
-    fn expire(&self, id: &Arc<str>) -> bool {
+    /// The caller stopped waiting: its deadline passed (`timed_out`) or it went away. Returns false if the
+    /// answer already came.
+    fn expire(&self, id: &Arc<str>, timed_out: bool) -> bool {
         let mut t = self.table();
-        let delivered = match t.entries.get_mut(id) {
+        let (delivered, started) = match t.entries.get_mut(id) {
             None => return false,
             Some(e) => {
                 if e.reply.take().is_none() {
                     return false;
                 }
-                e.delivered()
+                (e.delivered(), e.started.take())
             }
         };
         t.remember_expired(id.clone());
@@ -353,7 +439,15 @@ impl Broker {
             t.queue.retain(|q| q != id);
             drop(t);
             self.release(1);
+        } else {
+            drop(t);
         }
+        let end = if timed_out {
+            InvokeEnd::Timeout
+        } else {
+            InvokeEnd::Cancelled
+        };
+        self.tell_end(id, started, end, None);
         true
     }
 
@@ -368,7 +462,9 @@ impl Broker {
         self.closed_tx.send_replace(true);
         let mut told = 0;
         let held = u32::try_from(entries.len()).unwrap_or(u32::MAX);
-        for (_, entry) in entries {
+        for (id, entry) in entries {
+            let error_type = failure.map_or("Runtime.ExitError", |f| f.error_type.as_str());
+            self.tell_end(&id, entry.started, InvokeEnd::Failure, Some(error_type));
             if let Some(reply) = entry.reply {
                 let info = failure.cloned().unwrap_or_else(|| {
                     ErrorInfo::new("Runtime.ExitError", "the execution environment stopped")
@@ -431,7 +527,7 @@ impl Pending {
                 "the execution environment dropped the invoke",
             )),
             Err(_) => {
-                if self.broker.expire(&self.id) {
+                if self.broker.expire(&self.id, true) {
                     Outcome::Timeout(ErrorInfo::timed_out(timeout))
                 } else {
                     // The answer raced the deadline and won: it is in the channel.
@@ -450,7 +546,7 @@ impl Drop for Pending {
     fn drop(&mut self) {
         // Still holding the receiver means the caller went away before an outcome: free what the invoke holds.
         if self.rx.is_some() {
-            self.broker.expire(&self.id);
+            self.broker.expire(&self.id, false);
         }
     }
 }
@@ -707,6 +803,130 @@ mod tests {
         }
         b.close(None);
         runtime.await.unwrap();
+    }
+
+    /// Records what the broker tells its observer.
+    #[derive(Debug, Default)]
+    struct Seen(Mutex<Vec<String>>);
+
+    impl InvokeObserver for Seen {
+        fn delivered(&self, id: &Arc<str>) {
+            self.0.lock().unwrap().push(format!("start {id}"));
+        }
+        fn ended(&self, id: &str, _ran: Duration, end: InvokeEnd, error_type: Option<&str>) {
+            let t = error_type.unwrap_or("-");
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("end {id} {} {t}", end.as_str()));
+        }
+    }
+
+    fn observed(max: u32) -> (Arc<Broker>, Arc<Seen>) {
+        let b = Broker::new(max);
+        let seen = Arc::new(Seen::default());
+        b.observe(seen.clone());
+        (b, seen)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_observer_sees_each_delivered_invoke_start_and_end_once() {
+        let (b, seen) = observed(8);
+        // Answered: success, then a function error.
+        let p = b.submit(event("ok")).unwrap();
+        b.next().await.unwrap();
+        b.answer("ok", ok(b"1"));
+        p.wait(Duration::from_secs(5)).await;
+        let p = b.submit(event("err")).unwrap();
+        b.next().await.unwrap();
+        b.answer("err", Outcome::FunctionError(ErrorInfo::new("Boom", "m")));
+        p.wait(Duration::from_secs(5)).await;
+        // Timed out: told at the deadline; the late answer tells nothing more.
+        let p = b.submit(event("slow")).unwrap();
+        b.next().await.unwrap();
+        assert!(matches!(
+            p.wait(Duration::from_secs(1)).await,
+            Outcome::Timeout(_)
+        ));
+        assert_eq!(b.answer("slow", ok(b"late")), Answer::TooLate);
+        // The caller went away after delivery; its late answer is refused and tells nothing more.
+        let p = b.submit(event("gone")).unwrap();
+        b.next().await.unwrap();
+        drop(p);
+        assert_eq!(b.claim("gone"), Answer::TooLate);
+        b.settle_late("gone");
+        // Never delivered: nothing at all.
+        let p = b.submit(event("queued")).unwrap();
+        assert!(matches!(
+            p.wait(Duration::from_secs(1)).await,
+            Outcome::Timeout(_)
+        ));
+        // In flight when the environment stops.
+        let _p = b.submit(event("cut")).unwrap();
+        b.next().await.unwrap();
+        b.close(Some(&ErrorInfo::new("Runtime.ExitError", "exit 1")));
+        assert_eq!(
+            *seen.0.lock().unwrap(),
+            [
+                "start ok",
+                "end ok success -",
+                "start err",
+                "end err error Boom",
+                "start slow",
+                "end slow timeout -",
+                "start gone",
+                "end gone cancelled -",
+                "start cut",
+                "end cut failure Runtime.ExitError",
+            ]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_start_is_seen_before_its_end_under_concurrency() {
+        // Deadlines race deliveries: whichever thread ends an invoke, its start was told first.
+        let (b, seen) = observed(64);
+        let runtime = {
+            let b = b.clone();
+            tokio::spawn(async move {
+                let mut n = 0u32;
+                while let Some(e) = b.next().await {
+                    n += 1;
+                    if n % 3 != 0 {
+                        b.answer(&e.request_id, ok(b"1"));
+                    }
+                }
+            })
+        };
+        let callers: Vec<_> = (0..500)
+            .map(|i| {
+                let b = b.clone();
+                tokio::spawn(async move {
+                    let p = b.submit(event(&format!("r{i}"))).ok()?;
+                    Some(p.wait(Duration::from_millis(1 + i % 5)).await)
+                })
+            })
+            .collect();
+        for c in callers {
+            c.await.unwrap();
+        }
+        b.close(None);
+        runtime.await.unwrap();
+        let seen = seen.0.lock().unwrap();
+        let mut started = HashSet::new();
+        let mut ended = HashSet::new();
+        for line in seen.iter() {
+            let mut w = line.split(' ');
+            let (what, id) = (w.next().unwrap(), w.next().unwrap().to_owned());
+            if what == "start" {
+                assert!(started.insert(id), "started twice: {line}");
+            } else {
+                assert!(started.contains(&id), "ended before its start: {line}");
+                assert!(ended.insert(id), "ended twice: {line}");
+            }
+        }
+        assert_eq!(started, ended, "every delivered invoke ended exactly once");
+        assert!(!started.is_empty());
     }
 
     #[tokio::test]

@@ -20,6 +20,7 @@ use tokio::{
 
 use super::{
     lines::LineSplitter,
+    platform::PlatformLog,
     queue::{Entry, QueueSender},
     record::{self, Origin, Source},
     socket::EnvironmentSocket,
@@ -44,6 +45,9 @@ pub struct CaptureContext {
     pub max_line_bytes: usize,
     /// Log-socket connections an environment may hold open at once; more are refused and counted.
     pub max_connections: usize,
+    /// The environment's platform records: which ids it delivered (to lift them from lines); closed when the
+    /// capture ends.
+    pub platform: Option<Arc<PlatformLog>>,
 }
 
 /// A running capture. [`Capture::close`] (or dropping it) stops accepting connections and removes the socket
@@ -193,6 +197,7 @@ fn offer(ctx: &CaptureContext, stream: &str, pid: Option<u32>, line: &[u8], spli
         return;
     };
     let mut bytes = Vec::with_capacity(line.len() + 192);
+    let known = |id: &str| ctx.platform.as_ref().is_some_and(|p| p.knows(id));
     record::encode_line(
         &mut bytes,
         SystemTime::now(),
@@ -200,6 +205,7 @@ fn offer(ctx: &CaptureContext, stream: &str, pid: Option<u32>, line: &[u8], spli
             source: &ctx.source,
             stream,
             pid,
+            known: &known,
         },
         line,
         split,
@@ -241,6 +247,10 @@ fn report_drops(ctx: &CaptureContext) {
 }
 
 async fn end(ctx: &CaptureContext) {
+    // The environment is gone: no platform record may follow the capture's last record.
+    if let Some(platform) = &ctx.platform {
+        platform.close();
+    }
     let Some(queue) = &ctx.queue else {
         return;
     };
@@ -314,6 +324,7 @@ mod tests {
                 stats: stats.clone(),
                 max_line_bytes: 1024,
                 max_connections: 1,
+                platform: None,
             },
             socket,
             Some(&b"from stdout\n"[..]),

@@ -9,6 +9,8 @@
 //!
 //! - [`lines`]: cutting a byte stream into bounded lines.
 //! - [`record`]: the JSON record of one line.
+//! - [`lift`]: the request id (and level) in the shapes the official runtime clients write.
+//! - [`platform`]: the platform's records of each invoke (START, END, REPORT, the timeout line).
 //! - [`queue`]: the bounded queue; a full queue drops the newest record.
 //! - [`stats`]: an environment's counters (records, drops, split lines, refused connections).
 //! - [`socket`]: an environment's log socket (`_LAMBDA_TELEMETRY_LOG_FD_PROVIDER_SOCKET`).
@@ -20,7 +22,9 @@
 //! `max_line_bytes` being assembled and one read buffer.
 
 pub mod capture;
+pub mod lift;
 pub mod lines;
+pub mod platform;
 pub mod queue;
 pub mod record;
 pub mod sink;
@@ -31,11 +35,12 @@ pub mod tail;
 use std::{
     io,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
 
 pub use capture::Capture;
+pub use platform::PlatformLog;
 pub use record::Source;
 pub use stats::LogStats;
 
@@ -120,6 +125,7 @@ impl LogPipeline {
             socket: EnvironmentSocket::bind(&self.socket_dir, env_id)?,
             queue: self.queue.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             max_line_bytes: self.max_line_bytes,
+            platform: OnceLock::new(),
         })
     }
 
@@ -151,12 +157,33 @@ pub struct PendingCapture {
     socket: EnvironmentSocket,
     queue: Option<QueueSender>,
     max_line_bytes: usize,
+    platform: OnceLock<Arc<PlatformLog>>,
 }
 
 impl PendingCapture {
     /// The path given to the runtime in `_LAMBDA_TELEMETRY_LOG_FD_PROVIDER_SOCKET`.
     pub fn socket_path(&self) -> &Path {
         self.socket.path()
+    }
+
+    /// The platform records of `env`'s invokes (give it to the environment's broker with
+    /// [`crate::broker::Broker::observe`] before the runtime can poll). The capture started later attributes
+    /// lines by the ids it saw delivered, and closes it when it ends.
+    pub fn platform_log(&self, env: &crate::environment::Environment) -> Arc<PlatformLog> {
+        self.platform
+            .get_or_init(|| {
+                Arc::new(PlatformLog::new(
+                    self.queue.clone(),
+                    Source {
+                        function: env.spec.function_name.clone(),
+                        version: env.spec.version.clone(),
+                        environment: env.id.clone(),
+                    },
+                    env.log_stats.clone(),
+                    env.spec.timeout,
+                ))
+            })
+            .clone()
     }
 
     /// Starts capturing. `max_connections` bounds the log-socket connections open at once.
@@ -175,6 +202,7 @@ impl PendingCapture {
                 stats,
                 max_line_bytes: self.max_line_bytes,
                 max_connections,
+                platform: self.platform.into_inner(),
             },
             self.socket,
             stdout,

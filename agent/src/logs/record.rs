@@ -8,15 +8,19 @@
 //! - `timestamp`: when the agent read the line (UTC, milliseconds).
 //! - `stream`: `stdout` / `stderr` of the runtime's main process, `socket-N` for the N-th connection to the
 //!   environment's log socket (with the connecting process's `pid`), `lmi-agent` for the agent's own records
-//!   about the capture (drop reports, end of capture).
-//! - A line that is a JSON object is kept as such in `message`; its `requestId` and `level` (when strings)
-//!   are copied to the top level. Any other line is a string `message`, in which `\r` stands for a newline
-//!   (Node's runtime writes multi-line records that way), and invalid UTF-8 is replaced by U+FFFD.
-//! - `split: true` marks a piece of an overlong line; the record after it (same stream) continues it.
+//!   about the capture (drop reports, end of capture), `platform` for the platform's records of each invoke
+//!   (see [`super::platform`]).
+//! - A line that is a JSON object is kept as such in `message`; its request id (in any of the shapes the
+//!   official clients write, see [`super::lift`]) and its `level` (when a string) are copied to the top level.
+//!   Any other line is a string `message`, in which `\r` stands for a newline (Node's and Python's clients
+//!   write multi-line records that way), and invalid UTF-8 is replaced by U+FFFD; the request id and level of
+//!   the clients' text formats are copied to the top level too.
+//! - `split: true` marks a piece of an overlong line; the record after it (same stream) continues it. A piece
+//!   is never parsed.
 
 use std::{io::Write as _, time::SystemTime};
 
-use serde::Deserialize;
+use super::lift;
 
 /// The function version and environment whose runtime wrote the lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,24 +31,27 @@ pub struct Source {
 }
 
 /// Where one line came from inside an environment.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Origin<'a> {
     pub source: &'a Source,
     pub stream: &'a str,
     pub pid: Option<u32>,
+    /// Whether an id that is not UUID-shaped belongs to an invoke of this environment (see [`super::lift`]).
+    pub known: &'a dyn Fn(&str) -> bool,
+}
+
+impl std::fmt::Debug for Origin<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Origin")
+            .field("source", &self.source)
+            .field("stream", &self.stream)
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The stream name of the agent's own records.
 pub const AGENT_STREAM: &str = "lmi-agent";
-
-/// The fields read from a line that is a JSON object.
-#[derive(Deserialize)]
-struct Probe {
-    #[serde(rename = "requestId", default)]
-    request_id: Option<serde_json::Value>,
-    #[serde(default)]
-    level: Option<serde_json::Value>,
-}
 
 /// Appends the record of `line` (one JSON object and a `\n`) to `out`.
 pub fn encode_line(
@@ -58,30 +65,29 @@ pub fn encode_line(
     let trimmed = text.trim();
     // A JSON object line is kept verbatim: `from_str` accepts only a complete, valid JSON text, so splicing
     // it in as a value keeps the record valid JSON.
-    let probe = (!split && trimmed.starts_with('{'))
-        .then(|| serde_json::from_str::<Probe>(trimmed).ok())
-        .flatten();
-    let as_str = |v: &Option<serde_json::Value>| {
-        v.as_ref()
-            .and_then(serde_json::Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
+    let probe = if split {
+        None
+    } else {
+        lift::probe_json(trimmed)
     };
-    let (request_id, level) = probe
-        .as_ref()
-        .map_or((None, None), |p| (as_str(&p.request_id), as_str(&p.level)));
+    let is_json = probe.is_some();
+    let lifted = match probe {
+        Some(p) => p.lift(origin.known),
+        None if split => lift::Lifted::default(),
+        None => lift::lift_text(trimmed, origin.known),
+    };
     head(out, at, origin);
-    if let Some(id) = &request_id {
+    if let Some(id) = &lifted.request_id {
         field(out, "requestId", id);
     }
-    if let Some(level) = &level {
+    if let Some(level) = &lifted.level {
         field(out, "level", level);
     }
     if split {
         out.extend_from_slice(b",\"split\":true");
     }
     out.extend_from_slice(b",\"message\":");
-    if probe.is_some() {
+    if is_json {
         out.extend_from_slice(trimmed.as_bytes());
     } else {
         let message = text.replace('\r', "\n");
@@ -105,6 +111,7 @@ pub fn encode_agent(
             source,
             stream: AGENT_STREAM,
             pid: None,
+            known: &|_| false,
         },
     );
     for (name, value) in counters {
@@ -117,8 +124,9 @@ pub fn encode_agent(
 }
 
 fn head(out: &mut Vec<u8>, at: SystemTime, o: Origin<'_>) {
-    out.extend_from_slice(b"{\"timestamp\":");
-    json(out, &rfc3339_millis(at));
+    out.extend_from_slice(b"{\"timestamp\":\"");
+    write_rfc3339_millis(out, at);
+    out.push(b'"');
     field(out, "function", &o.source.function);
     field(out, "version", &o.source.version);
     field(out, "environment", &o.source.environment);
@@ -128,32 +136,68 @@ fn head(out: &mut Vec<u8>, at: SystemTime, o: Origin<'_>) {
     }
 }
 
-fn field(out: &mut Vec<u8>, name: &str, value: &str) {
+pub(super) fn field(out: &mut Vec<u8>, name: &str, value: &str) {
     out.push(b',');
     json(out, name);
     out.push(b':');
     json(out, value);
 }
 
-fn json(out: &mut Vec<u8>, s: &str) {
+pub(super) fn json(out: &mut Vec<u8>, s: &str) {
     // Serialising a &str into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC).
 pub fn rfc3339_millis(t: SystemTime) -> String {
+    let mut out = Vec::with_capacity(24);
+    write_rfc3339_millis(&mut out, t);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Appends `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC) to `out`.
+pub(super) fn write_rfc3339_millis(out: &mut Vec<u8>, t: SystemTime) {
+    out.extend_from_slice(&rfc3339_millis_bytes(t));
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC), digits written directly (this runs for every record; a year past 9999
+/// keeps its last four digits).
+pub(super) fn rfc3339_millis_bytes(t: SystemTime) -> [u8; 24] {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let days = i64::try_from(secs / 86_400).unwrap_or(0);
     let (y, m, day) = crate::launch::civil_from_days(days);
     let rem = secs % 86_400;
-    format!(
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
+    let mut a = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, mut v: u64, n: usize| {
+        for i in (at..at + n).rev() {
+            // `% 10` keeps the value in 0..=9.
+            a[i] = b'0' + u8::try_from(v % 10).unwrap_or(0);
+            v /= 10;
+        }
+    };
+    put(0, u64::try_from(y).unwrap_or(0), 4);
+    put(5, u64::from(m), 2);
+    put(8, u64::from(day), 2);
+    put(11, rem / 3600, 2);
+    put(14, rem % 3600 / 60, 2);
+    put(17, rem % 60, 2);
+    put(20, u64::from(d.subsec_millis()), 3);
+    a
+}
+
+/// Appends `s` as the inside of a JSON string (no quotes): as is when nothing in it needs escaping (ids,
+/// versions, names: the common case), else escaped.
+pub(super) fn json_inner(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.extend_from_slice(s.as_bytes());
+    } else {
+        let start = out.len();
+        json(out, s);
+        // Drop the quotes serde_json wrote around it.
+        out.pop();
+        out.remove(start);
+    }
 }
 
 #[cfg(test)]
@@ -181,6 +225,7 @@ mod tests {
                 source: &s,
                 stream: "socket-2",
                 pid: Some(7),
+                known: &|id| id == "r-1",
             },
             line,
             split,
@@ -255,6 +300,29 @@ mod tests {
             r["message"], r#"{"requestId":"r"}"#,
             "a piece is never parsed"
         );
+    }
+
+    #[test]
+    fn timestamps_and_inner_strings() {
+        let at = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+        assert_eq!(rfc3339_millis(at(0)), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339_millis(at(951_782_400_007)),
+            "2000-02-29T00:00:00.007Z"
+        );
+        assert_eq!(
+            rfc3339_millis(at(4_102_444_799_999)),
+            "2099-12-31T23:59:59.999Z"
+        );
+        let inner = |s: &str| {
+            let mut out = b"\"".to_vec();
+            json_inner(&mut out, s);
+            out.push(b'"');
+            serde_json::from_slice::<String>(&out).unwrap()
+        };
+        for s in ["8f507cfc-1a2b", "a\"b\\c\td\u{1}é", "", "$LATEST"] {
+            assert_eq!(inner(s), s);
+        }
     }
 
     #[test]

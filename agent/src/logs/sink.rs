@@ -20,6 +20,11 @@ use super::queue::{Entry, QueueReceiver};
 
 /// Records moved from the queue at a time.
 const BATCH: usize = 512;
+/// After a batch smaller than [`BATCH`], the writer waits this long before taking the next one: records that
+/// trickle in (a few per invoke: the runtime's lines and the platform's records) are then written in batches,
+/// with one file open per batch and one wake-up of the writer per batch instead of one per record (a wake-up is
+/// a system call on the invoke path). It bounds how late a record reaches the sinks.
+const COALESCE: Duration = Duration::from_millis(1);
 /// A failing sink is reported at most this often.
 const ERROR_REPORT_EVERY: Duration = Duration::from_secs(60);
 
@@ -179,7 +184,11 @@ pub struct Sinks {
 pub fn run(mut rx: QueueReceiver, mut sinks: Sinks) {
     let mut batch: Vec<Entry> = Vec::with_capacity(BATCH);
     let mut stdout_errors = ErrorReport::new("stdout");
-    while rx.blocking_recv_many(&mut batch, BATCH) > 0 {
+    loop {
+        let n = rx.blocking_recv_many(&mut batch, BATCH);
+        if n == 0 {
+            break;
+        }
         if let Some(file) = sinks.file.as_mut() {
             // Consecutive records of the same function version go to their file in one open.
             let mut start = 0;
@@ -211,6 +220,9 @@ pub fn run(mut rx: QueueReceiver, mut sinks: Sinks) {
         }
         rx.written(batch.iter().map(|e| e.bytes.len()).sum());
         batch.clear();
+        if n < BATCH {
+            std::thread::sleep(COALESCE);
+        }
     }
 }
 

@@ -35,12 +35,20 @@ impl LogStats {
     }
 
     pub(crate) fn add_record(&self) {
-        self.records.fetch_add(1, Ordering::Relaxed);
+        self.add_records(1);
     }
 
     pub(crate) fn add_drop(&self) {
-        self.dropped.fetch_add(1, Ordering::Relaxed);
-        self.unreported_drops.fetch_add(1, Ordering::Relaxed);
+        self.add_drops(1);
+    }
+
+    pub(crate) fn add_records(&self, n: u64) {
+        self.records.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_drops(&self, n: u64) {
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+        self.unreported_drops.fetch_add(n, Ordering::Relaxed);
     }
 
     pub(crate) fn add_split(&self) {
