@@ -116,12 +116,18 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(lmi_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    // Every listener's limits (crate::listener): a connection cap, the HTTP/2 preface within the header
+    // timeout, and keep-alive pings that close a connection whose peer stopped answering.
+    let limits = crate::listener::ListenerLimits::from(&agent.config().listeners);
+    let (ping, ping_timeout) = crate::listener::grpc_keepalive(&limits);
     let control = AgentServer::new(ControlService::new(agent))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     // One router per listener, the same services behind each listener's check.
     let router = |check: TokenCheck| {
         tonic::transport::Server::builder()
+            .http2_keepalive_interval(ping)
+            .http2_keepalive_timeout(ping_timeout)
             .add_service(health_service.clone())
             .add_service(InterceptedService::new(reflection.clone(), check.clone()))
             .add_service(InterceptedService::new(control.clone(), check))
@@ -134,17 +140,32 @@ pub async fn serve(
     match tcp {
         None => {
             local
-                .serve_with_incoming_shutdown(UnixListenerStream::new(unix), stopped(shutdown))
+                .serve_with_incoming_shutdown(
+                    crate::listener::limit_incoming(
+                        "control socket",
+                        UnixListenerStream::new(unix),
+                        limits,
+                    ),
+                    stopped(shutdown),
+                )
                 .await?
         }
         Some(TcpControl { listener, check }) => {
             let (a, b) = tokio::join!(
                 local.serve_with_incoming_shutdown(
-                    UnixListenerStream::new(unix),
+                    crate::listener::limit_incoming(
+                        "control socket",
+                        UnixListenerStream::new(unix),
+                        limits
+                    ),
                     stopped(shutdown.clone())
                 ),
                 router(check).serve_with_incoming_shutdown(
-                    TcpListenerStream::new(listener),
+                    crate::listener::limit_incoming(
+                        "control TCP",
+                        TcpListenerStream::new(listener),
+                        limits
+                    ),
                     stopped(shutdown)
                 ),
             );
