@@ -599,6 +599,7 @@ impl Agent {
             s => Duration::from_secs(u64::from(s)),
         };
         let env = Environment::new(id, spec, addr, cgroup, Some(tmp), lease.take());
+        env.broker.observe(log_capture.platform_log(&env));
         let settled = if self.config.environments.refuse_late_and_oversized_answers {
             SettledAnswers::Refuse
         } else {
