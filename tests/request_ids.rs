@@ -16,19 +16,7 @@ fn with_id(
     id: &str,
     payload: Value,
 ) -> impl std::future::Future<Output = Result<pb::InvokeResponse, tonic::Status>> + Send + 'static {
-    let mut client = agent.client.clone();
-    let request = pb::InvokeRequest {
-        function_name: function.into(),
-        payload: payload.to_string().into_bytes().into(),
-        request_id: id.into(),
-        ..Default::default()
-    };
-    async move {
-        client
-            .invoke(request)
-            .await
-            .map(tonic::Response::into_inner)
-    }
+    invoke_with_id(agent.client.clone(), function, id, payload)
 }
 
 fn gate(dir: &std::path::Path, count: usize) -> Value {

@@ -590,13 +590,24 @@ pub async fn connect(socket: &Path) -> AgentClient<Channel> {
 
 /// One invoke; the returned future owns everything it needs (it can be spawned).
 pub fn invoke(
+    client: AgentClient<Channel>,
+    function: &str,
+    payload: serde_json::Value,
+) -> impl std::future::Future<Output = Result<pb::InvokeResponse, tonic::Status>> + Send + 'static {
+    invoke_with_id(client, function, "", payload)
+}
+
+/// One invoke under a caller-chosen `request_id` (empty: the agent makes one); spawnable like [`invoke`].
+pub fn invoke_with_id(
     mut client: AgentClient<Channel>,
     function: &str,
+    request_id: &str,
     payload: serde_json::Value,
 ) -> impl std::future::Future<Output = Result<pb::InvokeResponse, tonic::Status>> + Send + 'static {
     let request = pb::InvokeRequest {
         function_name: function.into(),
         payload: payload.to_string().into_bytes().into(),
+        request_id: request_id.into(),
         ..Default::default()
     };
     async move {
