@@ -39,12 +39,18 @@ for bin in lmi-agent lmictl; do
   [ -x "target/$TRIPLE/release/$bin" ] || { echo "build.sh: target/$TRIPLE/release/$bin is missing" >&2; exit 1; }
 done
 
-# Staging: the runtime shims without their tests (the package metadata in agent/Cargo.toml points here).
+# Staging: the runtime shims without their tests (the package metadata in agent/Cargo.toml points here), in two
+# trees that both install into /usr/share/lmi-agent/runtime-shims/: stage/runtime-shims-exec holds the files that
+# are executable in the source tree (packaged 0755: bootstraps the runtime executes), stage/runtime-shims the rest
+# (0644). Both packagers take the mode from the asset entry, not from the file, hence the split.
 rm -rf "$PKG_OUT/stage"
-mkdir -p "$PKG_OUT/stage/runtime-shims"
+mkdir -p "$PKG_OUT/stage/runtime-shims" "$PKG_OUT/stage/runtime-shims-exec"
+shim_executables >"$PKG_OUT/shim-executables.txt"
 shim_files | while read -r f; do
-  mkdir -p "$PKG_OUT/stage/runtime-shims/$(dirname "$f")"
-  cp -p "runtime-shims/$f" "$PKG_OUT/stage/runtime-shims/$f"
+  tree=runtime-shims
+  grep -qxF -- "$f" "$PKG_OUT/shim-executables.txt" && tree=runtime-shims-exec
+  mkdir -p "$PKG_OUT/stage/$tree/$(dirname "$f")"
+  cp -p "runtime-shims/$f" "$PKG_OUT/stage/$tree/$f"
 done
 
 rm -f "$PKG_OUT"/*.deb "$PKG_OUT"/*.rpm

@@ -35,9 +35,21 @@ rpm -qp --qf '[%{FILEMODES:perms} %{FILENAMES}\n]' "$rpm" 2>/dev/null | awk '$1 
 diff -u "$PKG_OUT/expected.txt" "$PKG_OUT/rpm-files.txt" || fail ".rpm file list differs from the expected one"
 [ "$(rpm -qp --qf '%{ARCH}' "$rpm" 2>/dev/null)" = "$RPM_ARCH" ] || fail ".rpm architecture is not $RPM_ARCH"
 [ "$(rpm -qcp "$rpm" 2>/dev/null)" = "/etc/lmi-agent/agent.toml" ] || fail ".rpm config files must be exactly /etc/lmi-agent/agent.toml"
-for f in /usr/bin/lmi-agent /usr/bin/lmictl; do
-  rpm -qp --qf '[%{FILEMODES:perms} %{FILENAMES}\n]' "$rpm" 2>/dev/null | grep -qx -- "-rwxr-xr-x $f" || fail "$f is not 0755 in the .rpm"
-done
+
+# The mode of every installed file, in both packages: 0755 for the binaries and for every shim that is executable
+# in the source tree (shim_executables: git's +x bit), 0644 for everything else. Written out from the same
+# lists build.sh stages from, so a new executable shim is checked without being named here.
+echo "== file modes"
+shim_executables | sed 's#^#/usr/share/lmi-agent/runtime-shims/#' >"$PKG_OUT/expected-exec.txt"
+printf '%s\n' /usr/bin/lmi-agent /usr/bin/lmictl >>"$PKG_OUT/expected-exec.txt"
+while read -r f; do
+  if grep -qxF -- "$f" "$PKG_OUT/expected-exec.txt"; then echo "-rwxr-xr-x $f"; else echo "-rw-r--r-- $f"; fi
+done <"$PKG_OUT/expected.txt" | sort -k2 >"$PKG_OUT/expected-modes.txt"
+dpkg-deb -c "$deb" | awk '$1 ~ /^-/ {print $1, $6}' | sed 's# \./# /#' | grep -v ' /usr/share/doc/lmi-agent/copyright$' | sort -k2 >"$PKG_OUT/deb-modes.txt"
+diff -u "$PKG_OUT/expected-modes.txt" "$PKG_OUT/deb-modes.txt" || fail ".deb file modes differ from the expected ones (- expected, + in package)"
+rpm -qp --qf '[%{FILEMODES:perms} %{FILENAMES}\n]' "$rpm" 2>/dev/null | awk '$1 ~ /^-/' | sort -k2 >"$PKG_OUT/rpm-modes.txt"
+diff -u "$PKG_OUT/expected-modes.txt" "$PKG_OUT/rpm-modes.txt" || fail ".rpm file modes differ from the expected ones (- expected, + in package)"
+echo "modes: $(grep -c rwx "$PKG_OUT/expected-modes.txt") executables 0755, the rest 0644, in both packages"
 echo "== install the .deb into a throwaway root"
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT

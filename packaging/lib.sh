@@ -20,6 +20,20 @@ shim_files() {
     -not -name '*.pyc' -not -path '*/node_modules/*' -not -path '*/target/*' | sed 's#^\./##' | sort)
 }
 
+# The shipped shim files that must be executable (mode 0755 once installed; every other file is 0644): those
+# with the +x bit in git (in a checkout; the file system's bit in an unpacked source tarball). The runtime
+# launches them directly (the java and dotnet bootstraps, the Node entry point), so the list is read from the
+# source tree here, once, by both packaging/build.sh (which stages them apart) and packaging/check.sh.
+shim_executables() {
+  if git -C runtime-shims rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    git ls-files -s -- runtime-shims | awk '$1 == "100755" { print $4 }' | sed 's#^runtime-shims/##' | sort >"${TMPDIR:-/tmp}/lmi-shim-x.$$"
+  else
+    (cd runtime-shims && find . -type f -perm -u+x | sed 's#^\./##' | sort) >"${TMPDIR:-/tmp}/lmi-shim-x.$$"
+  fi
+  shim_files | comm -12 - "${TMPDIR:-/tmp}/lmi-shim-x.$$"
+  rm -f "${TMPDIR:-/tmp}/lmi-shim-x.$$"
+}
+
 # Every regular file a package must hold, sorted.
 expected_files() {
   {
