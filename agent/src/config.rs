@@ -149,7 +149,8 @@ impl CodeConfig {
 }
 
 /// `[listeners]`: what every listener of the agent enforces on each connection: the Invoke API and `/metrics`
-/// (HTTP/1) and the control API's TCP listener (gRPC).
+/// (HTTP/1) and the control API's Unix socket and TCP listener (gRPC: the cap, the HTTP/2 preface within
+/// the header timeout, keep-alive pings at its period).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenersConfig {
