@@ -70,7 +70,7 @@ async fn a_json_event_reaches_every_supported_handler_shape_and_the_result_comes
                 assert_eq!(v["event"], event);
                 assert_eq!(v["requestId"], r.request_id.as_str());
                 assert_eq!(v["greeting"], "hello, dotnet", "Fixtures.Lib.dll resolved");
-                assert_eq!(v["pid"], env.pid);
+                assert_eq!(v["pid"], pid_in_namespace(env.pid));
             }
             "static-string" => {
                 assert_eq!(v["plain"], event);
@@ -302,7 +302,11 @@ async fn assert_n_overlap(agent: &mut TestAgent, function: &'static str, handler
         assert_eq!(r.environment_id, env.id);
         let v = payload_json(&r);
         assert_eq!(v["seen"].as_array().unwrap().len(), N, "{v}");
-        assert_eq!(v["pid"], env.pid, "one process serves every invoke");
+        assert_eq!(
+            v["pid"],
+            pid_in_namespace(env.pid),
+            "one process serves every invoke"
+        );
         ids.push(r.request_id.clone());
     }
     ids.sort();

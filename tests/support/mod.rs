@@ -545,6 +545,19 @@ impl Drop for TestAgent {
     }
 }
 
+/// The pid a live host process has inside its own PID namespace (what a function sees of itself, e.g.
+/// `os.getpid()`; every runtime has a PID namespace of its own), from `NSpid` in `/proc/<pid>/status`.
+pub fn pid_in_namespace(host_pid: u32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{host_pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .and_then(|ids| ids.split_whitespace().last())
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 pub fn process_alive(pid: u32) -> bool {
     // A zombie is dead for our purposes (its parent will reap it).
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
