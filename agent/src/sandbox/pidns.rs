@@ -5,8 +5,8 @@
 //!
 //! - PID 1, `lmi-init`: the agent binary re-executed with [`INIT_ARG`] ([`run_init_if_asked`] must be the
 //!   first thing its `main` does). It runs as root in the host's other namespaces, outside the
-//!   environment's cgroup (its memory is the agent's, a few hundred KiB), and does two things: it reaps
-//!   every orphan reparented to it (the kernel gives a namespace's orphans to its PID 1, not to the host's
+//!   environment's cgroup (its memory, about 1 MiB of its own, is the agent's), and does two things: it
+//!   reaps every orphan reparented to it (the kernel gives a namespace's orphans to its PID 1, not to the host's
 //!   init), and it exits as soon as the runtime's main process has exited, which makes the kernel kill
 //!   whatever is left in the namespace. Root and non-dumpable, it cannot be signalled or traced by the
 //!   function (and its `/proc` entry is hidden from it: `hidepid=invisible`). As a namespace init it only
