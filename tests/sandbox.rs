@@ -142,7 +142,7 @@ async fn another_environment_can_neither_reach_nor_answer_an_environments_runtim
             "action": "probe_runtime_api",
             "request_id": a_request,
             "targets": [[a_addr, 9001], [a_gw, 9001], ["127.0.0.1", 9001]],
-            "pid": wa["pid"],
+            "pid": a.pid,
         }),
     )
     .await;
@@ -158,9 +158,10 @@ async fn another_environment_can_neither_reach_nor_answer_an_environments_runtim
         results[2]["status"], 400,
         "B's own API knows no such invoke: {probe}"
     );
-    // Nor can B signal A's processes or read their environment.
-    assert_eq!(probe["signal"], "EPERM", "{probe}");
-    assert_eq!(probe["environ"], "EACCES", "{probe}");
+    // Nor can B signal A's processes or read their environment: in B's PID namespace they do not exist
+    // (tests/isolation.rs; a pid A sees names one of B's own processes in B's namespace, if any).
+    assert_eq!(probe["signal"], "ESRCH", "{probe}");
+    assert_eq!(probe["environ"], "ENOENT", "{probe}");
 
     // A's invoke is untouched: it ends with its own answer.
     std::fs::write(gate.path().join("release"), "").unwrap();
