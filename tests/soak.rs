@@ -150,15 +150,7 @@ fn rss_kib(pid: i32) -> u64 {
 
 /// `lmi_invocations_total` by outcome and `lmi_throttles_total` for `function`, from `/metrics`.
 async fn agent_counts(port: u16, function: &str) -> (BTreeMap<String, u64>, u64) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.unwrap();
+    let text = scrape_metrics(port).await;
     let mut outcomes = BTreeMap::new();
     let mut throttles = 0;
     let label = format!("function=\"{function}\"");
