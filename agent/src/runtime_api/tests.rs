@@ -1073,3 +1073,24 @@ async fn by_default_late_and_oversized_answers_get_202_and_the_caller_its_outcom
     assert_eq!(c.read_reply().await.status, 400);
     assert_still_serves(&h, &mut c).await;
 }
+
+/// The runtime's connection goes away in the middle of its answer: the caller learns it at once (not at its
+/// deadline), the slot comes back, and the API serves the next invoke.
+#[tokio::test]
+async fn an_answer_cut_off_by_a_closed_connection_ends_the_invoke_and_frees_its_slot() {
+    let h = harness(2).await;
+    let p = submit(&h.broker, "cut");
+    assert_eq!(next(h.addr).await.status, StatusCode::OK);
+    let mut c = RawConn::open(h.addr).await;
+    let mut request = post_head("invocation/cut/response", 1000);
+    request.extend_from_slice(b"{\"partial\":");
+    c.write(&request).await;
+    drop(c);
+    match p.wait(Duration::from_secs(60)).await {
+        Outcome::FunctionError(e) => assert_eq!(e.error_type, "Runtime.TruncatedResponse"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.broker.in_flight(), 0);
+    let mut fresh = RawConn::open(h.addr).await;
+    assert_still_serves(&h, &mut fresh).await;
+}
