@@ -5,7 +5,9 @@
 //! - every listener cuts a stalled head and a stalled body and holds a connection cap (`[listeners]`): the
 //!   Invoke API, `/metrics` and the control API's TCP listener;
 //! - a start that fails at any step after the first exits non-zero with a message naming the step and leaves
-//!   no cgroup, no nftables table, no mount and no file of its own.
+//!   no cgroup, no nftables table, no mount and no file of its own;
+//! - bad input gets a bounded, clear error (point 8): a 10 kB value is quoted by a short prefix, an ARN with
+//!   CR/LF is refused, a `shims_dir` the runtimes cannot see fails the start.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -328,6 +330,7 @@ struct FailedStart {
     socket: PathBuf,
     state: PathBuf,
     extra: String,
+    shims: PathBuf,
 }
 
 impl FailedStart {
@@ -338,6 +341,7 @@ impl FailedStart {
             socket: dir.path().join("agent.sock"),
             state: dir.path().join("state"),
             extra: String::new(),
+            shims: repo().join("runtime-shims"),
             dir,
         }
     }
@@ -350,7 +354,7 @@ impl FailedStart {
             socket = self.socket.display().to_string(),
             state = self.state.display().to_string(),
             parent = self.cgroup_parent,
-            shims = repo().join("runtime-shims").display().to_string(),
+            shims = self.shims.display().to_string(),
             extra = self.extra,
             sandbox = test_sandbox(10_000 + self.cgroup_parent.len()),
         );
@@ -541,4 +545,166 @@ async fn a_start_that_fails_after_cgroups_and_sandbox_undoes_them() {
         vec![f.state.join("environments")],
         "only what was there before"
     );
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Bad input
+
+/// The longest error message a refusal of a huge value may carry.
+const SHORT_MESSAGE: usize = 400;
+
+fn assert_short(what: &str, s: &tonic::Status, code: Code, names: &str) {
+    assert_eq!(s.code(), code, "{what}: {s:?}");
+    assert!(
+        s.message().len() < SHORT_MESSAGE,
+        "{what}: a {}-byte message",
+        s.message().len()
+    );
+    assert!(
+        s.message().contains(names) && s.message().contains("…(10000 bytes)"),
+        "{what}: {}",
+        s.message()
+    );
+}
+
+#[tokio::test]
+async fn a_huge_value_is_refused_with_a_short_message_and_a_crlf_arn_is_refused() {
+    require_root!();
+    let mut agent = TestAgent::start().await;
+    let huge = "f".repeat(10_000);
+    let spec_with = |edit: &dyn Fn(&mut pb::EnvironmentSpec)| {
+        let mut spec = python_spec("bounded", "main.handler");
+        edit(&mut spec);
+        pb::CreateEnvironmentRequest { spec: Some(spec) }
+    };
+    let creates: Vec<(&str, pb::CreateEnvironmentRequest, &str)> = vec![
+        (
+            "name",
+            spec_with(&|s| s.function.as_mut().unwrap().name = huge.clone()),
+            "spec.function.name",
+        ),
+        (
+            "version",
+            spec_with(&|s| s.function.as_mut().unwrap().version = huge.clone()),
+            "spec.function.version",
+        ),
+        (
+            "arn",
+            spec_with(&|s| s.function.as_mut().unwrap().arn = huge.clone()),
+            "spec.function.arn",
+        ),
+        (
+            "runtime",
+            spec_with(&|s| s.runtime = huge.clone()),
+            "spec.runtime",
+        ),
+    ];
+    for (what, request, names) in creates {
+        let s = agent.client.create_environment(request).await.unwrap_err();
+        assert_short(what, &s, Code::InvalidArgument, names);
+    }
+    let s = agent
+        .client
+        .invoke(pb::InvokeRequest {
+            function_name: huge.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_short("invoke name", &s, Code::InvalidArgument, "function_name");
+    let s = agent
+        .client
+        .invoke(pb::InvokeRequest {
+            function_name: "bounded".into(),
+            function_version: huge.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_short(
+        "invoke version",
+        &s,
+        Code::InvalidArgument,
+        "function_version",
+    );
+    let s = agent
+        .client
+        .get_environment(pb::GetEnvironmentRequest { id: huge.clone() })
+        .await
+        .unwrap_err();
+    assert_short("get", &s, Code::NotFound, "no environment");
+    let s = agent
+        .client
+        .delete_environment(pb::DeleteEnvironmentRequest {
+            id: huge.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_short("delete", &s, Code::NotFound, "no environment");
+
+    // An ARN that would be dropped from the runtime's headers (CR/LF, a control character, not visible
+    // ASCII) or is not a function ARN is refused at create, and nothing is created.
+    for arn in [
+        "arn:aws:lambda:us-east-1:123456789012:function:bounded\r\nX-Injected: 1",
+        "arn:aws:lambda:us-east-1:123456789012:function:bounded:1\n",
+        "arn:aws:lambda:us-east-1:123456789012:function:bounded\u{7f}",
+        "arn:aws:lambda:us-east-1:123456789012:function:bounded:é",
+        "arn:aws:s3:::bucket",
+    ] {
+        let s = agent
+            .client
+            .create_environment(spec_with(&|s| {
+                s.function.as_mut().unwrap().arn = arn.into()
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(s.code(), Code::InvalidArgument, "{arn:?}: {s:?}");
+        assert!(
+            s.message().starts_with("spec.function.arn: ")
+                && s.message().contains("must be a function ARN"),
+            "{arn:?}: {}",
+            s.message()
+        );
+    }
+    let listed = agent
+        .client
+        .list_environments(pb::ListEnvironmentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.environments.is_empty(), "{listed:?}");
+    // A well-formed ARN with a qualifier is taken as it is.
+    let arn = "arn:aws:lambda:us-east-1:123456789012:function:bounded:7";
+    let env = agent
+        .create(
+            spec_with(&|s| s.function.as_mut().unwrap().arn = arn.into())
+                .spec
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(env.spec.unwrap().function.unwrap().arn, arn);
+}
+
+#[tokio::test]
+async fn a_shims_dir_the_runtimes_cannot_see_fails_the_start() {
+    require_root!();
+    // Under /tmp: each runtime's /tmp is its own tmpfs, so the shims would be missing in every environment.
+    let mut f = FailedStart::new(7);
+    let copy = f.dir.path().join("runtime-shims");
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(repo().join("runtime-shims"))
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    f.shims = copy.clone();
+    let stderr = f.run().await;
+    assert!(
+        stderr.contains(&format!("shims_dir {} is under /tmp", copy.display()))
+            && stderr.contains("runtimes cannot see"),
+        "{stderr}"
+    );
+    f.assert_host_clean("shims under /tmp", &stderr);
 }

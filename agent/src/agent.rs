@@ -35,6 +35,7 @@ use crate::{
     state::StateStore,
     stats::Stats,
     supervisor::{self, Supervised},
+    text::{quote, shown},
 };
 
 /// Runs blocking work (cgroupfs, mounts) off the async workers.
@@ -83,9 +84,13 @@ pub enum CreateError {
 pub enum InvokeError {
     #[error("invalid invoke: {0}")]
     Invalid(String),
-    #[error("no execution environment for function {function} version {version} on this host")]
+    #[error(
+        "no execution environment for function {} version {} on this host",
+        shown(function),
+        shown(version)
+    )]
     NoEnvironment { function: String, version: String },
-    #[error("request id {0} is already in flight")]
+    #[error("request id {} is already in flight", shown(.0))]
     DuplicateRequestId(String),
     #[error("throttled ({}): {message}", reason.as_str())]
     Throttled {
@@ -792,10 +797,21 @@ impl Agent {
                 input.payload.len()
             )));
         }
+        if !spec::valid_function_name(&input.function_name) {
+            return Err(InvokeError::Invalid(format!(
+                "function_name {} must be 1-64 letters, digits, '-' and '_'",
+                quote(&input.function_name)
+            )));
+        }
         let version = if input.version.is_empty() {
             LATEST.to_owned()
-        } else {
+        } else if spec::valid_version(&input.version) {
             input.version
+        } else {
+            return Err(InvokeError::Invalid(format!(
+                "function_version {} must be $LATEST or 1-128 letters, digits, '-' and '_'",
+                quote(&input.version)
+            )));
         };
         let chosen = input.request_id.filter(|id| !id.is_empty());
         if let Some(id) = &chosen {

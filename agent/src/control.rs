@@ -10,6 +10,7 @@ use crate::{
     environment::Environment,
     report::ReportBuilder,
     spec::{SpecError, REDACTED_VALUE},
+    text::shown,
 };
 
 pub use invoke::THROTTLE_REASON_METADATA;
@@ -139,7 +140,7 @@ impl agent_server::Agent for ControlService {
         self.agent
             .get_lost(&id)
             .map(|e| Response::new(redacted(e)))
-            .ok_or_else(|| Status::not_found(format!("no environment {id}")))
+            .ok_or_else(|| Status::not_found(format!("no environment {}", shown(&id))))
     }
 
     async fn list_environments(
@@ -186,7 +187,7 @@ impl agent_server::Agent for ControlService {
         let env = tokio::spawn(async move { agent.delete(&id, grace).await })
             .await
             .map_err(|e| Status::internal(format!("delete task failed: {e}")))?
-            .ok_or_else(|| Status::not_found(format!("no environment {}", r.id)))?;
+            .ok_or_else(|| Status::not_found(format!("no environment {}", shown(&r.id))))?;
         Ok(Response::new(environment_to_proto(&env)))
     }
 

@@ -70,4 +70,5 @@ pub mod startup;
 pub mod state;
 pub mod stats;
 pub mod supervisor;
+pub mod text;
 pub mod watchdog;

@@ -7,7 +7,10 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use lmi_proto::v1 as pb;
 
-use crate::catalog::{Availability, Catalog, RuntimeEntry};
+use crate::{
+    catalog::{Availability, Catalog, RuntimeEntry},
+    text::{quote, shown},
+};
 
 /// Smallest environment memory (MiB).
 pub const MIN_MEMORY_MIB: u32 = 2048;
@@ -192,17 +195,49 @@ pub struct SpecDefaults {
     pub account_id: String,
 }
 
-fn valid_function_name(s: &str) -> bool {
+/// Whether `s` is a Lambda function name: 1-64 letters, digits, `-` and `_`.
+pub fn valid_function_name(s: &str) -> bool {
     (1..=64).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-fn valid_version(s: &str) -> bool {
+/// Whether `s` is a function version: `$LATEST` or 1-128 letters, digits, `-` and `_`.
+pub fn valid_version(s: &str) -> bool {
     s == LATEST
         || ((1..=128).contains(&s.len())
             && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+}
+
+/// Whether `s` is a Lambda function ARN: `arn:aws[a-zA-Z-]*:lambda:<region>:<12 digits>:function:<name>`
+/// with an optional `:<qualifier>`, at most 256 characters. Every part is visible ASCII, so the ARN can travel
+/// in the runtime's `Lambda-Runtime-Invoked-Function-Arn` header as it is.
+pub fn valid_function_arn(s: &str) -> bool {
+    if s.len() > 256 {
+        return false;
+    }
+    let parts: Vec<&str> = s.split(':').collect();
+    let (head, qualifier) = match parts.as_slice() {
+        [a, b, c, d, e, f, g] => ([*a, *b, *c, *d, *e, *f, *g], None),
+        [a, b, c, d, e, f, g, q] => ([*a, *b, *c, *d, *e, *f, *g], Some(*q)),
+        _ => return false,
+    };
+    let [arn, partition, service, region, account, resource, name] = head;
+    arn == "arn"
+        && partition
+            .strip_prefix("aws")
+            .is_some_and(|rest| rest.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-'))
+        && service == "lambda"
+        && (1..=32).contains(&region.len())
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit())
+        && resource == "function"
+        && valid_function_name(name)
+        && qualifier.is_none_or(valid_version)
 }
 
 fn valid_env_name(s: &str) -> bool {
@@ -225,8 +260,8 @@ pub fn validate(
         return Err(invalid(
             "function.name",
             format!(
-                "{:?} must be 1-64 characters of letters, digits, '-' and '_'",
-                function.name
+                "{} must be 1-64 characters of letters, digits, '-' and '_'",
+                quote(&function.name)
             ),
         ));
     }
@@ -238,8 +273,8 @@ pub fn validate(
         return Err(invalid(
             "function.version",
             format!(
-                "{:?} must be $LATEST or 1-128 letters, digits, '-' and '_'",
-                function.version
+                "{} must be $LATEST or 1-128 letters, digits, '-' and '_'",
+                quote(&function.version)
             ),
         ));
     };
@@ -248,12 +283,16 @@ pub fn validate(
             "arn:aws:lambda:{}:{}:function:{}:{}",
             defaults.region, defaults.account_id, function.name, version
         )
-    } else if function.arn.starts_with("arn:") && function.arn.len() <= 256 {
+    } else if valid_function_arn(&function.arn) {
         function.arn.clone()
     } else {
         return Err(invalid(
             "function.arn",
-            "must start with \"arn:\" and be at most 256 characters",
+            format!(
+                "{} must be a function ARN of at most 256 characters: \
+                 arn:aws:lambda:<region>:<12-digit account>:function:<name>[:<qualifier>]",
+                quote(&function.arn)
+            ),
         ));
     };
 
@@ -261,8 +300,8 @@ pub fn validate(
         invalid(
             "runtime",
             format!(
-                "unknown runtime {:?}; known: {}",
-                spec.runtime,
+                "unknown runtime {}; known: {}",
+                quote(&spec.runtime),
                 catalog.ids().join(", ")
             ),
         )
@@ -388,7 +427,10 @@ fn validate_code(code: Option<&pb::Code>) -> Result<CodeSource, SpecError> {
     let absolute = |field: &str, p: &str| -> Result<PathBuf, SpecError> {
         let path = PathBuf::from(p);
         if p.is_empty() || !path.is_absolute() {
-            return Err(invalid(field, format!("{p:?} must be an absolute path")));
+            return Err(invalid(
+                field,
+                format!("{} must be an absolute path", quote(p)),
+            ));
         }
         Ok(path)
     };
@@ -403,14 +445,20 @@ fn validate_code(code: Option<&pb::Code>) -> Result<CodeSource, SpecError> {
             }
             let path = absolute("code.directory", d)?;
             if !path.is_dir() {
-                return Err(invalid("code.directory", format!("{d} is not a directory")));
+                return Err(invalid(
+                    "code.directory",
+                    format!("{} is not a directory", shown(d)),
+                ));
             }
             Ok(CodeSource::Directory(path))
         }
         Some(pb::code::Source::ZipFile(z)) => {
             let path = absolute("code.zip_file", z)?;
             if !path.is_file() {
-                return Err(invalid("code.zip_file", format!("{z} is not a file")));
+                return Err(invalid(
+                    "code.zip_file",
+                    format!("{} is not a file", shown(z)),
+                ));
             }
             Ok(CodeSource::Zip { path, sha256 })
         }
@@ -423,7 +471,7 @@ fn validate_environment(
     let mut total = 0usize;
     let mut out = BTreeMap::new();
     for (k, v) in env {
-        let field = format!("environment[{k}]");
+        let field = format!("environment[{}]", shown(k));
         if RESERVED_ENV.contains(&k.as_str()) {
             return Err(invalid(field, "is a reserved Lambda variable name"));
         }
@@ -571,7 +619,7 @@ default_concurrency_per_vcpu = 8
             (Box::new(|s| s.function.as_mut().unwrap().name = "bad name".into()), "spec.function.name: \"bad name\" must be 1-64 characters"),
             (Box::new(|s| s.function.as_mut().unwrap().name = "x".repeat(65)), "spec.function.name:"),
             (Box::new(|s| s.function.as_mut().unwrap().version = "v 1".into()), "spec.function.version: \"v 1\" must be $LATEST"),
-            (Box::new(|s| s.function.as_mut().unwrap().arn = "nope".into()), "spec.function.arn: must start with \"arn:\""),
+            (Box::new(|s| s.function.as_mut().unwrap().arn = "nope".into()), "spec.function.arn: \"nope\" must be a function ARN"),
             (Box::new(|s| s.runtime = "cobol85".into()), "spec.runtime: unknown runtime \"cobol85\"; known: ghost1, provided.al2023, python3.11"),
             (Box::new(|s| s.handler = String::new()), "spec.handler: is required for runtime python3.11"),
             (Box::new(|s| s.handler = "a\nb".into()), "spec.handler: must be at most 128 characters"),
@@ -606,6 +654,77 @@ default_concurrency_per_vcpu = 8
                 e.starts_with(expected),
                 "case {i}: got {e:?}, want prefix {expected:?}"
             );
+        }
+    }
+
+    #[test]
+    fn function_arns_are_checked_part_by_part() {
+        for ok in [
+            "arn:aws:lambda:us-east-1:123456789012:function:hello",
+            "arn:aws:lambda:us-east-1:123456789012:function:hello:$LATEST",
+            "arn:aws-us-gov:lambda:us-gov-west-1:123456789012:function:a_b-c:7",
+            "arn:aws-cn:lambda:cn-north-1:123456789012:function:f:prod",
+        ] {
+            assert!(valid_function_arn(ok), "{ok}");
+        }
+        let long_name = format!(
+            "arn:aws:lambda:us-east-1:123456789012:function:{}",
+            "f".repeat(65)
+        );
+        for bad in [
+            "arn:aws:lambda:us-east-1:123456789012:function:hello\r\nX-Injected: 1",
+            "arn:aws:lambda:us-east-1:123456789012:function:hello:1\n",
+            "arn:aws:lambda:us-east-1:12345678901:function:hello",
+            "arn:aws:lambda:us-east-1:1234567890ab:function:hello",
+            "arn:aws:s3:us-east-1:123456789012:function:hello",
+            "arn:gcp:lambda:us-east-1:123456789012:function:hello",
+            "arn:aws:lambda:US-EAST-1:123456789012:function:hello",
+            "arn:aws:lambda:us-east-1:123456789012:layer:hello",
+            "arn:aws:lambda:us-east-1:123456789012:function:",
+            "arn:aws:lambda:us-east-1:123456789012:function:hello:",
+            "arn:aws:lambda:us-east-1:123456789012:function:hello:1:2",
+            "arn:aws:lambda:us-east-1:123456789012:function:héllo",
+            long_name.as_str(),
+        ] {
+            assert!(!valid_function_arn(bad), "{bad:?}");
+        }
+        let mut s = base();
+        s.function.as_mut().unwrap().arn =
+            "arn:aws:lambda:us-east-1:123456789012:function:hello\r\n".into();
+        let e = err(&s);
+        assert!(e.starts_with("spec.function.arn: \"arn:aws:lambda:us-east-1:123456789012:function:hello\\r\\n\" must be"), "{e}");
+    }
+
+    #[test]
+    fn a_huge_value_is_quoted_by_a_bounded_prefix() {
+        let huge = "n".repeat(10_000);
+        type Mutation<'a> = Box<dyn Fn(&mut pb::EnvironmentSpec) + 'a>;
+        let cases: Vec<Mutation<'_>> = vec![
+            Box::new(|s| s.function.as_mut().unwrap().name = huge.clone()),
+            Box::new(|s| s.function.as_mut().unwrap().version = huge.clone()),
+            Box::new(|s| s.function.as_mut().unwrap().arn = huge.clone()),
+            Box::new(|s| s.runtime = huge.clone()),
+            Box::new(|s| {
+                s.code.as_mut().unwrap().source = Some(pb::code::Source::Directory(huge.clone()))
+            }),
+            Box::new(|s| {
+                s.code.as_mut().unwrap().source =
+                    Some(pb::code::Source::Directory(format!("/{huge}")))
+            }),
+            Box::new(|s| {
+                s.code.as_mut().unwrap().source =
+                    Some(pb::code::Source::ZipFile(format!("/{huge}")))
+            }),
+            Box::new(|s| {
+                s.environment.insert(format!("{huge}-"), "x".into());
+            }),
+        ];
+        for (i, mutate) in cases.iter().enumerate() {
+            let mut s = base();
+            mutate(&mut s);
+            let e = err(&s);
+            assert!(e.len() < 400, "case {i}: {} bytes: {e}", e.len());
+            assert!(e.contains("bytes)"), "case {i}: {e}");
         }
     }
 

@@ -32,6 +32,16 @@ impl EnvironmentSocket {
     /// Binds `<dir>/<env_id>/log.sock` (creating `dir` mode 0700 and `<dir>/<env_id>` mode 0755). Must run
     /// inside the tokio runtime.
     pub fn bind(dir: &Path, env_id: &str) -> io::Result<Self> {
+        Self::bind_with(dir, env_id, |p| UnixListener::bind(p))
+    }
+
+    /// [`Self::bind`] with the final `bind(2)` done by `bind_socket` (a test makes it fail). Whatever fails
+    /// once the environment's directory exists (`EMFILE` at the bind, for one) removes the directory again.
+    fn bind_with(
+        dir: &Path,
+        env_id: &str,
+        bind_socket: impl FnOnce(&Path) -> io::Result<UnixListener>,
+    ) -> io::Result<Self> {
         let path = dir.join(env_id).join(SOCKET_NAME);
         let len = path.as_os_str().len();
         if len > MAX_SOCKET_PATH {
@@ -54,17 +64,19 @@ impl EnvironmentSocket {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
         }
-        std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o755))?;
-        remove_stale(&path)?;
-        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-        let listener = UnixListener::bind(&path);
-        nix::sys::stat::umask(old);
-        let listener = listener?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-        Ok(Self {
-            listener: Some(listener),
+        // From here on an error drops `socket`, whose drop removes the socket file and the directory.
+        let mut socket = Self {
+            listener: None,
             path,
-        })
+        };
+        std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o755))?;
+        remove_stale(&socket.path)?;
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+        let listener = bind_socket(&socket.path);
+        nix::sys::stat::umask(old);
+        socket.listener = Some(listener?);
+        std::fs::set_permissions(&socket.path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(socket)
     }
 
     /// The socket's path, for `_LAMBDA_TELEMETRY_LOG_FD_PROVIDER_SOCKET`.
@@ -81,7 +93,10 @@ impl EnvironmentSocket {
 impl Drop for EnvironmentSocket {
     fn drop(&mut self) {
         self.listener = None;
-        let _ = std::fs::remove_file(&self.path);
+        // Only a socket: a file of another kind here (refused by `bind`) is left for the operator to see.
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.file_type().is_socket()) {
+            let _ = std::fs::remove_file(&self.path);
+        }
         if let Some(own) = self.path.parent() {
             let _ = std::fs::remove_dir(own);
         }
@@ -163,5 +178,25 @@ mod tests {
         std::fs::write(dir.join("env-2").join(SOCKET_NAME), "").unwrap();
         let e = EnvironmentSocket::bind(&dir, "env-2").unwrap_err();
         assert!(e.to_string().contains("is not a socket"), "{e}");
+        assert!(
+            dir.join("env-2").join(SOCKET_NAME).is_file(),
+            "a file that is not a socket is left alone"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_bind_removes_the_directory_it_made() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("sockets");
+        let e = EnvironmentSocket::bind_with(&dir, "env-emfile", |_| {
+            Err(io::Error::from_raw_os_error(libc::EMFILE))
+        })
+        .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EMFILE));
+        assert!(dir.is_dir(), "the shared socket directory stays");
+        assert!(
+            !dir.join("env-emfile").exists(),
+            "the environment's own directory is removed"
+        );
     }
 }

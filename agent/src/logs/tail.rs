@@ -22,7 +22,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use super::{lines::LineSplitter, sink};
-use crate::spec::LATEST;
+use crate::{
+    spec::LATEST,
+    text::{quote, shown},
+};
 
 /// How often a followed file is checked for new records.
 pub const FOLLOW_POLL: Duration = Duration::from_millis(200);
@@ -54,15 +57,17 @@ pub fn stream_logs(
     };
     let current = sink::file_path(dir, &request.function_name, &version).ok_or_else(|| {
         Status::invalid_argument(format!(
-            "function {:?} version {version:?} is not a function name and version",
-            request.function_name
+            "function {} version {} is not a function name and version",
+            quote(&request.function_name),
+            quote(&version)
         ))
     })?;
     let rotated = rotated_files(&current);
     if !request.follow && rotated.is_empty() && !current.exists() {
         return Err(Status::not_found(format!(
-            "no log records for function {} version {version} on this host",
-            request.function_name
+            "no log records for function {} version {} on this host",
+            shown(&request.function_name),
+            shown(&version)
         )));
     }
     let (tx, rx) = mpsc::channel(4);

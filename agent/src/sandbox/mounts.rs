@@ -54,6 +54,29 @@ const CGROUP_TMPFS_OPTIONS: &str = "mode=755,size=64k,nr_inodes=64";
 /// Hierarchies a [`CgroupView`] binds at most (v1 has about a dozen controllers).
 const MAX_CGROUP_BINDS: usize = 16;
 
+/// The host directory under which a runtime cannot see `path` (for a directory the runtime must read, such
+/// as `shims_dir`): one its mount namespace covers (`/tmp`, the other scratch directories, `/proc`,
+/// `/sys/fs/cgroup`, [`LOG_DIR`], [`TASK_ROOT`]) or `state_dir` (private to root). Checks `path` as
+/// written and, when it exists, with its links resolved.
+pub fn hidden_from_runtimes(path: &Path, state_dir: &Path) -> Option<PathBuf> {
+    let covered = [TMP, PROC, CGROUP_ROOT, LOG_DIR, TASK_ROOT]
+        .into_iter()
+        .chain(SCRATCH)
+        .map(PathBuf::from)
+        .chain([state_dir.to_owned()]);
+    let forms: Vec<PathBuf> = [Some(path.to_owned()), path.canonicalize().ok()]
+        .into_iter()
+        .flatten()
+        .collect();
+    covered
+        .flat_map(|c| {
+            let resolved = c.canonicalize().ok();
+            [Some(c), resolved]
+        })
+        .flatten()
+        .find(|c| forms.iter().any(|f| f.starts_with(c)))
+}
+
 /// What the host needs for every runtime's mount namespace.
 #[derive(Debug)]
 pub struct HostMounts {
@@ -529,6 +552,38 @@ fn sys_mount(source: Option<&CString>, target: &CString, flags: libc::c_ulong) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn directories_the_runtimes_cannot_see_are_named() {
+        let state = Path::new("/var/lib/lmi-agent");
+        for (path, hidden) in [
+            ("/tmp/shims", Some("/tmp")),
+            ("/tmp", Some("/tmp")),
+            ("/dev/shm/x/y", Some("/dev/shm")),
+            ("/var/tmp/shims", Some("/var/tmp")),
+            ("/var/task/shims", Some("/var/task")),
+            ("/run/lmi-runtime/s", Some("/run/lmi-runtime")),
+            ("/var/lib/lmi-agent/shims", Some("/var/lib/lmi-agent")),
+            ("/usr/share/lmi-agent/runtime-shims", None),
+            ("/tmpfoo/shims", None),
+        ] {
+            assert_eq!(
+                hidden_from_runtimes(Path::new(path), state),
+                hidden.map(PathBuf::from),
+                "{path}"
+            );
+        }
+        // A link outside that leads inside is seen through.
+        let t = tempfile::tempdir_in("/tmp").unwrap();
+        let outside =
+            tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")).unwrap();
+        let link = outside.path().join("shims");
+        std::os::unix::fs::symlink(t.path(), &link).unwrap();
+        assert_eq!(
+            hidden_from_runtimes(&link, state),
+            Some(PathBuf::from("/tmp"))
+        );
+    }
 
     #[test]
     fn mountinfo_escapes_are_undone() {

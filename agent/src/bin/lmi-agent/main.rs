@@ -205,6 +205,19 @@ impl Daemon {
     }
 
     async fn start_steps(config: &Config, undo: &mut StartUndo) -> anyhow::Result<Self> {
+        // Runtimes read their shims inside their own mount namespace: refuse a directory they cannot see
+        // there (every environment would otherwise fail at its first import).
+        if let Some(hidden) =
+            lmi_agent::sandbox::mounts::hidden_from_runtimes(&config.shims_dir, &config.state_dir)
+        {
+            anyhow::bail!(
+                "shims_dir {} is under {}, which runtimes cannot see in their sandbox (it is covered in their \
+                 mount namespace or private to the agent): choose a directory outside it, such as \
+                 /usr/share/lmi-agent/runtime-shims",
+                config.shims_dir.display(),
+                hidden.display()
+            );
+        }
         std::fs::create_dir_all(&config.state_dir)
             .with_context(|| format!("creating state_dir {}", config.state_dir.display()))?;
         // The listeners first: a socket path or a port that cannot be bound fails the start before anything
