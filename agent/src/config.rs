@@ -348,6 +348,9 @@ pub struct InvokeApiConfig {
     pub listen: Option<SocketAddr>,
     /// Asynchronous (`Event`) invokes accepted but not yet started; when full, `Event` invokes get 429.
     pub event_queue: usize,
+    /// Payload bytes of asynchronous invokes accepted and not yet finished (queued, or running and retried while
+    /// throttled); an `Event` invoke that would pass it gets 429 (`EventQueueFull`), as for `event_queue`.
+    pub event_queue_bytes: usize,
     /// Asynchronous invokes run at once.
     pub event_workers: usize,
     /// How long a throttled asynchronous invoke is retried before it is dropped (seconds).
@@ -359,6 +362,7 @@ impl Default for InvokeApiConfig {
         Self {
             listen: None,
             event_queue: 1024,
+            event_queue_bytes: 256 * 1024 * 1024,
             event_workers: 16,
             event_max_age_seconds: 300,
         }
@@ -528,6 +532,9 @@ impl Config {
         self.check_logs(origin)?;
         if self.invoke_api.event_queue == 0 {
             return Err(bad("invoke_api.event_queue", "must be at least 1"));
+        }
+        if self.invoke_api.event_queue_bytes == 0 {
+            return Err(bad("invoke_api.event_queue_bytes", "must be at least 1"));
         }
         if self.invoke_api.event_workers == 0 {
             return Err(bad("invoke_api.event_workers", "must be at least 1"));

@@ -244,9 +244,12 @@ pub async fn read_body(
     if body.size_hint().lower() > limit as u64 {
         return Err(BodyError::TooLarge { limit });
     }
+    // Sized from Content-Length when there is one: growing by doubling leaves up to half of a large body's
+    // buffer unused, and the frozen buffer keeps all of it for as long as the payload lives (a queued event).
+    let capacity = usize::try_from(body.size_hint().lower()).map_or(0, |n| n.min(limit));
     let read = async {
         let mut body = body;
-        let mut buf = BytesMut::new();
+        let mut buf = BytesMut::with_capacity(capacity);
         while let Some(frame) = body.frame().await {
             if let Ok(data) = frame?.into_data() {
                 if buf.len() + data.len() > limit {
