@@ -6,9 +6,10 @@
 //!   `Qualifier` query parameter names the version (default `$LATEST`; a qualifier in the name must agree).
 //! - `X-Amz-Invocation-Type`: `RequestResponse` (default) runs the invoke and answers with its result;
 //!   `DryRun` answers 204 when the function version has an environment here; `Event` puts the invoke into a
-//!   bounded queue and answers 202, or 429 `TooManyRequestsException` (`Reason: EventQueueFull`) when the queue
-//!   is full. Queued invokes run on `event_workers` tasks; a throttled one is retried with backoff until
-//!   `event_max_age_seconds`, then dropped; each one's single outcome is logged.
+//!   queue bounded in count (`event_queue`) and in payload bytes (`event_queue_bytes`) and answers 202, or 429
+//!   `TooManyRequestsException` (`Reason: EventQueueFull`) when either bound would be passed. Queued invokes
+//!   run on `event_workers` tasks; a throttled one is retried with backoff until `event_max_age_seconds`, then
+//!   dropped; each one's single outcome is logged.
 //! - A function error, timeout or runtime failure is 200 with `X-Amz-Function-Error: Unhandled` and the error
 //!   JSON (`errorMessage`, `errorType`, `stackTrace`) as the body.
 //! - A throttle is 429 with `x-amzn-ErrorType: TooManyRequestsException` and
@@ -20,7 +21,14 @@
 //! Requests are not authenticated (SigV4 signatures are ignored): bind the listener to loopback or a private
 //! interface only.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -42,6 +50,7 @@ use crate::{
     invocation::{ErrorInfo, Outcome},
     listener::{self, BodyError, ListenerLimits},
     spec::LATEST,
+    text::{quote, shown},
 };
 
 /// Largest payload of an asynchronous (`Event`) invoke (Lambda's 1 MB limit).
@@ -65,7 +74,8 @@ impl InvocationType {
             Some("Event") => Ok(Self::Event),
             Some("DryRun") => Ok(Self::DryRun),
             Some(other) => Err(ApiError::invalid_parameter(format!(
-                "X-Amz-Invocation-Type must be RequestResponse, Event or DryRun, not {other:?}"
+                "X-Amz-Invocation-Type must be RequestResponse, Event or DryRun, not {}",
+                quote(other)
             ))),
         }
     }
@@ -92,8 +102,9 @@ pub fn parse_target(function_name: &str, qualifier: Option<&str>) -> Result<Targ
         ["arn", _, "lambda", _, _, "function", name, q] => (*name, Some(*q)),
         _ => {
             return Err(format!(
-            "FunctionName {function_name:?} is not a function name, name:qualifier or function ARN"
-        ))
+                "FunctionName {} is not a function name, name:qualifier or function ARN",
+                quote(function_name)
+            ))
         }
     };
     let name_ok = !name.is_empty()
@@ -103,14 +114,17 @@ pub fn parse_target(function_name: &str, qualifier: Option<&str>) -> Result<Targ
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if !name_ok {
         return Err(format!(
-            "function name {name:?} must be 1-140 letters, digits, '-' or '_'"
+            "function name {} must be 1-140 letters, digits, '-' or '_'",
+            quote(name)
         ));
     }
     let qualifier = qualifier.filter(|q| !q.is_empty());
     let version = match (from_name, qualifier) {
         (Some(a), Some(b)) if a != b => {
             return Err(format!(
-                "the qualifier in FunctionName ({a}) does not match the Qualifier parameter ({b})"
+                "the qualifier in FunctionName ({}) does not match the Qualifier parameter ({})",
+                shown(a),
+                shown(b)
             ))
         }
         (Some(q), _) | (None, Some(q)) => q,
@@ -122,7 +136,10 @@ pub fn parse_target(function_name: &str, qualifier: Option<&str>) -> Result<Targ
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"$-_".contains(&b));
     if !version_ok {
-        return Err(format!("qualifier {version:?} is not a valid version"));
+        return Err(format!(
+            "qualifier {} is not a valid version",
+            quote(version)
+        ));
     }
     Ok(Target {
         function: name.to_owned(),
@@ -253,6 +270,92 @@ impl ApiError {
 struct QueuedEvent {
     input: InvokeInput,
     accepted_at: tokio::time::Instant,
+    /// Its payload's share of `invoke_api.event_queue_bytes`, given back when the event ends.
+    _bytes: EventBytes,
+}
+
+/// The payload bytes of asynchronous invokes accepted and not yet finished, bounded by
+/// `invoke_api.event_queue_bytes`: the count bound alone let 1024 queued 1 MB payloads hold about 1 GiB. When
+/// they drain to zero after a flood, free heap is handed back to the kernel (`malloc_trim`): glibc may keep freed
+/// chunks in its arenas (a 1 MB buffer is served from an arena rather than `mmap` once glibc's dynamic mmap
+/// threshold has risen past it), which a trim releases.
+#[derive(Debug)]
+struct EventBudget {
+    limit: usize,
+    used: AtomicUsize,
+    /// The most bytes held since the last trim.
+    peak: AtomicUsize,
+}
+
+/// Held bytes past which a drain to zero trims the heap.
+const TRIM_AFTER_BYTES: usize = 16 * 1024 * 1024;
+
+impl EventBudget {
+    fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            used: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+        })
+    }
+
+    /// Takes `n` bytes of the budget, or `None` when that would pass the limit.
+    fn take(self: &Arc<Self>, n: usize) -> Option<EventBytes> {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|&u| u <= self.limit)
+            })
+            .ok()?;
+        self.peak
+            .fetch_max(self.used.load(Ordering::Acquire), Ordering::AcqRel);
+        Some(EventBytes {
+            budget: self.clone(),
+            n,
+        })
+    }
+}
+
+/// A share of the [`EventBudget`]; given back on drop.
+#[derive(Debug)]
+struct EventBytes {
+    budget: Arc<EventBudget>,
+    n: usize,
+}
+
+impl Drop for EventBytes {
+    fn drop(&mut self) {
+        let before = self.budget.used.fetch_sub(self.n, Ordering::AcqRel);
+        if before != self.n {
+            return;
+        }
+        let peak = self.budget.peak.swap(0, Ordering::AcqRel);
+        if peak < TRIM_AFTER_BYTES {
+            return;
+        }
+        // Drained after a flood: hand the freed heap back, off the async workers (a trim walks every arena).
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn_blocking(move || {
+                let trimmed = trim_heap();
+                tracing::info!(
+                    peak_bytes = peak as u64,
+                    trimmed,
+                    "asynchronous invoke queue drained; freed heap returned"
+                );
+            });
+        }
+    }
+}
+
+/// Returns free heap memory to the kernel (`malloc_trim(0)`); whether any was returned.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim_heap() -> bool {
+    // SAFETY: malloc_trim only walks and releases the allocator's free memory; it is thread-safe.
+    unsafe { libc::malloc_trim(0) == 1 }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_heap() -> bool {
+    false
 }
 
 /// The Invoke API server. Start it with [`InvokeApi::start`].
@@ -260,6 +363,7 @@ struct QueuedEvent {
 pub struct InvokeApi {
     agent: Arc<Agent>,
     events: mpsc::Sender<QueuedEvent>,
+    event_bytes: Arc<EventBudget>,
     arn_prefix: String,
     limits: ListenerLimits,
 }
@@ -315,6 +419,7 @@ impl InvokeApi {
         let api = Arc::new(Self {
             agent: agent.clone(),
             events: tx,
+            event_bytes: EventBudget::new(config.event_queue_bytes.max(1)),
             arn_prefix,
             limits: ListenerLimits::from(&agent.config().listeners),
         });
@@ -430,9 +535,16 @@ impl InvokeApi {
                 "application/json",
             )),
             InvocationType::Event => {
+                let Some(bytes) = self.event_bytes.take(input.payload.len()) else {
+                    return Err(ApiError::throttled(
+                        "EventQueueFull",
+                        "the agent's queue of asynchronous invokes holds its limit of payload bytes (invoke_api.event_queue_bytes); retry later",
+                    ));
+                };
                 match self.events.try_send(QueuedEvent {
                     input,
                     accepted_at: tokio::time::Instant::now(),
+                    _bytes: bytes,
                 }) {
                     Ok(()) => Ok(respond(
                         StatusCode::ACCEPTED,
