@@ -149,7 +149,8 @@ limits() { # name json vcpus memory_mib
 }
 for spec in "2 4096 2" "4 4096 1" "8 8192 1"; do
   set -- $spec
-  if env=$(create "ratio$1" python3.11 echo.handler "$FIX/python" "$2" "$1"); then
+  # Two workers: enough to see every process in the cgroup, and quick to start under emulation.
+  if env=$(create "ratio$1" python3.11 echo.handler "$FIX/python" "$2" "$1" --max-concurrency 2); then
     limits "ratio $1:1 ($2 MiB, $3 vCPU)" "$env" "$3" "$2"
     lmictl delete "$(echo "$env" | jget id)" >/dev/null 2>&1
   else
@@ -314,14 +315,27 @@ fi
 
 # ---- the library's cgroup tests on the real v2 hierarchy (built on the host)
 if [ -n "${LMI_VM_LIBTESTS:-}" ] && [ -x "$LMI_VM_LIBTESTS" ]; then
-  # In a service of its own with Delegate=yes, as the agent runs (its cgroup is its to manage).
-  if out=$(systemd-run --quiet --wait --pipe --collect -p Delegate=yes -p Type=exec --working-directory=/tmp \
-    "$LMI_VM_LIBTESTS" cgroup:: --test-threads=1 2>&1); then
-    ok "cargo tests cgroup:: (library, built on the host) on real cgroup v2: $(echo "$out" | grep -E '^test result' | tail -1 | cut -d';' -f1-3), $(echo "$out" | grep -c 'skipping') printed a skip"
+  # In a service of its own with Delegate=yes, as the agent runs (its cgroup is its to manage). A unit file,
+  # not systemd-run: the VM runs no D-Bus.
+  cat >/run/systemd/system/lmi-libtests.service <<UNIT
+[Service]
+Type=oneshot
+Delegate=yes
+WorkingDirectory=/tmp
+ExecStart=$LMI_VM_LIBTESTS cgroup:: --test-threads=1 --nocapture
+StandardOutput=file:/tmp/libtests.txt
+StandardError=inherit
+UNIT
+  systemctl daemon-reload
+  systemctl start lmi-libtests.service
+  result=$(systemctl show -p Result --value lmi-libtests.service)
+  out=$(cat /tmp/libtests.txt 2>&1)
+  cp /tmp/libtests.txt "$OUT/libtests.txt" 2>/dev/null
+  if [ "$result" = success ] && echo "$out" | grep -q '^test result: ok'; then
+    ok "cargo tests cgroup:: (library, built on the host) on real cgroup v2: $(echo "$out" | grep -E '^test result' | tail -1 | cut -d';' -f1-3); $(echo "$out" | grep -c 'skipping:') of them skipped themselves (the real-hierarchy ones are written for v1 and hybrid hosts)"
   else
-    fail "cargo tests cgroup::" "$(echo "$out" | grep -E 'FAILED|panicked' | head -5 | tr '\n' ' ')"
+    fail "cargo tests cgroup::" "result $result: $(echo "$out" | grep -E 'FAILED|panicked|^test result' | head -5)"
   fi
-  echo "$out" >"$OUT/libtests.txt"
 else
   skip "cargo tests cgroup::" "no test binary given"
 fi
