@@ -15,11 +15,7 @@ mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::{BufRead, BufReader},
     path::Path,
-    process::{Command, Stdio},
-    sync::mpsc,
-    time::Duration,
 };
 
 use lmi_proto::v1::{self as pb, EnvironmentState as St, InvokeOutcome as Out};
@@ -81,48 +77,6 @@ async fn rendezvous(agent: &TestAgent, function: &str, n: usize) -> BTreeSet<Str
     seen.sort();
     assert_eq!(ids, seen, "each invoke ran exactly once");
     threads
-}
-
-/// `lmictl logs FUNCTION --follow`, line by line, until a record satisfies `done`; returns every record.
-fn follow_logs(socket: &Path, function: &str, done: impl Fn(&Value) -> bool) -> Vec<Value> {
-    let mut child = Command::new(LMICTL_BIN)
-        .args([
-            "--socket",
-            &socket.display().to_string(),
-            "logs",
-            function,
-            "--follow",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut records = Vec::new();
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|e| panic!("no log record ({e}); got {records:#?}"));
-        let r: Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-        let hit = done(&r);
-        records.push(r);
-        if hit {
-            break;
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    records
 }
 
 /// The text a record carries: its message, or the `message` of the runtime's own JSON object.

@@ -5,14 +5,7 @@
 //! files; what the agent owes every client is here.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::{
-    collections::BTreeSet,
-    io::{BufRead, BufReader},
-    path::PathBuf,
-    process::{Command, Stdio},
-    sync::mpsc,
-    time::Duration,
-};
+use std::{collections::BTreeSet, path::PathBuf, process::Command, time::Duration};
 
 use lmi_proto::v1::{self as pb, EnvironmentState as State, InvokeOutcome as Out};
 use serde_json::{json, Value};
@@ -408,42 +401,11 @@ pub async fn logs_until_end(agent: &TestAgent, function: &str, env_id: &str) -> 
     let function = function.to_owned();
     let env_id = env_id.to_owned();
     tokio::task::spawn_blocking(move || {
-        let mut child = Command::new(LMICTL_BIN)
-            .arg("--socket")
-            .arg(&socket)
-            .args(["logs", &function, "--follow"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut records = Vec::new();
-        loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(60))
-                .unwrap_or_else(|e| panic!("no end record of {env_id} ({e}): {records:#?}"));
-            let r: Value =
-                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-            let end = r["stream"] == "lmi-agent"
+        follow_logs(&socket, &function, |r| {
+            r["stream"] == "lmi-agent"
                 && r["environment"] == env_id.as_str()
-                && r["message"] == "log capture ended";
-            records.push(r);
-            if end {
-                break;
-            }
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        records
+                && r["message"] == "log capture ended"
+        })
     })
     .await
     .unwrap()

@@ -903,3 +903,49 @@ pub async fn refusing_agent() -> TestAgent {
     })
     .await
 }
+
+/// `lmictl logs FUNCTION --follow`, line by line, until a record satisfies `done`; returns every record.
+pub fn follow_logs(
+    socket: &Path,
+    function: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<serde_json::Value> {
+    let mut child = std::process::Command::new(LMICTL_BIN)
+        .args([
+            "--socket",
+            &socket.display().to_string(),
+            "logs",
+            function,
+            "--follow",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(out)) {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut records = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("no log record ({e}); got {records:#?}"));
+        let r: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let hit = done(&r);
+        records.push(r);
+        if hit {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    records
+}
