@@ -1,6 +1,13 @@
 //! Tests against the real cgroup filesystem of the host. Each skips (with a
 //! message) when not root or when the needed hierarchy is absent, and uses a
 //! unique parent name plus a guard that kills and removes everything on drop.
+//!
+//! The scenarios (a process tree placed, killed and removed; an OOM kill; a
+//! leftover cgroup reused) are functions shared by the v1 tests here and the
+//! pure cgroup v2 tests of [`v2`], which run where the host is pure v2 with a
+//! delegated cgroup (the VM of `tests/vm`).
+
+mod v2;
 
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -12,7 +19,7 @@ use super::*;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-fn unique_parent() -> String {
+pub(super) fn unique_parent() -> String {
     format!(
         "lmi-test-{}-{}",
         std::process::id(),
@@ -26,7 +33,16 @@ fn v1_mounts() -> Option<V1Mounts> {
         return None;
     }
     match detect_layout() {
-        Ok(Layout::V1(m)) => Some(*m),
+        Ok(Layout::V1(m)) => {
+            let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+            eprintln!(
+                "ran on cgroup v1/hybrid (memory hierarchy at {}, own cgroup {}, kernel {})",
+                m.memory.mount_point.display(),
+                m.memory.own_path,
+                kernel.trim()
+            );
+            Some(*m)
+        }
         other => {
             eprintln!("skipping: no cgroup v1 hierarchies ({other:?})");
             None
@@ -35,14 +51,14 @@ fn v1_mounts() -> Option<V1Mounts> {
 }
 
 /// Kills the children and removes the environment and parent cgroups on drop.
-struct Guard {
-    driver: Box<dyn CgroupDriver>,
-    envs: Vec<Box<dyn EnvironmentCgroup>>,
-    children: Vec<Child>,
+pub(super) struct Guard {
+    pub(super) driver: Box<dyn CgroupDriver>,
+    pub(super) envs: Vec<Box<dyn EnvironmentCgroup>>,
+    pub(super) children: Vec<Child>,
 }
 
 impl Guard {
-    fn new(driver: impl CgroupDriver + 'static) -> Self {
+    pub(super) fn new(driver: impl CgroupDriver + 'static) -> Self {
         Self {
             driver: Box::new(driver),
             envs: Vec::new(),
@@ -50,19 +66,24 @@ impl Guard {
         }
     }
 
-    fn create(&mut self, name: &str, limits: &CgroupLimits) -> &dyn EnvironmentCgroup {
+    pub(super) fn create(&mut self, name: &str, limits: &CgroupLimits) -> &dyn EnvironmentCgroup {
         let env = self.driver.create(name, limits).unwrap();
         self.envs.push(env);
         self.envs.last().unwrap().as_ref()
     }
 
     /// Spawns `argv` placed into `env` via `pre_exec`; returns its pid.
-    fn spawn_in(&mut self, env_index: usize, argv: &[&str]) -> i32 {
+    pub(super) fn spawn_in(&mut self, env_index: usize, argv: &[&str]) -> i32 {
+        self.spawn_with(env_index, argv, Stdio::null())
+    }
+
+    /// [`Guard::spawn_in`] with the child's stdout given.
+    pub(super) fn spawn_with(&mut self, env_index: usize, argv: &[&str], stdout: Stdio) -> i32 {
         let placement = self.envs[env_index].placement().unwrap();
         let mut cmd = Command::new(argv[0]);
         cmd.args(&argv[1..])
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::null());
         // SAFETY: Placement::enter only calls write(2); it is async-signal-safe.
         unsafe {
@@ -95,7 +116,7 @@ impl Drop for Guard {
     }
 }
 
-fn wait_until(mut f: impl FnMut() -> bool) -> bool {
+pub(super) fn wait_until(mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         if f() {
@@ -106,7 +127,7 @@ fn wait_until(mut f: impl FnMut() -> bool) -> bool {
     false
 }
 
-fn assert_gone(dirs: &[PathBuf]) {
+pub(super) fn assert_gone(dirs: &[PathBuf]) {
     for d in dirs {
         assert!(!d.exists(), "{} still exists", d.display());
     }
@@ -146,13 +167,29 @@ fn v1_life_cycle(with_unified: bool) {
         }
     }
     assert_eq!(env.oom_kills().unwrap(), 0);
-    assert_eq!(g.driver.children().unwrap(), vec!["env-a".to_owned()]);
-    assert!(g.driver.open("env-a").unwrap().is_some());
-    assert!(g.driver.open("nope").unwrap().is_none());
+    open_and_children_scenario(&g, "env-a");
+    let pid = process_tree_scenario(&mut g, 0);
+    let own_cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(
+        own_cgroups.contains(&format!("{parent}/env-a")),
+        "{own_cgroups}"
+    );
+    kill_and_remove_scenario(&mut g, 0, |env| env.kill_all().unwrap());
+}
 
-    // A process tree: sh plus two background sleeps.
-    let pid = g.spawn_in(0, &["/bin/sh", "-c", "sleep 60 & sleep 60 & wait"]);
-    let env = g.envs[0].as_ref();
+/// `children` and `open` of a driver whose only environment is `name`.
+pub(super) fn open_and_children_scenario(g: &Guard, name: &str) {
+    assert_eq!(g.driver.children().unwrap(), vec![name.to_owned()]);
+    assert!(g.driver.open(name).unwrap().is_some());
+    assert!(g.driver.open("nope").unwrap().is_none());
+}
+
+/// A process tree (sh plus two background sleeps) placed into environment
+/// `index` at exec: every process is counted in it. Returns sh's pid (child
+/// `index` of the guard).
+pub(super) fn process_tree_scenario(g: &mut Guard, index: usize) -> i32 {
+    let pid = g.spawn_in(index, &["/bin/sh", "-c", "sleep 60 & sleep 60 & wait"]);
+    let env = g.envs[index].as_ref();
     assert!(
         wait_until(|| env.pids().unwrap().len() >= 3),
         "{:?}",
@@ -160,20 +197,73 @@ fn v1_life_cycle(with_unified: bool) {
     );
     assert!(env.pids().unwrap().contains(&pid));
     let own_cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    assert!(
-        own_cgroups.contains(&format!("{parent}/env-a")),
-        "{own_cgroups}"
-    );
+    assert!(own_cgroups.contains(env.path()), "{own_cgroups}");
+    pid
+}
 
-    env.kill_all().unwrap();
+/// After [`process_tree_scenario`] on environment `index` (the guard's only
+/// child process and only environment): `kill` empties it, removal leaves no
+/// directory (twice: idempotent), sh died of SIGKILL, the parent is empty.
+pub(super) fn kill_and_remove_scenario(
+    g: &mut Guard,
+    index: usize,
+    kill: impl FnOnce(&dyn EnvironmentCgroup),
+) {
+    let env = g.envs[index].as_ref();
+    let dirs = env.directories();
+    kill(env);
     assert!(env.pids().unwrap().is_empty());
     // Removal works even before the (zombie) child is reaped.
     env.remove().unwrap();
     assert_gone(&dirs);
     env.remove().unwrap(); // idempotent
-    let status = g.children[0].wait().unwrap();
+    let status = g.children[index].wait().unwrap();
     assert_eq!(status.signal(), Some(libc::SIGKILL));
     assert!(g.driver.children().unwrap().is_empty());
+}
+
+/// The first python3 found, or `None` (with a printed reason).
+pub(super) fn python3() -> Option<&'static str> {
+    let found = ["/usr/bin/python3", "/usr/local/bin/python3"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    if found.is_none() {
+        eprintln!("skipping: python3 not found");
+    }
+    found
+}
+
+/// A process allocating 200 MiB in a 32 MiB environment is killed by the
+/// kernel's OOM killer and the environment counts it. Returns the count.
+pub(super) fn oom_scenario(g: &mut Guard, python: &str) -> u64 {
+    g.create("oom", &CgroupLimits::from_vcpus(1, 32 << 20, 64));
+    let index = g.envs.len() - 1;
+    g.spawn_in(index, &[python, "-c", "b = bytearray(200 * 1024 * 1024)"]);
+    let status = g.children[index].wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    let kills = g.envs[index].oom_kills().unwrap();
+    assert!(kills >= 1, "oom_kills {kills}");
+    kills
+}
+
+/// A restarted agent re-creates an existing environment's name: the old
+/// process dies and the new limits are written.
+pub(super) fn leftover_scenario(g: &mut Guard) {
+    g.create("env-c", &CgroupLimits::from_vcpus(1, 1 << 30, 16));
+    let index = g.envs.len() - 1;
+    let pid = g.spawn_in(index, &["sleep", "60"]);
+    assert!(g.envs[index].pids().unwrap().contains(&pid));
+    let again = g
+        .driver
+        .create("env-c", &CgroupLimits::from_vcpus(2, 2 << 30, 16))
+        .unwrap();
+    assert!(again.pids().unwrap().is_empty());
+    assert_eq!(again.cpu_quota().unwrap(), (Some(200_000), 100_000));
+    assert_eq!(again.memory_limit().unwrap(), 2 << 30);
+    assert_eq!(
+        g.children[index].wait().unwrap().signal(),
+        Some(libc::SIGKILL)
+    );
 }
 
 #[test]
@@ -189,20 +279,10 @@ fn real_v1_life_cycle_with_freezer_and_sigkill() {
 #[test]
 fn real_v1_oom_kill_is_counted() {
     let Some(mounts) = v1_mounts() else { return };
-    let Some(python) = ["/usr/bin/python3", "/usr/local/bin/python3"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-    else {
-        eprintln!("skipping: python3 not found");
-        return;
-    };
+    let Some(python) = python3() else { return };
     let parent = unique_parent();
     let mut g = Guard::new(V1Driver::new(mounts, &parent).unwrap());
-    g.create("oom", &CgroupLimits::from_vcpus(1, 32 << 20, 64));
-    g.spawn_in(0, &[python, "-c", "b = bytearray(200 * 1024 * 1024)"]);
-    let status = g.children[0].wait().unwrap();
-    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
-    assert!(g.envs[0].oom_kills().unwrap() >= 1);
+    oom_scenario(&mut g, python);
 }
 
 #[test]
@@ -267,15 +347,5 @@ fn real_leftover_cgroup_is_emptied_and_reused() {
     let Some(mounts) = v1_mounts() else { return };
     let parent = unique_parent();
     let mut g = Guard::new(V1Driver::new(mounts, &parent).unwrap());
-    g.create("env-c", &CgroupLimits::from_vcpus(1, 1 << 30, 16));
-    let pid = g.spawn_in(0, &["sleep", "60"]);
-    assert!(g.envs[0].pids().unwrap().contains(&pid));
-    // A restarted agent re-creates the same name: the old process must die.
-    let again = g
-        .driver
-        .create("env-c", &CgroupLimits::from_vcpus(2, 2 << 30, 16))
-        .unwrap();
-    assert!(again.pids().unwrap().is_empty());
-    assert_eq!(again.cpu_quota().unwrap(), (Some(200_000), 100_000));
-    assert_eq!(g.children[0].wait().unwrap().signal(), Some(libc::SIGKILL));
+    leftover_scenario(&mut g);
 }
