@@ -315,8 +315,9 @@ fi
 
 # ---- the library's cgroup tests on the real v2 hierarchy (built on the host)
 if [ -n "${LMI_VM_LIBTESTS:-}" ] && [ -x "$LMI_VM_LIBTESTS" ]; then
-  # In a service of its own with Delegate=yes, as the agent runs (its cgroup is its to manage). A unit file,
-  # not systemd-run: the VM runs no D-Bus.
+  # In a service of its own with Delegate=yes, as the agent runs (its cgroup is its to manage; systemd marks it
+  # with the trusted.delegate attribute, which the v2 tests require). A unit file, not systemd-run: the VM runs
+  # no D-Bus.
   cat >/run/systemd/system/lmi-libtests.service <<UNIT
 [Service]
 Type=oneshot
@@ -331,11 +332,31 @@ UNIT
   result=$(systemctl show -p Result --value lmi-libtests.service)
   out=$(cat /tmp/libtests.txt 2>&1)
   cp /tmp/libtests.txt "$OUT/libtests.txt" 2>/dev/null
+  summary=$(echo "$out" | grep -E '^test result' | tail -1 | cut -d';' -f1-3)
   if [ "$result" = success ] && echo "$out" | grep -q '^test result: ok'; then
-    ok "cargo tests cgroup:: (library, built on the host) on real cgroup v2: $(echo "$out" | grep -E '^test result' | tail -1 | cut -d';' -f1-3); $(echo "$out" | grep -c 'skipping:') of them skipped themselves (the real-hierarchy ones are written for v1 and hybrid hosts)"
+    ok "cargo tests cgroup:: (library, built on the host) on real cgroup v2: $summary; $(echo "$out" | grep -c 'skipping:') skipped themselves (written for v1 and hybrid hosts)"
   else
     fail "cargo tests cgroup::" "result $result: $(echo "$out" | grep -E 'FAILED|panicked|^test result' | head -5)"
   fi
+  # The v2 real-hierarchy tests, named by the binary itself: each must have run here (a skip is a failure).
+  v2tests=$("$LMI_VM_LIBTESTS" --list cgroup::real_tests::v2:: 2>/dev/null | sed -n 's/^cgroup::real_tests::v2::\(.*\): test$/\1/p')
+  ran=0 missing=
+  for t in $v2tests; do
+    if echo "$out" | grep -q "$t: ran on cgroup v2 (pure, delegated"; then ran=$((ran + 1)); else missing="$missing $t"; fi
+  done
+  total=$(echo $v2tests | wc -w)
+  where=$(echo "$out" | grep -o 'ran on cgroup v2 (pure[^)]*)' | head -1)
+  if [ "$total" -gt 0 ] && [ -z "$missing" ] && echo "$out" | grep -q '^test result: ok'; then
+    ok "cgroup v2 driver on the real hierarchy: $ran of $total tests ran and passed, $where"
+  else
+    fail "cgroup v2 driver on the real hierarchy" "$ran of $total ran; did not run:${missing:- (none)}; $(echo "$out" | grep -o 'skipping: real_v2[^(]*' | head -2)"
+  fi
+  # The tests removed what they created; systemd removed the unit's cgroup (with the leaf the test process was
+  # moved into) when it ended.
+  check "cgroup v2 tests left nothing: no lmi-libtests.service cgroup after the unit ended" bash -c \
+    '[ ! -d /sys/fs/cgroup/system.slice/lmi-libtests.service ] || { find /sys/fs/cgroup/system.slice/lmi-libtests.service -type d; exit 1; }'
+elif [ -z "${LMI_VM_LIBTESTS:-}" ]; then
+  skip "cargo tests cgroup:: and the cgroup v2 driver on the real hierarchy" "not built (LMI_VM_NO_LIBTESTS=1)"
 else
-  skip "cargo tests cgroup::" "no test binary given"
+  fail "cargo tests cgroup::" "test binary $LMI_VM_LIBTESTS not executable in the VM"
 fi
