@@ -193,6 +193,9 @@ pub struct SandboxConfig {
     /// Network slots (namespace, Runtime API listener, veth pair) made ahead of environments, so that
     /// creating one does not wait for `ip`; 0 makes each on demand. At most 64.
     pub network_pool: u32,
+    /// A seccomp filter in every runtime, refusing the system calls a function never needs (kernel modules,
+    /// kexec, bpf, keyrings, ptrace, mounts, namespaces...; the list is in `sandbox::seccomp`).
+    pub seccomp: bool,
 }
 
 impl Default for SandboxConfig {
@@ -203,6 +206,7 @@ impl Default for SandboxConfig {
             network_isolation: true,
             network: "10.200.0.0/16".to_owned(),
             network_pool: 2,
+            seccomp: true,
         }
     }
 }
@@ -787,6 +791,7 @@ mod tests {
     fn sandbox_defaults_and_bad_values_name_the_key() {
         let c = Config::parse("", Path::new("t.toml")).unwrap();
         assert!(c.sandbox.network_isolation);
+        assert!(c.sandbox.seccomp);
         assert_eq!(c.sandbox.uid_first, 1_000_000);
         assert_eq!(c.sandbox.network, "10.200.0.0/16");
         for (text, key) in [
@@ -814,11 +819,12 @@ mod tests {
             assert!(e.contains(key), "{text}: {e}");
         }
         let c = Config::parse(
-            "[sandbox]\nnetwork_isolation = false\nnetwork = '192.168.64.0/24'\nuid_first = 70000\nuid_count = 10",
+            "[sandbox]\nnetwork_isolation = false\nnetwork = '192.168.64.0/24'\nuid_first = 70000\nuid_count = 10\nseccomp = false",
             Path::new("t.toml"),
         )
         .unwrap();
         assert!(!c.sandbox.network_isolation);
+        assert!(!c.sandbox.seccomp);
         assert_eq!(c.sandbox.uid_count, 10);
     }
 }

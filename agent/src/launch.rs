@@ -232,7 +232,8 @@ impl Spawner for ProcessSpawner {
         // SAFETY: the closure runs in the child between fork and exec. It only makes system calls: setpgid(2),
         // write(2) (`Placement::enter`), open(2)/write(2)/close(2) on a static path (the OOM score), then setns,
         // unshare, mount, umount2, open_tree, move_mount, mkdir, symlink, close, chdir, prctl, setgroups,
-        // setres[ug]id and capset (`Confinement::enter`) on values prepared before fork; no locks, no heap.
+        // setres[ug]id, capset and seccomp (`Confinement::enter`, the seccomp filter installed last, compiled
+        // by the agent at start) on values prepared before fork; no locks, no heap.
         // The cgroup is joined and the OOM score reset first, while the child is still root (and before
         // `Confinement::enter` roots its cgroup namespace there).
         unsafe {

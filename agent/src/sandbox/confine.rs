@@ -2,8 +2,9 @@
 //! spawned by [`super::pidns::spawn_in_new_namespace`], as PID 2 of its own PID namespace): enter the
 //! environment's network namespace (when isolated), take new mount, IPC and cgroup namespaces (the cgroup
 //! namespace's root is the environment's cgroup, just joined) and set up its mounts (its own `/proc` and
-//! cgroups among them), then drop to the environment's identity with no privilege left. Prepared before
-//! `fork`; [`Confinement::enter`] makes system calls only (async-signal-safe, no allocation, no locks).
+//! cgroups among them), then drop to the environment's identity with no privilege left and, last, install the
+//! seccomp filter ([`super::seccomp`]). Prepared before `fork`; [`Confinement::enter`] makes system calls
+//! only (async-signal-safe, no allocation, no locks).
 
 use std::{io, os::fd::RawFd};
 
@@ -12,6 +13,7 @@ use super::{
     mounts::{CgroupView, MountPlan},
     netns::NetworkNamespace,
     privileges,
+    seccomp::Filter,
 };
 
 /// One runtime's confinement.
@@ -21,6 +23,8 @@ pub struct Confinement {
     pub(crate) netns: Option<RawFd>,
     pub(crate) mounts: MountPlan,
     pub(crate) identity: Identity,
+    /// The seccomp filter, compiled once by the agent (None when `sandbox.seccomp` is off).
+    pub(crate) seccomp: Option<Filter>,
 }
 
 impl Confinement {
@@ -48,6 +52,11 @@ impl Confinement {
             return Err(io::Error::last_os_error());
         }
         self.mounts.apply()?;
-        privileges::drop_to(self.identity)
+        privileges::drop_to(self.identity)?;
+        // Last: the filter refuses calls the steps above make (unshare, mount, setns...).
+        match &self.seccomp {
+            Some(filter) => filter.install(),
+            None => Ok(()),
+        }
     }
 }

@@ -8,6 +8,7 @@
 //! - [`netns`], [`veth`], [`addresses`], [`nat`], [`routes`], [`resolv`]: with network isolation, its own
 //!   network namespace whose loopback carries its Runtime API at 127.0.0.1:9001, with egress through a veth
 //!   pair and NAT; [`pool`] makes them ahead of the environments;
+//! - [`seccomp`]: a filter refusing the system calls a function never needs (`sandbox.seccomp`);
 //! - [`confine`]: all of the above applied by the runtime process to itself between `fork` and `exec`;
 //! - [`tools`]: the host commands (`ip`, `nft`) the network part runs.
 //!
@@ -25,6 +26,7 @@ pub mod pool;
 pub mod privileges;
 pub mod resolv;
 pub mod routes;
+pub mod seccomp;
 pub mod tools;
 pub mod veth;
 
@@ -45,6 +47,7 @@ use mounts::{HostMounts, MountPlan, MountPlanError};
 use nat::NatTable;
 use netns::NetworkNamespace;
 use pool::SlotPool;
+use seccomp::{Filter, SeccompError};
 use tools::Tool;
 use veth::Veth;
 
@@ -80,6 +83,8 @@ pub enum SandboxError {
     Network(String),
     #[error("sandbox: {0}")]
     Plan(#[from] MountPlanError),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
 }
 
 impl SandboxError {
@@ -99,6 +104,8 @@ pub struct Sandbox {
     identities: Arc<IdentityPool>,
     mounts: HostMounts,
     network: Option<HostNetwork>,
+    /// Compiled once here, installed by every runtime (None when `sandbox.seccomp` is off).
+    seccomp: Option<Filter>,
 }
 
 #[derive(Debug)]
@@ -132,6 +139,19 @@ impl Sandbox {
         state_dir: &Path,
         instance: &str,
     ) -> Result<Self, SandboxError> {
+        // Compiled first: it touches nothing on the host, so a failure leaves nothing to undo.
+        let seccomp = if config.seccomp {
+            let filter = Filter::compile()?;
+            tracing::info!(
+                refused_syscalls = seccomp::REFUSED.len(),
+                bpf_instructions = filter.instructions(),
+                "seccomp filter on"
+            );
+            Some(filter)
+        } else {
+            tracing::warn!("sandbox.seccomp = false: environments may make every system call");
+            None
+        };
         let mounts = HostMounts::prepare(state_dir).map_err(io_error("preparing mount points"))?;
         let network = if config.network_isolation {
             Some(HostNetwork::start(config, state_dir, instance)?)
@@ -142,7 +162,13 @@ impl Sandbox {
             identities: Arc::new(IdentityPool::new(config.uid_first, config.uid_count)),
             mounts,
             network,
+            seccomp,
         })
+    }
+
+    /// True when every runtime installs the seccomp filter.
+    pub fn seccomp(&self) -> bool {
+        self.seccomp.is_some()
     }
 
     /// True when every environment has its own network namespace.
@@ -218,6 +244,7 @@ impl Sandbox {
                     netns: None,
                     mounts,
                     identity: lease.identity,
+                    seccomp: self.seccomp.clone(),
                 },
             ));
         };
@@ -242,6 +269,7 @@ impl Sandbox {
                 netns,
                 mounts,
                 identity: lease.identity,
+                seccomp: self.seccomp.clone(),
             },
         ))
     }
