@@ -2,7 +2,8 @@
 //! namespace (its `/proc` lists its own processes only, under a hidden init that reaps its orphans), its
 //! own cgroup namespace and cgroupfs view (its own cgroups only, read-only), and a private `/run/lock`;
 //! the agent still waits for the runtime (its exact exit status), accounts for everything inside (an
-//! orphan's memory is the environment's) and kills everything on delete or exit.
+//! orphan's memory is the environment's) and kills everything on delete or exit. Its seccomp filter refuses
+//! the system calls listed in `sandbox::seccomp` (with `EPERM`), which the same function makes without it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -354,4 +355,49 @@ async fn a_runtime_exit_is_reported_with_its_status_and_ends_its_namespace() {
     })
     .await;
     agent.stop_and_assert_clean(&everything);
+}
+
+/// What `syscalls.handler` got for each of its system calls ("ok" or the errno's name), in an agent whose
+/// `sandbox.seccomp` is `seccomp`.
+async fn syscalls_with(seccomp: bool) -> Value {
+    let mut agent = TestAgent::start_with(AgentOptions {
+        sandbox_config: format!("seccomp = {seccomp}"),
+        ..Default::default()
+    })
+    .await;
+    let env = agent
+        .create_ready(python_spec("syscalls", "syscalls.handler"))
+        .await;
+    let v = call(&mut agent, "syscalls", json!({})).await;
+    let gone = agent.delete(&env.id).await;
+    assert_eq!(gone.state(), St::Terminated);
+    agent.stop_and_assert_clean(&[env.pid]);
+    v
+}
+
+/// The seccomp filter refuses what the function could otherwise do as its unprivileged uid: the same calls,
+/// made by the same code as the same kind of uid, succeed in an agent started with `sandbox.seccomp = false`.
+/// What the filter allows still works under it (a thread, glibc's clone3 falling back to clone; querying the
+/// personality), and clone3 gets ENOSYS rather than EPERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seccomp_filter_refuses_calls_an_unprivileged_function_could_otherwise_make() {
+    require_root!();
+    let off = syscalls_with(false).await;
+    let on = syscalls_with(true).await;
+    for call in ["add_key", "keyctl", "ptrace", "personality"] {
+        assert_eq!(off[call], "ok", "{call} without the filter: {off}");
+        assert_eq!(on[call], "EPERM", "{call} under the filter: {on}");
+    }
+    // A user namespace is refused under the filter; without it the host's sysctls decide.
+    assert_eq!(on["userns"], "EPERM", "{on}");
+    eprintln!(
+        "unshare(CLONE_NEWUSER) without the filter: {}",
+        off["userns"]
+    );
+    assert_eq!(off["clone3"], "EINVAL", "{off}");
+    assert_eq!(on["clone3"], "ENOSYS", "{on}");
+    for v in [&off, &on] {
+        assert_eq!(v["query"], "ok", "{v}");
+        assert_eq!(v["thread"], "ok", "{v}");
+    }
 }
