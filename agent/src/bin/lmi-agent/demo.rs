@@ -54,6 +54,15 @@ pub(crate) async fn run(shims_dir: Option<PathBuf>) -> anyhow::Result<()> {
     config.capacity.memory_mib = host_mem.max(8192);
 
     println!("== lmi-agent demo");
+    if let Some(missing) = missing_network_tools() {
+        // A bare machine may lack iproute2 or nftables; the service refuses to start without them while
+        // network isolation is on, but the demo can show everything else without it.
+        config.sandbox.network_isolation = false;
+        println!(
+            "network isolation: off ({missing} not found): environments share the host's network and \
+             loopback; install iproute2 and nftables to give each its own network namespace"
+        );
+    }
     println!(
         "host: {host_vcpus} vCPUs, {host_mem} MiB detected; planning with {} vCPUs",
         config.capacity.vcpus
@@ -255,6 +264,16 @@ fn report(results: &[Result<pb::InvokeResponse, tonic::Status>]) {
         spans.len(),
         pids.len()
     );
+}
+
+/// The tools network isolation needs that this host lacks (`ip`, `nft`), looked up as the agent does.
+fn missing_network_tools() -> Option<String> {
+    let missing: Vec<String> = ["ip", "nft"]
+        .into_iter()
+        .filter(|t| lmi_agent::sandbox::tools::Tool::find(t).is_none())
+        .map(|t| format!("`{t}`"))
+        .collect();
+    (!missing.is_empty()).then(|| missing.join(" and "))
 }
 
 fn leftover_cgroups(name: &str) -> Vec<PathBuf> {
