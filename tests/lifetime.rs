@@ -8,38 +8,39 @@
 //! are a few times the (shortened) init timeout, so each test takes seconds, not minutes.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod scenarios;
 mod support;
 
-use std::{
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
 use lmi_proto::v1::{self as pb, EnvironmentState as St, InvokeOutcome as Out};
-use serde_json::{json, Value};
+use scenarios::Runtime;
+use serde_json::json;
 use support::*;
 use tonic::Code;
 
 /// The function timeout of every environment here: the held invoke times out after it.
 const FUNCTION_TIMEOUT_S: u32 = 2;
 
-/// One runtime family: how to make its environment, and how its test function echoes and holds an invoke.
+/// One runtime family: its test function (how to make its environment, how it echoes and holds an invoke) and
+/// its init timeout.
 struct Family {
+    rt: Runtime,
     spec: pb::EnvironmentSpec,
     /// The init timeout the agent is configured with: long enough for this runtime to start on a busy
     /// host (a JVM takes seconds), short enough to be passed several times over within the test.
     init_timeout_s: u64,
-    /// The field of an echo's answer holding the event.
-    echo_field: &'static str,
-    /// An event held by the function until a file named `release` appears in `dir`, after it created a file
-    /// there (its arrival, an event the test waits for).
-    hold: fn(&Path) -> Value,
 }
 
-/// The `gate` action of the shims' test functions: it creates `dir/<requestId>` and waits until `dir` holds two
-/// entries, which the test's `release` file makes.
-fn gate(dir: &Path) -> Value {
-    json!({"action": "gate", "dir": dir.display().to_string(), "count": 2, "max_s": 120})
+impl Family {
+    fn new(rt: Runtime, init_timeout_s: u64) -> Self {
+        let spec = rt.spec(&format!("life-{}", rt.name));
+        Self {
+            rt,
+            spec,
+            init_timeout_s,
+        }
+    }
 }
 
 fn function(spec: &pb::EnvironmentSpec) -> String {
@@ -95,7 +96,7 @@ async fn assert_serving(
         .unwrap_or_else(|s| panic!("{f} {when}: invoke refused: {s:?}\n{}", agent.log()));
     assert_eq!(r.outcome(), Out::Success, "{f} {when}: {r:?}");
     let v = payload_json(&r);
-    assert_eq!(v[fam.echo_field], event, "{f} {when}: {v}");
+    assert_eq!(v[fam.rt.echo_field], event, "{f} {when}: {v}");
     assert_eq!(v["requestId"], r.request_id.as_str(), "{f} {when}");
 }
 
@@ -135,7 +136,7 @@ async fn lives_past_its_timers(mut fam: Family) {
 
     // The only slot taken by an invoke the function holds: the next one is refused at once.
     let dir = shared_dir();
-    let held = tokio::spawn(invoke(agent.client.clone(), &f, (fam.hold)(dir.path())));
+    let held = tokio::spawn(invoke(agent.client.clone(), &f, (fam.rt.hold)(dir.path())));
     wait_for_files(dir.path(), 1).await;
     let refused = agent
         .invoke(&f, json!({"action": "echo"}))
@@ -152,15 +153,7 @@ async fn lives_past_its_timers(mut fam: Family) {
     assert_eq!(r.outcome(), Out::Timeout, "{f}: {r:?}");
     assert_eq!(r.error.unwrap().error_type, "Sandbox.Timedout", "{f}");
     std::fs::write(dir.path().join("release"), "").unwrap();
-    let start = Instant::now();
-    while agent.get(&created.id).await.in_flight > 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "{f}: the late answer never came\n{}",
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_in_flight(&mut agent, &created.id, 0).await;
     assert_serving(
         &mut agent,
         &fam,
@@ -177,81 +170,31 @@ async fn lives_past_its_timers(mut fam: Family) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_environment_lives_past_its_init_and_function_timeouts() {
     require_root!();
-    lives_past_its_timers(Family {
-        spec: python_spec("life-python", "actions.handler"),
-        init_timeout_s: 2,
-        echo_field: "event",
-        hold: gate,
-    })
-    .await;
+    lives_past_its_timers(Family::new(scenarios::python(), 2)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_environment_lives_past_its_init_and_function_timeouts() {
     require_root!();
-    lives_past_its_timers(Family {
-        spec: code_spec(
-            "life-node",
-            "nodejs20.x",
-            "actions.handler",
-            &fixtures("node"),
-        ),
-        init_timeout_s: 2,
-        echo_field: "event",
-        hold: gate,
-    })
-    .await;
+    lives_past_its_timers(Family::new(scenarios::node("nodejs20.x"), 2)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_java_environment_lives_past_its_init_and_function_timeouts() {
     require_root!();
-    lives_past_its_timers(Family {
-        spec: code_spec(
-            "life-java",
-            "java17",
-            "fixtures.Actions::handleRequest",
-            &built_fixture("java"),
-        ),
-        init_timeout_s: 6,
-        echo_field: "event",
-        hold: gate,
-    })
-    .await;
+    lives_past_its_timers(Family::new(scenarios::java("java17"), 6)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dotnet_environment_lives_past_its_init_and_function_timeouts() {
     require_root!();
-    lives_past_its_timers(Family {
-        spec: code_spec(
-            "life-dotnet",
-            "dotnet8",
-            "Fixtures::Fixtures.Actions::Handle",
-            &built_fixture("dotnet"),
-        ),
-        init_timeout_s: 4,
-        echo_field: "event",
-        hold: gate,
-    })
-    .await;
+    lives_past_its_timers(Family::new(scenarios::dotnet(), 4)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provided_environment_lives_past_its_init_and_function_timeouts() {
     require_root!();
-    lives_past_its_timers(Family {
-        spec: code_spec(
-            "life-provided",
-            "provided.al2023",
-            "unused",
-            &built_fixture("provided/c"),
-        ),
-        init_timeout_s: 2,
-        echo_field: "echo",
-        hold: |dir| json!({"hold": dir.display().to_string()}),
-    })
-    .await;
+    lives_past_its_timers(Family::new(scenarios::provided_c(), 2)).await;
 }
 
 /// The counterpart: the init deadline still applies to an environment that has not finished init, and only

@@ -19,10 +19,6 @@ fn with_id(
     invoke_with_id(agent.client.clone(), function, id, payload)
 }
 
-fn gate(dir: &std::path::Path, count: usize) -> Value {
-    json!({"action": "gate", "dir": dir.display().to_string(), "count": count, "max_s": 120})
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ids_a_runtime_cannot_answer_are_refused_and_one_id_runs_once_on_the_host() {
     require_root!();
@@ -144,22 +140,4 @@ async fn every_ending_of_a_delivered_invoke_gives_its_slot_back() {
     let r = caller.await.unwrap().unwrap();
     assert_eq!(r.outcome(), Out::RuntimeFailure, "{r:?}");
     agent.stop_and_assert_clean(&[env.pid, long.pid]);
-}
-
-/// Waits (bounded) until the environment's in-flight count is `n`: an answer that arrives after the caller's
-/// deadline is an event the test cannot await directly.
-async fn wait_in_flight(agent: &mut TestAgent, id: &str, n: u32) {
-    let start = std::time::Instant::now();
-    loop {
-        let e = agent.get(id).await;
-        if e.in_flight == n {
-            return;
-        }
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(30),
-            "in_flight stuck at {} (wanted {n})",
-            e.in_flight
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
 }

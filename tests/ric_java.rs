@@ -11,15 +11,13 @@
 //! client's threads to take an invoke at the same time. No test relies on timing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod scenarios;
 mod support;
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    path::Path,
-};
+use std::collections::{BTreeMap, BTreeSet};
 
 use lmi_proto::v1::{self as pb, EnvironmentState as St, InvokeOutcome as Out};
-use serde_json::{json, Value};
+use serde_json::json;
 use support::*;
 
 /// A `provided.al2023` spec running the official Java client on `handler` (timeout 60 s).
@@ -37,59 +35,17 @@ fn ric_spec(function: &str, handler: &str, max_concurrency: u32) -> pb::Environm
 
 const HANDLER: &str = "fixtures.Handler::handleRequest";
 
-fn gate(dir: &Path, count: usize, max_s: u64) -> Value {
-    json!({"action": "gate", "dir": dir.display().to_string(), "count": count, "max_s": max_s})
-}
-
 /// Runs `n` invokes that can only all succeed if `n` of the client's threads hold one at the same time, and
 /// returns the names of the threads that ran them.
 async fn rendezvous(agent: &TestAgent, function: &str, n: usize) -> BTreeSet<String> {
-    let dir = shared_dir();
-    let calls: Vec<_> = (0..n)
-        .map(|_| {
-            tokio::spawn(invoke(
-                agent.client.clone(),
-                function,
-                gate(dir.path(), n, 60),
-            ))
+    scenarios::overlap(agent, function, n)
+        .await
+        .iter()
+        .map(|(r, v)| {
+            assert_eq!(v["requestId"], r.request_id.as_str());
+            v["thread"].as_str().unwrap().to_owned()
         })
-        .collect();
-    let mut threads = BTreeSet::new();
-    let mut ids = Vec::new();
-    for c in calls {
-        let r = c.await.unwrap().unwrap();
-        assert_eq!(r.outcome(), Out::Success, "{r:?}");
-        let v = payload_json(&r);
-        assert_eq!(
-            v["seen"].as_array().unwrap().len(),
-            n,
-            "not all {n} at once: {v}"
-        );
-        assert_eq!(v["requestId"], r.request_id.as_str());
-        threads.insert(v["thread"].as_str().unwrap().to_owned());
-        ids.push(r.request_id);
-    }
-    ids.sort();
-    let mut seen: Vec<String> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    seen.sort();
-    assert_eq!(ids, seen, "each invoke ran exactly once");
-    threads
-}
-
-/// The text a record carries: its message, or the `message` of the runtime's own JSON object.
-fn text(r: &Value) -> String {
-    match &r["message"] {
-        Value::String(s) => s.clone(),
-        Value::Object(o) => o
-            .get("message")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned(),
-        _ => String::new(),
-    }
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,7 +136,7 @@ async fn a_timed_out_invoke_leaves_the_client_serving_with_every_thread() {
     let slow = tokio::spawn(invoke(
         agent.client.clone(),
         "jric-slow",
-        gate(hold.path(), 2, 120),
+        gate(hold.path(), 2),
     ));
     wait_for_files(hold.path(), 1).await;
     let r = slow.await.unwrap().unwrap();
@@ -200,13 +156,13 @@ async fn a_timed_out_invoke_leaves_the_client_serving_with_every_thread() {
     let socket = agent.socket.clone();
     let follow = tokio::task::spawn_blocking(move || {
         follow_logs(&socket, "jric-slow", |r| {
-            text(r).contains("Failed to post invocation response")
+            record_text(r).contains("Failed to post invocation response")
         })
     });
     std::fs::write(hold.path().join("release"), b"").unwrap();
     let records = follow.await.unwrap();
     // It received the Runtime API's 410 (not a broken connection: that would be code -1).
-    let refused = text(records.last().unwrap());
+    let refused = record_text(records.last().unwrap());
     assert!(refused.contains("Response code: '410'"), "{refused}");
     let threads = rendezvous(&agent, "jric-slow", 2).await;
     assert_eq!(threads.len(), 2, "{threads:?}");
@@ -305,7 +261,7 @@ async fn an_oversized_answer_is_response_size_too_large_and_every_thread_survive
     const ROUNDS: usize = 2;
     for _ in 0..ROUNDS {
         let dir = shared_dir();
-        let mut event = gate(dir.path(), N, 60);
+        let mut event = gate(dir.path(), N);
         event["action"] = json!("big");
         event["bytes"] = json!(6_815_744);
         let calls: Vec<_> = (0..N)
@@ -324,7 +280,7 @@ async fn an_oversized_answer_is_response_size_too_large_and_every_thread_survive
     let records = tokio::task::spawn_blocking(move || {
         let refused = std::sync::atomic::AtomicUsize::new(0);
         follow_logs(&socket, "jric-huge", |r| {
-            text(r).contains("Failed to post invocation response")
+            record_text(r).contains("Failed to post invocation response")
                 && refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == ROUNDS * N
         })
     })
@@ -332,9 +288,9 @@ async fn an_oversized_answer_is_response_size_too_large_and_every_thread_survive
     .unwrap();
     for r in records
         .iter()
-        .filter(|r| text(r).contains("Failed to post invocation response"))
+        .filter(|r| record_text(r).contains("Failed to post invocation response"))
     {
-        assert!(text(r).contains("Response code: '413'"), "{r}");
+        assert!(record_text(r).contains("Response code: '413'"), "{r}");
     }
     // Every poller is still there: N invokes are held by N threads at once.
     let threads = rendezvous(&agent, "jric-huge", N).await;
@@ -384,7 +340,7 @@ async fn the_clients_log_records_carry_the_invokes_request_id() {
     let mut per_id: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
     let mut lifted = 0;
     for r in &records {
-        let t = text(r);
+        let t = record_text(r);
         let mut words = t.split(' ');
         if words.next() != Some("jric") {
             continue;
@@ -412,7 +368,7 @@ async fn the_clients_log_records_carry_the_invokes_request_id() {
     // The client read AWS_LAMBDA_MAX_CONCURRENCY and said so, in a record of no invoke.
     let started = records
         .iter()
-        .find(|r| text(r) == format!("Starting {N} concurrent function handler threads."))
+        .find(|r| record_text(r) == format!("Starting {N} concurrent function handler threads."))
         .unwrap_or_else(|| panic!("no thread pool record in {records:#?}"));
     assert_eq!(started["message"].get("AWSRequestId"), None, "{started}");
     // The agent lifts the client's `AWSRequestId` into the record's `requestId`.

@@ -2,56 +2,22 @@
 //! C compiler by its build.sh): the Runtime API loop of a native binary, one invoke at a time.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod scenarios;
 mod support;
 
-use std::path::PathBuf;
-
 use lmi_proto::v1::{self as pb, InvokeOutcome as Out};
+use scenarios::provided_c;
 use serde_json::json;
 use support::*;
 use tonic::Code;
 
-/// The code directory holding the compiled `bootstrap`, built once per test binary (cached, locked).
-fn task_root() -> PathBuf {
-    built_fixture("provided/c")
-}
+// It writes no log lines: no `logs` scenario.
+scenario_tests!(provided_c = provided_c(); echo, function_error, timeout, init_error);
 
 fn c_spec(function: &str) -> pb::EnvironmentSpec {
-    let mut spec = code_spec(function, "provided.al2023", "unused", &task_root());
+    let mut spec = provided_c().spec(function);
     spec.max_concurrency = 1;
     spec
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_compiled_bootstrap_echoes_json_events_and_reports_errors() {
-    require_root!();
-    let mut agent = TestAgent::start().await;
-    let env = agent.create_ready(c_spec("native")).await;
-    let mut pids = Vec::new();
-    for i in 0..3 {
-        let event = json!({"n": i, "text": "héllo", "list": [1, 2, {"deep": true}]});
-        let r = agent.invoke("native", event.clone()).await.unwrap();
-        assert_eq!(r.outcome(), Out::Success, "{r:?}");
-        let v = payload_json(&r);
-        assert_eq!(v["echo"], event);
-        assert_eq!(v["requestId"], r.request_id.as_str());
-        pids.push(v["pid"].as_u64().unwrap());
-    }
-    let main = pid_in_namespace(env.pid);
-    assert!(
-        pids.iter().all(|p| *p == u64::from(main)),
-        "the bootstrap itself is the runtime process and serves every invoke: {pids:?} vs {main}"
-    );
-    let r = agent
-        .invoke("native", json!({"fail": "no such order"}))
-        .await
-        .unwrap();
-    assert_eq!(r.outcome(), Out::FunctionError, "{r:?}");
-    let e = r.error.unwrap();
-    assert_eq!(e.error_type, "Function.Failed");
-    assert_eq!(e.error_message, "no such order");
-    assert_eq!(e.stack_trace, vec!["main (bootstrap.c)".to_owned()]);
-    agent.stop_and_assert_clean(&[env.pid]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

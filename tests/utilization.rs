@@ -70,10 +70,6 @@ impl Resource {
     }
 }
 
-fn gate(dir: &std::path::Path, count: usize) -> serde_json::Value {
-    serde_json::json!({"action": "gate", "dir": dir.display().to_string(), "count": count, "max_s": 120})
-}
-
 /// Environment A (max 8) gets a load that saturates `resource`; B (max 2) stays healthy. Invokes whose first
 /// choice is A go to B (redirects); once B is full, an invoke is throttled with `resource` as the reason;
 /// when the load stops, A takes invokes again.

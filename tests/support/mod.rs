@@ -949,3 +949,43 @@ pub fn follow_logs(
     let _ = child.wait();
     records
 }
+
+/// The `gate` action of the test functions (every shim's fixture and the official clients' ones): the handler
+/// creates `dir/<requestId>`, then waits until `dir` holds `count` entries (or 120 s pass) and returns
+/// `{"seen": [entries]}`. A rendezvous: N invokes at `count` N can only all succeed if all N were inside the
+/// function at once; one invoke at `count` 2 is held until the test writes a `release` file.
+pub fn gate(dir: &Path, count: usize) -> serde_json::Value {
+    serde_json::json!({"action": "gate", "dir": dir.display().to_string(), "count": count, "max_s": 120})
+}
+
+/// Waits (bounded by 30 s) until the environment's in-flight count is `n`: an answer that arrives after the
+/// caller's deadline frees its slot, an event the test cannot await directly.
+pub async fn wait_in_flight(agent: &mut TestAgent, id: &str, n: u32) {
+    let start = Instant::now();
+    loop {
+        let e = agent.get(id).await;
+        if e.in_flight == n {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "in_flight of {id} stuck at {} (wanted {n})\n{}",
+            e.in_flight,
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The text a log record carries: its message, or the `message` of the runtime's own JSON object.
+pub fn record_text(r: &serde_json::Value) -> String {
+    match &r["message"] {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Object(o) => o
+            .get("message")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        _ => String::new(),
+    }
+}
