@@ -1,55 +1,18 @@
 //! Invokes against the real daemon and real Python runtimes: concurrency, throttling and every outcome.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod scenarios;
 mod support;
 
 use lmi_proto::v1::{self as pb, EnvironmentState as St, InvokeOutcome as Out};
 use prost::Message;
+use scenarios::python;
 use support::*;
 use tonic::Code;
 
-fn gate(dir: &std::path::Path, count: usize) -> serde_json::Value {
-    serde_json::json!({"action": "gate", "dir": dir.display().to_string(), "count": count, "max_s": 120})
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sixteen_concurrent_invokes_all_succeed_and_overlap() {
-    require_root!();
-    let mut agent = TestAgent::start().await;
-    let mut spec = python_spec("overlap", "actions.handler");
-    spec.max_concurrency = 16;
-    spec.timeout_seconds = 120;
-    let env = agent.create_ready(spec).await;
-    let dir = support::shared_dir();
-    // Each handler announces itself with a file and returns only once all 16 are present: they can only all
-    // succeed if all 16 were in flight at the same time.
-    let calls: Vec<_> = (0..16)
-        .map(|_| {
-            tokio::spawn(invoke(
-                agent.client.clone(),
-                "overlap",
-                gate(dir.path(), 16),
-            ))
-        })
-        .collect();
-    let mut ids = Vec::new();
-    for c in calls {
-        let r = c.await.unwrap().unwrap();
-        assert_eq!(r.outcome(), Out::Success, "{r:?}");
-        let v = payload_json(&r);
-        assert_eq!(v["seen"].as_array().unwrap().len(), 16, "{v}");
-        ids.push(r.request_id.clone());
-    }
-    ids.sort();
-    let mut seen: Vec<String> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    seen.sort();
-    assert_eq!(ids, seen, "each invoke ran exactly once");
-    assert_eq!(agent.get(&env.id).await.in_flight, 0);
-    agent.stop_and_assert_clean(&[env.pid]);
-}
+// Echo, the concurrency proof (16 invokes at once), a function error, a timeout, init errors and logs on
+// Python 3.11.
+scenario_tests!(python = python(); echo, concurrency, function_error, timeout, init_error, logs);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fifth_invoke_at_max_concurrency_four_is_throttled_for_concurrency() {
@@ -131,117 +94,6 @@ async fn invokes_spread_over_environments_before_throttling() {
         .unwrap_err();
     assert_eq!(s.code(), Code::NotFound);
     agent.stop_and_assert_clean(&[a.pid, b.pid]);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_timed_out_invoke_gets_sandbox_timedout_and_others_continue() {
-    require_root!();
-    let mut agent = TestAgent::start().await;
-    let mut spec = python_spec("slow", "actions.handler");
-    spec.max_concurrency = 4;
-    spec.timeout_seconds = 1;
-    let env = agent.create_ready(spec).await;
-    let slow = tokio::spawn(invoke(
-        agent.client.clone(),
-        "slow",
-        serde_json::json!({"action": "sleep", "s": 4}),
-    ));
-    // While the slow one runs, a quick one in the same environment succeeds.
-    let quick = agent
-        .invoke("slow", serde_json::json!({"action": "echo"}))
-        .await
-        .unwrap();
-    assert_eq!(quick.outcome(), Out::Success);
-    let r = slow.await.unwrap().unwrap();
-    assert_eq!(r.outcome(), Out::Timeout);
-    let e = r.error.unwrap();
-    assert_eq!(e.error_type, "Sandbox.Timedout");
-    assert_eq!(e.error_message, "Task timed out after 1.00 seconds");
-    // The code was not killed: the environment stays READY and keeps serving.
-    assert_eq!(agent.get(&env.id).await.state(), St::Ready);
-    let after = agent
-        .invoke("slow", serde_json::json!({"action": "echo"}))
-        .await
-        .unwrap();
-    assert_eq!(after.outcome(), Out::Success);
-    agent.stop_and_assert_clean(&[env.pid]);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_function_error_reaches_the_caller_with_type_message_and_stack() {
-    require_root!();
-    let mut agent = TestAgent::start().await;
-    let env = agent
-        .create_ready(python_spec("errs", "actions.handler"))
-        .await;
-    let r = agent
-        .invoke(
-            "errs",
-            serde_json::json!({"action": "raise", "message": "bad input: 42"}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.outcome(), Out::FunctionError);
-    let e = r.error.unwrap();
-    assert_eq!(e.error_type, "ValueError");
-    assert_eq!(e.error_message, "bad input: 42");
-    assert!(
-        e.stack_trace.iter().any(|l| l.contains("actions.py")),
-        "{:?}",
-        e.stack_trace
-    );
-    // The environment is fine afterwards.
-    let ok = agent
-        .invoke("errs", serde_json::json!({"action": "echo"}))
-        .await
-        .unwrap();
-    assert_eq!(ok.outcome(), Out::Success);
-    agent.stop_and_assert_clean(&[env.pid]);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_init_error_fails_the_environment_with_its_reason_and_frees_everything() {
-    require_root!();
-    let mut agent = TestAgent::start().await;
-    let mut spec = python_spec("badinit", "init_error.handler");
-    spec.max_concurrency = 3; // three workers each report; the first wins
-    let created = agent.create(spec).await;
-    let env = agent.wait_state(&created.id, &[St::Failed]).await;
-    let f = env.failure.unwrap();
-    assert_eq!(f.error_type, "RuntimeError", "{f:?}");
-    assert!(f.message.contains("boom at init"), "{f:?}");
-    assert_eq!(env.ready_at, None);
-    // The environment's processes and cgroup are gone and its capacity is back, before any delete.
-    let dirs = agent.env_cgroup_dirs(&created.id);
-    eventually("the cgroup is removed", || {
-        dirs.values().all(|d| !d.exists())
-    })
-    .await;
-    assert!(!process_alive(created.pid));
-    assert_eq!(agent.host().await.vcpus_allocated, 0);
-    // Invokes are refused at once rather than queued on a dead environment.
-    let s = agent
-        .invoke("badinit", serde_json::json!({}))
-        .await
-        .unwrap_err();
-    assert_eq!(s.code(), Code::ResourceExhausted);
-    // Delete keeps the reason.
-    let gone = agent.delete(&created.id).await;
-    assert_eq!(gone.state(), St::Terminated);
-    assert_eq!(gone.failure.unwrap().error_type, "RuntimeError");
-    agent.stop_and_assert_clean(&[created.pid]);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_handler_that_does_not_import_is_an_import_error() {
-    require_root!();
-    let mut agent = TestAgent::start().await;
-    let created = agent
-        .create(python_spec("nomodule", "does_not_exist.handler"))
-        .await;
-    let env = agent.wait_state(&created.id, &[St::Failed]).await;
-    assert_eq!(env.failure.unwrap().error_type, "Runtime.ImportModuleError");
-    agent.stop_and_assert_clean(&[created.pid]);
 }
 
 /// Another function's environment on the same agent, to show that a fault stays where it happened.
