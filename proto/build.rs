@@ -4,7 +4,7 @@
 use std::{env, fs, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["lmi/agent/v1/agent.proto"];
+    let protos = ["lmi/agent/v1/agent.proto", "google/rpc/status.proto"];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

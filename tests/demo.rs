@@ -63,6 +63,9 @@ fn demo_runs_without_ip_and_nft_and_says_isolation_is_off() {
         "{stdout}"
     );
     // The rest of the demo ran: the burst was throttled, and nothing was left behind.
-    assert!(stdout.contains("ResourceExhausted"), "{stdout}");
+    assert!(
+        stdout.contains("ResourceExhausted [CONCURRENCY]"),
+        "{stdout}"
+    );
     assert!(stdout.contains("\nclean: no cgroup named"), "{stdout}");
 }

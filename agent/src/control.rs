@@ -15,6 +15,7 @@ use crate::{
 
 pub use invoke::THROTTLE_REASON_METADATA;
 
+pub mod authority;
 mod invoke;
 
 /// Implements the generated `Agent` service on top of [`Agent`].

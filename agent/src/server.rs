@@ -11,14 +11,17 @@ use std::{
 
 use lmi_proto::v1::agent_server::AgentServer;
 use tokio::{net::UnixListener, sync::watch};
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::{
+    wrappers::{TcpListenerStream, UnixListenerStream},
+    StreamExt as _,
+};
 use tonic::service::interceptor::InterceptedService;
 
 use crate::{
     agent::Agent,
     auth::{TokenCheck, TokenError},
     config::Config,
-    control::ControlService,
+    control::{authority::UnixAuthority, ControlService},
 };
 
 /// Largest gRPC message (invoke payloads and results are up to 6 MiB; streamed results up to 20 MiB).
@@ -137,13 +140,15 @@ pub async fn serve(
         let _ = rx.wait_for(|s| *s).await;
     };
     let local = router(TokenCheck::open());
+    // Standard clients send the socket path as `:authority` on a Unix socket, which the HTTP/2 server would
+    // refuse (control::authority): their connections go through the rewrite.
     match tcp {
         None => {
             local
                 .serve_with_incoming_shutdown(
                     crate::listener::limit_incoming(
                         "control socket",
-                        UnixListenerStream::new(unix),
+                        UnixListenerStream::new(unix).map(|c| c.map(UnixAuthority::new)),
                         limits,
                     ),
                     stopped(shutdown),
@@ -155,7 +160,7 @@ pub async fn serve(
                 local.serve_with_incoming_shutdown(
                     crate::listener::limit_incoming(
                         "control socket",
-                        UnixListenerStream::new(unix),
+                        UnixListenerStream::new(unix).map(|c| c.map(UnixAuthority::new)),
                         limits
                     ),
                     stopped(shutdown.clone())

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use lmi_proto::v1 as pb;
-use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{metadata::MetadataValue, Code, Status, Streaming};
@@ -111,15 +110,16 @@ fn refusal(e: InvokeError) -> Refusal {
     }
 }
 
-/// The unary `Invoke`'s status for a refused invoke: a throttle carries [`pb::ThrottleDetails`] in the
-/// status details and its reason in the [`THROTTLE_REASON_METADATA`] key.
+/// The unary `Invoke`'s status for a refused invoke: a throttle carries a `google.rpc.Status` holding its
+/// [`pb::ThrottleDetails`] in the status details (the gRPC rich error model, which standard clients decode)
+/// and its reason in the [`THROTTLE_REASON_METADATA`] key.
 pub fn status(e: InvokeError) -> Status {
     let r = refusal(e);
     match r.throttle {
         None => Status::new(r.code, r.message),
         Some((reason, details)) => {
-            let mut status =
-                Status::with_details(r.code, r.message, details.encode_to_vec().into());
+            let bytes = details.to_status_details(r.code as i32, &r.message);
+            let mut status = Status::with_details(r.code, r.message, bytes.into());
             status.metadata_mut().insert(
                 THROTTLE_REASON_METADATA,
                 MetadataValue::from_static(reason.as_str()),

@@ -239,10 +239,11 @@ fn report(results: &[Result<pb::InvokeResponse, tonic::Status>]) {
             }
             Err(s) => {
                 throttled += 1;
-                let reason = s
-                    .metadata()
-                    .get(lmi_agent::control::THROTTLE_REASON_METADATA)
-                    .and_then(|v| v.to_str().ok())
+                // The throttle's details, as any gRPC client reads the rich error model: a
+                // google.rpc.Status in the status details, holding a ThrottleDetails.
+                let reason = pb::ThrottleDetails::from_status_details(s.details())
+                    .and_then(|d| pb::ThrottleReason::try_from(d.reason).ok())
+                    .map(|r| r.as_str_name().trim_start_matches("THROTTLE_REASON_"))
                     .unwrap_or("?");
                 println!("  {:?} [{reason}]: {}", s.code(), s.message());
             }

@@ -1,27 +1,15 @@
 //! Reading a throttle (gRPC RESOURCE_EXHAUSTED from Invoke) back out of a tonic `Status`.
 //!
-//! The contract puts a prost-encoded `ThrottleDetails` in the status details and the reason in the
-//! `lmi-throttle-reason` metadata key. The details bytes are accepted either as a bare `ThrottleDetails`
-//! (tonic's `Status::with_details`) or wrapped in a `google.rpc.Status` whose `details` hold it as an `Any`
-//! (the richer gRPC error model); the metadata is the fallback for the reason.
+//! The contract puts a `google.rpc.Status` in the status details whose `details` hold a `ThrottleDetails`
+//! as an `Any` (the gRPC rich error model), and the reason in the `lmi-throttle-reason` metadata key. A bare
+//! `ThrottleDetails` (what agents before the rich error model sent) is accepted too; the metadata is the
+//! fallback for the reason.
 
 use lmi_proto::v1::{ThrottleDetails, ThrottleReason};
 use prost::Message;
 use serde::Serialize;
 
 pub const REASON_METADATA_KEY: &str = "lmi-throttle-reason";
-const THROTTLE_DETAILS_TYPE: &str = "lmi.agent.v1.ThrottleDetails";
-
-/// `google.rpc.Status`, just enough to find our details in it.
-#[derive(Clone, PartialEq, Message)]
-struct RpcStatus {
-    #[prost(int32, tag = "1")]
-    code: i32,
-    #[prost(string, tag = "2")]
-    message: String,
-    #[prost(message, repeated, tag = "3")]
-    details: Vec<prost_types::Any>,
-}
 
 /// A throttle as shown to the operator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -64,16 +52,7 @@ fn decode_details(bytes: &[u8]) -> Option<ThrottleDetails> {
     if bytes.is_empty() {
         return None;
     }
-    if let Ok(rpc) = RpcStatus::decode(bytes) {
-        let wrapped = rpc.details.iter().find(|any| {
-            any.type_url == THROTTLE_DETAILS_TYPE
-                || any.type_url.ends_with(&format!("/{THROTTLE_DETAILS_TYPE}"))
-        });
-        if let Some(any) = wrapped {
-            return ThrottleDetails::decode(any.value.as_slice()).ok();
-        }
-    }
-    ThrottleDetails::decode(bytes).ok()
+    ThrottleDetails::from_status_details(bytes).or_else(|| ThrottleDetails::decode(bytes).ok())
 }
 
 /// `THROTTLE_REASON_CONCURRENCY` → `CONCURRENCY`.
@@ -92,7 +71,8 @@ pub mod tests {
     use tonic::metadata::{MetadataMap, MetadataValue};
     use tonic::Code;
 
-    /// The status the contract describes: bare ThrottleDetails in the details, the reason in metadata.
+    /// The status the contract describes: a google.rpc.Status holding the ThrottleDetails, the reason in
+    /// metadata.
     pub fn throttle_status(
         reason: ThrottleReason,
         retry_elsewhere: bool,
@@ -111,13 +91,15 @@ pub mod tests {
         tonic::Status::with_details_and_metadata(
             Code::ResourceExhausted,
             "throttled",
-            details.encode_to_vec().into(),
+            details
+                .to_status_details(Code::ResourceExhausted as i32, "throttled")
+                .into(),
             md,
         )
     }
 
     #[test]
-    fn bare_details() {
+    fn rich_error_model_details() {
         let t = from_status(&throttle_status(
             ThrottleReason::Concurrency,
             true,
@@ -134,24 +116,16 @@ pub mod tests {
     }
 
     #[test]
-    fn rich_error_model_details() {
+    fn bare_details_of_older_agents() {
         let inner = ThrottleDetails {
             reason: ThrottleReason::Memory as i32,
             retry_elsewhere: false,
             message: "host memory".into(),
         };
-        let rpc = RpcStatus {
-            code: Code::ResourceExhausted as i32,
-            message: "throttled".into(),
-            details: vec![prost_types::Any {
-                type_url: format!("type.googleapis.com/{THROTTLE_DETAILS_TYPE}"),
-                value: inner.encode_to_vec(),
-            }],
-        };
         let status = tonic::Status::with_details(
             Code::ResourceExhausted,
             "throttled",
-            rpc.encode_to_vec().into(),
+            inner.encode_to_vec().into(),
         );
         let t = from_status(&status);
         assert_eq!(t.reason, "MEMORY");
