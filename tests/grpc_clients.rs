@@ -1,4 +1,134 @@
-//! Standard gRPC clients on the agent's Unix socket, with their default settings.
+//! Standard gRPC clients on the agent's Unix socket, with their default settings: grpcio (PyPI, with
+//! grpcio-status reading the rich error model) and grpcurl, both installed by tests/setup.sh.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
+
+use std::{path::PathBuf, process::Command};
+
+use lmi_proto::v1::InvokeOutcome as Out;
+use support::*;
+
+/// A tool tests/setup.sh installs under `$LMI_TEST_TOOLS`.
+fn tool(rel: &str) -> PathBuf {
+    let p = test_tools().join(rel);
+    assert!(p.exists(), "{} is missing: run tests/setup.sh", p.display());
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcio_with_its_default_authority_lists_and_reads_a_throttle_with_grpcio_status() {
+    require_root!();
+    let mut agent = TestAgent::start().await;
+    let mut spec = python_spec("held", "actions.handler");
+    spec.max_concurrency = 1;
+    spec.timeout_seconds = 120;
+    let env = agent.create_ready(spec).await;
+    // One invoke holds the only slot until the test releases it: the Python client's invoke is throttled.
+    let dir = shared_dir();
+    let held = tokio::spawn(invoke(agent.client.clone(), "held", gate(dir.path(), 2)));
+    wait_for_files(dir.path(), 1).await;
+
+    let python = tool("grpc-python/bin/python");
+    let (socket, proto) = (agent.socket.clone(), repo().join("proto"));
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(repo().join("tests/fixtures/grpc-python/client.py"))
+            .args([socket, proto])
+            .arg("held")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "client.py: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["environments"], serde_json::json!([env.id]), "{v}");
+    assert_eq!(v["code"], "RESOURCE_EXHAUSTED", "{v}");
+    assert_eq!(
+        v["details"],
+        serde_json::json!(["type.googleapis.com/lmi.agent.v1.ThrottleDetails"]),
+        "{v}"
+    );
+    assert_eq!(
+        v["throttle"]["reason"], "THROTTLE_REASON_CONCURRENCY",
+        "{v}"
+    );
+    assert_eq!(v["throttle"]["retry_elsewhere"], true, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("throttled (CONCURRENCY)"),
+        "{v}"
+    );
+
+    std::fs::write(dir.path().join("release"), "").unwrap();
+    let r = held.await.unwrap().unwrap();
+    assert_eq!(r.outcome(), Out::Success, "{r:?}");
+    agent.stop_and_assert_clean(&[env.pid]);
+}
+
+/// grpcurl as the README shows it (`-plaintext -unix SOCKET list`), then a throttled invoke whose details
+/// it decodes through server reflection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_lists_the_services_and_shows_a_throttles_details() {
+    require_root!();
+    let mut agent = TestAgent::start().await;
+    let grpcurl = tool("bin/grpcurl");
+    let sock = agent.socket.display().to_string();
+    // grpcurl [flags] ADDRESS [verb or method]: flags come before the address.
+    let run = |flags: &[&str], args: &[&str]| {
+        let out = Command::new(&grpcurl)
+            .args(["-plaintext", "-unix"])
+            .args(flags)
+            .arg(&sock)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = run(&[], &["list"]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let services: Vec<&str> = stdout.lines().collect();
+    for s in [
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "lmi.agent.v1.Agent",
+    ] {
+        assert!(services.contains(&s), "{s} not in {services:?}");
+    }
+
+    let mut spec = python_spec("held", "actions.handler");
+    spec.max_concurrency = 1;
+    spec.timeout_seconds = 120;
+    let env = agent.create_ready(spec).await;
+    let dir = shared_dir();
+    let held = tokio::spawn(invoke(agent.client.clone(), "held", gate(dir.path(), 2)));
+    wait_for_files(dir.path(), 1).await;
+    let (code, stdout, stderr) = run(
+        &["-d", r#"{"function_name": "held"}"#],
+        &["lmi.agent.v1.Agent/Invoke"],
+    );
+    assert_ne!(code, Some(0), "{stdout}{stderr}");
+    assert!(stderr.contains("Code: ResourceExhausted"), "{stderr}");
+    assert!(
+        stderr.contains("\"@type\": \"type.googleapis.com/lmi.agent.v1.ThrottleDetails\""),
+        "{stderr}"
+    );
+    assert!(stderr.contains("THROTTLE_REASON_CONCURRENCY"), "{stderr}");
+
+    std::fs::write(dir.path().join("release"), "").unwrap();
+    assert_eq!(held.await.unwrap().unwrap().outcome(), Out::Success);
+    agent.stop_and_assert_clean(&[env.pid]);
+}

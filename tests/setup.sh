@@ -138,6 +138,32 @@ fi
 # $LMI_TEST_TOOLS (cached by a hash of its sources; the Rust build keeps its cargo target dir there too).
 LMI_TEST_TOOLS="$LMI_TEST_TOOLS" "$root/tests/fixtures/go-ric/build.sh"
 LMI_TEST_TOOLS="$LMI_TEST_TOOLS" "$root/tests/fixtures/rust-ric/build.sh"
+# Standard gRPC clients on the agent's Unix socket (tests/grpc_clients.rs): grpcio, grpcio-status and
+# grpcio-tools from PyPI in a venv of their own, and grpcurl (the Go module github.com/fullstorydev/grpcurl,
+# v1.9.4: v1.9.3's -unix flag dials TCP) built with the Go toolchain the go-ric fixture found or fetched.
+GRPC_VENV="$LMI_TEST_TOOLS/grpc-python"
+grpc_python_ok() {
+  "$GRPC_VENV/bin/python" -c 'import grpc, grpc_status, grpc_tools' >/dev/null 2>&1
+}
+if ! grpc_python_ok; then
+  rm -rf "$GRPC_VENV"
+  "$system_python" -m venv "$GRPC_VENV"
+  "$GRPC_VENV/bin/python" -m pip install -q 'grpcio>=1.60,<2' 'grpcio-status>=1.60,<2' 'grpcio-tools>=1.60,<2'
+  grpc_python_ok || { echo "setup: grpcio did not install into $GRPC_VENV" >&2; exit 1; }
+fi
+GRPCURL_VERSION=v1.9.4
+if [ "$(cat "$LMI_TEST_TOOLS/bin/grpcurl.version" 2>/dev/null)" != "$GRPCURL_VERSION" ] ||
+  [ ! -x "$LMI_TEST_TOOLS/bin/grpcurl" ]; then
+  go=
+  for c in "$(command -v go 2>/dev/null || true)" /usr/local/go/bin/go "$LMI_TEST_TOOLS/go-toolchain/go/bin/go"; do
+    if [ -n "$c" ] && [ -x "$c" ]; then go=$c; break; fi
+  done
+  [ -n "$go" ] || { echo "setup: no Go toolchain to build grpcurl" >&2; exit 1; }
+  mkdir -p "$LMI_TEST_TOOLS/bin"
+  (cd "$LMI_TEST_TOOLS" && GOBIN="$LMI_TEST_TOOLS/bin" GOTOOLCHAIN=local GOFLAGS=-buildvcs=false CGO_ENABLED=0 \
+    "$go" install "github.com/fullstorydev/grpcurl/cmd/grpcurl@$GRPCURL_VERSION")
+  echo "$GRPCURL_VERSION" > "$LMI_TEST_TOOLS/bin/grpcurl.version"
+fi
 # AWS's own Java runtime client (com.amazonaws:aws-lambda-java-runtime-interface-client from Maven Central),
 # unmodified, in a provided.al2023 test function: the fixture's build.sh fetches the jars of its pom.xml once
 # with Maven into $LMI_TEST_TOOLS/java-ric and compiles the handlers (cached by a hash of its sources).
