@@ -10,7 +10,9 @@
 # The .deb defaults to target/lmi-package/lmi-agent_*_amd64.deb (built with packaging/build.sh when missing).
 # Set-up (QEMU, busybox, the kernel, the initramfs) is tests/vm/setup.sh, cached under $LMI_TEST_TOOLS/vm.
 # Environment: LMI_VM_SMP (default 2), LMI_VM_MEM (default 6G), LMI_VM_ACCEL (kvm|tcg; default: KVM when a
-# probe boot under it reaches the initramfs, the result cached per kernel and QEMU version; else TCG).
+# probe boot under it reaches the initramfs, the result cached per kernel and QEMU version; else TCG),
+# LMI_VM_LIBTESTS_BIN (the library's test binary to run in the VM instead of building it),
+# LMI_VM_NO_LIBTESTS=1 (do not run it: the checks then say "skip").
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$repo"
@@ -45,18 +47,22 @@ deb=$(readlink -f "$deb")
 [ -f "$deb" ] || die "no package $deb"
 say "package $deb"
 
-# The cgroup tests of the library (point 3): the unit test binary, built on the host, run in the VM with the
-# real-hierarchy filter. Its path comes from cargo's own report.
-libtests=
-[ "${LMI_VM_NO_LIBTESTS:-0}" = 1 ] || libtests=$(cargo test -p lmi-agent --lib --locked --no-run --message-format=json 2>/dev/null |
-  python3 -c 'import json,sys
+# The cgroup tests of the library (point 3): the unit test binary, built on the host, run in the VM (the pure
+# cgroup v2 real-hierarchy tests must run there). Its path comes from cargo's own report, or from
+# LMI_VM_LIBTESTS_BIN (a binary built before, e.g. while the tree does not build); it is copied into the run
+# directory so that a rebuild on the host during the run cannot change it.
+libtests=${LMI_VM_LIBTESTS_BIN:-}
+if [ -z "$libtests" ] && [ "${LMI_VM_NO_LIBTESTS:-0}" != 1 ]; then
+  libtests=$(cargo test -p lmi-agent --lib --locked --no-run --message-format=json 2>/dev/null |
+    python3 -c 'import json,sys
 for l in sys.stdin:
     try: m = json.loads(l)
     except ValueError: continue
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["lib"] and m["profile"]["test"]:
         print(m["executable"])' | tail -1)
+fi
 if [ "${LMI_VM_NO_LIBTESTS:-0}" != 1 ]; then
-  [ -x "$libtests" ] || die "cargo test --no-run gave no library test binary"
+  [ -n "$libtests" ] && [ -x "$libtests" ] || die "cargo test --no-run gave no library test binary"
   say "library tests $libtests"
 fi
 
@@ -71,6 +77,11 @@ cleanup() {
 trap cleanup EXIT
 mkdir -p "$run/units" "$run/out"
 chmod 777 "$run/out"
+vm_libtests=
+if [ -n "$libtests" ] && [ "${LMI_VM_NO_LIBTESTS:-0}" != 1 ]; then
+  cp "$libtests" "$run/libtests"
+  vm_libtests=/lmi-vm/libtests
+fi
 
 # The VM's own target: only what the product needs (sysinit, journald, the service) plus the check script;
 # the host's multi-user.target units (databases, getty...) never start.
@@ -89,7 +100,7 @@ SuccessAction=poweroff-force
 FailureAction=poweroff-force
 [Service]
 Type=oneshot
-Environment=LMI_VM_DEB=$deb LMI_VM_REPO=$repo LMI_VM_OUT=/lmi-vm/out LMI_VM_LIBTESTS=$libtests
+Environment=LMI_VM_DEB=$deb LMI_VM_REPO=$repo LMI_VM_OUT=/lmi-vm/out LMI_VM_LIBTESTS=$vm_libtests
 ExecStart=/bin/bash $repo/tests/vm/check.sh
 StandardOutput=journal+console
 StandardError=journal+console
