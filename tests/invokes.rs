@@ -5,7 +5,6 @@ mod scenarios;
 mod support;
 
 use lmi_proto::v1::{self as pb, EnvironmentState as St, InvokeOutcome as Out};
-use prost::Message;
 use scenarios::python;
 use support::*;
 use tonic::Code;
@@ -38,7 +37,7 @@ async fn the_fifth_invoke_at_max_concurrency_four_is_throttled_for_concurrency()
         s.metadata().get("lmi-throttle-reason").unwrap(),
         "CONCURRENCY"
     );
-    let details = pb::ThrottleDetails::decode(s.details()).unwrap();
+    let details = pb::ThrottleDetails::from_status_details(s.details()).unwrap();
     assert_eq!(details.reason(), pb::ThrottleReason::Concurrency);
     assert!(details.retry_elsewhere);
     assert!(
@@ -239,7 +238,7 @@ async fn a_runtime_that_never_polls_times_out_its_init() {
             s.metadata().get("lmi-throttle-reason").unwrap(),
             "NO_READY_ENVIRONMENT"
         );
-        let details = pb::ThrottleDetails::decode(s.details()).unwrap();
+        let details = pb::ThrottleDetails::from_status_details(s.details()).unwrap();
         assert_eq!(details.reason(), pb::ThrottleReason::NoReadyEnvironment);
         assert!(details.message.contains("is READY"), "{}", details.message);
     };
