@@ -269,7 +269,9 @@ struct HeldLease {
 }
 
 /// What a create has done so far. Undone in reverse order by [`Rollback::fail`], or on drop (a cancelled
-/// create), unless [`Rollback::commit`] handed it to the supervisor first.
+/// create), unless [`Rollback::commit`] handed it to the supervisor first. A cancelled create's blocking step
+/// still running (cgroup creation, say) finishes unrecorded: what it makes is left for the next start's
+/// reconciliation, as everything of a cancelled create was before this guard.
 #[derive(Debug)]
 pub(super) struct Rollback {
     ledger: Arc<Ledger>,

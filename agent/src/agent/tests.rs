@@ -313,9 +313,26 @@ async fn invokes_go_to_the_least_loaded_ready_environment() {
     let second = ready(&host, "f", 2).await;
     // Both idle: the older one.
     let agent = host.agent.clone();
-    let held = tokio::spawn(async move { agent.invoke(input("f", "held")).await });
+    let held = tokio::spawn(async move {
+        agent
+            .invoke(InvokeInput {
+                request_id: Some("caller-1".into()),
+                ..input("f", "held")
+            })
+            .await
+    });
     host.spawner.delivered(1).await;
     assert_eq!(first.broker.in_flight(), 1);
+    // A caller-chosen id in flight on one environment is refused on every other.
+    assert!(matches!(
+        host.agent
+            .invoke(InvokeInput {
+                request_id: Some("caller-1".into()),
+                ..input("f", "{}")
+            })
+            .await,
+        Err(InvokeError::DuplicateRequestId(id)) if id == "caller-1"
+    ));
     // The first holds one invoke: the second is less loaded.
     let done = host.agent.invoke(input("f", "{}")).await.expect("invoke");
     assert_eq!(done.environment_id, second.id);
@@ -392,25 +409,44 @@ async fn no_ready_environment_is_its_own_throttle() {
 async fn a_saturated_only_environment_throttles_with_its_resource() {
     let host = FakeHost::start().expect("fake host");
     let env = ready(&host, "f", 2).await;
-    env.set_usage(
-        Usage::default(),
-        Saturation::MEMORY.with(Saturation::CPU, true),
-    );
-    let (reason, message) = throttled(&host.agent, "f").await;
-    assert_eq!(reason, ThrottleReason::Memory);
+    // Memory first (an OOM kill is the worst outcome), then disk, then CPU.
+    for (saturation, reason, name) in [
+        (
+            Saturation::MEMORY.with(Saturation::CPU, true),
+            ThrottleReason::Memory,
+            "MEMORY",
+        ),
+        (
+            Saturation::DISK.with(Saturation::CPU, true),
+            ThrottleReason::Disk,
+            "DISK",
+        ),
+        (Saturation::CPU, ThrottleReason::Cpu, "CPU"),
+    ] {
+        env.set_usage(Usage::default(), saturation);
+        assert_eq!(
+            throttled(&host.agent, "f").await,
+            (
+                reason,
+                format!(
+                    "every READY environment of f:$LATEST with a free slot is saturated ({name} over its threshold)"
+                )
+            )
+        );
+    }
+    let throttles = host.agent.stats().function("f", LATEST).counts().throttles;
     assert_eq!(
-        message,
-        "every READY environment of f:$LATEST with a free slot is saturated (MEMORY over its threshold)"
+        (
+            throttles.memory,
+            throttles.disk,
+            throttles.cpu,
+            throttles.total
+        ),
+        (1, 1, 1, 3)
     );
-    assert_eq!(
-        host.agent
-            .stats()
-            .function("f", LATEST)
-            .counts()
-            .throttles
-            .memory,
-        1
-    );
+    // Below its thresholds again, it takes invokes.
+    env.set_usage(Usage::default(), Saturation::NONE);
+    assert!(host.agent.invoke(input("f", "{}")).await.is_ok());
     stop(&host).await;
 }
 
