@@ -69,3 +69,43 @@ fn demo_runs_without_ip_and_nft_and_says_isolation_is_off() {
     );
     assert!(stdout.contains("\nclean: no cgroup named"), "{stdout}");
 }
+
+#[test]
+fn demo_from_a_checkout_under_tmp_gives_runtimes_a_copy_of_the_shims() {
+    require_root!();
+    // As from a checkout under /tmp: the shims lie where runtimes cannot see them (their /tmp is their own).
+    let checkout = tempfile::tempdir().unwrap();
+    let shims = checkout.path().join("runtime-shims");
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(repo().join("runtime-shims"))
+        .arg(&shims)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = Command::new(AGENT_BIN)
+        .arg("--shims-dir")
+        .arg(&shims)
+        .arg("demo")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("runtime shims: a copy in /run/lmi-demo-shims-"))
+        .unwrap_or_else(|| panic!("no line about the shims' copy:\n{stdout}"));
+    // Invokes ran in the Python runtime from the copy, and the copy is gone with the demo.
+    assert!(stdout.contains(" 8 succeeded on"), "{stdout}");
+    let copy = line
+        .trim_start_matches("runtime shims: a copy in ")
+        .split(", which")
+        .next()
+        .unwrap();
+    assert!(!std::path::Path::new(copy).exists(), "{copy} left behind");
+}

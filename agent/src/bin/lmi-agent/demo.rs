@@ -39,12 +39,25 @@ pub(crate) async fn run(shims_dir: Option<PathBuf>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&code)?;
     std::fs::write(code.join("demo_function.py"), FUNCTION)?;
 
+    let state_dir = dir.path().join("state");
+    let shims_dir = shims_dir.unwrap_or_else(default_shims_dir);
+    // A checkout under /tmp: runtimes cannot see its shims (their /tmp is their own), so they get a copy
+    // where they can, removed with the demo.
+    let visible_shims =
+        if lmi_agent::sandbox::mounts::hidden_from_runtimes(&shims_dir, &state_dir).is_some() {
+            Some(copy_shims(&shims_dir)?)
+        } else {
+            None
+        };
+
     let (host_vcpus, host_mem) = lmi_agent::capacity::HostCapacity::detect_totals();
     let mut config = Config {
         socket: dir.path().join("agent.sock"),
-        state_dir: dir.path().join("state"),
+        state_dir,
         cgroup_parent: format!("lmi-demo-{}", std::process::id()),
-        shims_dir: shims_dir.unwrap_or_else(default_shims_dir),
+        shims_dir: visible_shims
+            .as_ref()
+            .map_or(shims_dir, |d| d.path().join("runtime-shims")),
         log_format: LogFormat::Text,
         ..Config::default()
     };
@@ -54,6 +67,12 @@ pub(crate) async fn run(shims_dir: Option<PathBuf>) -> anyhow::Result<()> {
     config.capacity.memory_mib = host_mem.max(8192);
 
     println!("== lmi-agent demo");
+    if visible_shims.is_some() {
+        println!(
+            "runtime shims: a copy in {}, which runtimes can see (the checkout's are under /tmp)",
+            config.shims_dir.display()
+        );
+    }
     if let Some(missing) = missing_network_tools() {
         // A bare machine may lack iproute2 or nftables; the service refuses to start without them while
         // network isolation is on, but the demo can show everything else without it.
@@ -265,6 +284,30 @@ fn report(results: &[Result<pb::InvokeResponse, tonic::Status>]) {
         spans.len(),
         pids.len()
     );
+}
+
+/// A copy of the shims directory `src` in a new directory under /run (mode 0755: every environment's uid
+/// reads the shims), removed when the returned directory is dropped.
+fn copy_shims(src: &std::path::Path) -> anyhow::Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("lmi-demo-shims-")
+        .tempdir_in("/run")
+        .context("creating a directory for the runtime shims under /run")?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(src)
+        .arg(dir.path().join("runtime-shims"))
+        .status()
+        .context("running cp")?;
+    if !status.success() {
+        bail!(
+            "copying the runtime shims {} failed: {status}",
+            src.display()
+        );
+    }
+    Ok(dir)
 }
 
 /// The tools network isolation needs that this host lacks (`ip`, `nft`), looked up as the agent does.
