@@ -59,7 +59,7 @@ impl EnvironmentSocket {
             .mode(0o700)
             .create(dir)?;
         let own = dir.join(env_id);
-        match std::fs::DirBuilder::new().mode(0o755).create(&own) {
+        match std::fs::DirBuilder::new().mode(0o700).create(&own) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
@@ -69,13 +69,15 @@ impl EnvironmentSocket {
             listener: None,
             path,
         };
-        std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o755))?;
+        // The socket is bound in a directory only the agent can enter and made 0600 before the directory is
+        // opened (0755, for the runtime's mount of it): no other user can connect in between. Not by narrowing
+        // the umask around bind(2): the umask is the process's, and files other threads create meanwhile
+        // would get it.
+        std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o700))?;
         remove_stale(&socket.path)?;
-        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-        let listener = bind_socket(&socket.path);
-        nix::sys::stat::umask(old);
-        socket.listener = Some(listener?);
+        socket.listener = Some(bind_socket(&socket.path)?);
         std::fs::set_permissions(&socket.path, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o755))?;
         Ok(socket)
     }
 
