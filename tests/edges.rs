@@ -341,7 +341,7 @@ impl FailedStart {
             socket: dir.path().join("agent.sock"),
             state: dir.path().join("state"),
             extra: String::new(),
-            shims: repo().join("runtime-shims"),
+            shims: shims_dir(),
             dir,
         }
     }

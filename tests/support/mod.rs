@@ -172,11 +172,12 @@ pub fn test_sandbox(n: usize) -> String {
     )
 }
 
-/// A directory that the test and sandboxed functions share (rendezvous and release files): outside `/tmp`
-/// (each function has its own) and writable by every environment's uid. Removed on drop.
+/// A directory that the test and sandboxed functions share (rendezvous and release files): under
+/// [`visible_root`] (outside `/tmp`: each function has its own) and writable by every environment's uid.
+/// Removed on drop.
 pub fn shared_dir() -> tempfile::TempDir {
     use std::os::unix::fs::PermissionsExt;
-    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("shared");
+    let root = visible_root().join("shared");
     std::fs::create_dir_all(&root).unwrap();
     let d = tempfile::Builder::new()
         .prefix("lmi-it-")
@@ -184,6 +185,78 @@ pub fn shared_dir() -> tempfile::TempDir {
         .unwrap();
     std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     d
+}
+
+/// True when a sandboxed function cannot see `path` (it lies under `/tmp` or another directory its mount
+/// namespace covers).
+pub fn hidden_from_functions(path: &Path) -> bool {
+    lmi_agent::sandbox::mounts::hidden_from_runtimes(path, Path::new("/nonexistent-state-dir"))
+        .is_some()
+}
+
+/// Where tests put what sandboxed functions must see: the build's tmp directory, unless the checkout (and so
+/// the target directory) lies where functions cannot see it, such as under `/tmp`; then
+/// `/var/cache/lmi-agent/test-visible`.
+pub fn visible_root() -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    if !hidden_from_functions(&target) {
+        return target;
+    }
+    let root = PathBuf::from("/var/cache/lmi-agent/test-visible");
+    std::fs::create_dir_all(&root).unwrap();
+    for d in [root.as_path(), root.parent().unwrap()] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    root
+}
+
+/// The runtime shims the agents under test use: the repository's, or when functions cannot see the
+/// checkout (the agent refuses such a `shims_dir`), a copy under [`visible_root`] named by a hash of the
+/// shims' paths, sizes and modification times (made once, reused while they are unchanged).
+pub fn shims_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let src = repo().join("runtime-shims");
+        if !hidden_from_functions(&src) {
+            return src;
+        }
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        let mut stack = vec![src.clone()];
+        let mut files = Vec::new();
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let m = e.metadata().unwrap();
+                if m.is_dir() {
+                    stack.push(e.path());
+                } else {
+                    files.push((e.path(), m.len(), m.modified().ok()));
+                }
+            }
+        }
+        files.sort();
+        files.hash(&mut hasher);
+        let dst = visible_root().join(format!("runtime-shims-{:016x}", hasher.finish()));
+        if !dst.exists() {
+            let tmp = visible_root().join(format!(".runtime-shims-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&tmp);
+            let ok = Command::new("cp")
+                .arg("-a")
+                .arg(&src)
+                .arg(&tmp)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "copying {} to {}", src.display(), tmp.display());
+            // Another test process may have made the same copy first: then ours goes.
+            if std::fs::rename(&tmp, &dst).is_err() {
+                let _ = std::fs::remove_dir_all(&tmp);
+            }
+        }
+        dst
+    })
+    .clone()
 }
 
 /// A running daemon. Dropping it stops the daemon and removes whatever it left.
@@ -218,7 +291,7 @@ impl TestAgent {
             sandbox = opts.sandbox_config,
             socket = socket.display().to_string(),
             state = dir.path().join("state").display().to_string(),
-            shims = repo().join("runtime-shims").display().to_string(),
+            shims = shims_dir().display().to_string(),
             extra = opts.extra_config,
             vcpus = opts.vcpus,
             mem = opts.memory_mib,
