@@ -190,7 +190,7 @@ pub fn shared_dir() -> tempfile::TempDir {
 /// True when a sandboxed function cannot see `path` (it lies under `/tmp` or another directory its mount
 /// namespace covers).
 pub fn hidden_from_functions(path: &Path) -> bool {
-    lmi_agent::sandbox::mounts::hidden_from_runtimes(path, Path::new("/nonexistent-state-dir"))
+    lmi_sandbox::mounts::hidden_from_runtimes(path, Path::new("/nonexistent-state-dir"))
         .is_some()
 }
 
