@@ -5,15 +5,13 @@
 
 use std::{fs, path::Path, sync::Arc};
 
-use lmi_agent::{
-    catalog::Catalog,
-    cgroup::{CgroupDriver, CgroupLimits, V2Driver, V2Options},
-    config::UtilizationConfig,
-    environment::Environment,
-    host::HostReader,
-    sampler::Sampler,
-    spec::{self, SpecDefaults},
-};
+use lmi_agent_core::catalog::Catalog;
+use lmi_agent_core::config::UtilizationConfig;
+use lmi_agent_core::environment::Environment;
+use lmi_agent_core::host::HostReader;
+use lmi_agent_core::sampler::Sampler;
+use lmi_agent_core::spec::SpecDefaults;
+use lmi_cgroup::{CgroupDriver, CgroupLimits, V2Driver, V2Options};
 use lmi_proto::v1 as pb;
 
 fn write(dir: &Path, files: &[(&str, &str)]) {
@@ -98,7 +96,7 @@ pub fn environments(root: &Path, code: &Path, n: usize, shape: Shape) -> Vec<Arc
                 max_concurrency: shape.max_concurrency,
                 ..Default::default()
             };
-            let spec = spec::validate(&wire, &catalog, &defaults).unwrap();
+            let spec = lmi_agent_core::wire::spec::validate(&wire, &catalog, &defaults).unwrap();
             Environment::new(
                 name,
                 spec,
@@ -135,12 +133,12 @@ pub fn sampled_host(tree: &Path, code: &Path, n: usize) -> (Vec<Arc<Environment>
 #[derive(Debug)]
 pub struct NoEvents;
 
-impl lmi_agent::runtime_api::RuntimeEvents for NoEvents {
+impl lmi_runtime_api::RuntimeEvents for NoEvents {
     fn polled(&self) {}
     fn init_error(
         &self,
-        _error: lmi_agent::invocation::ErrorInfo,
-    ) -> lmi_agent::runtime_api::InitErrorAnswer {
-        lmi_agent::runtime_api::InitErrorAnswer::Refused
+        _error: lmi_runtime_api::invocation::ErrorInfo,
+    ) -> lmi_runtime_api::InitErrorAnswer {
+        lmi_runtime_api::InitErrorAnswer::Refused
     }
 }

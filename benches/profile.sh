@@ -20,7 +20,7 @@ shift || true
 out="$PWD/target/profile"
 mkdir -p "$out"
 rm -f "$out"/callgrind.out.*
-cargo build --release --locked -p lmi-agent -p lmi-native-echo
+cargo build --release --locked -p lmi-agent -p lmictl -p lmi-native-echo
 benches/perf.py --no-build --runs 1 --duration 3 \
   --agent-wrapper "valgrind --tool=callgrind --callgrind-out-file=$out/callgrind.out.%p --separate-threads=no" \
   "$scenario" "$@"

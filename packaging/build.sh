@@ -33,13 +33,13 @@ export PATH="$tools_bin:$PATH"
 if [ "$build" = 1 ]; then
   echo "== cargo build --release --target $TRIPLE"
   # Debug info stripped, symbols kept (backtraces keep function names); same binaries in both packages.
-  CARGO_PROFILE_RELEASE_STRIP=debuginfo cargo build --release --locked -p lmi-agent --target "$TRIPLE"
+  CARGO_PROFILE_RELEASE_STRIP=debuginfo cargo build --release --locked -p lmi-agent -p lmictl --target "$TRIPLE"
 fi
 for bin in lmi-agent lmictl; do
   [ -x "target/$TRIPLE/release/$bin" ] || { echo "build.sh: target/$TRIPLE/release/$bin is missing" >&2; exit 1; }
 done
 
-# Staging: the runtime shims without their tests (the package metadata in agent/Cargo.toml points here), in two
+# Staging: the runtime shims without their tests (the package metadata in agent/daemon/Cargo.toml points here), in two
 # trees that both install into /usr/share/lmi-agent/runtime-shims/: stage/runtime-shims-exec holds the files that
 # are executable in the source tree (packaged 0755: bootstraps the runtime executes), stage/runtime-shims the rest
 # (0644). Both packagers take the mode from the asset entry, not from the file, hence the split.
@@ -62,5 +62,5 @@ if ! cargo deb -p lmi-agent --no-build --no-strip --target "$TRIPLE" --output "$
 fi
 grep -v "does not match the pattern, and will not be built" "$PKG_OUT/cargo-deb.log" || true
 echo "== cargo generate-rpm ($RPM_ARCH)"
-cargo generate-rpm -p agent --target "$TRIPLE" --output "$PKG_OUT/"
+cargo generate-rpm -p agent/daemon --target "$TRIPLE" --output "$PKG_OUT/"
 ls -l "$PKG_OUT"/*.deb "$PKG_OUT"/*.rpm

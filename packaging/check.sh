@@ -67,7 +67,7 @@ if [ "$(uname -m)" = "$RPM_ARCH" ]; then
   echo "$out"
   shims=$(echo "$out" | sed -n 's/^shims_dir = "\(.*\)".*/\1/p')
   [ -f "$root$shims/python/bootstrap.py" ] || fail "shims_dir $shims does not hold the packaged Python shim"
-  cmp -s "$root/usr/share/lmi-agent/runtimes.toml" agent/catalog/runtimes.toml || fail "packaged catalog differs from the built-in one"
+  cmp -s "$root/usr/share/lmi-agent/runtimes.toml" agent/core/catalog/runtimes.toml || fail "packaged catalog differs from the built-in one"
 else
   echo "(binaries are $arch; this host is $(uname -m): not run)"
 fi

@@ -4,7 +4,8 @@
 
 use std::{path::Path, process::Command};
 
-const AGENT_BIN: &str = env!("CARGO_BIN_EXE_lmi-agent");
+mod support;
+use support::AGENT_BIN;
 
 /// Runs `lmi-agent ARGS` with no `LMI_AGENT_*` variable but `env`; returns (success, stdout, stderr).
 fn agent(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {

@@ -315,7 +315,7 @@ async fn every_listener_cuts_stalled_heads_and_bodies_and_holds_its_cap() {
         .connect()
         .await
         .unwrap();
-    let mut client = lmi_agent::client::agent_client(channel);
+    let mut client = lmi_proto::connect::agent_client(channel);
     client.get_host(pb::GetHostRequest {}).await.unwrap();
     drop(agent);
 }
@@ -393,7 +393,7 @@ impl FailedStart {
             .args(["list", "tables"])
             .output()
             .unwrap();
-        let table = lmi_agent::sandbox::nat::NatTable::name_for(&self.cgroup_parent);
+        let table = lmi_sandbox::nat::NatTable::name_for(&self.cgroup_parent);
         assert!(
             !text(&tables.stdout).contains(&table),
             "{what}: nft table {table} left\n{stderr}"
@@ -430,7 +430,7 @@ impl Drop for FailedStart {
                 let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
             }
         }
-        let table = lmi_agent::sandbox::nat::NatTable::name_for(&self.cgroup_parent);
+        let table = lmi_sandbox::nat::NatTable::name_for(&self.cgroup_parent);
         for family in ["ip", "inet"] {
             let _ = std::process::Command::new("nft")
                 .args(["delete", "table", family, &table])

@@ -343,7 +343,7 @@ async fn unknown_runtime_is_invalid_and_an_unavailable_one_is_a_failed_precondit
     require_root!();
     let dir = tempfile::tempdir().unwrap();
     let catalog = dir.path().join("runtimes.toml");
-    let builtin = std::fs::read_to_string(repo().join("agent/catalog/runtimes.toml")).unwrap();
+    let builtin = std::fs::read_to_string(repo().join("agent/core/catalog/runtimes.toml")).unwrap();
     std::fs::write(
         &catalog,
         format!("{builtin}\n[[runtime]]\nid = \"ghost9\"\ncommand = [\"no-such-interpreter-lmi\", \"x\"]\ndefault_concurrency_per_vcpu = 8\n"),
@@ -576,7 +576,7 @@ async fn control_socket_is_root_only_and_serves_health() {
         ServerReflectionRequest,
     };
     let channel =
-        lmi_agent::client::unix_channel(&agent.socket, lmi_agent::client::unix_endpoint())
+        lmi_proto::connect::unix_channel(&agent.socket, lmi_proto::connect::unix_endpoint())
             .await
             .unwrap();
     let mut reflection = ServerReflectionClient::new(channel);

@@ -34,7 +34,9 @@ async fn the_fifth_invoke_at_max_concurrency_four_is_throttled_for_concurrency()
         .unwrap_err();
     assert_eq!(s.code(), Code::ResourceExhausted);
     assert_eq!(
-        s.metadata().get("lmi-throttle-reason").unwrap(),
+        s.metadata()
+            .get(lmi_proto::wire::THROTTLE_REASON_METADATA)
+            .unwrap(),
         "CONCURRENCY"
     );
     let details = pb::ThrottleDetails::from_status_details(s.details()).unwrap();
@@ -235,7 +237,9 @@ async fn a_runtime_that_never_polls_times_out_its_init() {
     let not_ready = |s: tonic::Status| {
         assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
         assert_eq!(
-            s.metadata().get("lmi-throttle-reason").unwrap(),
+            s.metadata()
+                .get(lmi_proto::wire::THROTTLE_REASON_METADATA)
+                .unwrap(),
             "NO_READY_ENVIRONMENT"
         );
         let details = pb::ThrottleDetails::from_status_details(s.details()).unwrap();

@@ -144,7 +144,10 @@ async fn lives_past_its_timers(mut fam: Family) {
         .unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted, "{f}: {refused:?}");
     assert_eq!(
-        refused.metadata().get("lmi-throttle-reason").unwrap(),
+        refused
+            .metadata()
+            .get(lmi_proto::wire::THROTTLE_REASON_METADATA)
+            .unwrap(),
         "CONCURRENCY",
         "{f}"
     );

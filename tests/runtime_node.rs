@@ -250,7 +250,7 @@ async fn a_node_of_the_wrong_major_version_is_unavailable() {
     // A catalog entry whose interpreter exists but is not the version it names: the probe refuses it.
     let dir = tempfile::tempdir().unwrap();
     let catalog = dir.path().join("runtimes.toml");
-    let builtin = std::fs::read_to_string(repo().join("agent/catalog/runtimes.toml")).unwrap();
+    let builtin = std::fs::read_to_string(repo().join("agent/core/catalog/runtimes.toml")).unwrap();
     std::fs::write(
         &catalog,
         format!(

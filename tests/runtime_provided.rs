@@ -37,7 +37,9 @@ async fn at_concurrency_one_a_second_invoke_is_throttled_while_the_first_runs() 
     let s = agent.invoke("native1", json!({"n": 2})).await.unwrap_err();
     assert_eq!(s.code(), Code::ResourceExhausted);
     assert_eq!(
-        s.metadata().get("lmi-throttle-reason").unwrap(),
+        s.metadata()
+            .get(lmi_proto::wire::THROTTLE_REASON_METADATA)
+            .unwrap(),
         "CONCURRENCY"
     );
     std::fs::write(dir.path().join("release"), "").unwrap();

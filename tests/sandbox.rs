@@ -8,14 +8,14 @@ mod support;
 
 use std::{net::Ipv4Addr, os::unix::fs::PermissionsExt, time::Duration};
 
-use lmi_agent::sandbox::{
+use lmi_proto::v1::{self as pb, InvokeOutcome as Out};
+use lmi_sandbox::{
     addresses::{AddressPool, Subnet},
     nat::NatTable,
     netns::NetworkNamespace,
     tools::Tool,
     veth::Veth,
 };
-use lmi_proto::v1::{self as pb, InvokeOutcome as Out};
 use serde_json::{json, Value};
 use support::*;
 
@@ -654,7 +654,7 @@ async fn tcp_client(
 ) -> pb::agent_client::AgentClient<
     tonic::service::interceptor::InterceptedService<
         tonic::transport::Channel,
-        lmi_agent::auth::AddBearer,
+        lmi_proto::auth::AddBearer,
     >,
 > {
     let channel = tonic::transport::Endpoint::from_shared(url)
@@ -664,7 +664,7 @@ async fn tcp_client(
         .unwrap();
     pb::agent_client::AgentClient::with_interceptor(
         channel,
-        lmi_agent::auth::AddBearer::new(token).unwrap(),
+        lmi_proto::auth::AddBearer::new(token).unwrap(),
     )
 }
 
@@ -806,7 +806,7 @@ async fn the_tcp_control_api_needs_its_token_and_no_api_shows_a_variables_value(
     let redacted = |e: &pb::Environment| {
         let vars = &e.spec.as_ref().unwrap().environment;
         assert_eq!(vars.len(), 1, "{vars:?}");
-        assert_eq!(vars["DB_PASSWORD"], lmi_agent::spec::REDACTED_VALUE);
+        assert_eq!(vars["DB_PASSWORD"], lmi_agent_core::spec::REDACTED_VALUE);
         assert!(!format!("{e:?}").contains(&secret));
     };
     redacted(&created);

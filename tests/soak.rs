@@ -12,7 +12,7 @@
 //! delete and its replacement). CI runs a reduced size; the full size is by hand (figures in docs/RELIABILITY.md):
 //!
 //! ```sh
-//! LMI_SOAK_SECONDS=600 LMI_SOAK_CALLERS=64 cargo test -p lmi-agent --test soak -- --nocapture soak_every
+//! LMI_SOAK_SECONDS=600 LMI_SOAK_CALLERS=64 cargo test -p lmi-system-tests --test soak -- --nocapture soak_every
 //! ```
 //!
 //! Knobs (environment): `LMI_SOAK_SECONDS` (default 20), `LMI_SOAK_CALLERS` (16), `LMI_SOAK_ENVIRONMENTS`
@@ -261,7 +261,7 @@ async fn soak_every_invoke_ends_in_one_outcome_while_runtimes_are_killed() {
     // the baseline. An invoke ended twice, or ended without reaching its caller, would show here; one never
     // ended would have failed its caller (see `caller`).
     let (outcomes, throttles) = agent_counts(port, FUNCTION).await;
-    for kind in lmi_agent::stats::OUTCOMES {
+    for kind in lmi_agent_core::stats::OUTCOMES {
         let counted = outcomes.get(kind).copied().unwrap_or(0)
             - warm_outcomes.get(kind).copied().unwrap_or(0);
         let seen = tally.outcomes.get(kind).copied().unwrap_or(0);
@@ -441,7 +441,9 @@ async fn burst_caller(
             // but only for concurrency (any other reason means the environment was not READY).
             Err(s) if s.code() == Code::ResourceExhausted => {
                 assert_eq!(
-                    s.metadata().get("lmi-throttle-reason").unwrap(),
+                    s.metadata()
+                        .get(lmi_proto::wire::THROTTLE_REASON_METADATA)
+                        .unwrap(),
                     "CONCURRENCY",
                     "{} invoke {caller}/{seq}: {s:?}",
                     f.name
@@ -506,7 +508,7 @@ async fn assert_none_lost(agent: &mut TestAgent, created: &[pb::Environment], wh
 ///
 /// ```sh
 /// LMI_LIFETIME_SOAK_SECONDS=3600 LMI_SOAK_INIT_TIMEOUT=10 LMI_SOAK_IDLE_SECONDS=15 \
-///   cargo test -p lmi-agent --test soak -- --nocapture environments_live
+///   cargo test -p lmi-system-tests --test soak -- --nocapture environments_live
 /// ```
 ///
 /// Knobs: `LMI_LIFETIME_SOAK_SECONDS` (60), `LMI_SOAK_INIT_TIMEOUT` (8; the agent's
@@ -587,7 +589,7 @@ async fn soak_environments_live_through_idle_gaps_and_bursts_across_runtimes() {
     // equal the callers' tallies (this agent served nothing else).
     for (name, t) in &tallies {
         let (outcomes, throttles) = agent_counts(port, name).await;
-        for kind in lmi_agent::stats::OUTCOMES {
+        for kind in lmi_agent_core::stats::OUTCOMES {
             assert_eq!(
                 outcomes.get(kind).copied().unwrap_or(0),
                 t.outcomes.get(kind).copied().unwrap_or(0),

@@ -135,7 +135,9 @@ async fn saturation_redirects_then_throttles_then_recovers(resource: Resource) {
         .unwrap_err();
     assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
     assert_eq!(
-        s.metadata().get("lmi-throttle-reason").unwrap(),
+        s.metadata()
+            .get(lmi_proto::wire::THROTTLE_REASON_METADATA)
+            .unwrap(),
         resource.reason()
     );
 

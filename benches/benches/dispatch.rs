@@ -1,4 +1,4 @@
-//! The dispatcher's choice (`lmi_agent::dispatch::plan`): the READY, unsaturated environments of a function
+//! The dispatcher's choice (`lmi_agent_core::dispatch::plan`): the READY, unsaturated environments of a function
 //! version with a free slot, least loaded first, for 1, 16 and 100 environments with uneven load.
 //!
 //! The environments are real `Environment` records (made READY by a `/next` poll, as the Runtime API does)
@@ -12,11 +12,12 @@ use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use lmi_agent::{
-    broker::Pending, dispatch, environment::Environment, invocation::Event,
-    runtime_api::RuntimeEvents,
-};
+use lmi_agent_core::dispatch;
+use lmi_agent_core::environment::Environment;
 use lmi_benches::{environments, Shape};
+use lmi_runtime_api::broker::Pending;
+use lmi_runtime_api::invocation::Event;
+use lmi_runtime_api::RuntimeEvents;
 
 const MAX_CONCURRENCY: u32 = 64;
 

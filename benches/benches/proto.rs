@@ -12,11 +12,9 @@
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use lmi_agent::{
-    capacity::{Allocated, HostCapacity},
-    report::ReportBuilder,
-    stats::Stats,
-};
+use lmi_agent_core::capacity::{Allocated, HostCapacity};
+use lmi_agent_core::stats::Stats;
+use lmi_agent_core::wire::report::ReportBuilder;
 use lmi_benches::sampled_host;
 use lmi_proto::v1 as pb;
 use prost::Message;

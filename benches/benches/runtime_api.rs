@@ -19,12 +19,10 @@ use std::{
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use lmi_agent::{
-    broker::Broker,
-    invocation::{Event, Outcome},
-    runtime_api::RuntimeApi,
-};
 use lmi_native_echo::client::RuntimeApiClient;
+use lmi_runtime_api::broker::Broker;
+use lmi_runtime_api::invocation::{Event, Outcome};
+use lmi_runtime_api::RuntimeApi;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -31,11 +31,9 @@ use std::{
 };
 
 use bytes::Bytes;
-use lmi_agent::{
-    broker::Broker,
-    invocation::{Event, Outcome},
-    runtime_api::RuntimeApi,
-};
+use lmi_runtime_api::broker::Broker;
+use lmi_runtime_api::invocation::{Event, Outcome};
+use lmi_runtime_api::RuntimeApi;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use lmi_agent::capacity::{Allocated, HostCapacity};
+use lmi_agent_core::capacity::{Allocated, HostCapacity};
 use lmi_benches::sampled_host;
 
 fn sampler_tick(c: &mut Criterion) {

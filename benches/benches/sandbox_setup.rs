@@ -13,11 +13,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lmi_agent::{
-    config::SandboxConfig,
-    ephemeral::EphemeralStorage,
-    sandbox::{seccomp::Filter, Sandbox},
-};
+use lmi_agent_core::config::SandboxConfig;
+use lmi_sandbox::ephemeral::EphemeralStorage;
+use lmi_sandbox::{seccomp::Filter, Sandbox};
 
 fn main() {
     if !nix::unistd::geteuid().is_root() {

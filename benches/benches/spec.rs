@@ -1,13 +1,11 @@
-//! Spec validation (`lmi_agent::spec::validate`) of a typical spec, once per CreateEnvironment.
+//! Spec validation (`lmi_agent_core::spec::validate`) of a typical spec, once per CreateEnvironment.
 //!
 //! Run: `cargo bench -p lmi-benches --bench spec`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use lmi_agent::{
-    catalog::Catalog,
-    spec::{self, SpecDefaults},
-};
+use lmi_agent_core::catalog::Catalog;
+use lmi_agent_core::spec::SpecDefaults;
 use lmi_proto::v1 as pb;
 
 fn validate(c: &mut Criterion) {
@@ -45,10 +43,16 @@ fn validate(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("spec/validate");
     group.bench_function("valid", |b| {
-        b.iter(|| spec::validate(std::hint::black_box(&spec), &catalog, &defaults).unwrap());
+        b.iter(|| {
+            lmi_agent_core::wire::spec::validate(std::hint::black_box(&spec), &catalog, &defaults)
+                .unwrap()
+        });
     });
     group.bench_function("invalid_memory", |b| {
-        b.iter(|| spec::validate(std::hint::black_box(&bad), &catalog, &defaults).unwrap_err());
+        b.iter(|| {
+            lmi_agent_core::wire::spec::validate(std::hint::black_box(&bad), &catalog, &defaults)
+                .unwrap_err()
+        });
     });
     group.finish();
 }

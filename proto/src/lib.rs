@@ -45,3 +45,14 @@ impl v1::ThrottleDetails {
 
 /// The encoded `FileDescriptorSet` of every `.proto` in this crate, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("lmi_descriptor");
+
+pub mod auth;
+pub mod connect;
+
+/// Wire constants shared by the agent and its clients.
+pub mod wire {
+    /// Largest gRPC message the agent sends or accepts (a 6 MB payload and the rest of its message fit).
+    pub const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
+    /// Response metadata key naming the bottleneck of a throttled invoke (`RESOURCE_EXHAUSTED`).
+    pub const THROTTLE_REASON_METADATA: &str = "lmi-throttle-reason";
+}

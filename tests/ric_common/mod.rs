@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-/// The agent's limit on a buffered answer and on a request payload (agent/src/runtime_api.rs).
+/// The agent's limit on a buffered answer and on a request payload (agent/runtime-api/src/lib.rs).
 pub const MAX_PAYLOAD: usize = 6 * 1024 * 1024 + 100;
 
 /// One official client's test function.

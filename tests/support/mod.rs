@@ -16,17 +16,84 @@ use tonic::transport::Channel;
 
 pub mod scaler;
 
-pub const AGENT_BIN: &str = env!("CARGO_BIN_EXE_lmi-agent");
-pub const LMICTL_BIN: &str = env!("CARGO_BIN_EXE_lmictl");
+/// The daemon and the CLI under test (`Command::new(AGENT_BIN)`), built on first use.
+pub const AGENT_BIN: Binary = Binary::LMI_AGENT;
+pub const LMICTL_BIN: Binary = Binary::LMICTL;
+
+/// A binary of the workspace, in the target directory and profile of the running test (target/<profile>/),
+/// built by Cargo on first use in this test process: Cargo rebuilds only what changed, so the binaries are
+/// never older than the sources, whichever way the tests were started.
+#[derive(Debug, Clone, Copy)]
+pub struct Binary(&'static str);
+
+impl Binary {
+    pub const LMI_AGENT: Binary = Binary("lmi-agent");
+    pub const LMICTL: Binary = Binary("lmictl");
+
+    pub fn path(self) -> &'static Path {
+        static AGENT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+        static LMICTL: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+        let dir = built_profile_dir();
+        match self.0 {
+            "lmi-agent" => AGENT.get_or_init(|| dir.join("lmi-agent")),
+            _ => LMICTL.get_or_init(|| dir.join("lmictl")),
+        }
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Binary {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.path().as_os_str()
+    }
+}
+
+impl AsRef<Path> for Binary {
+    fn as_ref(&self) -> &Path {
+        self.path()
+    }
+}
+
+/// target/<profile>/ of this test executable (it runs from target/<profile>/deps/), with `lmi-agent` and
+/// `lmictl` freshly built there.
+pub fn built_profile_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().expect("the test executable's path");
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("tests run from target/<profile>/deps")
+            .to_owned();
+        let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
+        let profile = if profile == "debug" { "dev" } else { profile };
+        let status = Command::new(env!("CARGO"))
+            .current_dir(repo())
+            .args(["build", "--quiet", "--locked", "--profile", profile])
+            .args([
+                "-p",
+                "lmi-agent",
+                "--bin",
+                "lmi-agent",
+                "-p",
+                "lmictl",
+                "--bin",
+                "lmictl",
+            ])
+            .status()
+            .expect("running cargo build for lmi-agent and lmictl");
+        assert!(
+            status.success(),
+            "cargo build of lmi-agent and lmictl failed"
+        );
+        dir
+    })
+}
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// Repository root (the workspace).
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 pub fn fixtures(lang: &str) -> PathBuf {
@@ -123,7 +190,7 @@ pub fn shared_dir() -> tempfile::TempDir {
 /// True when a sandboxed function cannot see `path` (it lies under `/tmp` or another directory its mount
 /// namespace covers).
 pub fn hidden_from_functions(path: &Path) -> bool {
-    lmi_agent::sandbox::mounts::hidden_from_runtimes(path, Path::new("/nonexistent-state-dir"))
+    lmi_sandbox::mounts::hidden_from_runtimes(path, Path::new("/nonexistent-state-dir"))
         .is_some()
 }
 
@@ -602,8 +669,8 @@ impl Drop for TestAgent {
             .args([
                 "delete",
                 "table",
-                lmi_agent::sandbox::nat::NatTable::FAMILY,
-                &lmi_agent::sandbox::nat::NatTable::name_for(&self.cgroup_parent),
+                lmi_sandbox::nat::NatTable::FAMILY,
+                &lmi_sandbox::nat::NatTable::name_for(&self.cgroup_parent),
             ])
             .stderr(Stdio::null())
             .status();
@@ -671,7 +738,7 @@ fn dummy_client() -> AgentClient<Channel> {
 
 /// A client over the agent's Unix socket.
 pub async fn connect(socket: &Path) -> AgentClient<Channel> {
-    lmi_agent::client::connect_unix(socket).await.unwrap()
+    lmi_proto::connect::connect_unix(socket).await.unwrap()
 }
 
 /// One invoke; the returned future owns everything it needs (it can be spawned).
@@ -897,7 +964,7 @@ pub fn native_echo_binary() -> PathBuf {
         .get_or_init(|| {
             // The daemon binary sits in target/<profile>/; the fixture is built next to it. Cargo only
             // rebuilds it when its sources changed.
-            let dir = Path::new(AGENT_BIN).parent().unwrap().to_owned();
+            let dir = built_profile_dir().to_owned();
             let mut cmd = Command::new(env!("CARGO"));
             cmd.current_dir(repo()).args([
                 "build",

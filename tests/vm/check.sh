@@ -325,7 +325,7 @@ if [ -n "${LMI_VM_LIBTESTS:-}" ] && [ -x "$LMI_VM_LIBTESTS" ]; then
 Type=oneshot
 Delegate=yes
 WorkingDirectory=/tmp
-ExecStart=$LMI_VM_LIBTESTS cgroup:: --test-threads=1 --nocapture
+ExecStart=$LMI_VM_LIBTESTS --test-threads=1 --nocapture
 StandardOutput=file:/tmp/libtests.txt
 StandardError=inherit
 UNIT
@@ -336,12 +336,12 @@ UNIT
   cp /tmp/libtests.txt "$OUT/libtests.txt" 2>/dev/null
   summary=$(echo "$out" | grep -E '^test result' | tail -1 | cut -d';' -f1-3)
   if [ "$result" = success ] && echo "$out" | grep -q '^test result: ok'; then
-    ok "cargo tests cgroup:: (library, built on the host) on real cgroup v2: $summary; $(echo "$out" | grep -c 'skipping:') skipped themselves (written for v1 and hybrid hosts)"
+    ok "lmi-cgroup's tests (built on the host) on real cgroup v2: $summary; $(echo "$out" | grep -c 'skipping:') skipped themselves (written for v1 and hybrid hosts)"
   else
-    fail "cargo tests cgroup::" "result $result: $(echo "$out" | grep -E 'FAILED|panicked|^test result' | head -5)"
+    fail "lmi-cgroup tests" "result $result: $(echo "$out" | grep -E 'FAILED|panicked|^test result' | head -5)"
   fi
   # The v2 real-hierarchy tests, named by the binary itself: each must have run here (a skip is a failure).
-  v2tests=$("$LMI_VM_LIBTESTS" --list cgroup::real_tests::v2:: 2>/dev/null | sed -n 's/^cgroup::real_tests::v2::\(.*\): test$/\1/p')
+  v2tests=$("$LMI_VM_LIBTESTS" --list real_tests::v2:: 2>/dev/null | sed -n 's/^real_tests::v2::\(.*\): test$/\1/p')
   ran=0 missing=
   for t in $v2tests; do
     if echo "$out" | grep -q "$t: ran on cgroup v2 (pure, delegated"; then ran=$((ran + 1)); else missing="$missing $t"; fi
@@ -358,7 +358,7 @@ UNIT
   check "cgroup v2 tests left nothing: no lmi-libtests.service cgroup after the unit ended" bash -c \
     '[ ! -d /sys/fs/cgroup/system.slice/lmi-libtests.service ] || { find /sys/fs/cgroup/system.slice/lmi-libtests.service -type d; exit 1; }'
 elif [ -z "${LMI_VM_LIBTESTS:-}" ]; then
-  skip "cargo tests cgroup:: and the cgroup v2 driver on the real hierarchy" "not built (LMI_VM_NO_LIBTESTS=1)"
+  skip "lmi-cgroup tests and the cgroup v2 driver on the real hierarchy" "not built (LMI_VM_NO_LIBTESTS=1)"
 else
-  fail "cargo tests cgroup::" "test binary $LMI_VM_LIBTESTS not executable in the VM"
+  fail "lmi-cgroup tests" "test binary $LMI_VM_LIBTESTS not executable in the VM"
 fi

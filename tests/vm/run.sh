@@ -47,13 +47,13 @@ deb=$(readlink -f "$deb")
 [ -f "$deb" ] || die "no package $deb"
 say "package $deb"
 
-# The cgroup tests of the library (point 3): the unit test binary, built on the host, run in the VM (the pure
+# The tests of the cgroup crate, lmi-cgroup (point 3): the unit test binary, built on the host, run in the VM (the pure
 # cgroup v2 real-hierarchy tests must run there). Its path comes from cargo's own report, or from
 # LMI_VM_LIBTESTS_BIN (a binary built before, e.g. while the tree does not build); it is copied into the run
 # directory so that a rebuild on the host during the run cannot change it.
 libtests=${LMI_VM_LIBTESTS_BIN:-}
 if [ -z "$libtests" ] && [ "${LMI_VM_NO_LIBTESTS:-0}" != 1 ]; then
-  libtests=$(cargo test -p lmi-agent --lib --locked --no-run --message-format=json 2>/dev/null |
+  libtests=$(cargo test -p lmi-cgroup --lib --locked --no-run --message-format=json 2>/dev/null |
     python3 -c 'import json,sys
 for l in sys.stdin:
     try: m = json.loads(l)

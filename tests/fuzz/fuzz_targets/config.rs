@@ -8,7 +8,8 @@
 use std::{ffi::OsString, path::Path};
 
 use libfuzzer_sys::fuzz_target;
-use lmi_agent::{catalog::Catalog, config::layers::Layers};
+use lmi_agent_core::catalog::Catalog;
+use lmi_agent_core::config::layers::Layers;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -11,11 +11,9 @@ use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use lmi_agent::{
-    broker::Broker,
-    invocation::{ErrorInfo, Event, Outcome},
-    runtime_api::{InitErrorAnswer, RuntimeApi, RuntimeEvents},
-};
+use lmi_runtime_api::broker::Broker;
+use lmi_runtime_api::invocation::{ErrorInfo, Event, Outcome};
+use lmi_runtime_api::{InitErrorAnswer, RuntimeApi, RuntimeEvents};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Debug)]

@@ -5,10 +5,8 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use lmi_agent::{
-    catalog::Catalog,
-    spec::{self, SpecDefaults},
-};
+use lmi_agent_core::catalog::Catalog;
+use lmi_agent_core::spec::{self, SpecDefaults};
 use lmi_proto::v1 as pb;
 use prost::Message;
 
@@ -25,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
         region: "us-east-1".into(),
         account_id: "123456789012".into(),
     };
-    let Ok(valid) = spec::validate(&wire, catalog(), &defaults) else {
+    let Ok(valid) = lmi_agent_core::wire::spec::validate(&wire, catalog(), &defaults) else {
         return;
     };
     let gib = u64::from(valid.memory_mib) / 1024;
@@ -38,7 +36,7 @@ fuzz_target!(|data: &[u8]| {
     assert!((1..=1600).contains(&valid.max_concurrency), "{valid:?}");
     assert!((512..=10240).contains(&valid.ephemeral_storage_mib), "{valid:?}");
     // What the agent shows back validates again to the same spec.
-    let again = spec::validate(&valid.to_proto(), catalog(), &defaults).expect("round trip");
+    let again = lmi_agent_core::wire::spec::validate(&lmi_agent_core::wire::spec::to_proto(&valid), catalog(), &defaults).expect("round trip");
     assert_eq!(again.memory_mib, valid.memory_mib);
     assert_eq!(again.max_concurrency, valid.max_concurrency);
 });

@@ -1,0 +1,202 @@
+//! Invokes: checking the request, choosing an environment (least loaded READY, redirect past a saturated
+//! one), and the throttle reason and message when none can take it.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::dispatch::{self, ThrottleReason};
+use crate::environment::State;
+use crate::spec::{self, LATEST};
+use crate::text::{quote, shown};
+use lmi_runtime_api::broker::Rejected;
+use lmi_runtime_api::invocation::{Event, Outcome};
+use lmi_runtime_api::request_id;
+use lmi_runtime_api::MAX_RESPONSE_BYTES;
+
+use super::Agent;
+
+/// Largest invoke payload accepted (Lambda's 6 MB synchronous limit).
+pub const MAX_INVOKE_PAYLOAD: usize = MAX_RESPONSE_BYTES;
+
+/// Why an invoke did not run.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    #[error("invalid invoke: {0}")]
+    Invalid(String),
+    #[error(
+        "no execution environment for function {} version {} on this host",
+        shown(function),
+        shown(version)
+    )]
+    NoEnvironment { function: String, version: String },
+    #[error("request id {} is already in flight", shown(.0))]
+    DuplicateRequestId(String),
+    #[error("throttled ({}): {message}", reason.as_str())]
+    Throttled {
+        reason: ThrottleReason,
+        message: String,
+    },
+    #[error("the host is draining and takes no new invokes")]
+    Draining,
+}
+
+/// An invoke request as the control API passes it.
+#[derive(Debug, Clone)]
+pub struct InvokeInput {
+    pub function_name: String,
+    pub version: String,
+    pub payload: Bytes,
+    pub request_id: Option<String>,
+    pub client_context: Option<String>,
+    pub trace_id: Option<String>,
+}
+
+/// A finished invoke.
+#[derive(Debug, Clone)]
+pub struct InvokeResult {
+    pub request_id: String,
+    pub environment_id: String,
+    pub version: String,
+    pub outcome: Outcome,
+}
+
+impl Agent {
+    /// Runs one invoke on the least-loaded READY environment of the function version.
+    pub async fn invoke(&self, input: InvokeInput) -> Result<InvokeResult, InvokeError> {
+        if input.payload.len() > MAX_INVOKE_PAYLOAD {
+            return Err(InvokeError::Invalid(format!(
+                "payload of {} bytes exceeds the {MAX_INVOKE_PAYLOAD}-byte limit",
+                input.payload.len()
+            )));
+        }
+        if !spec::valid_function_name(&input.function_name) {
+            return Err(InvokeError::Invalid(format!(
+                "function_name {} must be 1-64 letters, digits, '-' and '_'",
+                quote(&input.function_name)
+            )));
+        }
+        let version = if input.version.is_empty() {
+            LATEST.to_owned()
+        } else if spec::valid_version(&input.version) {
+            input.version
+        } else {
+            return Err(InvokeError::Invalid(format!(
+                "function_version {} must be $LATEST or 1-128 letters, digits, '-' and '_'",
+                quote(&input.version)
+            )));
+        };
+        let chosen = input.request_id.filter(|id| !id.is_empty());
+        if let Some(id) = &chosen {
+            request_id::validate(id).map_err(InvokeError::Invalid)?;
+        }
+        for (name, value) in [
+            ("client_context", &input.client_context),
+            ("trace_id", &input.trace_id),
+        ] {
+            if value
+                .as_ref()
+                .is_some_and(|v| hyper::header::HeaderValue::from_str(v).is_err())
+            {
+                return Err(InvokeError::Invalid(format!(
+                    "{name} must be visible ASCII (it becomes an HTTP header)"
+                )));
+            }
+        }
+        if self.is_draining() {
+            return Err(InvokeError::Draining);
+        }
+        // A caller-chosen id is held host-wide for the whole invoke: the same id cannot run on two
+        // environments at once (each broker only knows its own).
+        let (request_id, _held) = match chosen {
+            Some(id) => match self.caller_ids.hold(&id) {
+                Some(held) => (id, Some(held)),
+                None => return Err(InvokeError::DuplicateRequestId(id)),
+            },
+            None => (uuid::Uuid::new_v4().to_string(), None),
+        };
+        let envs = self
+            .read()
+            .by_function
+            .get(&(input.function_name.clone(), version.clone()))
+            .cloned()
+            .unwrap_or_default();
+        if envs.is_empty() {
+            return Err(InvokeError::NoEnvironment {
+                function: input.function_name,
+                version,
+            });
+        }
+        let stats = self.stats.function(&input.function_name, &version);
+        let started = std::time::Instant::now();
+        let mut event = Event::new(
+            request_id.clone(),
+            input.payload,
+            Duration::ZERO,
+            String::new(),
+            input.trace_id,
+            input.client_context,
+        );
+        let plan = dispatch::plan(&envs);
+        for env in &plan.candidates {
+            let timeout = env.spec.timeout;
+            event.function_arn.clone_from(&env.spec.arn);
+            event.reset_deadline(timeout);
+            match env.broker.submit(event) {
+                Ok(pending) => {
+                    if let Some(first) = plan.first_choice_saturated {
+                        stats.redirected();
+                        tracing::debug!(from = %first.id, to = %env.id, request_id = %request_id, "redirected");
+                    }
+                    let outcome = pending.wait(timeout).await;
+                    stats.finished(outcome.kind(), started.elapsed());
+                    return Ok(InvokeResult {
+                        request_id,
+                        environment_id: env.id.clone(),
+                        version,
+                        outcome,
+                    });
+                }
+                Err(refusal) => match refusal.reason {
+                    Rejected::DuplicateId => {
+                        return Err(InvokeError::DuplicateRequestId(request_id))
+                    }
+                    Rejected::Full | Rejected::Closed => event = *refusal.event,
+                },
+            }
+        }
+        // Candidates that all filled up between the look and the submit were a concurrency limit.
+        let reason = if plan.candidates.is_empty() {
+            plan.throttle
+        } else {
+            ThrottleReason::Concurrency
+        };
+        stats.throttled(reason);
+        let ready = envs.iter().filter(|e| e.state() == State::Ready).count();
+        let message = match reason {
+            ThrottleReason::NoReadyEnvironment => {
+                let initializing = envs
+                    .iter()
+                    .filter(|e| e.state() == State::Initializing)
+                    .count();
+                format!(
+                    "none of the {} environments of {}:{} is READY ({initializing} initializing, the others failed or draining)",
+                    envs.len(),
+                    input.function_name,
+                    version
+                )
+            }
+            ThrottleReason::Concurrency => format!(
+                "all {ready} READY environments of {}:{} are at their max concurrency",
+                input.function_name, version
+            ),
+            other => format!(
+                "every READY environment of {}:{} with a free slot is saturated ({} over its threshold)",
+                input.function_name,
+                version,
+                other.as_str()
+            ),
+        };
+        Err(InvokeError::Throttled { reason, message })
+    }
+}
