@@ -495,7 +495,7 @@ async fn zip_code_is_checked_and_unpacked_read_only() {
 async fn provided_runtime_runs_a_shell_bootstrap() {
     require_root!();
     if which("curl").is_none() {
-        eprintln!("skipping: the shell bootstrap needs curl");
+        lmi_testkit::skip("the shell bootstrap needs curl");
         return;
     }
     let mut agent = TestAgent::start().await;

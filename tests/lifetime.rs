@@ -112,7 +112,7 @@ async fn lives_past_its_timers(mut fam: Family) {
     })
     .await;
     if let Some(reason) = agent.runtime_unavailable(&fam.spec.runtime).await {
-        eprintln!("skipping: {} unavailable: {reason}", fam.spec.runtime);
+        lmi_testkit::skip(&format!("{} unavailable: {reason}", fam.spec.runtime));
         return;
     }
     fam.spec.max_concurrency = 1;

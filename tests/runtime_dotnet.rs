@@ -20,7 +20,7 @@ macro_rules! require_dotnet {
         let rt = host.runtimes.iter().find(|r| r.id == RUNTIME).unwrap();
         assert_eq!(rt.default_concurrency_per_vcpu, 32);
         if !rt.available {
-            eprintln!("skipping: {RUNTIME} unavailable: {}", rt.unavailable_reason);
+            lmi_testkit::skip(&format!("{RUNTIME} unavailable: {}", rt.unavailable_reason));
             return;
         }
     };

@@ -261,8 +261,7 @@ mod tests {
 
     #[test]
     fn a_file_of_another_user_is_refused() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipping: changing a file's owner needs root");
+        if lmi_testkit::needs_root("changing a file's owner") {
             return;
         }
         let f = file(TOKEN, 0o600);

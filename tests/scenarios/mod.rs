@@ -192,8 +192,7 @@ impl Runtime {
 
 /// A test agent when this is root and the catalog can run `rt` here (`None`: skipped, the reason printed).
 async fn start(rt: &Runtime) -> Option<TestAgent> {
-    if let Some(reason) = missing_privileges() {
-        eprintln!("skipping: {reason}");
+    if missing_privileges() {
         return None;
     }
     let mut agent = TestAgent::start().await;
@@ -212,10 +211,10 @@ async fn start(rt: &Runtime) -> Option<TestAgent> {
             "{} is unavailable ({}); run tests/setup.sh",
             rt.id, entry.unavailable_reason
         );
-        eprintln!(
-            "skipping: {} unavailable: {}",
+        lmi_testkit::skip(&format!(
+            "{} unavailable: {}",
             rt.id, entry.unavailable_reason
-        );
+        ));
         return None;
     }
     Some(agent)

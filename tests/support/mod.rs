@@ -104,21 +104,22 @@ pub fn fixtures(lang: &str) -> PathBuf {
 #[macro_export]
 macro_rules! require_root {
     () => {
-        if let Some(reason) = $crate::support::missing_privileges() {
-            eprintln!("skipping: {reason}");
+        if $crate::support::missing_privileges() {
             return;
         }
     };
 }
 
-pub fn missing_privileges() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("needs root (creates cgroups and runtime processes)".into());
+/// `true`, with the skip recorded (`lmi_testkit`), unless this is root on a host with cgroupfs.
+pub fn missing_privileges() -> bool {
+    if lmi_testkit::needs_root("creates cgroups and runtime processes") {
+        return true;
     }
     if !Path::new("/sys/fs/cgroup").is_dir() {
-        return Some("no cgroupfs at /sys/fs/cgroup".into());
+        lmi_testkit::skip("no cgroupfs at /sys/fs/cgroup");
+        return true;
     }
-    None
+    false
 }
 
 /// Options of a test agent.
@@ -190,8 +191,7 @@ pub fn shared_dir() -> tempfile::TempDir {
 /// True when a sandboxed function cannot see `path` (it lies under `/tmp` or another directory its mount
 /// namespace covers).
 pub fn hidden_from_functions(path: &Path) -> bool {
-    lmi_sandbox::mounts::hidden_from_runtimes(path, Path::new("/nonexistent-state-dir"))
-        .is_some()
+    lmi_sandbox::mounts::hidden_from_runtimes(path, Path::new("/nonexistent-state-dir")).is_some()
 }
 
 /// Where tests put what sandboxed functions must see: the build's tmp directory, unless the checkout (and so

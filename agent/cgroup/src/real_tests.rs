@@ -28,8 +28,7 @@ pub(super) fn unique_parent() -> String {
 }
 
 fn v1_mounts() -> Option<V1Mounts> {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping: not root");
+    if lmi_testkit::needs_root("real cgroups") {
         return None;
     }
     match detect_layout() {
@@ -44,7 +43,7 @@ fn v1_mounts() -> Option<V1Mounts> {
             Some(*m)
         }
         other => {
-            eprintln!("skipping: no cgroup v1 hierarchies ({other:?})");
+            lmi_testkit::skip(&format!("no cgroup v1 hierarchies ({other:?})"));
             None
         }
     }
@@ -142,7 +141,7 @@ fn v1_life_cycle(with_unified: bool) {
     if !with_unified {
         mounts.unified = None;
     } else if mounts.unified.is_none() {
-        eprintln!("skipping: no controller-less cgroup2 mount");
+        lmi_testkit::skip("no controller-less cgroup2 mount");
         return;
     }
     let parent = unique_parent();
@@ -228,7 +227,7 @@ pub(super) fn python3() -> Option<&'static str> {
         .into_iter()
         .find(|p| Path::new(p).exists());
     if found.is_none() {
-        eprintln!("skipping: python3 not found");
+        lmi_testkit::skip("python3 not found");
     }
     found
 }
@@ -287,8 +286,7 @@ fn real_v1_oom_kill_is_counted() {
 
 #[test]
 fn real_v2_on_controllerless_unified_mount() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping: not root");
+    if lmi_testkit::needs_root("real cgroups") {
         return;
     }
     // Only the hybrid host's controller-less cgroup2 mount: on a pure v2 host
@@ -298,7 +296,7 @@ fn real_v2_on_controllerless_unified_mount() {
         _ => None,
     };
     let Some(h) = unified else {
-        eprintln!("skipping: no controller-less cgroup2 mount");
+        lmi_testkit::skip("no controller-less cgroup2 mount");
         return;
     };
     let parent = unique_parent();
@@ -323,15 +321,16 @@ fn real_v2_on_controllerless_unified_mount() {
 
 #[test]
 fn real_detect_builds_a_driver_and_removes_its_parent() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping: not root");
+    if lmi_testkit::needs_root("real cgroups") {
         return;
     }
     match detect_layout() {
         Ok(Layout::V1(_)) => {}
         Ok(Layout::V2(h)) if h.own_path == "/" => {}
         other => {
-            eprintln!("skipping: detect() would re-arrange this host's cgroups ({other:?})");
+            lmi_testkit::skip(&format!(
+                "detect() would re-arrange this host's cgroups ({other:?})"
+            ));
             return;
         }
     }

@@ -93,8 +93,7 @@ mod tests {
 
     #[test]
     fn tmpfs_is_capped_and_its_usage_is_read() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipping: mounting a tmpfs needs root");
+        if lmi_testkit::needs_root("mounting a tmpfs") {
             return;
         }
         let t = tempfile::tempdir().unwrap();

@@ -133,12 +133,11 @@ mod tests {
 
     #[test]
     fn the_ruleset_loads_and_the_table_goes_away() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipping: nftables needs root");
+        if lmi_testkit::needs_root("nftables") {
             return;
         }
         let Some(nft) = Tool::find("nft") else {
-            eprintln!("skipping: no nft (tests/setup.sh installs nftables)");
+            lmi_testkit::skip("no nft (tests/setup.sh installs nftables)");
             return;
         };
         let instance = format!("unit-{}", std::process::id());

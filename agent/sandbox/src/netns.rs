@@ -131,8 +131,7 @@ mod tests {
 
     #[test]
     fn the_listener_lives_in_its_own_namespace_and_the_caller_stays_home() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipping: creating a network namespace needs root");
+        if lmi_testkit::needs_root("creating a network namespace") {
             return;
         }
         let home = ns_id("/proc/thread-self/ns/net");

@@ -92,8 +92,7 @@ mod tests {
     /// Runs `sh -c 'grep ... /proc/self/status; id'` after dropping, and reads what it printed.
     #[test]
     fn a_dropped_child_has_no_capability_and_no_way_back() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipping: dropping privileges needs root");
+        if lmi_testkit::needs_root("dropping privileges") {
             return;
         }
         let identity = Identity {

@@ -95,19 +95,18 @@ mod tests {
 
     #[test]
     fn neither_end_of_a_pair_has_ipv6() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipping: creating a veth pair needs root");
+        if lmi_testkit::needs_root("creating a veth pair") {
             return;
         }
         let Some(ip) = Tool::find("ip") else {
-            eprintln!("skipping: no ip (tests/setup.sh installs iproute2)");
+            lmi_testkit::skip("no ip (tests/setup.sh installs iproute2)");
             return;
         };
         if super::super::netns::ipv6_disabled("default")
             .unwrap()
             .is_none()
         {
-            eprintln!("skipping: this kernel has no IPv6");
+            lmi_testkit::skip("this kernel has no IPv6");
             return;
         }
         let net =

@@ -53,7 +53,7 @@ fn host(test: &str) -> Option<&'static V2Host> {
             Some(h)
         }
         Err(why) => {
-            eprintln!("skipping: {test}: {why}");
+            lmi_testkit::skip(why);
             None
         }
     }
