@@ -11,8 +11,10 @@
 //! | Throttles, ConcurrencyThrottles, CPUThrottles, MemoryThrottles, DiskThrottles | `lmi_throttles_total`, `lmi_concurrency_throttles_total`, `lmi_cpu_throttles_total`, `lmi_memory_throttles_total`, `lmi_disk_throttles_total` |
 //! | (none: a reason of this agent's own) | `lmi_no_ready_environment_throttles_total` |
 //!
-//! plus `lmi_redirects_total`, `lmi_invocations_total{outcome}`, `lmi_environment_failures_total{reason}` and
-//! `lmi_invoke_duration_seconds`.
+//! plus `lmi_throttles_by_reason_total{reason}` (the five reason counters above as one family, for
+//! `sum by (reason)`), `lmi_redirects_total`, `lmi_invocations_total{outcome}`,
+//! `lmi_environment_failures_total{reason}`, `lmi_invoke_duration_seconds`, `lmi_build_info{version,commit,arch}`
+//! and the agent's own `process_*` metrics under the names Prometheus client libraries use ([`process`]).
 
 use std::{fmt::Write as _, net::SocketAddr, sync::Arc};
 
@@ -25,6 +27,20 @@ use crate::listener::{closing, read_body, ListenerLimits};
 use lmi_agent_core::agent::Agent;
 use lmi_agent_core::stats::{FAILURE_REASONS, LATENCY_BUCKETS, OUTCOMES};
 use lmi_agent_core::wire::report::ReportBuilder;
+
+pub mod process;
+
+/// The reasons of `lmi_throttles_by_reason_total`, each with its counter.
+const THROTTLE_REASONS: [(&str, fn(&lmi_agent_core::stats::ThrottleCounts) -> u64); 5] = [
+    ("concurrency", |t| t.concurrency),
+    ("cpu", |t| t.cpu),
+    ("memory", |t| t.memory),
+    ("disk", |t| t.disk),
+    ("no_ready_environment", |t| t.no_ready_environment),
+];
+
+/// The commit the binary was built from, when the build set `LMI_BUILD_COMMIT` (packaging/build.sh may).
+const BUILD_COMMIT: Option<&str> = option_env!("LMI_BUILD_COMMIT");
 
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -66,6 +82,7 @@ pub fn render(agent: &Agent) -> String {
     )
     .build(0, &snap, agent.stats());
     let mut o = Out(String::with_capacity(4096));
+    build_and_process(&mut o);
     let host = report.host.unwrap_or_default();
     let mib = 1024.0 * 1024.0;
     let host_gauges: [(&str, &str, f64); 6] = [
@@ -194,6 +211,20 @@ pub fn render(agent: &Agent) -> String {
         }
     }
     o.family(
+        "lmi_throttles_by_reason_total",
+        "counter",
+        "Invokes throttled, by reason (concurrency, cpu, memory, disk, no_ready_environment): the lmi_*_throttles_total counters as one family.",
+    );
+    for ((f, v), c) in &counts {
+        for (reason, field) in THROTTLE_REASONS {
+            o.sample(
+                "lmi_throttles_by_reason_total",
+                &[("function", f), ("version", v), ("reason", reason)],
+                field(&c.throttles) as f64,
+            );
+        }
+    }
+    o.family(
         "lmi_invocations_total",
         "counter",
         "Finished invokes by outcome.",
@@ -254,6 +285,67 @@ pub fn render(agent: &Agent) -> String {
         );
     }
     o.0
+}
+
+/// `lmi_build_info` and the `process_*` families of the agent itself.
+fn build_and_process(o: &mut Out) {
+    o.family(
+        "lmi_build_info",
+        "gauge",
+        "Always 1; the labels say which agent build is running.",
+    );
+    let mut labels = vec![("version", env!("CARGO_PKG_VERSION"))];
+    if let Some(commit) = BUILD_COMMIT {
+        labels.push(("commit", commit));
+    }
+    labels.push(("arch", std::env::consts::ARCH));
+    o.sample("lmi_build_info", &labels, 1.0);
+
+    let p = process::read(std::path::Path::new("/proc/self"));
+    let families: [(&str, &str, &str, Option<f64>); 6] = [
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time the agent process spent, in seconds.",
+            p.cpu_seconds,
+        ),
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory of the agent process, in bytes.",
+            p.resident_bytes,
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory of the agent process, in bytes.",
+            p.virtual_bytes,
+        ),
+        (
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the agent process since the Unix epoch, in seconds.",
+            p.start_time_seconds,
+        ),
+        (
+            "process_open_fds",
+            "gauge",
+            "File descriptors the agent process holds open.",
+            p.open_fds,
+        ),
+        (
+            "process_max_fds",
+            "gauge",
+            "The agent process's limit on open file descriptors (soft RLIMIT_NOFILE).",
+            p.max_fds,
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        if let Some(v) = value {
+            o.family(name, kind, help);
+            o.sample(name, &[], v);
+        }
+    }
 }
 
 /// Largest request body `/metrics` reads (a scrape has none).
