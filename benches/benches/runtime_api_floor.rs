@@ -33,6 +33,7 @@ use std::{
 use bytes::Bytes;
 use lmi_runtime_api::broker::Broker;
 use lmi_runtime_api::invocation::{Event, Outcome};
+use lmi_runtime_api::protocol::{DEADLINE_MS_STR, FUNCTION_ARN_STR, REQUEST_ID_STR};
 use lmi_runtime_api::RuntimeApi;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -145,8 +146,8 @@ async fn minimal_connection(mut stream: TcpStream, exchange: Arc<Exchange>) {
         let reply = if first_line.starts_with(b"GET ") {
             let (id, payload) = exchange.next().await;
             let mut r = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nlambda-runtime-aws-request-id: floor-{id}\r\n\
-                 lambda-runtime-deadline-ms: 4102444800000\r\nlambda-runtime-invoked-function-arn: {ARN}\r\n\
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n{REQUEST_ID_STR}: floor-{id}\r\n\
+                 {DEADLINE_MS_STR}: 4102444800000\r\n{FUNCTION_ARN_STR}: {ARN}\r\n\
                  content-length: {}\r\n\r\n",
                 payload.len()
             )
@@ -154,7 +155,7 @@ async fn minimal_connection(mut stream: TcpStream, exchange: Arc<Exchange>) {
             r.extend_from_slice(&payload);
             r
         } else {
-            // POST /2018-06-01/runtime/invocation/floor-<id>/response
+            // POST <protocol::PREFIX>invocation/floor-<id>/response
             let line = String::from_utf8_lossy(&first_line);
             let id: u64 = line
                 .split("floor-")

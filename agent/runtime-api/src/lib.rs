@@ -12,6 +12,7 @@
 
 pub mod broker;
 pub mod invocation;
+pub mod protocol;
 pub mod request_id;
 
 use std::{borrow::Cow, convert::Infallible, fmt, net::SocketAddr, sync::Arc};
@@ -32,6 +33,10 @@ use tokio::{net::TcpListener, task::JoinSet};
 
 use crate::broker::{Answer, Broker};
 use crate::invocation::{ErrorInfo, Event, Outcome};
+use crate::protocol::{
+    CLIENT_CONTEXT, DEADLINE_MS, ERROR_BODY, ERROR_TYPE, FUNCTION_ARN, PREFIX, REQUEST_ID,
+    RESPONSE_MODE, TRACE_ID,
+};
 
 /// Lambda's synchronous payload limit as the emulator enforces it (6 MiB + 100 bytes).
 pub const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024 + 100;
@@ -47,20 +52,9 @@ pub const DISCARD_MAX_BYTES: u64 = 32 * 1024 * 1024;
 /// `Connection: close` instead: a runtime that stalls mid-body holds its connection no longer than that.
 pub const DISCARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-const PREFIX: &str = "/2018-06-01/runtime/";
-// Header names as `HeaderName` constants: a name parsed from a `&str` on every event would be validated,
-// lower-cased and allocated each time.
-const REQUEST_ID: HeaderName = HeaderName::from_static("lambda-runtime-aws-request-id");
-const DEADLINE_MS: HeaderName = HeaderName::from_static("lambda-runtime-deadline-ms");
-const FUNCTION_ARN: HeaderName = HeaderName::from_static("lambda-runtime-invoked-function-arn");
-const TRACE_ID: HeaderName = HeaderName::from_static("lambda-runtime-trace-id");
-const CLIENT_CONTEXT: HeaderName = HeaderName::from_static("lambda-runtime-client-context");
 const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 /// The body of every 202: a constant, not JSON serialised per answer.
 const ACCEPTED_BODY: &[u8] = br#"{"status":"OK"}"#;
-const ERROR_TYPE_HEADER: &str = "lambda-runtime-function-error-type";
-const ERROR_BODY_TRAILER: &str = "lambda-runtime-function-error-body";
-const RESPONSE_MODE_HEADER: &str = "lambda-runtime-function-response-mode";
 
 /// What the agent does when the runtime reports an init failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,25 +237,25 @@ impl RuntimeApi {
         };
         let method = req.method().clone();
         match rest {
-            "invocation/next" => {
+            protocol::NEXT => {
                 if method != Method::GET {
                     return refuse(method_not_allowed(), req);
                 }
                 (self.next().await, Unread::of(req.into_body()))
             }
-            "init/error" => {
+            protocol::INIT_ERROR => {
                 if method != Method::POST {
                     return refuse(method_not_allowed(), req);
                 }
                 self.init_error(req).await
             }
             _ => {
-                let Some(inv) = rest.strip_prefix("invocation/") else {
+                let Some(inv) = rest.strip_prefix(protocol::INVOCATION) else {
                     return refuse(not_found(), req);
                 };
                 // The id is split off before it is decoded: a decoded id may hold a '/'.
                 let (raw_id, action) = match inv.rsplit_once('/') {
-                    Some((id, a @ ("response" | "error")))
+                    Some((id, a @ (protocol::RESPONSE | protocol::ERROR)))
                         if !id.is_empty() && !id.contains('/') =>
                     {
                         (id, a)
@@ -274,7 +268,7 @@ impl RuntimeApi {
                 let Some(id) = percent_decode(raw_id) else {
                     return refuse(invalid_request_id(), req);
                 };
-                if action == "response" {
+                if action == protocol::RESPONSE {
                     self.response(&id, req).await
                 } else {
                     self.function_error(&id, req).await
@@ -317,13 +311,9 @@ impl RuntimeApi {
     }
 
     async fn response(&self, id: &str, req: Request<Incoming>) -> Handled {
-        let streaming = match req
-            .headers()
-            .get(RESPONSE_MODE_HEADER)
-            .map(HeaderValue::to_str)
-        {
+        let streaming = match req.headers().get(RESPONSE_MODE).map(HeaderValue::to_str) {
             None => false,
-            Some(Ok(v)) if v.eq_ignore_ascii_case("streaming") => true,
+            Some(Ok(v)) if v.eq_ignore_ascii_case(protocol::STREAMING) => true,
             Some(_) => {
                 return refuse(
                     error(
@@ -666,17 +656,12 @@ async fn read_body_unbounded(
 
 /// The error a streamed response declared in its trailers, if any.
 fn stream_error(trailers: &HeaderMap) -> Option<ErrorInfo> {
-    let error_type = trailers
-        .get(ERROR_TYPE_HEADER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .to_owned();
+    let error_type = trailers.get(ERROR_TYPE)?.to_str().ok()?.trim().to_owned();
     if error_type.is_empty() {
         return None;
     }
     let body = trailers
-        .get(ERROR_BODY_TRAILER)
+        .get(ERROR_BODY)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             base64::engine::general_purpose::STANDARD
@@ -690,7 +675,7 @@ fn stream_error(trailers: &HeaderMap) -> Option<ErrorInfo> {
 /// The error type header, kept when shaped `Function.Xxx` / `Runtime.Xxx`, else `Function.Unknown`.
 fn header_error_type(headers: &HeaderMap) -> String {
     let v = headers
-        .get(ERROR_TYPE_HEADER)
+        .get(ERROR_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let shaped = ["Function.", "Runtime."].iter().any(|p| {

@@ -195,10 +195,8 @@ async fn error_carries_type_message_and_stack() {
         "invocation/e1/error",
         br#"{"errorMessage":"bad input: 7","errorType":"ValueError","stackTrace":["  File \"app.py\", line 3, in handler\n"]}"#,
     );
-    req.headers_mut().insert(
-        ERROR_TYPE_HEADER,
-        HeaderValue::from_static("Function.ValueError"),
-    );
+    req.headers_mut()
+        .insert(ERROR_TYPE, HeaderValue::from_static("Function.ValueError"));
     assert_eq!(send(h.addr, req).await.status, StatusCode::ACCEPTED);
     assert_eq!(
         p.wait(Duration::from_secs(5)).await,
@@ -241,7 +239,7 @@ async fn error_body_that_is_not_json_becomes_the_message() {
     next(h.addr).await;
     let mut req = post("invocation/e2/error", b"segfault");
     req.headers_mut()
-        .insert(ERROR_TYPE_HEADER, HeaderValue::from_static("not shaped"));
+        .insert(ERROR_TYPE, HeaderValue::from_static("not shaped"));
     assert_eq!(send(h.addr, req).await.status, StatusCode::ACCEPTED);
     assert_eq!(
         p.wait(Duration::from_secs(5)).await,
@@ -324,7 +322,7 @@ async fn streamed_response_with_and_without_trailer_error() {
             frames.push(Ok(Frame::trailers(t)));
         }
         Request::post(format!("http://x{PREFIX}invocation/{id}/response"))
-            .header(RESPONSE_MODE_HEADER, "streaming")
+            .header(RESPONSE_MODE, "streaming")
             .header(
                 "Trailer",
                 "Lambda-Runtime-Function-Error-Type, Lambda-Runtime-Function-Error-Body",
@@ -341,13 +339,10 @@ async fn streamed_response_with_and_without_trailer_error() {
         other => panic!("{other:?}"),
     }
     let mut t = HeaderMap::new();
-    t.insert(
-        ERROR_TYPE_HEADER,
-        HeaderValue::from_static("Function.StreamBroke"),
-    );
+    t.insert(ERROR_TYPE, HeaderValue::from_static("Function.StreamBroke"));
     let body = base64::engine::general_purpose::STANDARD
         .encode(br#"{"errorMessage":"mid-stream","errorType":"StreamBroke"}"#);
-    t.insert(ERROR_BODY_TRAILER, HeaderValue::from_str(&body).unwrap());
+    t.insert(ERROR_BODY, HeaderValue::from_str(&body).unwrap());
     assert_eq!(
         send(h.addr, stream_req("s-bad", Some(t))).await.status,
         StatusCode::ACCEPTED
@@ -364,10 +359,8 @@ async fn bad_response_mode_is_400() {
     let _p = submit(&h.broker, "m");
     next(h.addr).await;
     let mut req = post("invocation/m/response", b"1");
-    req.headers_mut().insert(
-        RESPONSE_MODE_HEADER,
-        HeaderValue::from_static("buffered-ish"),
-    );
+    req.headers_mut()
+        .insert(RESPONSE_MODE, HeaderValue::from_static("buffered-ish"));
     let r = send(h.addr, req).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.json()["errorType"], "InvalidResponseMode");
@@ -386,7 +379,7 @@ async fn init_error_first_wins_then_403() {
         br#"{"errorMessage":"boom","errorType":"Runtime.ImportModuleError","stackTrace":[]}"#,
     );
     req.headers_mut().insert(
-        ERROR_TYPE_HEADER,
+        ERROR_TYPE,
         HeaderValue::from_static("Runtime.ImportModuleError"),
     );
     assert_eq!(send(h.addr, req).await.status, StatusCode::ACCEPTED);
@@ -558,14 +551,11 @@ async fn connections_beyond_the_cap_are_closed_and_the_api_keeps_serving() {
 fn error_type_header_shapes() {
     let mut h = HeaderMap::new();
     assert_eq!(header_error_type(&h), "Function.Unknown");
-    h.insert(
-        ERROR_TYPE_HEADER,
-        HeaderValue::from_static("Runtime.OutOfMemory"),
-    );
+    h.insert(ERROR_TYPE, HeaderValue::from_static("Runtime.OutOfMemory"));
     assert_eq!(header_error_type(&h), "Runtime.OutOfMemory");
-    h.insert(ERROR_TYPE_HEADER, HeaderValue::from_static("Function."));
+    h.insert(ERROR_TYPE, HeaderValue::from_static("Function."));
     assert_eq!(header_error_type(&h), "Function.Unknown");
-    h.insert(ERROR_TYPE_HEADER, HeaderValue::from_static("Evil\"Type"));
+    h.insert(ERROR_TYPE, HeaderValue::from_static("Evil\"Type"));
     assert_eq!(header_error_type(&h), "Function.Unknown");
 }
 
