@@ -1,4 +1,5 @@
-"""Checks shared by the Java and .NET shim tests (their fixtures have the same "log" and "raise" actions)."""
+"""Checks shared by the shims' tests: the Java and .NET fixtures have the same "log" and "raise" actions; every
+shim can be given a log socket (listen_for_log_streams)."""
 import json
 import os
 import socket
@@ -41,13 +42,18 @@ def check_error_is_logged(stub, shim, error_type):
 
 
 class Streams:
+    """What a log socket received: one buffer a connection, read as JSON lines (a line not yet ended waits)."""
+
     def __init__(self):
         self.cond = threading.Condition()
         self.buffers = []
 
+    def _records(self):
+        return [json.loads(line) for b in self.buffers for line in b.split(b"\n")[:-1] if line.strip()]
+
     def records(self):
         with self.cond:
-            return [json.loads(line) for b in self.buffers for line in b.decode().splitlines() if line.strip()]
+            return self._records()
 
     def connections(self):
         with self.cond:
@@ -55,10 +61,13 @@ class Streams:
 
     def wait_for(self, predicate, timeout=30):
         with self.cond:
-            ok = self.cond.wait_for(
-                lambda: predicate([json.loads(line) for b in self.buffers
-                                   for line in b.decode().splitlines() if line.strip()]), timeout)
+            ok = self.cond.wait_for(lambda: predicate(self._records()), timeout)
         assert ok, "log socket: expected records did not arrive"
+
+    def wait_connections(self, count, timeout=30):
+        with self.cond:
+            ok = self.cond.wait_for(lambda: len(self.buffers) >= count, timeout)
+        assert ok, "log socket: %d connection(s) expected, %d made" % (count, len(self.buffers))
 
 
 def listen_for_log_streams():
@@ -98,5 +107,7 @@ def listen_for_log_streams():
         srv.close()
         for c in conns:
             c.close()
+        os.unlink(path)
+        os.rmdir(os.path.dirname(path))
 
     return path, streams, close

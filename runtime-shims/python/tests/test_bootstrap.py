@@ -5,6 +5,7 @@ import time
 
 import pytest
 from refusal_checks import check_refused_answers_leave_every_poller
+from shim_log_checks import listen_for_log_streams
 
 ERROR_CT = "application/vnd.aws.lambda.error+json"
 
@@ -294,53 +295,20 @@ def test_log_level_from_env(stub, start_shim):
 
 def test_workers_log_to_telemetry_socket(stub, start_shim, tmp_path):
     """With _LAMBDA_TELEMETRY_LOG_FD_PROVIDER_SOCKET each worker connects twice (stdout, stderr)."""
-    import socket
-    import tempfile
-    import threading
-
-    path = os.path.join(tempfile.mkdtemp(dir="/tmp"), "logs.sock")  # short: sun_path limit
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    srv.bind(path)
-    srv.listen(16)
-    cond, streams = threading.Condition(), []
-
-    def read(conn, buf):
-        with conn:
-            for line in conn.makefile("rb"):
-                with cond:
-                    buf.append(json.loads(line))
-                    cond.notify_all()
-
-    def accept():
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            buf = []
-            with cond:
-                streams.append(buf)
-                cond.notify_all()
-            threading.Thread(target=read, args=(conn, buf), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
+    path, streams, close = listen_for_log_streams()
     try:
         shim = start_shim("logs.handler", concurrency=2,
                           env={"_LAMBDA_TELEMETRY_LOG_FD_PROVIDER_SOCKET": path})
         stub.wait_parked(2)
         rid = stub.enqueue({"n": 3})
         assert stub.wait_answer(rid).kind == "response"
-        with cond:
-            assert cond.wait_for(lambda: len(streams) == 4, 15)
-            assert cond.wait_for(lambda: any(r.get("message") == "hello from print"
-                                             and r.get("requestId") == rid
-                                             for s in streams for r in s), 15)
+        streams.wait_connections(4, 15)
+        assert streams.connections() == 4
+        streams.wait_for(lambda recs: any(r.get("message") == "hello from print" and r.get("requestId") == rid
+                                          for r in recs), 15)
         assert shim.stdout_records() == []  # worker output went to the socket, not the pipe
     finally:
-        srv.close()
-        os.unlink(path)
-        os.rmdir(os.path.dirname(path))
-
+        close()
 
 
 @pytest.mark.parametrize("refusal", [400, 410, 413, "close", "drop"])
