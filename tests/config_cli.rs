@@ -193,3 +193,129 @@ fn version_is_printed() {
         format!("lmi-agent {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+/// A TOML syntax error is shown as the parser shows it: where (line and column), the line itself with a caret
+/// under the column, and what was expected, on lines of their own; by `check-config` and by a start alike.
+#[test]
+fn a_toml_syntax_error_keeps_the_parsers_caret_display() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        dir.path(),
+        "agent.toml",
+        "region = \"eu-west-1\"\n[capacity]\nvcpus = = 8\n",
+    );
+    for args in [vec!["check-config", "--config", &f], vec!["--config", &f]] {
+        let (ok, _, err) = agent(&args, &[]);
+        assert!(!ok, "{args:?} accepted the file");
+        assert!(
+            err.contains(&format!("{f}: TOML parse error at line 3, column 9\n")),
+            "{args:?}: {err}"
+        );
+        let lines: Vec<&str> = err.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| l.ends_with("| vcpus = = 8"))
+            .unwrap_or_else(|| panic!("{args:?}: the offending line is not shown:\n{err}"));
+        // The caret line sits under the source line, its `^` under column 9 (the second `=`).
+        let source = lines[at];
+        let caret = lines[at + 1];
+        let margin = source.find('|').unwrap() + 2;
+        assert_eq!(
+            caret.find('^'),
+            Some(margin + 8),
+            "{args:?}: caret misplaced:\n{err}"
+        );
+        assert!(
+            lines.len() > at + 2 && !lines[at + 2].trim().is_empty(),
+            "{args:?}: no explanation after the caret:\n{err}"
+        );
+    }
+}
+
+/// Every address-typed key takes `host:port` (resolved with the system resolver when the configuration is
+/// loaded) as well as IP literals, and a name that does not resolve is an error naming the key.
+#[test]
+fn listen_addresses_take_host_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        dir.path(),
+        "agent.toml",
+        "metrics_listen = \"localhost:9464\"\nlisten_tcp = \"localhost:50051\"\n\
+         [invoke_api]\nlisten = \"localhost:9001\"\n",
+    );
+    let (ok, out, err) = agent(&["check-config", "--config", &f], &[]);
+    assert!(ok, "{err}");
+    for (key, port) in [
+        ("metrics_listen", 9464),
+        ("listen_tcp", 50051),
+        ("listen", 9001),
+    ] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("{key} = ")))
+            .unwrap_or_else(|| panic!("no {key} in:\n{out}"));
+        let value = line.split('"').nth(1).unwrap();
+        let addr: std::net::SocketAddr = value
+            .parse()
+            .unwrap_or_else(|e| panic!("{key}: {value:?} is not the resolved address: {e}"));
+        assert!(addr.ip().is_loopback() && addr.port() == port, "{line}");
+    }
+    // The same through an environment variable, and IP literals as before.
+    let empty = write(dir.path(), "empty.toml", "");
+    let (ok, out, err) = agent(
+        &["check-config", "--config", &empty],
+        &[
+            ("LMI_AGENT_METRICS_LISTEN", "localhost:9464"),
+            ("LMI_AGENT_INVOKE_API_LISTEN", "[::1]:9001"),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("listen = \"[::1]:9001\""), "{out}");
+    // `.invalid` never resolves (RFC 6761).
+    let bad = write(
+        dir.path(),
+        "bad.toml",
+        "metrics_listen = \"no-such-host.invalid:9464\"\n",
+    );
+    let (ok, _, err) = agent(&["check-config", "--config", &bad], &[]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("{bad}: metrics_listen:"))
+            && err.contains("cannot resolve host `no-such-host.invalid`"),
+        "{err}"
+    );
+}
+
+/// Text logs written to a pipe (a file, the journal) carry no ANSI colour codes.
+#[test]
+fn text_logs_to_a_pipe_have_no_colour() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    // A start that fails at its first step, after logging an ERROR (the level is coloured on a terminal):
+    // shims under the state directory, which runtimes cannot see.
+    let shims = state.join("shims");
+    std::fs::create_dir_all(&shims).unwrap();
+    let empty = write(dir.path(), "empty.toml", "");
+    let (ok, _, err) = agent(
+        &[
+            "--config",
+            &empty,
+            "--log-format",
+            "text",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--shims-dir",
+            shims.to_str().unwrap(),
+            "--socket",
+            dir.path().join("agent.sock").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!ok, "the start should have failed:\n{err}");
+    assert!(err.contains("start-up failed"), "no log line:\n{err}");
+    assert!(err.contains("ERROR"), "{err}");
+    assert!(
+        !err.contains('\u{1b}'),
+        "ANSI escapes in piped logs:\n{err:?}"
+    );
+}

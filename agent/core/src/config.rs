@@ -61,6 +61,46 @@ pub enum ConfigError {
     },
 }
 
+/// Listen addresses (`listen_tcp`, `metrics_listen`, `invoke_api.listen`): an IP literal with a port
+/// (`127.0.0.1:9464`, `[::1]:9464`) is taken as it is; `host:port` is resolved once, when the configuration is
+/// loaded, with the system resolver (`/etc/hosts`, DNS), and the first address it returns is used.
+pub mod listen_addr {
+    use std::net::{SocketAddr, ToSocketAddrs};
+
+    use serde::{de::Error as _, Deserialize, Deserializer};
+
+    /// Resolves one listen address; the error says what was wrong, for a configuration error.
+    pub fn resolve(text: &str) -> Result<SocketAddr, String> {
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(addr);
+        }
+        let Some((host, port)) = text.rsplit_once(':') else {
+            return Err(format!(
+                "`{text}` is not an address: expected HOST:PORT, e.g. 127.0.0.1:9464 or localhost:9464"
+            ));
+        };
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return Err(format!(
+                "`{text}` is not an address: expected HOST:PORT with a port of 0..65535, e.g. localhost:9464"
+            ));
+        }
+        match text.to_socket_addrs() {
+            Ok(mut addrs) => addrs
+                .next()
+                .ok_or_else(|| format!("host `{host}` resolves to no address")),
+            Err(e) => Err(format!("cannot resolve host `{host}`: {e}")),
+        }
+    }
+
+    /// `deserialize_with` for an optional listen address.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(text) => resolve(&text).map(Some).map_err(D::Error::custom),
+        }
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -77,7 +117,8 @@ pub enum LogFormat {
 pub struct Config {
     /// Unix socket of the gRPC control API (created with mode 0600).
     pub socket: PathBuf,
-    /// Optional TCP address for the gRPC control API, e.g. "127.0.0.1:50051".
+    /// Optional TCP address for the gRPC control API, e.g. "127.0.0.1:50051" (or a host name, [`listen_addr`]).
+    #[serde(deserialize_with = "listen_addr::deserialize")]
     pub listen_tcp: Option<SocketAddr>,
     /// File holding the bearer token that calls on `listen_tcp` must carry (mode 0600, at least 32
     /// characters). Required unless `listen_tcp` is a loopback address and network isolation is on.
@@ -108,7 +149,8 @@ pub struct Config {
     pub utilization: UtilizationConfig,
     /// The scaler the agent streams utilization reports to.
     pub scaler: ScalerConfig,
-    /// Address of the Prometheus `/metrics` endpoint, e.g. "127.0.0.1:9464"; absent = off.
+    /// Address of the Prometheus `/metrics` endpoint, e.g. "127.0.0.1:9464" or "localhost:9464"; absent = off.
+    #[serde(deserialize_with = "listen_addr::deserialize")]
     pub metrics_listen: Option<SocketAddr>,
     /// How each environment's processes are isolated.
     pub sandbox: SandboxConfig,
@@ -312,7 +354,8 @@ impl Default for LogsConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InvokeApiConfig {
-    /// Address to listen on, e.g. "127.0.0.1:9001"; unset = no listener.
+    /// Address to listen on, e.g. "127.0.0.1:9001" (or a host name, [`listen_addr`]); unset = no listener.
+    #[serde(deserialize_with = "listen_addr::deserialize")]
     pub listen: Option<SocketAddr>,
     /// Asynchronous (`Event`) invokes accepted but not yet started; when full, `Event` invokes get 429.
     pub event_queue: usize,
@@ -627,6 +670,46 @@ mod tests {
         .unwrap();
         assert_eq!(c.capacity.vcpus, 64);
         assert_eq!(c.listen_tcp, Some("127.0.0.1:50051".parse().unwrap()));
+    }
+
+    #[test]
+    fn listen_addresses_take_ip_literals_and_host_names() {
+        let parse =
+            |text: &str| Config::parse(text, Path::new("t.toml")).map_err(|e| e.to_string());
+        // IP literals, as before.
+        let c = parse("metrics_listen = '127.0.0.1:9464'\nlisten_tcp = '[::1]:50051'\n[invoke_api]\nlisten = '0.0.0.0:9001'").unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(c.listen_tcp, Some("[::1]:50051".parse().unwrap()));
+        assert_eq!(c.invoke_api.listen, Some("0.0.0.0:9001".parse().unwrap()));
+        // A host name, through the system resolver (`localhost` is in every /etc/hosts), in each address key.
+        for key in ["metrics_listen", "listen_tcp", "invoke_api.listen"] {
+            let text = match key.split_once('.') {
+                Some((section, k)) => format!("[{section}]\n{k} = 'localhost:9464'"),
+                None => format!("{key} = 'localhost:9464'"),
+            };
+            let c = parse(&text).unwrap();
+            let got = match key {
+                "metrics_listen" => c.metrics_listen,
+                "listen_tcp" => c.listen_tcp,
+                _ => c.invoke_api.listen,
+            }
+            .unwrap();
+            assert!(got.ip().is_loopback() && got.port() == 9464, "{key}: {got}");
+        }
+        // Names that do not resolve, and text that is no address, name the key and say why.
+        let e = parse("metrics_listen = 'no-such-host.invalid:9464'").unwrap_err();
+        assert!(
+            e.contains("metrics_listen")
+                && e.contains("cannot resolve host `no-such-host.invalid`"),
+            "{e}"
+        );
+        for bad in ["localhost", "localhost:http", ":9464", "localhost:70000"] {
+            let e = parse(&format!("[invoke_api]\nlisten = '{bad}'")).unwrap_err();
+            assert!(
+                e.contains("invoke_api.listen") && e.contains("HOST:PORT"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

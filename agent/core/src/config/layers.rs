@@ -109,7 +109,8 @@ impl Layers {
             .parse()
             .map_err(|e: toml::de::Error| ConfigError::Parse {
                 path: origin.to_owned(),
-                message: e.to_string().trim().replace('\n', " "),
+                // The parser's own display: the line, a caret under the column, and what it expected.
+                message: e.to_string().trim_end().to_owned(),
             })?;
         self.merge_table(table, "", &Source::File(origin.to_owned()))?;
         Ok(self)
