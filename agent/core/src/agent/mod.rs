@@ -18,8 +18,8 @@ pub mod host;
 mod invoke;
 mod recover;
 mod stop;
-#[cfg(test)]
-pub(crate) mod testing;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 #[cfg(test)]
 mod tests;
 
