@@ -531,7 +531,11 @@ async fn recovery_reports_recorded_environments_lost_and_removes_orphan_cgroups(
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].state(), pb::EnvironmentState::Failed);
 
-    let forgotten = host.agent.delete_lost("0a1b").expect("forgotten").into_record();
+    let forgotten = host
+        .agent
+        .delete_lost("0a1b")
+        .expect("forgotten")
+        .into_record();
     assert_eq!(forgotten.state(), pb::EnvironmentState::Terminated);
     assert!(records(&host).is_empty());
     assert_eq!(host.agent.environment_count(), 0);
