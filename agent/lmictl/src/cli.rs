@@ -37,9 +37,10 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
-    /// Deadline of each RPC, in seconds (fractions allowed). Default: none.
+    /// Deadline of each RPC (and of connecting), in seconds (fractions allowed). Default: none for the RPC,
+    /// 10 s to connect. (Not `--timeout`: `create --timeout` is the function's timeout, as in the AWS CLI.)
     #[arg(long, global = true, value_name = "SECONDS", value_parser = parse_seconds)]
-    pub timeout: Option<Duration>,
+    pub rpc_timeout: Option<Duration>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -51,22 +52,54 @@ pub enum Command {
     Create(CreateArgs),
     /// List environments as a table.
     List(ListArgs),
-    /// Show every field of one environment.
+    /// Show every field of one environment (a unique prefix of its id is enough).
     Get(GetArgs),
-    /// Drain and delete one environment.
+    /// Drain and delete one environment, or every environment of a function (--function NAME[:VERSION]).
     Delete(DeleteArgs),
     /// Invoke a function version once and print its result.
     #[command(after_help = EXIT_CODES_HELP)]
     Invoke(InvokeArgs),
     /// Show the host's capacity, cgroup version and runtimes.
     Host,
-    /// Print a function version's log records, oldest first, one JSON object a line.
+    /// Print a function version's log records, oldest first: one readable line each (--json: the records).
     Logs(LogsArgs),
     /// Live view of host and environment utilization (one frame per sampling period).
     Top(TopArgs),
     /// Measure the agent: invoke load (throughput, latency, CPU, RSS) or environment start-up.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Print a shell completion script (bash, zsh or fish) on stdout.
+    #[command(after_help = COMPLETION_HELP)]
+    Completion(CompletionArgs),
+    /// Write the man pages (lmictl.1 and one per command) into a directory.
+    Man(ManArgs),
+}
+
+const COMPLETION_HELP: &str = "\
+Install, for example:
+  bash: lmictl completion bash > /etc/bash_completion.d/lmictl
+  zsh:  lmictl completion zsh > \"${fpath[1]}/_lmictl\"
+  fish: lmictl completion fish > ~/.config/fish/completions/lmictl.fish";
+
+/// The shells `completion` writes scripts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell.
+    pub shell: Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Directory to write the pages into (created if missing).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -201,8 +234,13 @@ pub struct CreateArgs {
     #[arg(long, value_name = "N")]
     pub max_concurrency: Option<u32>,
 
-    /// Invoke timeout in seconds (1..900).
-    #[arg(long, value_name = "S")]
+    /// The function's timeout in seconds (1..900), as `aws lambda create-function --timeout`. (The RPC
+    /// deadline is --rpc-timeout.)
+    #[arg(
+        long = "timeout",
+        visible_alias = "timeout-seconds",
+        value_name = "SECONDS"
+    )]
     pub timeout_seconds: Option<u32>,
 
     /// Ephemeral storage in MiB (512..10240).
@@ -213,7 +251,7 @@ pub struct CreateArgs {
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = spec_file::parse_env_pair)]
     pub env: Vec<(String, String)>,
 
-    /// Poll until the environment is READY (exit 0) or FAILED (exit 1).
+    /// Poll until the environment is READY (exit 0) or FAILED (exit 1), reporting its state on stderr.
     #[arg(long)]
     pub wait: bool,
 
@@ -234,17 +272,47 @@ pub struct ListArgs {
 
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    /// Environment id.
+    /// Environment id, or a prefix of it that matches exactly one environment.
     pub id: String,
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["id", "function"])))]
 pub struct DeleteArgs {
-    /// Environment id.
-    pub id: String,
+    /// Environment id, or a prefix of it that matches exactly one environment.
+    pub id: Option<String>,
+    /// Delete every environment of this function (all its versions), or of one version with NAME:VERSION.
+    #[arg(long, value_name = "NAME[:VERSION]", conflicts_with = "id", value_parser = parse_function_ref)]
+    pub function: Option<FunctionRef>,
     /// Seconds in-flight invokes may run before the runtime is stopped (default: the agent's).
     #[arg(long, value_name = "SECONDS")]
     pub grace: Option<u32>,
+}
+
+/// `NAME` or `NAME:VERSION`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionRef {
+    pub name: String,
+    /// `None`: every version.
+    pub version: Option<String>,
+}
+
+/// Parses `NAME[:VERSION]` (neither part empty).
+pub fn parse_function_ref(s: &str) -> Result<FunctionRef, String> {
+    let (name, version) = match s.split_once(':') {
+        Some((n, v)) => (n, Some(v)),
+        None => (s, None),
+    };
+    if name.trim().is_empty() {
+        return Err(format!("`{s}`: the function name is empty"));
+    }
+    if version.is_some_and(|v| v.trim().is_empty()) {
+        return Err(format!("`{s}`: the version after `:` is empty"));
+    }
+    Ok(FunctionRef {
+        name: name.to_string(),
+        version: version.map(str::to_string),
+    })
 }
 
 #[derive(Debug, Args)]
@@ -256,8 +324,8 @@ pub struct InvokeArgs {
     #[arg(long, value_name = "V")]
     pub version: Option<String>,
 
-    /// Payload (JSON). "-" reads stdin. Without --payload/--payload-file, stdin is read when it is not a
-    /// terminal, else the payload is {}.
+    /// Payload (JSON). "-" reads stdin. Without --payload/--payload-file the payload is {} and stdin is not
+    /// read.
     #[arg(long, value_name = "JSON", conflicts_with = "payload_file")]
     pub payload: Option<String>,
 
@@ -290,6 +358,19 @@ pub struct LogsArgs {
     /// Keep printing records as they are written (until interrupted).
     #[arg(long, short = 'f')]
     pub follow: bool,
+
+    /// Only records written since then: a duration back from now (30s, 10m, 2h, 1d) or an RFC 3339 time
+    /// (2025-01-02T03:04:05Z).
+    #[arg(long, value_name = "DURATION|TIME", value_parser = crate::logs::parse_since)]
+    pub since: Option<crate::logs::Since>,
+
+    /// Only the last N records (of those --since selects); with --follow, then the new ones.
+    #[arg(long, value_name = "N")]
+    pub tail: Option<usize>,
+
+    /// Only records of this environment (a unique prefix of its id is enough).
+    #[arg(long, value_name = "ID")]
+    pub environment: Option<String>,
 }
 
 /// A positive number of seconds, fractions allowed.
@@ -361,13 +442,88 @@ mod tests {
             "--json",
             "--socket",
             "/tmp/x.sock",
-            "--timeout",
+            "--rpc-timeout",
             "1.5",
         ])
         .unwrap();
         assert!(cli.json);
         assert_eq!(cli.socket, PathBuf::from("/tmp/x.sock"));
-        assert_eq!(cli.timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(cli.rpc_timeout, Some(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn create_timeout_is_the_functions_and_rpc_timeout_the_deadline() {
+        let cli = Cli::try_parse_from(["lmictl", "create", "--timeout", "60"]).unwrap();
+        let Command::Create(args) = cli.command else {
+            panic!("not create")
+        };
+        assert_eq!(args.timeout_seconds, Some(60));
+        assert_eq!(cli.rpc_timeout, None);
+        let cli = Cli::try_parse_from(["lmictl", "create", "--timeout-seconds", "7"]).unwrap();
+        let Command::Create(args) = cli.command else {
+            panic!("not create")
+        };
+        assert_eq!(args.timeout_seconds, Some(7));
+        // Elsewhere `--timeout` would be ambiguous: it is refused, not taken as the deadline.
+        let err = Cli::try_parse_from(["lmictl", "list", "--timeout", "5"]).unwrap_err();
+        assert!(err.to_string().contains("--rpc-timeout"), "{err}");
+    }
+
+    #[test]
+    fn delete_takes_an_id_or_a_function() {
+        let cli = Cli::try_parse_from(["lmictl", "delete", "ab12"]).unwrap();
+        let Command::Delete(args) = cli.command else {
+            panic!("not delete")
+        };
+        assert_eq!((args.id.as_deref(), args.function), (Some("ab12"), None));
+        let cli =
+            Cli::try_parse_from(["lmictl", "delete", "--function", "f:3", "--grace", "5"]).unwrap();
+        let Command::Delete(args) = cli.command else {
+            panic!("not delete")
+        };
+        assert_eq!(
+            args.function,
+            Some(FunctionRef {
+                name: "f".into(),
+                version: Some("3".into())
+            })
+        );
+        assert_eq!(args.grace, Some(5));
+        assert_eq!(
+            parse_function_ref("f"),
+            Ok(FunctionRef {
+                name: "f".into(),
+                version: None
+            })
+        );
+        assert!(parse_function_ref(":1").is_err());
+        assert!(parse_function_ref("f:").is_err());
+        assert!(Cli::try_parse_from(["lmictl", "delete"]).is_err());
+        assert!(Cli::try_parse_from(["lmictl", "delete", "x", "--function", "f"]).is_err());
+    }
+
+    #[test]
+    fn logs_filters_parse() {
+        let cli = Cli::try_parse_from([
+            "lmictl",
+            "logs",
+            "f",
+            "--since",
+            "10m",
+            "--tail",
+            "5",
+            "--environment",
+            "ab",
+        ])
+        .unwrap();
+        let Command::Logs(args) = cli.command else {
+            panic!("not logs")
+        };
+        assert_eq!(args.tail, Some(5));
+        assert_eq!(args.environment.as_deref(), Some("ab"));
+        assert!(args.since.is_some());
+        assert!(Cli::try_parse_from(["lmictl", "logs", "f", "--since", "soon"]).is_err());
+        assert!(Cli::try_parse_from(["lmictl", "logs", "f", "--tail", "-1"]).is_err());
     }
 
     #[test]

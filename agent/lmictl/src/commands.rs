@@ -1,9 +1,10 @@
 //! The commands: each one prepares its request (reading files and stdin before connecting, so local mistakes
 //! are reported as such), calls the agent and renders an `Output`. Nothing here prints or exits.
 
+use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use lmi_proto::v1::{
@@ -13,19 +14,21 @@ use lmi_proto::v1::{
 };
 use tokio::time::Instant;
 
-use crate::cli::{Cli, Command, CreateArgs, InvokeArgs};
+use crate::cli::{Cli, Command, CreateArgs, FunctionRef, InvokeArgs, LogsArgs};
 use crate::connect::{self, request, Client};
+use crate::logs::{EnvironmentMatch, Filter};
 use crate::output::{Output, EXIT_FUNCTION_ERROR, EXIT_WAIT_TIMEOUT};
 use crate::render::{self, state_name};
-use crate::{payload, spec_file, throttle};
+use crate::{payload, resolve, spec_file, throttle};
 
 /// How often `create --wait` polls GetEnvironment.
 const WAIT_POLL: Duration = Duration::from_millis(250);
+/// How often a delete in progress reports the invokes its environments are still draining.
+const DELETE_POLL: Duration = Duration::from_secs(1);
 
 /// The process's stdin/stdout as the commands see them (tests substitute their own).
 pub struct Io<'a> {
     pub stdin: &'a mut dyn Read,
-    pub stdin_is_tty: bool,
     pub stdout_is_tty: bool,
     /// Progress notes for humans (e.g. while waiting); stderr in the real binary.
     pub progress: &'a mut dyn Write,
@@ -41,7 +44,6 @@ pub struct Io<'a> {
 impl std::fmt::Debug for Io<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Io")
-            .field("stdin_is_tty", &self.stdin_is_tty)
             .field("stdout_is_tty", &self.stdout_is_tty)
             .field("cwd", &self.cwd)
             .finish_non_exhaustive()
@@ -56,14 +58,30 @@ enum Plan {
         wait: Option<Duration>,
     },
     List(ListEnvironmentsRequest),
-    Get(GetEnvironmentRequest),
-    Delete(DeleteEnvironmentRequest),
+    /// An id or a prefix of one.
+    Get(String),
+    Delete {
+        target: DeleteTarget,
+        grace_period_seconds: u32,
+    },
     Invoke(InvokeRequest),
     Host,
     Top {
         count: Option<u64>,
     },
-    Logs(StreamLogsRequest),
+    Logs {
+        request: StreamLogsRequest,
+        since: Option<crate::logs::Since>,
+        tail: Option<usize>,
+        environment: Option<String>,
+    },
+}
+
+#[derive(Debug)]
+enum DeleteTarget {
+    /// An id or a prefix of one.
+    Id(String),
+    Function(FunctionRef),
 }
 
 /// Runs one command line to completion. Every error becomes an `Output` with exit code 3.
@@ -76,16 +94,19 @@ pub async fn run(cli: Cli, io: &mut Io<'_>) -> Output {
 
 async fn try_run(mut cli: Cli, io: &mut Io<'_>) -> anyhow::Result<Output> {
     let command = std::mem::replace(&mut cli.command, Command::Host);
-    if let Command::Bench(bench) = command {
-        return crate::bench::run(&cli, bench, io).await;
+    match command {
+        Command::Bench(bench) => return crate::bench::run(&cli, bench, io).await,
+        Command::Completion(args) => return Ok(crate::docs::completion(args.shell)),
+        Command::Man(args) => return crate::docs::write_man_pages(&args.dir),
+        _ => {}
     }
     let plan = prepare(command, io)?;
     let target = connect::target(&cli.socket, cli.endpoint.as_deref())?;
     let token = connect::token(&target, cli.token_file.as_deref())?;
-    let mut client = connect::connect(&target, cli.timeout, token.as_deref()).await?;
-    execute(&mut client, plan, cli.json, cli.timeout, io)
+    let mut client = connect::connect(&target, cli.rpc_timeout, token.as_deref()).await?;
+    execute(&mut client, plan, cli.json, cli.rpc_timeout, io)
         .await
-        .map_err(|err| clarify_timeout(err, cli.timeout))
+        .map_err(|err| clarify_timeout(err, cli.rpc_timeout))
 }
 
 /// tonic reports its client-side deadline as `CANCELLED: Timeout expired`; say what happened instead.
@@ -95,7 +116,7 @@ fn clarify_timeout(err: anyhow::Error, timeout: Option<Duration>) -> anyhow::Err
             if status.code() == tonic::Code::Cancelled && status.message() == "Timeout expired" =>
         {
             tonic::Status::deadline_exceeded(format!(
-                "no answer from the agent within --timeout {}s",
+                "no answer from the agent within --rpc-timeout {}s",
                 t.as_secs_f64()
             ))
             .into()
@@ -111,27 +132,41 @@ fn prepare(command: Command, io: &mut Io<'_>) -> anyhow::Result<Plan> {
             function_name: args.function.unwrap_or_default(),
             function_version: args.version.unwrap_or_default(),
         }),
-        Command::Get(args) => Plan::Get(GetEnvironmentRequest {
-            id: non_empty_id(args.id)?,
-        }),
-        Command::Delete(args) => Plan::Delete(DeleteEnvironmentRequest {
-            id: non_empty_id(args.id)?,
+        Command::Get(args) => Plan::Get(non_empty_id(args.id)?),
+        Command::Delete(args) => Plan::Delete {
+            target: match (args.id, args.function) {
+                (_, Some(f)) => DeleteTarget::Function(f),
+                (Some(id), None) => DeleteTarget::Id(non_empty_id(id)?),
+                (None, None) => {
+                    anyhow::bail!("give an environment id or --function NAME[:VERSION]")
+                }
+            },
             grace_period_seconds: args.grace.unwrap_or(0),
-        }),
+        },
         Command::Invoke(args) => Plan::Invoke(prepare_invoke(args, io)?),
         Command::Host => Plan::Host,
         Command::Top(args) => Plan::Top { count: args.count },
-        Command::Logs(args) => {
-            if args.function.trim().is_empty() {
-                anyhow::bail!("the function name is empty");
-            }
-            Plan::Logs(StreamLogsRequest {
-                function_name: args.function,
-                function_version: args.version.unwrap_or_default(),
-                follow: args.follow,
-            })
+        Command::Logs(args) => prepare_logs(args)?,
+        Command::Bench(_) | Command::Completion(_) | Command::Man(_) => {
+            anyhow::bail!("not a request to the agent")
         }
-        Command::Bench(_) => anyhow::bail!("bench is not a single request"),
+    })
+}
+
+fn prepare_logs(args: LogsArgs) -> anyhow::Result<Plan> {
+    if args.function.trim().is_empty() {
+        anyhow::bail!("the function name is empty");
+    }
+    let environment = args.environment.map(non_empty_id).transpose()?;
+    Ok(Plan::Logs {
+        request: StreamLogsRequest {
+            function_name: args.function,
+            function_version: args.version.unwrap_or_default(),
+            follow: args.follow,
+        },
+        since: args.since,
+        tail: args.tail,
+        environment,
     })
 }
 
@@ -154,11 +189,7 @@ fn prepare_invoke(args: InvokeArgs, io: &mut Io<'_>) -> anyhow::Result<InvokeReq
     if args.function.trim().is_empty() {
         anyhow::bail!("the function name is empty");
     }
-    let source = payload::select(
-        args.payload.as_deref(),
-        args.payload_file.as_deref(),
-        io.stdin_is_tty,
-    )?;
+    let source = payload::select(args.payload.as_deref(), args.payload_file.as_deref())?;
     let payload = payload::read(&source, io.stdin)?;
     Ok(InvokeRequest {
         function_name: args.function,
@@ -192,16 +223,14 @@ async fn execute(
             match wait {
                 None => render::environment_output(&env, json),
                 Some(limit) => {
-                    if !json {
-                        let _ = writeln!(
-                            io.progress,
-                            "created {} ({}); waiting up to {}s for READY",
-                            env.id,
-                            state_name(env.state),
-                            limit.as_secs_f64()
-                        );
-                    }
-                    wait_ready(client, env, limit, json, timeout).await
+                    let _ = writeln!(
+                        io.progress,
+                        "created {} ({}); waiting up to {}s for READY",
+                        env.id,
+                        state_name(env.state),
+                        limit.as_secs_f64()
+                    );
+                    wait_ready(client, env, limit, json, timeout, io.progress).await
                 }
             }
         }
@@ -212,24 +241,32 @@ async fn execute(
                 .into_inner();
             render::environments_output(&resp.environments, json)
         }
-        Plan::Get(req) => {
+        Plan::Get(given) => {
+            let id = resolve_id(client, &given, timeout).await?;
             let env = client
-                .get_environment(request(req, timeout))
+                .get_environment(request(GetEnvironmentRequest { id }, timeout))
                 .await?
                 .into_inner();
             render::environment_output(&env, json)
         }
-        Plan::Delete(req) => {
-            let env = client
-                .delete_environment(request(req, timeout))
-                .await?
-                .into_inner();
-            render::environment_output(&env, json)
+        Plan::Delete {
+            target,
+            grace_period_seconds,
+        } => {
+            delete(
+                client,
+                target,
+                grace_period_seconds,
+                json,
+                timeout,
+                io.progress,
+            )
+            .await
         }
         Plan::Invoke(req) => {
             let request_id = req.request_id.clone();
             match client.invoke(request(req, timeout)).await {
-                Ok(resp) => render::invoke_output(&resp.into_inner(), json, io.stdout_is_tty),
+                Ok(resp) => render::invoke_output(&resp.into_inner(), json),
                 Err(status) if status.code() == tonic::Code::ResourceExhausted => {
                     render::throttle_output(&throttle::from_status(&status), &request_id, json)
                 }
@@ -249,19 +286,229 @@ async fn execute(
                 .into_inner();
             render::host_output(&host, json)
         }
-        Plan::Logs(req) => stream_logs(client, req, timeout, io.stdout).await,
+        Plan::Logs {
+            request: req,
+            since,
+            tail,
+            environment,
+        } => {
+            let environment = match environment {
+                None => None,
+                Some(given) => {
+                    let envs =
+                        list(client, &req.function_name, &req.function_version, timeout).await?;
+                    // An environment that is gone is not listed: its records are still there, so the
+                    // prefix is then matched against the records' ids.
+                    Some(match resolve::resolve(&given, &envs)? {
+                        Some(id) => EnvironmentMatch::Exact(id),
+                        None => EnvironmentMatch::Prefix(given),
+                    })
+                }
+            };
+            let filter = Filter {
+                since_ms: since.map(|s| s.cutoff_ms(SystemTime::now())),
+                environment,
+            };
+            stream_logs(client, req, filter, tail, json, timeout, io.stdout).await
+        }
     }
 }
 
-/// Prints every record as it arrives, one JSON object a line (the records are JSON already, so `--json`
-/// changes nothing). A reader that goes away (`lmictl logs f | head`) ends the command quietly.
+/// The environments of a function (and version; empty: all), or of every function.
+async fn list(
+    client: &mut Client,
+    function: &str,
+    version: &str,
+    timeout: Option<Duration>,
+) -> anyhow::Result<Vec<Environment>> {
+    Ok(client
+        .list_environments(request(
+            ListEnvironmentsRequest {
+                function_name: function.to_owned(),
+                function_version: version.to_owned(),
+            },
+            timeout,
+        ))
+        .await?
+        .into_inner()
+        .environments)
+}
+
+/// The whole id `given` stands for (see `resolve`); `given` itself when no listed environment matches.
+async fn resolve_id(
+    client: &mut Client,
+    given: &str,
+    timeout: Option<Duration>,
+) -> anyhow::Result<String> {
+    let envs = list(client, "", "", timeout).await?;
+    Ok(resolve::resolve(given, &envs)?.unwrap_or_else(|| given.to_owned()))
+}
+
+/// Deletes one environment or every environment of a function, all at once. Each delete returns when its
+/// environment has drained (or its grace period ended) and is gone; meanwhile the invokes still draining are
+/// reported on `progress` when their number changes, and each environment when it is gone.
+async fn delete(
+    client: &mut Client,
+    target: DeleteTarget,
+    grace_period_seconds: u32,
+    json: bool,
+    timeout: Option<Duration>,
+    progress: &mut dyn Write,
+) -> anyhow::Result<Output> {
+    let (ids, function) = match &target {
+        DeleteTarget::Id(given) => (vec![resolve_id(client, given, timeout).await?], None),
+        DeleteTarget::Function(f) => {
+            let envs = list(client, &f.name, f.version.as_deref().unwrap_or(""), timeout).await?;
+            let what = match &f.version {
+                Some(v) => format!("{}:{v}", f.name),
+                None => format!("{} (any version)", f.name),
+            };
+            if envs.is_empty() {
+                return Ok(Output::default().with_stderr(format!(
+                    "no environments of function {what}; nothing deleted\n"
+                )));
+            }
+            (envs.into_iter().map(|e| e.id).collect(), Some(what))
+        }
+    };
+    let grace = match grace_period_seconds {
+        0 => "the agent's grace period".to_owned(),
+        s => format!("a grace period of {s}s"),
+    };
+    let _ = match &function {
+        Some(what) => writeln!(
+            progress,
+            "deleting {} environment(s) of function {what}, with {grace}",
+            ids.len()
+        ),
+        None => writeln!(progress, "deleting {}, with {grace}", ids[0]),
+    };
+    let started = tokio::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for id in &ids {
+        let mut c = client.clone();
+        let req = DeleteEnvironmentRequest {
+            id: id.clone(),
+            grace_period_seconds,
+        };
+        tasks.spawn(async move { c.delete_environment(request(req, timeout)).await });
+    }
+    let mut deleted: Vec<Environment> = Vec::new();
+    let mut first_error: Option<anyhow::Error> = None;
+    let mut draining: HashMap<String, u32> = HashMap::new();
+    let mut tick = tokio::time::interval_at(started + DELETE_POLL, DELETE_POLL);
+    while !tasks.is_empty() {
+        tokio::select! {
+            done = tasks.join_next() => {
+                match done {
+                    Some(Ok(Ok(resp))) => {
+                        let env = resp.into_inner();
+                        draining.remove(&env.id);
+                        let _ = writeln!(
+                            progress,
+                            "deleted {} after {:.1}s",
+                            env.id,
+                            started.elapsed().as_secs_f64()
+                        );
+                        deleted.push(env);
+                    }
+                    Some(Ok(Err(status))) => {
+                        let _ = writeln!(progress, "error: {}", crate::output::status_line(&status));
+                        first_error.get_or_insert(status.into());
+                    }
+                    Some(Err(join)) => {
+                        first_error.get_or_insert(anyhow::anyhow!("a delete task failed: {join}"));
+                    }
+                    None => {}
+                }
+            }
+            _ = tick.tick() => {
+                // Best effort: a failed look does not stop the deletes.
+                let Ok(envs) = list(client, "", "", timeout).await else { continue };
+                for env in envs.iter().filter(|e| ids.contains(&e.id) && !deleted.iter().any(|d| d.id == e.id)) {
+                    if env.state == EnvironmentState::Draining as i32
+                        && draining.insert(env.id.clone(), env.in_flight) != Some(env.in_flight)
+                    {
+                        let _ = writeln!(
+                            progress,
+                            "draining {}: {} invoke(s) in flight",
+                            env.id, env.in_flight
+                        );
+                    }
+                }
+            }
+        }
+    }
+    // In the order the environments were listed.
+    deleted.sort_by_key(|e| ids.iter().position(|id| *id == e.id));
+    match (first_error, function) {
+        (Some(err), _) if deleted.is_empty() => Err(err),
+        (Some(err), _) => {
+            let out = render::environments_output(&deleted, json)?;
+            Ok(out
+                .with_code(crate::output::EXIT_ERROR)
+                .with_stderr(format!(
+                    "error: not every environment was deleted: {}\n",
+                    crate::output::chain(&err)
+                )))
+        }
+        (None, None) => match deleted.first() {
+            Some(env) => render::environment_output(env, json),
+            None => anyhow::bail!("the agent answered no environment"),
+        },
+        (None, Some(_)) => render::environments_output(&deleted, json),
+    }
+}
+
+/// Prints the records `filter` keeps as they arrive (readable lines, or the records with `json`); with
+/// `tail`, only the last `tail` of those already written, then (following) every new one. A reader that goes
+/// away (`lmictl logs f | head`) ends the command quietly.
 async fn stream_logs(
     client: &mut Client,
     req: StreamLogsRequest,
+    filter: Filter,
+    tail: Option<usize>,
+    json: bool,
     timeout: Option<Duration>,
     out: &mut dyn Write,
 ) -> anyhow::Result<Output> {
-    // A follow has no natural end: --timeout bounds only the connection, not the stream.
+    let mut skip = 0usize;
+    if let Some(n) = tail {
+        // The stream does not mark where the records already written end: read them once without
+        // following, keep the last `n`, and skip as many records of the followed stream.
+        let once = StreamLogsRequest {
+            follow: false,
+            ..req.clone()
+        };
+        let mut last: VecDeque<String> = VecDeque::with_capacity(n.min(65_536));
+        match client.stream_logs(request(once, timeout)).await {
+            Ok(resp) => {
+                let mut stream = resp.into_inner();
+                while let Some(batch) = stream.message().await? {
+                    for record in batch.records {
+                        skip += 1;
+                        if n > 0 && filter.keeps(&record) {
+                            if last.len() == n {
+                                last.pop_front();
+                            }
+                            last.push_back(record);
+                        }
+                    }
+                }
+            }
+            // Following a function that has not logged yet is fine.
+            Err(status) if req.follow && status.code() == tonic::Code::NotFound => {}
+            Err(status) => return Err(status.into()),
+        }
+        let text: String = last.iter().map(|r| crate::logs::render(r, json)).collect();
+        if !write_or_gone(out, &text)? {
+            return Ok(Output::default());
+        }
+        if !req.follow {
+            return Ok(Output::default());
+        }
+    }
+    // A follow has no natural end: --rpc-timeout bounds only the connection, not the stream.
     let timeout = if req.follow { None } else { timeout };
     let mut stream = client
         .stream_logs(request(req, timeout))
@@ -270,29 +517,58 @@ async fn stream_logs(
     while let Some(batch) = stream.message().await? {
         let mut text = String::new();
         for record in &batch.records {
-            text.push_str(record);
-            text.push('\n');
+            if skip > 0 {
+                skip -= 1;
+                continue;
+            }
+            if filter.keeps(record) {
+                text.push_str(&crate::logs::render(record, json));
+            }
         }
-        match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
-            Err(e) => return Err(e).context("writing to stdout"),
+        if !write_or_gone(out, &text)? {
+            break;
         }
     }
     Ok(Output::default())
 }
 
+/// Writes and flushes; `false` when the reader has gone (a closed pipe).
+fn write_or_gone(out: &mut dyn Write, text: &str) -> anyhow::Result<bool> {
+    if text.is_empty() {
+        return Ok(true);
+    }
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e).context("writing to stdout"),
+    }
+}
+
 /// Polls until READY (exit 0), a state that will never become READY (exit 1: FAILED, DRAINING,
-/// TERMINATED), or `limit` (exit 4). The environment's details are printed in every case.
+/// TERMINATED), or `limit` (exit 4). Each change of state is reported on `progress` with the time since the
+/// wait began. The environment's details are printed in every case.
 async fn wait_ready(
     client: &mut Client,
     mut env: Environment,
     limit: Duration,
     json: bool,
     timeout: Option<Duration>,
+    progress: &mut dyn Write,
 ) -> anyhow::Result<Output> {
-    let deadline = Instant::now() + limit;
+    let started = Instant::now();
+    let deadline = started + limit;
+    let mut shown = env.state;
     loop {
+        if env.state != shown {
+            shown = env.state;
+            let _ = writeln!(
+                progress,
+                "{}: {} after {:.1}s",
+                env.id,
+                state_name(env.state),
+                started.elapsed().as_secs_f64()
+            );
+        }
         match EnvironmentState::try_from(env.state) {
             Ok(EnvironmentState::Ready) => return render::environment_output(&env, json),
             Ok(

@@ -81,10 +81,60 @@ pub async fn connect(
         Target::Unix(path) => lmi_proto::connect::unix_channel(path, endpoint).await,
         Target::Tcp(_) => endpoint.connect().await,
     }
-    .with_context(|| format!("cannot connect to lmi-agent at {target}"))?;
+    .map_err(|e| with_hint(anyhow::Error::new(e), target))?;
     Ok(AgentClient::with_interceptor(channel, bearer)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// Why connecting failed, in terms of what to do: the agent not running (no socket, or nobody listening on
+/// it), or the caller not allowed on its socket (mode 0600, owned by root).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    NotRunning,
+    NotAllowed,
+}
+
+/// Finds the OS error under a connection error (tonic keeps it as the source of its transport error).
+pub fn refusal(err: &anyhow::Error) -> Option<Refusal> {
+    for cause in err.chain() {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                    return Some(Refusal::NotRunning)
+                }
+                std::io::ErrorKind::PermissionDenied => return Some(Refusal::NotAllowed),
+                _ => {}
+            }
+        }
+    }
+    None
+}
+
+/// `cannot connect to lmi-agent at …: <cause>`, then what to do about it on a line of its own.
+pub fn with_hint(err: anyhow::Error, target: &Target) -> anyhow::Error {
+    let hint = match (refusal(&err), target) {
+        (Some(Refusal::NotRunning), Target::Unix(_)) => Some(
+            "is lmi-agent running? `systemctl status lmi-agent` (start it with `systemctl start lmi-agent`, \
+             or give its socket with --socket / LMI_AGENT_SOCKET)"
+                .to_owned(),
+        ),
+        (Some(Refusal::NotRunning), Target::Tcp(_)) => Some(
+            "is lmi-agent running there, with `listen_tcp` set to this address? `systemctl status lmi-agent` on \
+             that host"
+                .to_owned(),
+        ),
+        (Some(Refusal::NotAllowed), Target::Unix(p)) => Some(format!(
+            "the agent's socket {} is mode 0600, owned by root: run lmictl as root (sudo lmictl …)",
+            p.display()
+        )),
+        _ => None,
+    };
+    let err = err.context(format!("cannot connect to lmi-agent at {target}"));
+    match hint {
+        Some(h) => anyhow!("{}\nhint: {h}", crate::output::chain(&err)),
+        None => err,
+    }
 }
 
 /// A request carrying `timeout` as its gRPC deadline, so the agent sees it too.
@@ -130,5 +180,33 @@ mod tests {
         );
         assert!(msg.contains(path.to_str().unwrap()), "{msg}");
         assert!(msg.contains("No such file"), "{msg}");
+        assert!(
+            msg.contains("\nhint: is lmi-agent running? `systemctl status lmi-agent`"),
+            "{msg}"
+        );
+    }
+
+    #[tokio::test]
+    async fn nobody_listening_and_permission_denied_have_hints() {
+        let dir = tempfile::tempdir().unwrap();
+        // A socket file nobody listens on: connection refused.
+        let path = dir.path().join("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let msg = format!(
+            "{:#}",
+            connect(&Target::Unix(path), None, None).await.unwrap_err()
+        );
+        assert!(msg.contains("hint: is lmi-agent running?"), "{msg}");
+
+        let err = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+            .context("transport error");
+        assert_eq!(refusal(&err), Some(Refusal::NotAllowed));
+        let msg = with_hint(err, &Target::Unix("/run/lmi-agent/agent.sock".into())).to_string();
+        assert!(
+            msg.ends_with("hint: the agent's socket /run/lmi-agent/agent.sock is mode 0600, owned by root: run lmictl as root (sudo lmictl …)"),
+            "{msg}"
+        );
+        let other = anyhow::anyhow!("something else");
+        assert_eq!(refusal(&other), None);
     }
 }

@@ -8,9 +8,12 @@ mod bench;
 mod cli;
 mod commands;
 mod connect;
+mod docs;
+mod logs;
 mod output;
 mod payload;
 mod render;
+mod resolve;
 mod spec_file;
 mod throttle;
 mod top;
@@ -56,7 +59,6 @@ fn main() -> ExitCode {
     };
     let stdin = std::io::stdin();
     let mut io = commands::Io {
-        stdin_is_tty: stdin.is_terminal(),
         stdout_is_tty: std::io::stdout().is_terminal(),
         stdin: &mut stdin.lock(),
         progress: &mut std::io::stderr(),

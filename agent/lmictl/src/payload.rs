@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-/// The payload sent when none is given (and stdin is a terminal), as the Lambda Invoke API does.
+/// The payload sent when none is given, as the Lambda Invoke API does.
 pub const DEFAULT_PAYLOAD: &[u8] = b"{}";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,27 +14,22 @@ pub enum PayloadSource {
     Inline(String),
     /// `--payload-file PATH`.
     File(PathBuf),
-    /// `--payload -`, `--payload-file -`, or neither given while stdin is not a terminal.
+    /// `--payload -` or `--payload-file -`: stdin is read only when asked, so `lmictl invoke` inside a
+    /// `while read` loop does not swallow the loop's input.
     Stdin,
-    /// Neither given and stdin is a terminal: `{}`.
+    /// Neither given: `{}`.
     Default,
 }
 
-/// Picks the source: an explicit flag wins ("-" means stdin); with neither flag, stdin when it is not a
-/// terminal (a pipe or a file), else the default `{}`.
-pub fn select(
-    payload: Option<&str>,
-    payload_file: Option<&Path>,
-    stdin_is_tty: bool,
-) -> anyhow::Result<PayloadSource> {
+/// Picks the source: an explicit flag ("-" means stdin), else the default `{}`.
+pub fn select(payload: Option<&str>, payload_file: Option<&Path>) -> anyhow::Result<PayloadSource> {
     match (payload, payload_file) {
         (Some(_), Some(_)) => anyhow::bail!("give at most one of --payload and --payload-file"),
         (Some("-"), None) => Ok(PayloadSource::Stdin),
         (Some(p), None) => Ok(PayloadSource::Inline(p.to_string())),
         (None, Some(f)) if f == Path::new("-") => Ok(PayloadSource::Stdin),
         (None, Some(f)) => Ok(PayloadSource::File(f.to_path_buf())),
-        (None, None) if stdin_is_tty => Ok(PayloadSource::Default),
-        (None, None) => Ok(PayloadSource::Stdin),
+        (None, None) => Ok(PayloadSource::Default),
     }
 }
 
@@ -62,25 +57,23 @@ mod tests {
 
     #[test]
     fn selection() {
-        let p = |a, b: Option<&str>, tty| select(a, b.map(Path::new), tty).unwrap();
+        let p = |a, b: Option<&str>| select(a, b.map(Path::new)).unwrap();
         assert_eq!(
-            p(Some("{\"a\":1}"), None, true),
+            p(Some("{\"a\":1}"), None),
             PayloadSource::Inline("{\"a\":1}".into())
         );
-        assert_eq!(p(Some("-"), None, true), PayloadSource::Stdin);
-        assert_eq!(p(None, Some("-"), true), PayloadSource::Stdin);
+        assert_eq!(p(Some("-"), None), PayloadSource::Stdin);
+        assert_eq!(p(None, Some("-")), PayloadSource::Stdin);
         assert_eq!(
-            p(None, Some("in.json"), false),
+            p(None, Some("in.json")),
             PayloadSource::File("in.json".into())
         );
-        assert_eq!(p(None, None, false), PayloadSource::Stdin);
-        assert_eq!(p(None, None, true), PayloadSource::Default);
         assert_eq!(
-            p(Some("x"), None, false),
-            PayloadSource::Inline("x".into()),
-            "flags beat piped stdin"
+            p(None, None),
+            PayloadSource::Default,
+            "stdin only when asked"
         );
-        assert!(select(Some("x"), Some(Path::new("y")), false).is_err());
+        assert!(select(Some("x"), Some(Path::new("y"))).is_err());
     }
 
     #[test]

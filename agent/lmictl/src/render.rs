@@ -657,13 +657,10 @@ pub fn invoke_exit_code(outcome: i32) -> u8 {
     }
 }
 
-/// SUCCESS: the payload, raw, on stdout (plus a newline when stdout is a terminal and it lacks one). Other
-/// outcomes: the error on stderr. With `json`, one JSON object on stdout either way.
-pub fn invoke_output(
-    resp: &InvokeResponse,
-    json: bool,
-    stdout_tty: bool,
-) -> anyhow::Result<Output> {
+/// SUCCESS: the payload, raw, on stdout, plus a newline when it lacks one (so shell loops and prompts start on
+/// a line of their own; `--json` gives the exact bytes). Other outcomes: the error on stderr. With `json`,
+/// one JSON object on stdout either way.
+pub fn invoke_output(resp: &InvokeResponse, json: bool) -> anyhow::Result<Output> {
     let code = invoke_exit_code(resp.outcome);
     if json {
         return Output::json(&invoke_view(resp), code);
@@ -672,7 +669,7 @@ pub fn invoke_output(
     match code {
         EXIT_OK => {
             out.stdout = resp.payload.to_vec();
-            if stdout_tty && !out.stdout.ends_with(b"\n") {
+            if !out.stdout.is_empty() && !out.stdout.ends_with(b"\n") {
                 out.stdout.push(b'\n');
             }
         }
@@ -973,14 +970,14 @@ pub mod tests {
     #[test]
     fn success_rendering() {
         let r = response(InvokeOutcome::Success, b"{\"ok\":true}");
-        let out = invoke_output(&r, false, false).unwrap();
+        let out = invoke_output(&r, false).unwrap();
         assert_eq!(
             (out.code, out.stdout.as_slice(), out.stderr.as_str()),
-            (0, &b"{\"ok\":true}"[..], "")
+            (0, &b"{\"ok\":true}\n"[..], "")
         );
-        let out = invoke_output(&r, false, true).unwrap();
-        assert_eq!(out.stdout, b"{\"ok\":true}\n");
-        let out = invoke_output(&r, true, false).unwrap();
+        let r2 = response(InvokeOutcome::Success, b"line\n");
+        assert_eq!(invoke_output(&r2, false).unwrap().stdout, b"line\n");
+        let out = invoke_output(&r, true).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v["payload"]["ok"], true);
         assert_eq!(v["outcome"], "SUCCESS");
@@ -988,24 +985,16 @@ pub mod tests {
         assert!(v.get("throttle").is_none());
 
         let v: serde_json::Value = serde_json::from_slice(
-            &invoke_output(
-                &response(InvokeOutcome::Success, b"plain text"),
-                true,
-                false,
-            )
-            .unwrap()
-            .stdout,
+            &invoke_output(&response(InvokeOutcome::Success, b"plain text"), true)
+                .unwrap()
+                .stdout,
         )
         .unwrap();
         assert_eq!(v["payload"], "plain text");
         let v: serde_json::Value = serde_json::from_slice(
-            &invoke_output(
-                &response(InvokeOutcome::Success, &[0xff, 0x00]),
-                true,
-                false,
-            )
-            .unwrap()
-            .stdout,
+            &invoke_output(&response(InvokeOutcome::Success, &[0xff, 0x00]), true)
+                .unwrap()
+                .stdout,
         )
         .unwrap();
         assert_eq!(v["payload"], serde_json::Value::Null);
@@ -1019,7 +1008,7 @@ pub mod tests {
             (InvokeOutcome::Timeout, "TIMEOUT"),
             (InvokeOutcome::RuntimeFailure, "RUNTIME_FAILURE"),
         ] {
-            let out = invoke_output(&response(outcome, b""), false, true).unwrap();
+            let out = invoke_output(&response(outcome, b""), false).unwrap();
             assert_eq!(out.code, 1);
             assert!(out.stdout.is_empty());
             assert_eq!(
@@ -1029,14 +1018,14 @@ pub mod tests {
                      request req-1 on environment env-1\n"
                 )
             );
-            let out = invoke_output(&response(outcome, b""), true, false).unwrap();
+            let out = invoke_output(&response(outcome, b""), true).unwrap();
             assert_eq!(out.code, 1);
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
             assert_eq!(v["outcome"], name);
             assert_eq!(v["error"]["error_type"], "ValueError");
             assert_eq!(v["payload"], serde_json::Value::Null);
         }
-        let out = invoke_output(&response(InvokeOutcome::Unspecified, b""), false, false).unwrap();
+        let out = invoke_output(&response(InvokeOutcome::Unspecified, b""), false).unwrap();
         assert_eq!(out.code, 3);
         assert!(
             out.stderr.contains("unknown invoke outcome UNSPECIFIED"),

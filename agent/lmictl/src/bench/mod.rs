@@ -34,7 +34,7 @@ pub async fn run(cli: &Cli, command: BenchCommand, io: &mut Io<'_>) -> anyhow::R
         BenchCommand::Startup(args) => {
             let spec = crate::spec_file::build(&args.create, &io.cwd)?;
             let token = connect::token(&target, cli.token_file.as_deref())?;
-            let mut client = connect::connect(&target, cli.timeout, token.as_deref()).await?;
+            let mut client = connect::connect(&target, cli.rpc_timeout, token.as_deref()).await?;
             let runs =
                 startup::run(&mut client, &spec, args.runs, args.create.wait_timeout, io).await?;
             report::startup_output(&runs, cli.json)
@@ -88,7 +88,7 @@ async fn invoke(target: &Target, cli: &Cli, args: BenchInvokeArgs) -> anyhow::Re
     let mut clients = Vec::new();
     let token = connect::token(target, cli.token_file.as_deref())?;
     for _ in 0..args.connections {
-        clients.push(connect::connect(target, cli.timeout, token.as_deref()).await?);
+        clients.push(connect::connect(target, cli.rpc_timeout, token.as_deref()).await?);
     }
     let runtime_pids = runtime_pids(&mut clients[0], &args).await?;
     anyhow::ensure!(

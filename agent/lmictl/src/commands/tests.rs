@@ -97,6 +97,7 @@ impl Agent for FakeAgent {
                 at: None,
             });
             envs.push(other);
+            envs.push(sample_env("ab12cd", EnvironmentState::Ready));
         }
         Ok(Response::new(ListEnvironmentsResponse {
             environments: envs,
@@ -202,12 +203,18 @@ impl Agent for FakeAgent {
                 req.function_name
             )));
         }
+        let record = |n: u32, env: &str| {
+            format!(
+                r#"{{"timestamp":"2023-11-14T22:13:2{n}.000Z","environment":"{env}","requestId":"r-{n}","level":"INFO","message":"line {n} follow={}"}}"#,
+                req.follow
+            )
+        };
         let batches = vec![
             Ok(StreamLogsResponse {
-                records: vec![r#"{"n":1}"#.into(), r#"{"n":2}"#.into()],
+                records: vec![record(1, "env-1"), record(2, "ab12cd")],
             }),
             Ok(StreamLogsResponse {
-                records: vec![format!(r#"{{"n":3,"follow":{}}}"#, req.follow)],
+                records: vec![record(3, "env-1")],
             }),
         ];
         Ok(Response::new(Box::pin(tokio_stream::iter(batches))))
@@ -278,7 +285,6 @@ async fn lmictl(h: &Harness, args: &[&str], stdin: &[u8]) -> Output {
     let mut streamed = Vec::new();
     let mut io = Io {
         stdin: &mut input,
-        stdin_is_tty: false,
         stdout_is_tty: false,
         progress: &mut progress,
         stdout: &mut streamed,
@@ -314,21 +320,37 @@ async fn invoke_success_prints_the_payload_and_exits_0() {
     .await;
     assert_eq!(
         (out.code, stdout(&out).as_str(), out.stderr.as_str()),
-        (0, r#"{"n":1}"#, "")
+        (0, "{\"n\":1}\n", "")
     );
 
-    // Piped stdin is the payload when no flag is given.
+    // Stdin is the payload only when asked, with `--payload -`.
     let out = lmictl(
         &h,
-        &["invoke", "echo", "--version", "3", "--trace-id", "Root=1"],
+        &[
+            "invoke",
+            "echo",
+            "--version",
+            "3",
+            "--trace-id",
+            "Root=1",
+            "--payload",
+            "-",
+        ],
         b"[1,2]",
     )
     .await;
-    assert_eq!((out.code, stdout(&out).as_str()), (0, "[1,2]"));
+    assert_eq!((out.code, stdout(&out).as_str()), (0, "[1,2]\n"));
+    let out = lmictl(&h, &["invoke", "echo"], b"[3]").await;
+    assert_eq!(
+        (out.code, stdout(&out).as_str()),
+        (0, "{}\n"),
+        "piped stdin is not read unasked"
+    );
     let invoked = h.agent.invoked.lock().unwrap().clone();
     assert_eq!(invoked[0].request_id, "r-1");
     assert_eq!(invoked[1].function_version, "3");
     assert_eq!(invoked[1].trace_id, "Root=1");
+    assert_eq!(&invoked[2].payload[..], b"{}");
 
     // --payload-file.
     let file = h.dir.join("p.json");
@@ -339,7 +361,7 @@ async fn invoke_success_prints_the_payload_and_exits_0() {
         b"ignored",
     )
     .await;
-    assert_eq!(stdout(&out), "{\"from\":\"file\"}");
+    assert_eq!(stdout(&out), "{\"from\":\"file\"}\n");
 
     // --json: one object, the payload parsed.
     let out = lmictl(
@@ -361,7 +383,11 @@ async fn invoke_large_payload_round_trips() {
     let h = start().await;
     let out = lmictl(&h, &["invoke", "big"], b"{}").await;
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert_eq!(out.stdout.len(), 6 * 1024 * 1024);
+    assert_eq!(
+        out.stdout.len(),
+        6 * 1024 * 1024 + 1,
+        "the payload and a newline"
+    );
 }
 
 #[tokio::test]
@@ -458,12 +484,12 @@ async fn other_grpc_errors_exit_3_verbatim() {
 async fn rpc_timeout_is_an_error_exit_3() {
     let h = start().await;
     let started = std::time::Instant::now();
-    let out = lmictl(&h, &["--timeout", "0.2", "invoke", "hang"], b"{}").await;
+    let out = lmictl(&h, &["--rpc-timeout", "0.2", "invoke", "hang"], b"{}").await;
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
     assert_eq!(out.code, 3);
     assert_eq!(
         out.stderr,
-        "error: DEADLINE_EXCEEDED: no answer from the agent within --timeout 0.2s\n"
+        "error: DEADLINE_EXCEEDED: no answer from the agent within --rpc-timeout 0.2s\n"
     );
 }
 
@@ -589,7 +615,7 @@ async fn list_get_delete_host() {
     let text = stdout(&out);
     assert!(
         text.starts_with(
-            "ID     FUNCTION:VERSION  RUNTIME     STATE   VCPU  MEMORY   INFLIGHT/MAX  AGE"
+            "ID      FUNCTION:VERSION  RUNTIME     STATE   VCPU  MEMORY   INFLIGHT/MAX  AGE"
         ),
         "{text}"
     );
@@ -609,6 +635,31 @@ async fn list_get_delete_host() {
     assert!(stdout(&out).contains("state:             TERMINATED"));
     assert_eq!(h.agent.deleted.lock().unwrap()[0].grace_period_seconds, 30);
 
+    // A unique prefix stands for the whole id; an ambiguous one lists the matches.
+    let out = lmictl(&h, &["delete", "ab"], b"").await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(h.agent.deleted.lock().unwrap()[1].id, "ab12cd");
+    let out = lmictl(&h, &["get", "env-"], b"").await;
+    assert_eq!(out.code, 3);
+    assert!(
+        out.stderr.starts_with(
+            "error: environment id prefix `env-` matches 2 environments; give more of the id:\n  env-1  orders:$LATEST  READY\n  env-2"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(h.agent.deleted.lock().unwrap().len(), 2);
+
+    // Every environment of a function.
+    let out = lmictl(&h, &["delete", "--function", "orders", "--grace", "1"], b"").await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(stdout(&out).starts_with("ID "), "a table: {}", stdout(&out));
+    let deleted = h.agent.deleted.lock().unwrap().clone();
+    assert_eq!(
+        (deleted[2].id.as_str(), deleted[2].grace_period_seconds),
+        ("env-1", 1)
+    );
+
     let out = lmictl(&h, &["host"], b"").await;
     assert_eq!(out.code, 0);
     assert!(stdout(&out).contains("vcpus:         total 8, allocatable 7, allocated 2 (5 free)"));
@@ -624,7 +675,44 @@ async fn logs_prints_each_record_on_its_own_line() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(
         stdout(&out),
-        "{\"n\":1}\n{\"n\":2}\n{\"n\":3,\"follow\":true}\n"
+        "2023-11-14T22:13:21.000Z INFO  r-1 line 1 follow=true\n\
+         2023-11-14T22:13:22.000Z INFO  r-2 line 2 follow=true\n\
+         2023-11-14T22:13:23.000Z INFO  r-3 line 3 follow=true\n"
+    );
+    let out = lmictl(&h, &["logs", "chatty", "--json"], b"").await;
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[2]["message"], "line 3 follow=false");
+
+    // --since, --tail and --environment (a prefix) choose records.
+    let out = lmictl(
+        &h,
+        &["logs", "chatty", "--since", "2023-11-14T22:13:22Z"],
+        b"",
+    )
+    .await;
+    assert_eq!(stdout(&out).lines().count(), 2, "{}", stdout(&out));
+    let out = lmictl(&h, &["logs", "chatty", "--tail", "1"], b"").await;
+    assert_eq!(
+        stdout(&out),
+        "2023-11-14T22:13:23.000Z INFO  r-3 line 3 follow=false\n"
+    );
+    let out = lmictl(&h, &["logs", "chatty", "--environment", "ab"], b"").await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        stdout(&out),
+        "2023-11-14T22:13:22.000Z INFO  r-2 line 2 follow=false\n"
+    );
+    // --tail with --follow: the last records written, then the followed stream's new ones (none here: the
+    // fake's followed stream holds the same three).
+    let out = lmictl(&h, &["logs", "chatty", "--tail", "2", "--follow"], b"").await;
+    assert_eq!(
+        stdout(&out),
+        "2023-11-14T22:13:22.000Z INFO  r-2 line 2 follow=false\n\
+         2023-11-14T22:13:23.000Z INFO  r-3 line 3 follow=false\n"
     );
     let out = lmictl(&h, &["logs", "quiet"], b"").await;
     assert_eq!(out.code, 3);
