@@ -41,6 +41,7 @@ impl Follower {
                 "logs",
                 function,
                 "--follow",
+                "--json",
             ])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -103,7 +104,13 @@ fn follow_until_end(socket: &Path, function: &str, env_id: &str) -> Vec<Value> {
 /// `lmictl logs FUNCTION` (no follow): every record in the files.
 fn read_all(socket: &Path, function: &str) -> Vec<Value> {
     let out = Command::new(LMICTL_BIN)
-        .args(["--socket", &socket.display().to_string(), "logs", function])
+        .args([
+            "--socket",
+            &socket.display().to_string(),
+            "logs",
+            function,
+            "--json",
+        ])
         .output()
         .unwrap();
     assert!(

@@ -1057,6 +1057,7 @@ pub fn follow_logs(
             "logs",
             function,
             "--follow",
+            "--json",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
