@@ -179,13 +179,37 @@ fn probe(entry: &RuntimeEntry, shims_dir: Option<&Path>) -> Availability {
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
+        .stderr(Stdio::piped())
+        .output()
     {
-        Ok(s) if s.success() => Availability::Available,
-        Ok(s) => Availability::Unavailable(format!("probe `{}` failed: {s}", probe.join(" "))),
+        Ok(out) if out.status.success() => Availability::Available,
+        Ok(out) => {
+            // The probe's own explanation ("no Java 21 installation found") says more than its exit status.
+            let why = first_line(&out.stderr)
+                .map(|l| format!(": {l}"))
+                .unwrap_or_default();
+            Availability::Unavailable(format!(
+                "probe `{}` failed ({}){why}",
+                probe.join(" "),
+                out.status
+            ))
+        }
         Err(e) => Availability::Unavailable(format!("probe `{}` failed: {e}", probe.join(" "))),
     }
+}
+
+/// The longest probe message kept, in characters.
+const MAX_PROBE_MESSAGE: usize = 300;
+
+/// The first non-blank line of a probe's stderr, trimmed and cut to [`MAX_PROBE_MESSAGE`] characters.
+fn first_line(stderr: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(stderr);
+    let line = text.lines().map(str::trim).find(|l| !l.is_empty())?;
+    let mut kept: String = line.chars().take(MAX_PROBE_MESSAGE).collect();
+    if kept.len() < line.len() {
+        kept.push('…');
+    }
+    Some(kept)
 }
 
 /// Looks a program up in `PATH` (a path with a slash is taken as is).
@@ -268,6 +292,30 @@ default_concurrency_per_vcpu = 4
         assert!(
             matches!(c.get("sh").unwrap().1, Availability::Unavailable(m) if m.contains("exit status: 3"))
         );
+    }
+
+    #[test]
+    fn failing_probe_says_its_first_stderr_line() {
+        let c = Catalog::parse(
+            r#"[[runtime]]
+id = "java21"
+command = ["sh"]
+probe = ["sh", "-c", "echo noise on stdout; printf '\\n  no Java 21 installation found  \\nsecond line\\n' >&2; exit 1"]
+default_concurrency_per_vcpu = 4
+"#,
+            "test",
+        )
+        .unwrap();
+        let Availability::Unavailable(m) = &c.get("java21").unwrap().1 else {
+            panic!("available")
+        };
+        assert!(
+            m.ends_with("failed (exit status: 1): no Java 21 installation found"),
+            "{m}"
+        );
+        assert_eq!(first_line(b"  \n\n"), None);
+        let long = first_line("é".repeat(400).as_bytes()).unwrap();
+        assert_eq!(long.chars().count(), MAX_PROBE_MESSAGE + 1);
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub enum CodeError {
     BadZip(String),
     #[error("spec.code.directory: {0} must be readable and searchable by others (mode o+rx, and its files o+r): functions run as an unprivileged user of their own")]
     NotReadable(PathBuf),
+    #[error("spec.code.directory: {path} is not readable by others (mode {mode:04o}; a directory needs o+rx, a file o+r): functions run as an unprivileged user of their own (chmod -R o+rX the code)")]
+    EntryNotReadable { path: PathBuf, mode: u32 },
     #[error("staging code in {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
 }
@@ -96,10 +98,48 @@ pub fn stage(
             if mode & 0o005 != 0o005 {
                 return Err(CodeError::NotReadable(d.clone()));
             }
+            check_readable_by_others(d)?;
             Ok(d.clone())
         }
         CodeSource::Zip { path, sha256 } => stage_zip(path, sha256.as_deref(), code_root, limits),
     }
+}
+
+/// The most entries of a code directory [`check_readable_by_others`] looks at (a larger tree is checked that
+/// far: the check is a courtesy, so a mistake is reported at create rather than inside the runtime).
+const MAX_CHECKED_ENTRIES: usize = 100_000;
+
+/// Fails on the first file of `dir` (recursively, links not followed) that the function's own user could
+/// not read: a regular file without o+r, a directory without o+rx.
+fn check_readable_by_others(dir: &Path) -> Result<(), CodeError> {
+    let mut pending = vec![dir.to_path_buf()];
+    let mut seen = 0usize;
+    while let Some(d) = pending.pop() {
+        for entry in fs::read_dir(&d).map_err(io_err(&d))? {
+            let entry = entry.map_err(io_err(&d))?;
+            seen += 1;
+            if seen > MAX_CHECKED_ENTRIES {
+                return Ok(());
+            }
+            let path = entry.path();
+            let meta = fs::symlink_metadata(&path).map_err(io_err(&path))?;
+            let mode = meta.permissions().mode() & 0o7777;
+            let needed = if meta.is_dir() {
+                0o005
+            } else if meta.is_file() {
+                0o004
+            } else {
+                continue;
+            };
+            if mode & needed != needed {
+                return Err(CodeError::EntryNotReadable { path, mode });
+            }
+            if meta.is_dir() {
+                pending.push(path);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Removes the unpack directories a previous life of the agent left in `code_root` (it stopped mid-unpack).
@@ -784,6 +824,47 @@ mod tests {
             )),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_file_others_cannot_read_is_refused_by_name() {
+        let t = tempfile::tempdir().unwrap();
+        fs::set_permissions(t.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let sub = t.path().join("pkg");
+        fs::create_dir(&sub).unwrap();
+        fs::write(t.path().join("app.py"), b"x = 1").unwrap();
+        fs::set_permissions(t.path().join("app.py"), fs::Permissions::from_mode(0o644)).unwrap();
+        let secret = sub.join("secret.py");
+        fs::write(&secret, b"y = 2").unwrap();
+        fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+        let run = || {
+            stage(
+                &CodeSource::Directory(t.path().to_owned()),
+                Path::new("/nonexistent"),
+                &LIMITS,
+            )
+        };
+        let e = run().unwrap_err();
+        assert!(e.is_invalid_input());
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "spec.code.directory: {} is not readable by others (mode 0600; a directory needs o+rx, a file o+r): functions run as an unprivileged user of their own (chmod -R o+rX the code)",
+                secret.display()
+            )
+        );
+        fs::set_permissions(&secret, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::set_permissions(&sub, fs::Permissions::from_mode(0o750)).unwrap();
+        let e = run().unwrap_err();
+        assert!(
+            e.to_string().contains(&format!(
+                "{} is not readable by others (mode 0750",
+                sub.display()
+            )),
+            "{e}"
+        );
+        fs::set_permissions(&sub, fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(run().unwrap(), t.path());
     }
 
     #[test]
