@@ -8,6 +8,13 @@
 //! A slot is held from admission until the runtime answers (even after the caller's deadline, since the code is
 //! still running), until a queued invoke is dropped undelivered, or until the environment dies.
 //!
+//! A caller that can take a streamed answer submits with [`Broker::submit_streaming`]: when the runtime
+//! streams (`Lambda-Runtime-Function-Response-Mode: streaming`), the Runtime API opens a [`ResponseStream`]
+//! to it ([`Broker::open_stream`]) and passes the chunks on through a channel of [`STREAM_CHUNKS`] chunks as
+//! they arrive: a caller that reads slowly stops the Runtime API reading the runtime's connection, and nothing
+//! holds the whole answer. The slot stays held until the stream ends, and the stream ends with exactly one
+//! [`Piece::End`]. Any other answer reaches such a caller whole ([`Answered::Whole`]).
+//!
 //! An optional [`InvokeObserver`] (the function log's platform records) learns when each invoke is delivered
 //! and, exactly once, when it ends for its caller.
 
@@ -20,9 +27,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::sync::{oneshot, watch, Notify};
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::invocation::{ErrorInfo, Event, Outcome};
+
+/// Chunks of a streamed answer that may wait for its caller: past them the Runtime API stops reading the
+/// runtime's connection (each chunk is one body frame, at most hyper's read buffer).
+pub const STREAM_CHUNKS: usize = 16;
 
 /// How many timed-out request ids are remembered to answer a late `/response` with 410 instead of 400.
 const EXPIRED_MEMORY: usize = 4096;
@@ -113,12 +125,62 @@ pub enum Answer {
     TooLate,
 }
 
+/// What a caller that can take a stream receives first.
+#[derive(Debug)]
+pub enum Answered {
+    /// The whole outcome (the runtime did not stream, or the invoke ended before it began to).
+    Whole(Outcome),
+    /// The runtime is streaming its answer: chunks, then the outcome.
+    Stream(ResponseStream),
+}
+
+/// One piece of a streamed answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    /// The next bytes of the answer.
+    Chunk(Bytes),
+    /// The end, always last and exactly once. A success's payload is empty: the chunks carried it.
+    End(Outcome),
+}
+
+/// What the broker sends a waiting caller.
+#[derive(Debug)]
+enum Delivery {
+    Whole(Outcome),
+    Stream {
+        content_type: String,
+        chunks: mpsc::Receiver<Bytes>,
+        end: oneshot::Receiver<Outcome>,
+    },
+}
+
+/// Where the outcome of an invoke goes.
+#[derive(Debug)]
+enum ReplyTo {
+    /// The caller waits for its [`Delivery`].
+    Waiting(oneshot::Sender<Delivery>),
+    /// The caller reads a stream; the outcome ends it.
+    Streaming(oneshot::Sender<Outcome>),
+}
+
+impl ReplyTo {
+    /// Sends the outcome; false when the caller has gone.
+    fn send(self, outcome: Outcome) -> bool {
+        match self {
+            ReplyTo::Waiting(tx) => tx.send(Delivery::Whole(outcome)).is_ok(),
+            ReplyTo::Streaming(tx) => tx.send(outcome).is_ok(),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Entry {
     /// The event until a `/next` takes it; dropping the entry frees the payload.
     event: Option<Event>,
     /// None once the caller has stopped waiting (deadline passed): the runtime still holds the invoke.
-    reply: Option<oneshot::Sender<Outcome>>,
+    reply: Option<ReplyTo>,
+    /// The caller takes a streamed answer as a stream.
+    accepts_stream: bool,
     /// A `/response` or `/error` for this id is being read: a second one is refused at once.
     answering: bool,
     /// The invoke's deadline on the monotonic clock, kept after delivery: an answer's body is read until then.
@@ -185,7 +247,23 @@ pub struct Broker {
 pub struct Pending {
     broker: Arc<Broker>,
     id: Arc<str>,
-    rx: Option<oneshot::Receiver<Outcome>>,
+    rx: Option<oneshot::Receiver<Delivery>>,
+}
+
+/// A streamed answer as its caller reads it ([`ResponseStream::next`]). Dropping it before its end cancels
+/// the invoke: the Runtime API stops passing chunks on and frees the slot.
+#[derive(Debug)]
+pub struct ResponseStream {
+    broker: Arc<Broker>,
+    id: Arc<str>,
+    content_type: String,
+    chunks: mpsc::Receiver<Bytes>,
+    chunks_open: bool,
+    end: oneshot::Receiver<Outcome>,
+    /// The caller's deadline and its timeout (for the message).
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+    ended: bool,
 }
 
 impl Broker {
@@ -272,6 +350,16 @@ impl Broker {
 
     /// Admits and queues an invoke, or gives the event back with the reason.
     pub fn submit(self: &Arc<Self>, event: Event) -> Result<Pending, Refusal> {
+        self.admit(event, false)
+    }
+
+    /// As [`Broker::submit`], for a caller that reads a streamed answer as a stream
+    /// ([`Pending::wait_streamed`]).
+    pub fn submit_streaming(self: &Arc<Self>, event: Event) -> Result<Pending, Refusal> {
+        self.admit(event, true)
+    }
+
+    fn admit(self: &Arc<Self>, event: Event, accepts_stream: bool) -> Result<Pending, Refusal> {
         if !self.try_acquire() {
             return Err(Refusal::new(Rejected::Full, event));
         }
@@ -296,7 +384,8 @@ impl Broker {
                 id.clone(),
                 Entry {
                     event: Some(event),
-                    reply: Some(tx),
+                    reply: Some(ReplyTo::Waiting(tx)),
+                    accepts_stream,
                     answering: false,
                     deadline,
                     started: None,
@@ -364,6 +453,36 @@ impl Broker {
             Some(_) => Answer::Unknown,
             None if expired => Answer::TooLate,
             None => Answer::Unknown,
+        }
+    }
+
+    /// Opens the stream of a claimed invoke whose caller takes streams: the caller gets a [`ResponseStream`]
+    /// and the returned sender carries its chunks (a send fails once the caller has gone). The outcome still
+    /// comes through [`Broker::answer`], after the last chunk. None when the caller does not take streams or
+    /// is gone: the answer is then gathered as usual.
+    pub fn open_stream(&self, id: &str, content_type: &str) -> Option<mpsc::Sender<Bytes>> {
+        let mut t = self.table();
+        let entry = t.entries.get_mut(id)?;
+        if !entry.accepts_stream || !entry.delivered() {
+            return None;
+        }
+        let Some(ReplyTo::Waiting(waiter)) = entry.reply.take() else {
+            return None;
+        };
+        let (chunk_tx, chunk_rx) = mpsc::channel(STREAM_CHUNKS);
+        let (end_tx, end_rx) = oneshot::channel();
+        let stream = Delivery::Stream {
+            content_type: content_type.to_owned(),
+            chunks: chunk_rx,
+            end: end_rx,
+        };
+        match waiter.send(stream) {
+            Ok(()) => {
+                entry.reply = Some(ReplyTo::Streaming(end_tx));
+                Some(chunk_tx)
+            }
+            // The caller went between the claim and now: its drop is expiring the invoke.
+            Err(_) => None,
         }
     }
 
@@ -469,7 +588,7 @@ impl Broker {
                 let info = failure.cloned().unwrap_or_else(|| {
                     ErrorInfo::new("Runtime.ExitError", "the execution environment stopped")
                 });
-                if reply.send(Outcome::RuntimeFailure(info)).is_ok() {
+                if reply.send(Outcome::RuntimeFailure(info)) {
                     told += 1;
                 }
             }
@@ -512,33 +631,149 @@ impl Pending {
 
     /// Waits for the outcome; after `timeout` the caller gets `Sandbox.Timedout` (the code is not stopped).
     /// If this future is dropped before it finishes, the invoke is abandoned: dropped if still queued.
-    pub async fn wait(mut self, timeout: Duration) -> Outcome {
+    pub async fn wait(self, timeout: Duration) -> Outcome {
+        match self.wait_streamed(timeout).await {
+            Answered::Whole(outcome) => outcome,
+            // Only a caller that submitted with `submit_streaming` is sent a stream.
+            Answered::Stream(stream) => stream.gather().await,
+        }
+    }
+
+    /// Waits for the answer: whole, or the stream the runtime began (for an invoke submitted with
+    /// [`Broker::submit_streaming`]). The stream's end comes by the same deadline, `timeout` from now.
+    pub async fn wait_streamed(mut self, timeout: Duration) -> Answered {
+        let deadline = tokio::time::Instant::now() + timeout;
         let Some(rx) = self.rx.as_mut() else {
-            return Outcome::RuntimeFailure(ErrorInfo::new(
+            return Answered::Whole(Outcome::RuntimeFailure(ErrorInfo::new(
                 "Runtime.Unknown",
                 "invoke already awaited",
-            ));
+            )));
         };
-        let first = tokio::time::timeout(timeout, &mut *rx).await;
-        let outcome = match first {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => Outcome::RuntimeFailure(ErrorInfo::new(
+        let first = tokio::time::timeout_at(deadline, &mut *rx).await;
+        let delivery = match first {
+            Ok(Ok(delivery)) => delivery,
+            Ok(Err(_)) => Delivery::Whole(Outcome::RuntimeFailure(ErrorInfo::new(
                 "Runtime.Unknown",
                 "the execution environment dropped the invoke",
-            )),
+            ))),
             Err(_) => {
                 if self.broker.expire(&self.id, true) {
-                    Outcome::Timeout(ErrorInfo::timed_out(timeout))
+                    Delivery::Whole(Outcome::Timeout(ErrorInfo::timed_out(timeout)))
                 } else {
                     // The answer raced the deadline and won: it is in the channel.
-                    rx.try_recv()
-                        .unwrap_or_else(|_| Outcome::Timeout(ErrorInfo::timed_out(timeout)))
+                    rx.try_recv().unwrap_or_else(|_| {
+                        Delivery::Whole(Outcome::Timeout(ErrorInfo::timed_out(timeout)))
+                    })
                 }
             }
         };
-        // Settled: nothing left for Drop to abandon.
+        // Settled (or handed to the stream, which abandons the invoke if dropped early): nothing left for
+        // Drop to abandon.
         self.rx = None;
-        outcome
+        match delivery {
+            Delivery::Whole(outcome) => Answered::Whole(outcome),
+            Delivery::Stream {
+                content_type,
+                chunks,
+                end,
+            } => Answered::Stream(ResponseStream {
+                broker: self.broker.clone(),
+                id: self.id.clone(),
+                content_type,
+                chunks,
+                chunks_open: true,
+                end,
+                deadline,
+                timeout,
+                ended: false,
+            }),
+        }
+    }
+}
+
+impl ResponseStream {
+    /// The request id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The answer's content type, as the runtime declared it.
+    pub fn content_type(&self) -> &str {
+        &self.content_type
+    }
+
+    /// The next piece: chunks in the runtime's order, then one [`Piece::End`]; None after the end. Past the
+    /// invoke's deadline the end is `Sandbox.Timedout` (chunks already waiting are still passed on first).
+    pub async fn next(&mut self) -> Option<Piece> {
+        if self.ended {
+            return None;
+        }
+        let read = async {
+            loop {
+                tokio::select! {
+                    biased;
+                    chunk = self.chunks.recv(), if self.chunks_open => match chunk {
+                        Some(bytes) => return Piece::Chunk(bytes),
+                        None => self.chunks_open = false,
+                    },
+                    outcome = &mut self.end => {
+                        return Piece::End(outcome.unwrap_or_else(|_| {
+                            Outcome::RuntimeFailure(ErrorInfo::new(
+                                "Runtime.Unknown",
+                                "the execution environment dropped the invoke",
+                            ))
+                        }))
+                    }
+                }
+            }
+        };
+        let piece = match tokio::time::timeout_at(self.deadline, read).await {
+            Ok(piece) => piece,
+            Err(_) => {
+                let timed_out = Outcome::Timeout(ErrorInfo::timed_out(self.timeout));
+                if self.broker.expire(&self.id, true) {
+                    Piece::End(timed_out)
+                } else {
+                    // The end raced the deadline and won.
+                    Piece::End(self.end.try_recv().unwrap_or(timed_out))
+                }
+            }
+        };
+        if matches!(piece, Piece::End(_)) {
+            self.ended = true;
+            // Chunks sent after the end (none, but a late sender must not block) are refused from now.
+            self.chunks.close();
+        }
+        Some(piece)
+    }
+
+    /// The whole answer, its chunks gathered into a success's payload.
+    pub async fn gather(mut self) -> Outcome {
+        let mut payload = bytes::BytesMut::new();
+        while let Some(piece) = self.next().await {
+            match piece {
+                Piece::Chunk(bytes) => payload.extend_from_slice(&bytes),
+                Piece::End(Outcome::Success { content_type, .. }) => {
+                    return Outcome::Success {
+                        payload: payload.freeze(),
+                        content_type,
+                    }
+                }
+                Piece::End(other) => return other,
+            }
+        }
+        Outcome::RuntimeFailure(ErrorInfo::new("Runtime.Unknown", "the stream ended twice"))
+    }
+}
+
+impl Drop for ResponseStream {
+    fn drop(&mut self) {
+        // Dropped before its end: the caller went away. Its chunks are refused from now on, which tells the
+        // Runtime API to stop reading the runtime and free the slot.
+        if !self.ended {
+            self.chunks.close();
+            self.broker.expire(&self.id, false);
+        }
     }
 }
 

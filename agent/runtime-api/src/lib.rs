@@ -340,6 +340,11 @@ impl RuntimeApi {
             .unwrap_or("application/json")
             .to_owned();
         let until = self.broker.deadline(id).map(body_deadline);
+        if streaming {
+            if let Some(chunks) = self.broker.open_stream(id, &content_type) {
+                return self.pass_stream(id, req, chunks, content_type, until).await;
+            }
+        }
         let outcome = match read_body(req, limit, until).await {
             Err(BodyError::TooLarge(unread)) => {
                 self.broker.answer(
@@ -385,6 +390,76 @@ impl RuntimeApi {
                     content_type,
                 },
             },
+        };
+        (self.answer_response(self.broker.answer(id, outcome)), None)
+    }
+
+    /// Passes a streamed answer's chunks to its caller as they arrive (see the broker's module documentation),
+    /// then ends the invoke with the outcome its trailers declare. The 20 MiB limit, a broken connection and
+    /// a stall end it as they end a gathered answer; a caller that goes away ends the reading at once and
+    /// frees the slot (the rest of the body is dropped).
+    async fn pass_stream(
+        &self,
+        id: &str,
+        req: Request<Incoming>,
+        chunks: tokio::sync::mpsc::Sender<Bytes>,
+        content_type: String,
+        until: Option<tokio::time::Instant>,
+    ) -> Handled {
+        let limit = self.max_streamed;
+        let passed = match until {
+            Some(t) => tokio::time::timeout_at(t, pass_chunks(req.into_body(), chunks, limit))
+                .await
+                .unwrap_or(Passed::Stalled),
+            None => pass_chunks(req.into_body(), chunks, limit).await,
+        };
+        let outcome = match passed {
+            Passed::Ended(trailers) => match trailers.as_ref().and_then(stream_error) {
+                Some(err) => Outcome::FunctionError(err),
+                None => Outcome::Success {
+                    payload: Bytes::new(),
+                    content_type,
+                },
+            },
+            Passed::TooLarge(unread) => {
+                self.broker.answer(
+                    id,
+                    Outcome::FunctionError(ErrorInfo::new(
+                        "Function.ResponseSizeTooLarge",
+                        format!("Response payload size exceeded maximum allowed payload size ({limit} bytes)."),
+                    )),
+                );
+                tracing::debug!(
+                    request_id = id,
+                    limit,
+                    "streamed answer over the size limit"
+                );
+                return (
+                    self.settled_status(error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "RequestEntityTooLarge",
+                        &format!("response payload exceeds {limit} bytes"),
+                    )),
+                    Some(unread),
+                );
+            }
+            Passed::Io(e) => Outcome::FunctionError(ErrorInfo::new(
+                "Runtime.TruncatedResponse",
+                format!("the runtime's response body was cut off: {e}"),
+            )),
+            Passed::Stalled => return (self.stalled(id), None),
+            Passed::CallerGone(unread) => {
+                // The caller's outcome (cancelled or timed out) is settled; the slot is freed now, and the
+                // runtime is told once the rest of its body is dropped (or its connection closed).
+                self.broker.settle_late(id);
+                tracing::debug!(request_id = id, "streamed answer: the caller went away");
+                let gone = error(
+                    StatusCode::GONE,
+                    "CallerGone",
+                    "the caller stopped reading the streamed response",
+                );
+                return (self.settled_status(gone), Some(unread));
+            }
         };
         (self.answer_response(self.broker.answer(id, outcome)), None)
     }
@@ -652,6 +727,63 @@ async fn read_body_unbounded(
         (None, None) => Bytes::new(),
     };
     Ok((body, trailers))
+}
+
+/// How passing a streamed body on ended.
+#[derive(Debug)]
+enum Passed {
+    /// The body ended, with these trailers.
+    Ended(Option<HeaderMap>),
+    /// The body passed the limit; the rest is unread.
+    TooLarge(Unread),
+    Io(hyper::Error),
+    /// The caller stopped reading (went away or timed out); the rest is unread.
+    CallerGone(Unread),
+    /// The deadline passed first.
+    Stalled,
+}
+
+/// Sends each data frame of `body` to `chunks`, waiting while the channel is full (so that hyper stops
+/// reading the connection and TCP flow control reaches the runtime), up to `limit` bytes in all.
+async fn pass_chunks(
+    mut body: Incoming,
+    chunks: tokio::sync::mpsc::Sender<Bytes>,
+    limit: usize,
+) -> Passed {
+    let mut len = 0usize;
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(e) => return Passed::Io(e),
+        };
+        match frame.into_data() {
+            Ok(data) => {
+                len = len.saturating_add(data.len());
+                if len > limit {
+                    return Passed::TooLarge(Unread {
+                        body,
+                        read: len as u64,
+                    });
+                }
+                if data.is_empty() {
+                    continue;
+                }
+                if chunks.send(data).await.is_err() {
+                    return Passed::CallerGone(Unread {
+                        body,
+                        read: len as u64,
+                    });
+                }
+            }
+            Err(frame) => {
+                if let Ok(t) = frame.into_trailers() {
+                    trailers = Some(t);
+                }
+            }
+        }
+    }
+    Passed::Ended(trailers)
 }
 
 /// The error a streamed response declared in its trailers, if any.

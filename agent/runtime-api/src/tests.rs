@@ -1070,3 +1070,5 @@ async fn an_answer_cut_off_by_a_closed_connection_ends_the_invoke_and_frees_its_
     let mut fresh = RawConn::open(h.addr).await;
     assert_still_serves(&h, &mut fresh).await;
 }
+
+mod streaming;
