@@ -20,6 +20,7 @@ mod driver;
 mod error;
 mod fsutil;
 mod kill;
+mod lifecycle;
 mod limits;
 mod mounts;
 mod names;

@@ -1,20 +1,16 @@
 //! The cgroup v1 (legacy / hybrid) driver: one directory per managed hierarchy.
 
-use std::io;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use super::driver::{CgroupDriver, CgroupVersion, EnvironmentCgroup};
 use super::error::CgroupError;
 use super::fsutil;
 use super::kill::{self, Freezer, KillPlan, KILL_TIMEOUT};
+use super::lifecycle;
 use super::limits::CgroupLimits;
 use super::mounts::{Hierarchy, V1Mounts};
 use super::names::validate_name;
 use super::placement::Placement;
-
-/// How long `rmdir` retries `EBUSY`.
-const RMDIR_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Values at or above this in `memory.limit_in_bytes` mean "unlimited"
 /// (the kernel reports `PAGE_COUNTER_MAX * PAGE_SIZE`, just under `i64::MAX`).
@@ -135,57 +131,20 @@ impl CgroupDriver for V1Driver {
         validate_name(name)?;
         limits.validate()?;
         let mut cg = self.handle(name);
-        let mut created: Vec<PathBuf> = Vec::new();
-        let mut existed = false;
-        let mut failure = None;
-        cg.dirs
-            .retain(|(roles, dir)| match std::fs::create_dir(dir) {
-                Ok(()) => {
-                    created.push(dir.clone());
-                    true
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    existed = true;
-                    true
-                }
-                Err(source) => {
-                    let err = CgroupError::Create {
-                        path: dir.clone(),
-                        source,
-                    };
-                    if roles.iter().all(|r| r.optional()) {
-                        tracing::warn!(error = %err, "optional hierarchy skipped for this cgroup");
-                    } else if failure.is_none() {
-                        failure = Some(err);
-                    }
-                    false
-                }
-            });
-        let result = match failure {
-            Some(e) => Err(e),
-            None => {
-                if existed {
-                    tracing::warn!(cgroup = %cg.path, "cgroup already exists; emptying and reusing it");
-                }
-                (if existed { cg.kill_all() } else { Ok(()) })
-                    .and_then(|()| cg.write_limits(limits))
-            }
-        };
-        if let Err(e) = result {
-            for dir in created.iter().rev() {
-                let _ = fsutil::rmdir_tree(dir, RMDIR_TIMEOUT);
-            }
-            return Err(e);
-        }
+        let made = lifecycle::make_dirs(
+            cg.dirs
+                .iter()
+                .map(|(roles, dir)| (dir.as_path(), roles.iter().all(|r| r.optional()))),
+        )?;
+        cg.dirs.retain(|(_, dir)| !made.skipped.contains(dir));
+        made.finish_create(&cg, || cg.write_limits(limits))?;
         tracing::debug!(cgroup = %cg.path, ?limits, "created environment cgroup");
         Ok(Box::new(cg))
     }
 
     fn open(&self, name: &str) -> Result<Option<Box<dyn EnvironmentCgroup>>, CgroupError> {
         validate_name(name)?;
-        let cg = self.handle(name);
-        let exists = cg.dirs.iter().any(|(_, d)| d.is_dir());
-        Ok(exists.then(|| Box::new(cg) as Box<dyn EnvironmentCgroup>))
+        Ok(lifecycle::open_existing(self.handle(name)))
     }
 
     fn children(&self) -> Result<Vec<String>, CgroupError> {
@@ -199,17 +158,11 @@ impl CgroupDriver for V1Driver {
     }
 
     fn remove_parent(&self) -> Result<(), CgroupError> {
-        let children = self.children()?;
-        if !children.is_empty() {
-            return Err(CgroupError::ParentNotEmpty {
-                path: self.parent_path.clone(),
-                children,
-            });
-        }
-        for m in &self.managed {
-            fsutil::rmdir_tree(&m.parent_dir, RMDIR_TIMEOUT)?;
-        }
-        Ok(())
+        lifecycle::remove_parent(
+            &self.parent_path,
+            self.children()?,
+            self.managed.iter().map(|m| m.parent_dir.as_path()),
+        )
     }
 }
 
@@ -396,18 +349,7 @@ impl EnvironmentCgroup for V1Cgroup {
     }
 
     fn remove(&self) -> Result<(), CgroupError> {
-        self.kill_all()?;
-        let mut first_err = None;
-        for (_, dir) in self.dirs.iter().rev() {
-            if let Err(e) = fsutil::rmdir_tree(dir, RMDIR_TIMEOUT) {
-                first_err.get_or_insert(e);
-            }
-        }
-        // After the rmdir: a reading in between cannot open them again.
-        if let Some(files) = self.usage.get() {
-            files.close();
-        }
-        first_err.map_or(Ok(()), Err)
+        lifecycle::remove(self, &self.usage)
     }
 }
 

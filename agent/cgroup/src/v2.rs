@@ -6,15 +6,13 @@ use super::driver::{CgroupDriver, CgroupVersion, EnvironmentCgroup};
 use super::error::CgroupError;
 use super::fsutil;
 use super::kill::{self, Freezer, KillPlan, KILL_TIMEOUT};
+use super::lifecycle;
 use super::limits::CgroupLimits;
 use super::names::validate_name;
 use super::placement::Placement;
 use super::v2_delegation::{
     enable_controllers_down, supervisor_leaf_name, Delegation, WriteFn, REQUIRED_CONTROLLERS,
 };
-
-/// How long `rmdir` retries `EBUSY`.
-const RMDIR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Tuning for [`V2Driver`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -184,37 +182,15 @@ impl CgroupDriver for V2Driver {
         validate_name(name)?;
         limits.validate()?;
         let cg = self.handle(name);
-        let created = match std::fs::create_dir(&cg.dir) {
-            Ok(()) => true,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                tracing::warn!(cgroup = %cg.path, "cgroup already exists; emptying and reusing it");
-                cg.kill_all()?;
-                false
-            }
-            Err(source) => {
-                return Err(CgroupError::Create {
-                    path: cg.dir,
-                    source,
-                })
-            }
-        };
-        if let Err(e) = self.write_limits(&cg.dir, limits) {
-            if created {
-                let _ = fsutil::rmdir_tree(&cg.dir, RMDIR_TIMEOUT);
-            }
-            return Err(e);
-        }
+        lifecycle::make_dirs([(cg.dir.as_path(), false)])?
+            .finish_create(&cg, || self.write_limits(&cg.dir, limits))?;
         tracing::debug!(cgroup = %cg.path, ?limits, "created environment cgroup");
         Ok(Box::new(cg))
     }
 
     fn open(&self, name: &str) -> Result<Option<Box<dyn EnvironmentCgroup>>, CgroupError> {
         validate_name(name)?;
-        let cg = self.handle(name);
-        Ok(cg
-            .dir
-            .is_dir()
-            .then(|| Box::new(cg) as Box<dyn EnvironmentCgroup>))
+        Ok(lifecycle::open_existing(self.handle(name)))
     }
 
     fn children(&self) -> Result<Vec<String>, CgroupError> {
@@ -222,14 +198,11 @@ impl CgroupDriver for V2Driver {
     }
 
     fn remove_parent(&self) -> Result<(), CgroupError> {
-        let children = self.children()?;
-        if !children.is_empty() {
-            return Err(CgroupError::ParentNotEmpty {
-                path: self.parent_path.clone(),
-                children,
-            });
-        }
-        fsutil::rmdir_tree(&self.parent_dir, RMDIR_TIMEOUT)
+        lifecycle::remove_parent(
+            &self.parent_path,
+            self.children()?,
+            [self.parent_dir.as_path()],
+        )
     }
 }
 
@@ -312,13 +285,7 @@ impl EnvironmentCgroup for V2Cgroup {
     }
 
     fn remove(&self) -> Result<(), CgroupError> {
-        self.kill_all()?;
-        let removed = fsutil::rmdir_tree(&self.dir, RMDIR_TIMEOUT);
-        // After the rmdir: a reading in between cannot open them again.
-        if let Some(files) = self.usage.get() {
-            files.close();
-        }
-        removed
+        lifecycle::remove(self, &self.usage)
     }
 }
 
