@@ -169,4 +169,19 @@ fi
 # with Maven into $LMI_TEST_TOOLS/java-ric and compiles the handlers (cached by a hash of its sources).
 have mvn || apt_install maven
 LMI_TEST_TOOLS="$LMI_TEST_TOOLS" "$root/tests/fixtures/java-ric/build.sh"
+# promtool (Prometheus's checker) for tests/metrics.rs: the alert rules and the scraped /metrics text. Only the
+# binary, taken from Debian's `prometheus` package (apt-get download + dpkg-deb -x into $LMI_TEST_TOOLS/bin): no
+# server, no service, no dependencies (promtool is a static Go binary). Cached by the package version.
+promtool_ok() { "$LMI_TEST_TOOLS/bin/promtool" --version >/dev/null 2>&1; }
+if ! promtool_ok; then
+  have apt-get || { echo "setup: promtool missing and apt-get is not available" >&2; exit 1; }
+  [ -f /var/lib/apt/lists/.lmi-updated ] || { apt-get update -qq && touch /var/lib/apt/lists/.lmi-updated; }
+  promtool_tmp=$(mktemp -d)
+  (cd "$promtool_tmp" && apt-get download -qq -o APT::Sandbox::User=root prometheus >/dev/null)
+  dpkg-deb -x "$promtool_tmp"/prometheus_*.deb "$promtool_tmp/root"
+  mkdir -p "$LMI_TEST_TOOLS/bin"
+  install -m 755 "$promtool_tmp/root/usr/bin/promtool" "$LMI_TEST_TOOLS/bin/promtool"
+  rm -rf "$promtool_tmp"
+  promtool_ok || { echo "setup: promtool did not install into $LMI_TEST_TOOLS/bin" >&2; exit 1; }
+fi
 echo "setup: ok"
