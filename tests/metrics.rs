@@ -193,7 +193,7 @@ fn parse_exposition(text: &str) -> Result<BTreeMap<String, Family>, String> {
         if !allowed {
             return Err(at(format!("sample outside its family {family_name}")));
         }
-        if family.kind == "counter" && !(value >= 0.0) {
+        if family.kind == "counter" && (value.is_nan() || value < 0.0) {
             return Err(at("negative or NaN counter".into()));
         }
         if !series.insert(format!("{name}{labels:?}")) {
@@ -505,7 +505,7 @@ fn the_alert_rules_pass_promtool_and_their_unit_tests() {
         ["test", "rules", "lmi-agent-alerts.test.yml"],
     ] {
         let out = Command::new(promtool())
-            .args(&args)
+            .args(args)
             .current_dir(monitoring())
             .output()
             .unwrap();

@@ -30,8 +30,11 @@ use lmi_agent_core::wire::report::ReportBuilder;
 
 pub mod process;
 
+/// Reads one reason's count.
+type ThrottleField = fn(&lmi_agent_core::stats::ThrottleCounts) -> u64;
+
 /// The reasons of `lmi_throttles_by_reason_total`, each with its counter.
-const THROTTLE_REASONS: [(&str, fn(&lmi_agent_core::stats::ThrottleCounts) -> u64); 5] = [
+const THROTTLE_REASONS: [(&str, ThrottleField); 5] = [
     ("concurrency", |t| t.concurrency),
     ("cpu", |t| t.cpu),
     ("memory", |t| t.memory),
