@@ -252,7 +252,6 @@ pub struct Pending {
 
 /// A streamed answer as its caller reads it ([`ResponseStream::next`]). Dropping it before its end cancels
 /// the invoke: the Runtime API stops passing chunks on and frees the slot.
-#[derive(Debug)]
 pub struct ResponseStream {
     broker: Arc<Broker>,
     id: Arc<str>,
@@ -264,7 +263,11 @@ pub struct ResponseStream {
     deadline: tokio::time::Instant,
     timeout: Duration,
     ended: bool,
+    on_end: Option<EndHook>,
 }
+
+/// Told the outcome when a [`ResponseStream`] ends (not when it is dropped before its end).
+pub type EndHook = Box<dyn FnOnce(&Outcome) + Send + Sync>;
 
 impl Broker {
     /// A broker admitting at most `max` concurrent invokes.
@@ -686,8 +689,19 @@ impl Pending {
                 deadline,
                 timeout,
                 ended: false,
+                on_end: None,
             }),
         }
+    }
+}
+
+impl std::fmt::Debug for ResponseStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseStream")
+            .field("id", &self.id)
+            .field("content_type", &self.content_type)
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
     }
 }
 
@@ -695,6 +709,11 @@ impl ResponseStream {
     /// The request id.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Sets what is told the outcome when the stream ends.
+    pub fn on_end(&mut self, hook: EndHook) {
+        self.on_end = Some(hook);
     }
 
     /// The answer's content type, as the runtime declared it.
@@ -739,8 +758,11 @@ impl ResponseStream {
                 }
             }
         };
-        if matches!(piece, Piece::End(_)) {
+        if let Piece::End(outcome) = &piece {
             self.ended = true;
+            if let Some(hook) = self.on_end.take() {
+                hook(outcome);
+            }
             // Chunks sent after the end (none, but a late sender must not block) are refused from now.
             self.chunks.close();
         }

@@ -1,15 +1,16 @@
 //! Invokes: checking the request, choosing an environment (least loaded READY, redirect past a saturated
 //! one), and the throttle reason and message when none can take it.
 
-use std::time::Duration;
+use std::{future::Future, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 
 use crate::dispatch::{self, ThrottleReason};
 use crate::environment::State;
 use crate::spec::{self, LATEST};
+use crate::stats::FunctionStats;
 use crate::text::{quote, shown};
-use lmi_runtime_api::broker::Rejected;
+use lmi_runtime_api::broker::{Answered, Pending, Rejected};
 use lmi_runtime_api::invocation::{Event, Outcome};
 use lmi_runtime_api::request_id;
 use lmi_runtime_api::MAX_RESPONSE_BYTES;
@@ -61,9 +62,90 @@ pub struct InvokeResult {
     pub outcome: Outcome,
 }
 
+/// A streaming invoke's answer as its consumer receives it: whole, or the stream the runtime began.
+#[derive(Debug)]
+pub struct StreamedInvoke {
+    pub request_id: String,
+    pub environment_id: String,
+    pub version: String,
+    pub answer: Answered,
+}
+
+/// An invoke admitted by an environment, handed to what waits for it.
+struct Submitted {
+    pending: Pending,
+    timeout: Duration,
+    stats: Arc<FunctionStats>,
+    started: std::time::Instant,
+    request_id: String,
+    environment_id: String,
+    version: String,
+}
+
 impl Agent {
     /// Runs one invoke on the least-loaded READY environment of the function version.
     pub async fn invoke(&self, input: InvokeInput) -> Result<InvokeResult, InvokeError> {
+        self.route(input, false, |s| async move {
+            let outcome = s.pending.wait(s.timeout).await;
+            s.stats.finished(outcome.kind(), s.started.elapsed());
+            InvokeResult {
+                request_id: s.request_id,
+                environment_id: s.environment_id,
+                version: s.version,
+                outcome,
+            }
+        })
+        .await
+    }
+
+    /// Runs one invoke as [`Agent::invoke`] does, for a caller that reads a streamed answer as it comes:
+    /// `consume` gets the answer (whole, or the runtime's stream) and runs while the invoke holds what it
+    /// holds (its slot until the stream ends, a caller-chosen id until `consume` returns).
+    pub async fn invoke_streaming<T, F, Fut>(
+        &self,
+        input: InvokeInput,
+        consume: F,
+    ) -> Result<T, InvokeError>
+    where
+        F: FnOnce(StreamedInvoke) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        self.route(input, true, |s| async move {
+            let answer = match s.pending.wait_streamed(s.timeout).await {
+                Answered::Whole(outcome) => {
+                    s.stats.finished(outcome.kind(), s.started.elapsed());
+                    Answered::Whole(outcome)
+                }
+                Answered::Stream(mut stream) => {
+                    let (stats, started) = (s.stats.clone(), s.started);
+                    stream.on_end(Box::new(move |outcome| {
+                        stats.finished(outcome.kind(), started.elapsed());
+                    }));
+                    Answered::Stream(stream)
+                }
+            };
+            consume(StreamedInvoke {
+                request_id: s.request_id,
+                environment_id: s.environment_id,
+                version: s.version,
+                answer,
+            })
+            .await
+        })
+        .await
+    }
+
+    /// Checks an invoke, chooses its environment and submits it there; `run` waits for it.
+    async fn route<T, F, Fut>(
+        &self,
+        input: InvokeInput,
+        streaming: bool,
+        run: F,
+    ) -> Result<T, InvokeError>
+    where
+        F: FnOnce(Submitted) -> Fut,
+        Fut: Future<Output = T>,
+    {
         if input.payload.len() > MAX_INVOKE_PAYLOAD {
             return Err(InvokeError::Invalid(format!(
                 "payload of {} bytes exceeds the {MAX_INVOKE_PAYLOAD}-byte limit",
@@ -142,20 +224,27 @@ impl Agent {
             let timeout = env.spec.timeout;
             event.function_arn.clone_from(&env.spec.arn);
             event.reset_deadline(timeout);
-            match env.broker.submit(event) {
+            let submitted = if streaming {
+                env.broker.submit_streaming(event)
+            } else {
+                env.broker.submit(event)
+            };
+            match submitted {
                 Ok(pending) => {
                     if let Some(first) = plan.first_choice_saturated {
                         stats.redirected();
                         tracing::debug!(from = %first.id, to = %env.id, request_id = %request_id, "redirected");
                     }
-                    let outcome = pending.wait(timeout).await;
-                    stats.finished(outcome.kind(), started.elapsed());
-                    return Ok(InvokeResult {
+                    return Ok(run(Submitted {
+                        pending,
+                        timeout,
+                        stats,
+                        started,
                         request_id,
                         environment_id: env.id.clone(),
                         version,
-                        outcome,
-                    });
+                    })
+                    .await);
                 }
                 Err(refusal) => match refusal.reason {
                     Rejected::DuplicateId => {

@@ -48,7 +48,7 @@ use lmi_sandbox::Sandbox;
 
 pub use create::{CreateError, CreateRequest};
 pub use host::{RuntimeSpawner, SandboxHost, TmpStorage};
-pub use invoke::{InvokeError, InvokeInput, InvokeResult, MAX_INVOKE_PAYLOAD};
+pub use invoke::{InvokeError, InvokeInput, InvokeResult, StreamedInvoke, MAX_INVOKE_PAYLOAD};
 pub use recover::{Recovery, AGENT_RESTARTED};
 
 #[derive(Debug, Default)]
