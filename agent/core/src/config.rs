@@ -42,22 +42,25 @@ pub enum ConfigError {
         key: &'static str,
         message: String,
     },
-    /// A key that no configuration struct has.
-    #[error("{origin}: unknown key `{key}` (known here: {expected})")]
+    /// A key that no configuration struct has. `at`: where it is in the file (empty, or the line with a
+    /// caret under the key on lines of their own).
+    #[error("{origin}: unknown key `{key}` (known here: {expected}){at}")]
     UnknownKey {
         key: String,
         origin: String,
         expected: String,
+        at: String,
     },
     /// An `LMI_AGENT_*` environment variable that names no key.
     #[error("environment variable {var} does not name a configuration key (LMI_AGENT_<SECTION>_<KEY>, see docs/configuration.md)")]
     UnknownEnv { var: String },
-    /// A value of the wrong kind or out of range.
-    #[error("{origin}: {key}: {message}")]
+    /// A value of the wrong kind or out of range. `at`: where it is in the file (as for `UnknownKey`).
+    #[error("{origin}: {key}: {message}{at}")]
     BadValue {
         key: String,
         origin: String,
         message: String,
+        at: String,
     },
 }
 

@@ -67,6 +67,8 @@ pub struct Layers {
     keys: Vec<Key>,
     table: toml::Table,
     sources: BTreeMap<String, Source>,
+    /// The text of each file merged, by its source's name: errors about its keys show the line.
+    files: Vec<(String, String)>,
 }
 
 impl Default for Layers {
@@ -82,6 +84,7 @@ impl Layers {
             keys: keys_of::<Config>(),
             table: toml::Table::new(),
             sources: BTreeMap::new(),
+            files: Vec::new(),
         }
     }
 
@@ -112,7 +115,10 @@ impl Layers {
                 // The parser's own display: the line, a caret under the column, and what it expected.
                 message: e.to_string().trim_end().to_owned(),
             })?;
-        self.merge_table(table, "", &Source::File(origin.to_owned()))?;
+        let source = Source::File(origin.to_owned());
+        self.files.push((source.to_string(), text.to_owned()));
+        self.merge_table(table, "", &source)
+            .map_err(|e| self.locate(e))?;
         Ok(self)
     }
 
@@ -130,6 +136,7 @@ impl Layers {
             };
             let Some(key) = self.key(&path) else {
                 return Err(ConfigError::UnknownKey {
+                    at: String::new(),
                     expected: self.siblings(prefix),
                     key: path,
                     origin: source.to_string(),
@@ -139,6 +146,7 @@ impl Layers {
                 (Kind::Section(_), toml::Value::Table(t)) => self.merge_table(t, &path, source)?,
                 (Kind::Section(_), other) => {
                     return Err(ConfigError::BadValue {
+                        at: String::new(),
                         message: format!("must be a table ([{path}]), not a {}", other.type_str()),
                         key: path,
                         origin: source.to_string(),
@@ -221,12 +229,14 @@ impl Layers {
             let source = Source::Env(name);
             let Some(raw) = value.to_str() else {
                 return Err(ConfigError::BadValue {
+                    at: String::new(),
                     key: key.path,
                     origin: source.to_string(),
                     message: "is not valid UTF-8".to_owned(),
                 });
             };
             let parsed = parse_value(&key, raw).map_err(|message| ConfigError::BadValue {
+                at: String::new(),
                 key: key.path.clone(),
                 origin: source.to_string(),
                 message,
@@ -242,12 +252,14 @@ impl Layers {
         let Some(key) = self.key(path).cloned() else {
             let prefix = path.rsplit_once('.').map(|(p, _)| p).unwrap_or("");
             return Err(ConfigError::UnknownKey {
+                at: String::new(),
                 expected: self.siblings(prefix),
                 key: path.to_owned(),
                 origin: source.to_string(),
             });
         };
         let parsed = parse_value(&key, raw).map_err(|message| ConfigError::BadValue {
+            at: String::new(),
             key: key.path.clone(),
             origin: source.to_string(),
             message,
@@ -260,11 +272,12 @@ impl Layers {
     pub fn resolve(&self) -> Result<Loaded, ConfigError> {
         let config = match Config::deserialize(toml::Value::Table(self.table.clone())) {
             Ok(c) => c,
-            Err(e) => return Err(self.culprit(&e.to_string())),
+            Err(e) => return Err(self.locate(self.culprit(&e.to_string()))),
         };
         if let Err(e) = config.check(Path::new("")) {
-            return Err(match e {
+            return Err(self.locate(match e {
                 ConfigError::Invalid { key, message, .. } => ConfigError::BadValue {
+                    at: String::new(),
                     key: key.to_owned(),
                     origin: self
                         .sources
@@ -275,12 +288,51 @@ impl Layers {
                     message,
                 },
                 other => other,
-            });
+            }));
         }
         Ok(Loaded {
             config,
             sources: self.sources.clone(),
         })
+    }
+
+    /// Adds to an error about a key set in a file the line of the file where it is, with a caret under the
+    /// key (unknown keys) or the value (bad values).
+    fn locate(&self, e: ConfigError) -> ConfigError {
+        let find = |origin: &str, key: &str, want_key: bool| {
+            self.files
+                .iter()
+                .rev()
+                .find(|(name, _)| name == origin)
+                .and_then(|(_, text)| snippet(text, key, want_key))
+                .map(|s| format!("\n{s}"))
+                .unwrap_or_default()
+        };
+        match e {
+            ConfigError::UnknownKey {
+                key,
+                origin,
+                expected,
+                at,
+            } if at.is_empty() => ConfigError::UnknownKey {
+                at: find(&origin, &key, true),
+                key,
+                origin,
+                expected,
+            },
+            ConfigError::BadValue {
+                key,
+                origin,
+                message,
+                at,
+            } if at.is_empty() => ConfigError::BadValue {
+                at: find(&origin, &key, false),
+                key,
+                origin,
+                message,
+            },
+            other => other,
+        }
     }
 
     /// Finds the value that makes deserialization fail by trying each set value on its own.
@@ -293,10 +345,12 @@ impl Layers {
                 keys: Vec::new(),
                 table: toml::Table::new(),
                 sources: BTreeMap::new(),
+                files: Vec::new(),
             };
             alone.insert(path, Some(value.clone()), source.clone());
             if let Err(e) = Config::deserialize(toml::Value::Table(alone.table)) {
                 return ConfigError::BadValue {
+                    at: String::new(),
                     key: path.clone(),
                     origin: source.to_string(),
                     message: e.to_string().trim().replace('\n', " "),
@@ -304,11 +358,49 @@ impl Layers {
             }
         }
         ConfigError::BadValue {
+            at: String::new(),
             key: "(configuration)".to_owned(),
             origin: "merged configuration".to_owned(),
             message: whole.trim().replace('\n', " "),
         }
     }
+}
+
+/// The line of `text` holding the dotted `key` (its name if `want_key`, else its value) with a caret line under
+/// it, in the TOML parser's own layout (`N | line`).
+fn snippet(text: &str, key: &str, want_key: bool) -> Option<String> {
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let mut table = doc.get_ref();
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut span = None;
+    for (i, part) in parts.iter().enumerate() {
+        let (k, v) = table.iter().find(|(k, _)| k.get_ref().as_ref() == *part)?;
+        if i + 1 == parts.len() {
+            span = Some(if want_key { k.span() } else { v.span() });
+        } else if let toml::de::DeValue::Table(t) = v.get_ref() {
+            table = t;
+        } else {
+            return None;
+        }
+    }
+    let span = span?;
+    let start = text.get(..span.start)?;
+    let line_start = start.rfind('\n').map_or(0, |i| i + 1);
+    let line_no = start.matches('\n').count() + 1;
+    let line = text[line_start..]
+        .split('\n')
+        .next()?
+        .trim_end_matches('\r');
+    let column = text[line_start..span.start].chars().count();
+    let width = text
+        .get(span.start..span.end.min(line_start + line.len()))
+        .map_or(1, |s| s.chars().count().max(1));
+    let gutter = " ".repeat(line_no.to_string().len());
+    Some(format!(
+        "{gutter} |\n{line_no} | {line}\n{gutter} | {}{}",
+        " ".repeat(column),
+        "^".repeat(width)
+    ))
 }
 
 /// The value at a dotted path of a table.
@@ -380,6 +472,7 @@ impl Loaded {
     /// that is not a default followed by a comment naming where it came from.
     pub fn render(&self) -> Result<String, ConfigError> {
         let values = toml::Table::try_from(&self.config).map_err(|e| ConfigError::BadValue {
+            at: String::new(),
             key: "(configuration)".to_owned(),
             origin: "effective configuration".to_owned(),
             message: e.to_string(),
@@ -433,6 +526,63 @@ mod tests {
         vars.iter()
             .map(|(k, v)| (OsString::from(k), OsString::from(v)))
             .collect()
+    }
+
+    #[test]
+    fn errors_about_a_file_key_show_its_line_with_a_caret() {
+        let load = |text: &str| {
+            Layers::new()
+                .text(text, Path::new("a.toml"))
+                .and_then(|l| l.resolve())
+                .map(|_| ())
+                .unwrap_err()
+                .to_string()
+        };
+        // (file, first line of the error, the file line shown, the caret line under it)
+        for (text, first, line, caret) in [
+            (
+                "region = \"x\"\n[capacity]\nvcpus = -1\n",
+                "a.toml: capacity.vcpus: invalid value",
+                "3 | vcpus = -1",
+                "  |         ^^",
+            ),
+            (
+                "[capacity]\nvcpu = 3\n",
+                "a.toml: unknown key `capacity.vcpu` (known here:",
+                "2 | vcpu = 3",
+                "  | ^^^^",
+            ),
+            (
+                "[environments]\npids_max = 4\n",
+                "a.toml: environments.pids_max: must be at least 16",
+                "2 | pids_max = 4",
+                "  |            ^",
+            ),
+            (
+                "capacity.vcpus = \"eight\"\n",
+                "a.toml: capacity.vcpus: invalid type: string",
+                "1 | capacity.vcpus = \"eight\"",
+                "  |                  ^^^^^^^",
+            ),
+            (
+                "\n\n\n\n\n\n\n\n\n\nlog_format = \"xml\"\n",
+                "a.toml: log_format: unknown variant `xml`",
+                "11 | log_format = \"xml\"",
+                "   |              ^^^^^",
+            ),
+        ] {
+            let e = load(text);
+            let lines: Vec<&str> = e.lines().collect();
+            assert!(lines[0].starts_with(first), "{text:?}: {e}");
+            assert_eq!(&lines[2..], [line, caret], "{text:?}: {e}");
+        }
+        // Values from the environment or flags have no file line to show.
+        let e = Layers::new()
+            .set("capacity.vcpus", "x", "--set capacity.vcpus")
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e.lines().count(), 1, "{e}");
     }
 
     #[test]
