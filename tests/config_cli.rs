@@ -153,6 +153,10 @@ fn a_bad_value_is_an_error_naming_the_key() {
             err.contains(&format!("{f}: {key}:")) && err.contains(detail),
             "{text:?}: {err}"
         );
+        // The file's line follows, with a caret line under it (each offending key is the file's last line).
+        let n = text.lines().count();
+        let shown = format!("\n{n} | {}\n  |", text.lines().last().unwrap());
+        assert!(err.contains(&shown), "{text:?}: no {shown:?} in:\n{err}");
     }
     let (ok, _, err) = agent(
         &["check-config"],
