@@ -21,6 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // answer without another copy (a Vec would be copied once more each way).
         .bytes(".lmi.agent.v1.InvokeRequest.payload")
         .bytes(".lmi.agent.v1.InvokeResponse.payload")
+        .bytes(".lmi.agent.v1.InvokeWithResponseStreamResponse.chunk")
         .compile_fds(fds)?;
     Ok(())
 }

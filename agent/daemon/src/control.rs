@@ -16,6 +16,7 @@ pub use invoke::THROTTLE_REASON_METADATA;
 pub mod authority;
 mod invoke;
 pub mod logs;
+mod response_stream;
 
 /// Implements the generated `Agent` service on top of [`Agent`].
 #[derive(Debug, Clone)]
@@ -209,6 +210,17 @@ impl agent_server::Agent for ControlService {
             self.agent.clone(),
             request.into_inner(),
         )))
+    }
+
+    type InvokeWithResponseStreamStream = response_stream::ResponseStream;
+
+    async fn invoke_with_response_stream(
+        &self,
+        request: Request<pb::InvokeRequest>,
+    ) -> Result<Response<Self::InvokeWithResponseStreamStream>, Status> {
+        response_stream::serve(self.agent.clone(), request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     type StreamLogsStream = crate::control::logs::LogBatchStream;

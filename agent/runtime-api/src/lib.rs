@@ -752,7 +752,13 @@ async fn pass_chunks(
 ) -> Passed {
     let mut len = 0usize;
     let mut trailers = None;
-    while let Some(frame) = body.frame().await {
+    loop {
+        // A caller that goes away while the runtime is between chunks ends the pass at once.
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            () = chunks.closed() => return Passed::CallerGone(Unread { body, read: len as u64 }),
+        };
+        let Some(frame) = frame else { break };
         let frame = match frame {
             Ok(frame) => frame,
             Err(e) => return Passed::Io(e),

@@ -24,43 +24,59 @@ pub type AnswerStream = ReceiverStream<Result<pb::InvokeStreamResponse, Status>>
 
 /// Runs one invoke from its wire request to its wire answer.
 pub async fn run(agent: &Agent, r: pb::InvokeRequest) -> Result<pb::InvokeResponse, InvokeError> {
-    let non_empty = |s: String| (!s.is_empty()).then_some(s);
-    let result = agent
-        .invoke(InvokeInput {
-            function_name: r.function_name,
-            version: r.function_version,
-            payload: r.payload,
-            request_id: non_empty(r.request_id),
-            client_context: non_empty(r.client_context),
-            trace_id: non_empty(r.trace_id),
-        })
-        .await?;
+    let result = agent.invoke(input(r)).await?;
     let mut resp = pb::InvokeResponse {
         request_id: result.request_id,
         environment_id: result.environment_id,
         executed_version: result.version,
         ..Default::default()
     };
-    let (outcome, error) = match result.outcome {
+    let (outcome, error) = outcome_to_wire(result.outcome, |payload, content_type| {
+        resp.payload = payload;
+        resp.content_type = content_type;
+    });
+    resp.outcome = outcome.into();
+    resp.error = error;
+    Ok(resp)
+}
+
+/// An outcome's wire form: its kind and, for every kind but success, its error; a success's payload and
+/// content type go to `success`.
+pub(crate) fn outcome_to_wire(
+    outcome: Outcome,
+    success: impl FnOnce(bytes::Bytes, String),
+) -> (pb::InvokeOutcome, Option<pb::FunctionError>) {
+    let (kind, error) = match outcome {
         Outcome::Success {
             payload,
             content_type,
         } => {
-            resp.payload = payload;
-            resp.content_type = content_type;
+            success(payload, content_type);
             (pb::InvokeOutcome::Success, None)
         }
         Outcome::FunctionError(e) => (pb::InvokeOutcome::FunctionError, Some(e)),
         Outcome::Timeout(e) => (pb::InvokeOutcome::Timeout, Some(e)),
         Outcome::RuntimeFailure(e) => (pb::InvokeOutcome::RuntimeFailure, Some(e)),
     };
-    resp.outcome = outcome.into();
-    resp.error = error.map(|e| pb::FunctionError {
+    let error = error.map(|e| pb::FunctionError {
         error_type: e.error_type,
         error_message: e.message,
         stack_trace: e.stack_trace,
     });
-    Ok(resp)
+    (kind, error)
+}
+
+/// The invoke input of a wire request.
+pub(crate) fn input(r: pb::InvokeRequest) -> InvokeInput {
+    let non_empty = |s: String| (!s.is_empty()).then_some(s);
+    InvokeInput {
+        function_name: r.function_name,
+        version: r.function_version,
+        payload: r.payload,
+        request_id: non_empty(r.request_id),
+        client_context: non_empty(r.client_context),
+        trace_id: non_empty(r.trace_id),
+    }
 }
 
 /// A refused invoke, split into what both wire forms carry.

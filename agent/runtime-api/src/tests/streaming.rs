@@ -132,6 +132,14 @@ async fn a_caller_that_goes_away_mid_stream_frees_the_slot_and_the_runtime_is_to
         Some(Piece::Chunk(Bytes::from_static(b"first")))
     );
     drop(s);
+    // The runtime is between chunks: the slot is freed without waiting for its next one.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while h.broker.in_flight() != 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the slot is freed while the runtime writes nothing");
     body.send(chunk(b"unwanted")).await.unwrap();
     drop(body);
     let r = status.await.unwrap();
