@@ -178,6 +178,19 @@ impl Agent for FakeAgent {
         Err(Status::unimplemented("the fake agent has no invoke stream"))
     }
 
+    type InvokeWithResponseStreamStream = tokio_stream::wrappers::ReceiverStream<
+        Result<lmi_proto::v1::InvokeWithResponseStreamResponse, Status>,
+    >;
+
+    async fn invoke_with_response_stream(
+        &self,
+        _request: Request<InvokeRequest>,
+    ) -> Result<Response<Self::InvokeWithResponseStreamStream>, Status> {
+        Err(Status::unimplemented(
+            "the fake agent has no response streaming",
+        ))
+    }
+
     type WatchUtilizationStream =
         tokio_stream::wrappers::ReceiverStream<Result<lmi_proto::v1::UtilizationReport, Status>>;
 
