@@ -356,30 +356,23 @@ impl RuntimeEvents for Environment {
 /// sandbox, so that the logic above them (state machine, supervisor, dispatch) runs without root.
 ///
 /// [`FakeCgroup`]: lmi_cgroup::fake::FakeCgroup
-#[cfg(test)]
+#[cfg(any(test, feature = "test-util"))]
 pub(crate) mod testing {
-    use std::sync::Arc;
-
     use lmi_proto::v1 as pb;
 
-    use super::Environment;
-    use crate::catalog::Catalog;
-    use crate::spec;
-    use lmi_cgroup::fake::FakeCgroup;
-
-    /// A new INITIALIZING environment of function `function` with `max_concurrency` slots.
-    pub(crate) fn environment(function: &str, max_concurrency: u32) -> Arc<Environment> {
-        let catalog = Catalog::parse(
-            "[[runtime]]\nid = \"test1\"\ncommand = [\"sh\"]\ndefault_concurrency_per_vcpu = 16\n",
-            "test",
-        )
-        .expect("test catalog");
-        let wire = pb::EnvironmentSpec {
+    /// A spec of function `function` on runtime `runtime` with code `/`, handler `app.handler` and
+    /// `max_concurrency` slots.
+    pub(crate) fn wire_spec(
+        runtime: &str,
+        function: &str,
+        max_concurrency: u32,
+    ) -> pb::EnvironmentSpec {
+        pb::EnvironmentSpec {
             function: Some(pb::FunctionRef {
                 name: function.to_owned(),
                 ..Default::default()
             }),
-            runtime: "test1".into(),
+            runtime: runtime.into(),
             handler: "app.handler".into(),
             code: Some(pb::Code {
                 source: Some(pb::code::Source::Directory("/".into())),
@@ -387,13 +380,31 @@ pub(crate) mod testing {
             }),
             max_concurrency,
             ..Default::default()
-        };
+        }
+    }
+
+    /// A new INITIALIZING environment of function `function` with `max_concurrency` slots.
+    #[cfg(test)]
+    pub(crate) fn environment(
+        function: &str,
+        max_concurrency: u32,
+    ) -> std::sync::Arc<super::Environment> {
+        use crate::{catalog::Catalog, spec};
+        use lmi_cgroup::fake::FakeCgroup;
+        use std::sync::Arc;
+
+        let catalog = Catalog::parse(
+            "[[runtime]]\nid = \"test1\"\ncommand = [\"sh\"]\ndefault_concurrency_per_vcpu = 16\n",
+            "test",
+        )
+        .expect("test catalog");
+        let wire = wire_spec("test1", function, max_concurrency);
         let defaults = spec::SpecDefaults {
             region: "us-east-1".into(),
             account_id: "000000000000".into(),
         };
         let spec = crate::wire::spec::validate(&wire, &catalog, &defaults).expect("test spec");
-        Environment::new(
+        super::Environment::new(
             format!("env-{function}"),
             spec,
             "127.0.0.1:9".parse().expect("address"),

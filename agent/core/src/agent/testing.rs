@@ -420,18 +420,5 @@ impl FakeHost {
 
 /// A spec of function `function` on runtime `fake` with code `/`, 1 vCPU and `max_concurrency` slots.
 pub fn spec(function: &str, max_concurrency: u32) -> pb::EnvironmentSpec {
-    pb::EnvironmentSpec {
-        function: Some(pb::FunctionRef {
-            name: function.to_owned(),
-            ..Default::default()
-        }),
-        runtime: "fake".into(),
-        handler: "app.handler".into(),
-        code: Some(pb::Code {
-            source: Some(pb::code::Source::Directory("/".into())),
-            sha256: String::new(),
-        }),
-        max_concurrency,
-        ..Default::default()
-    }
+    crate::environment::testing::wire_spec("fake", function, max_concurrency)
 }

@@ -78,14 +78,7 @@ mod tests {
 
     #[test]
     fn the_agents_share_is_the_sum_of_the_phases_as_shown() {
-        let phases = AgentPhases {
-            validate: Duration::from_micros(1),
-            code: Duration::from_micros(2),
-            sandbox: Duration::from_micros(6),
-            runtime_api: Duration::from_micros(3),
-            cgroup: Duration::from_micros(4),
-            spawn: Duration::from_micros(5),
-        };
+        let phases = AgentPhases::sample();
         let t = startup(&phases, Some(Duration::from_micros(7)));
         assert_eq!(t.agent_us, 21);
         assert_eq!(t.runtime_init_us, 7);
