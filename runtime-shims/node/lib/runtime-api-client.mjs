@@ -101,6 +101,39 @@ export class RuntimeApiClient {
     return (await this.request('POST', path, body, { 'Content-Type': contentType })).status;
   }
 
+  /**
+   * `POST /runtime/invocation/{id}/response` streamed (chunked, `Lambda-Runtime-Function-Response-Mode:
+   * streaming`, errors in the trailers): the request to write the answer to, and a promise of the status
+   * (rejected when the connection breaks). Not retried: a half-written answer cannot be sent again.
+   */
+  openStreamingResponse(requestId, contentType) {
+    let request;
+    const status = new Promise((resolve, reject) => {
+      request = http.request(
+        {
+          host: this.host,
+          port: this.port,
+          method: 'POST',
+          path: `${PREFIX}/runtime/invocation/${encodeURIComponent(requestId)}/response`,
+          agent: this.agent,
+          headers: {
+            'Content-Type': contentType,
+            'Lambda-Runtime-Function-Response-Mode': 'streaming',
+            'Transfer-Encoding': 'chunked',
+            Trailer: 'Lambda-Runtime-Function-Error-Type, Lambda-Runtime-Function-Error-Body',
+          },
+        },
+        (res) => {
+          res.resume();
+          res.on('end', () => resolve(res.statusCode));
+          res.on('error', reject);
+        },
+      );
+      request.on('error', reject);
+    });
+    return { request, status };
+  }
+
   /** `POST /runtime/invocation/{id}/error`; returns the status. */
   async postError(requestId, error) {
     return this.postErrorTo(`/runtime/invocation/${encodeURIComponent(requestId)}/error`, error);

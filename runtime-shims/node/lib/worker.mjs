@@ -12,6 +12,7 @@ import { buildContext, HandlerFailure, runHandler } from './invoke.mjs';
 import { connectLogSocket, LineLock, LogSink } from './log-sink.mjs';
 import { diag, invokeScope, Logger, minLevel } from './logging.mjs';
 import { RuntimeApiClient, RuntimeApiError } from './runtime-api-client.mjs';
+import { installGlobal, ResponseStream, STREAMING } from './streaming.mjs';
 
 const RUNTIME_DIR = path.dirname(fileURLToPath(import.meta.url));
 
@@ -66,6 +67,7 @@ class Worker {
 
   /** Loads the handler; on failure reports `/init/error` (first report wins, 403 for the others) and exits. */
   async init() {
+    installGlobal();
     try {
       this.handler = await loadHandler(this.env.LAMBDA_TASK_ROOT || process.cwd(), this.env._HANDLER);
     } catch (err) {
@@ -108,6 +110,10 @@ class Worker {
       this.diag('ERROR', 'invoke without Lambda-Runtime-Aws-Request-Id; dropped');
       return;
     }
+    if (this.handler[STREAMING]) {
+      await invokeScope.run({ requestId }, () => this.handleStreaming(requestId, headers, body));
+      return;
+    }
     await invokeScope.run({ requestId }, async () => {
       let payload;
       let error;
@@ -141,6 +147,47 @@ class Worker {
     });
   }
 }
+
+/**
+ * One invoke of a streamifyResponse handler: its bytes go to the Runtime API as it writes them; an error
+ * before the first byte is an ordinary `/error`, one after it goes in the answer's trailers.
+ */
+Worker.prototype.handleStreaming = async function handleStreaming(requestId, headers, body) {
+  let opened = null;
+  const stream = new ResponseStream((contentType) => {
+    opened = this.client.openStreamingResponse(requestId, contentType);
+    return opened.request;
+  });
+  // A broken connection fails the writes; the status promise below says so once.
+  stream.on('error', () => {});
+  let error;
+  try {
+    const context = buildContext(headers, this.env);
+    const event = parseEvent(body, headers['content-type']);
+    await runHandler(async (ev, ctx) => this.handler(ev, stream, ctx), event, context);
+    if (!stream.writableEnded) {
+      await new Promise((resolve) => stream.end(resolve));
+    }
+  } catch (err) {
+    error = errorFor(err instanceof HandlerFailure ? err.error : err);
+    this.logger.logError('Invoke Error', error);
+  }
+  let status;
+  try {
+    if (error !== undefined && !stream.started) {
+      status = await this.client.postError(requestId, error);
+    } else {
+      if (error !== undefined) stream.failWith(error);
+      status = await opened.status;
+    }
+  } catch (err) {
+    // The connection broke (the caller went away and the agent stopped reading): that invoke is over.
+    this.diag('WARN', `streamed answer not delivered: ${err.message}`, { requestId });
+    return;
+  }
+  if (status >= 500) throw new RuntimeApiError(`POST streamed response for ${requestId} answered ${status}`);
+  if (status !== 202) this.diag('WARN', `POST streamed response for ${requestId} answered ${status}`, { status });
+};
 
 /** Runs a worker thread until the process ends. */
 export async function runWorker({ env = process.env, stdLock } = {}) {

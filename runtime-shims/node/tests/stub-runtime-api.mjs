@@ -11,6 +11,8 @@ export class StubRuntimeApi {
     this.initErrors = [];
     this.initErrorWaiters = [];
     this.polls = 0;
+    // requestId -> the text of its answer received so far (a streamed answer grows chunk by chunk).
+    this.partial = new Map();
     // requestId -> how every answer posted for it is refused: 400/410/413 after its body is read (the agent's
     // way), 'close' (413 and Connection: close at once, the body unread) or 'drop' (closed without an answer).
     this.refuse = new Map();
@@ -88,7 +90,11 @@ export class StubRuntimeApi {
       return;
     }
     const chunks = [];
-    req.on('data', (c) => chunks.push(c));
+    const streaming = answer && answer[2] === 'response' ? decodeURIComponent(answer[1]) : null;
+    req.on('data', (c) => {
+      chunks.push(c);
+      if (streaming) this.partial.set(streaming, (this.partial.get(streaming) ?? '') + c.toString('utf8'));
+    });
     req.on('end', () => {
       const body = Buffer.concat(chunks);
       const url = req.url || '';
@@ -116,7 +122,7 @@ export class StubRuntimeApi {
         }
         this.pending.delete(id);
         res.writeHead(202).end('{"status":"OK"}');
-        resolve({ kind: m[2], headers: req.headers, body: body.toString('utf8') });
+        resolve({ kind: m[2], headers: req.headers, body: body.toString('utf8'), trailers: req.trailers, raw: body });
         return;
       }
       if (req.method === 'POST' && url === '/2018-06-01/runtime/init/error') {
