@@ -188,3 +188,172 @@ async fn a_refused_streaming_invoke_is_the_calls_status() {
     assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
     agent.stop_and_assert_clean(&[]);
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// The Invoke API's InvokeWithResponseStream, read by boto3, from a Node function (awslambda.streamifyResponse).
+
+const INVOKE_API: &str = "[invoke_api]\nlisten = \"127.0.0.1:0\"\n";
+
+async fn agent_with_invoke_api() -> (TestAgent, std::net::SocketAddr) {
+    let agent = TestAgent::start_with(AgentOptions {
+        extra_config: INVOKE_API.into(),
+        ..Default::default()
+    })
+    .await;
+    let addr = agent
+        .log_field("invoke API listening", "addr")
+        .unwrap_or_else(|| panic!("no invoke API address in the log\n{}", agent.log()))
+        .parse()
+        .unwrap();
+    (agent, addr)
+}
+
+fn node_streaming_spec(function: &str) -> pb::EnvironmentSpec {
+    code_spec(
+        function,
+        "nodejs22.x",
+        "streaming.handler",
+        &fixtures("node"),
+    )
+}
+
+/// Runs one call through tests/aws_sdk/invoke_stream.py (boto3's invoke_with_response_stream), on a thread
+/// of its own so that the test can go on while it reads.
+async fn boto3_stream(addr: std::net::SocketAddr, call: serde_json::Value) -> serde_json::Value {
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let script = repo().join("tests/aws_sdk/invoke_stream.py");
+        let mut child = std::process::Command::new("python3")
+            .arg(&script)
+            .arg(format!("http://{addr}"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(call.to_string().as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "boto3 script failed ({:?}); is boto3 installed (tests/setup.sh)?\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn chunks_text(r: &serde_json::Value) -> String {
+    r["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["PayloadChunk"].as_str())
+        .collect()
+}
+
+fn completion(r: &serde_json::Value) -> serde_json::Value {
+    let events = r["events"].as_array().unwrap();
+    let last = events.last().expect("at least the completion");
+    assert!(
+        events[..events.len() - 1]
+            .iter()
+            .all(|e| e.get("PayloadChunk").is_some()),
+        "chunks, then one completion: {r}"
+    );
+    last["InvokeComplete"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_reads_five_chunks_of_a_node_function_as_they_are_written() {
+    require_root!();
+    let (mut agent, addr) = agent_with_invoke_api().await;
+    let env = agent.create_ready(node_streaming_spec("nodestream")).await;
+    let dir = shared_dir();
+    // The reader creates go-i once chunk i reached it; the function writes chunk i+1 only after that.
+    let r = boto3_stream(
+        addr,
+        json!({
+            "function": "nodestream",
+            "payload": {"chunks": 5, "dir": dir.path().display().to_string()},
+            "gate_dir": dir.path().display().to_string(),
+        }),
+    )
+    .await;
+    assert_eq!(r["StatusCode"], 200, "{r}");
+    assert_eq!(r["ExecutedVersion"], "$LATEST");
+    assert_eq!(
+        chunks_text(&r),
+        "chunk-1\nchunk-2\nchunk-3\nchunk-4\nchunk-5\n"
+    );
+    let done = completion(&r);
+    assert!(done.get("ErrorCode").is_none(), "{done}");
+    for i in 1..=4 {
+        assert!(dir.path().join(format!("go-{i}")).exists());
+    }
+    wait_in_flight(&mut agent, &env.id, 0).await;
+    agent.stop_and_assert_clean(&[env.pid]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_gets_a_mid_stream_error_as_the_invoke_complete_error() {
+    require_root!();
+    let (mut agent, addr) = agent_with_invoke_api().await;
+    let env = agent.create_ready(node_streaming_spec("nodebreaks")).await;
+    let dir = shared_dir();
+    let r = boto3_stream(
+        addr,
+        json!({
+            "function": "nodebreaks",
+            "payload": {"chunks": 3, "dir": dir.path().display().to_string(), "fail_after": 2},
+            "gate_dir": dir.path().display().to_string(),
+        }),
+    )
+    .await;
+    assert_eq!(r["StatusCode"], 200, "{r}");
+    assert_eq!(chunks_text(&r), "chunk-1\nchunk-2\n");
+    let done = completion(&r);
+    assert_eq!(done["ErrorCode"], "Error", "{done}");
+    let details: serde_json::Value =
+        serde_json::from_str(done["ErrorDetails"].as_str().unwrap()).unwrap();
+    assert_eq!(details["errorMessage"], "broke after chunk 2");
+    wait_in_flight(&mut agent, &env.id, 0).await;
+    agent.stop_and_assert_clean(&[env.pid]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_dry_run_buffered_function_and_refusals_on_the_streaming_api() {
+    require_root!();
+    if curl_missing() {
+        return;
+    }
+    let (mut agent, addr) = agent_with_invoke_api().await;
+    let env = agent.create_ready(streaming_spec("plain")).await;
+    // DryRun: 204, no events.
+    let r = boto3_stream(
+        addr,
+        json!({"function": "plain", "payload": {}, "type": "DryRun"}),
+    )
+    .await;
+    assert_eq!(r["StatusCode"], 204, "{r}");
+    // A function that does not stream answers in one chunk.
+    let r = boto3_stream(addr, json!({"function": "plain", "payload": {"x": 1}})).await;
+    assert_eq!(r["StatusCode"], 200, "{r}");
+    let events = r["events"].as_array().unwrap();
+    assert_eq!(events.len(), 2, "{r}");
+    let v: serde_json::Value = serde_json::from_str(&chunks_text(&r)).unwrap();
+    assert_eq!(v, json!({"echo": {"x": 1}}));
+    assert!(completion(&r).get("ErrorCode").is_none());
+    // No such function: boto3's modeled ResourceNotFoundException.
+    let r = boto3_stream(addr, json!({"function": "nobody", "payload": {}})).await;
+    assert_eq!(r["code"], "ResourceNotFoundException", "{r}");
+    assert_eq!(r["status"], 404);
+    agent.stop_and_assert_clean(&[env.pid]);
+}

@@ -18,10 +18,19 @@
 //! - Every answer carries `X-Amz-Request-Id` (and `x-amzn-RequestId`, which the SDKs read); results carry
 //!   `X-Amz-Executed-Version`.
 //!
+//! - `POST /2021-11-15/functions/{FunctionName}/response-streaming-invocations` (`InvokeWithResponseStream`,
+//!   boto3's `invoke_with_response_stream`): the answer is an `application/vnd.amazon.eventstream` body of
+//!   `PayloadChunk` events carrying the function's chunks as it writes them (one chunk for a function that
+//!   does not stream), then one `InvokeComplete` event whose `ErrorCode` (the error type) and `ErrorDetails`
+//!   (the error JSON) say how a failed invoke ended, mid-stream or before. The caller's reading paces the
+//!   function (see `lmi_runtime_api::broker`); a caller that disconnects ends the invoke and frees its slot.
+//!   `DryRun` answers 204; `Event` is not an invocation type of this operation (400).
+//!
 //! Requests are not authenticated (SigV4 signatures are ignored): bind the listener to loopback or a private
 //! interface only.
 
 use std::{
+    convert::Infallible,
     net::SocketAddr,
     sync::{
         atomic::{AtomicUsize, Ordering},
@@ -32,9 +41,9 @@ use std::{
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::{
-    body::Incoming,
+    body::{Frame, Incoming},
     header::{HeaderName, HeaderValue, CONTENT_TYPE},
     Method, Request, Response, StatusCode,
 };
@@ -44,11 +53,15 @@ use tokio::{
     task::JoinSet,
 };
 
+use crate::event_stream;
 use crate::listener::{self, BodyError, ListenerLimits};
-use lmi_agent_core::agent::{Agent, InvokeError, InvokeInput, InvokeResult, MAX_INVOKE_PAYLOAD};
+use lmi_agent_core::agent::{
+    Agent, InvokeError, InvokeInput, InvokeResult, StreamedInvoke, MAX_INVOKE_PAYLOAD,
+};
 use lmi_agent_core::config::InvokeApiConfig;
 use lmi_agent_core::spec::LATEST;
 use lmi_agent_core::text::{quote, shown};
+use lmi_runtime_api::broker::{Answered, Piece};
 use lmi_runtime_api::invocation::{ErrorInfo, Outcome};
 
 /// Largest payload of an asynchronous (`Event`) invoke (Lambda's 1 MB limit).
@@ -56,6 +69,18 @@ pub const MAX_EVENT_PAYLOAD: usize = 1024 * 1024;
 
 const PATH_PREFIX: &str = "/2015-03-31/functions/";
 const PATH_SUFFIX: &str = "/invocations";
+const STREAM_PATH_PREFIX: &str = "/2021-11-15/functions/";
+const STREAM_PATH_SUFFIX: &str = "/response-streaming-invocations";
+
+/// Event-stream messages of one streamed answer that may wait for the caller.
+const STREAM_MESSAGES: usize = 4;
+
+/// The body of every answer: whole, or an event stream.
+pub type ApiBody = BoxBody<Bytes, Infallible>;
+
+fn boxed(r: Response<Full<Bytes>>) -> Response<ApiBody> {
+    r.map(BodyExt::boxed)
+}
 
 /// How an invoke is to be run (`X-Amz-Invocation-Type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -445,13 +470,13 @@ impl InvokeApi {
         .await;
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn handle(&self, req: Request<Incoming>) -> Response<ApiBody> {
         let request_id = uuid::Uuid::new_v4().to_string();
         match self.route(req, &request_id).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(request_id, status = %e.status, error = %e.message, "invoke API request refused");
-                e.response(&request_id)
+                boxed(e.response(&request_id))
             }
         }
     }
@@ -460,18 +485,30 @@ impl InvokeApi {
         &self,
         req: Request<Incoming>,
         request_id: &str,
-    ) -> Result<Response<Full<Bytes>>, ApiError> {
+    ) -> Result<Response<ApiBody>, ApiError> {
         let path = req.uri().path().to_owned();
-        let Some(encoded_name) = path
-            .strip_prefix(PATH_PREFIX)
-            .and_then(|p| p.strip_suffix(PATH_SUFFIX))
-            .filter(|n| !n.is_empty() && !n.contains('/'))
-        else {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "UnknownOperationException",
-                format!("no operation at {path}: only POST {PATH_PREFIX}{{FunctionName}}{PATH_SUFFIX} is served"),
-            ));
+        let name_in = |prefix: &str, suffix: &str| {
+            path.strip_prefix(prefix)
+                .and_then(|p| p.strip_suffix(suffix))
+                .filter(|n| !n.is_empty() && !n.contains('/'))
+                .map(str::to_owned)
+        };
+        let (encoded_name, streaming) = match (
+            name_in(PATH_PREFIX, PATH_SUFFIX),
+            name_in(STREAM_PATH_PREFIX, STREAM_PATH_SUFFIX),
+        ) {
+            (Some(n), _) => (n, false),
+            (None, Some(n)) => (n, true),
+            (None, None) => {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "UnknownOperationException",
+                    format!(
+                        "no operation at {path}: only POST {PATH_PREFIX}{{FunctionName}}{PATH_SUFFIX} and \
+                         {STREAM_PATH_PREFIX}{{FunctionName}}{STREAM_PATH_SUFFIX} are served"
+                    ),
+                ))
+            }
         };
         if req.method() != Method::POST {
             return Err(ApiError::new(
@@ -480,7 +517,7 @@ impl InvokeApi {
                 format!("{} is not allowed here: use POST", req.method()),
             ));
         }
-        let function_name = percent_decode(encoded_name).ok_or_else(|| {
+        let function_name = percent_decode(&encoded_name).ok_or_else(|| {
             ApiError::invalid_parameter("FunctionName is not valid percent-encoded UTF-8")
         })?;
         let qualifier = query_param(req.uri().query(), "Qualifier")?;
@@ -497,6 +534,11 @@ impl InvokeApi {
                 .transpose()
         };
         let invocation_type = InvocationType::parse(header("x-amz-invocation-type")?.as_deref())?;
+        if streaming && invocation_type == InvocationType::Event {
+            return Err(ApiError::invalid_parameter(
+                "X-Amz-Invocation-Type of a response-streaming invoke must be RequestResponse or DryRun",
+            ));
+        }
         let client_context = header("x-amz-client-context")?
             .map(|c| decode_client_context(&c))
             .transpose()?;
@@ -525,6 +567,21 @@ impl InvokeApi {
             client_context,
             trace_id,
         };
+        if streaming && invocation_type == InvocationType::RequestResponse {
+            return self.invoke_streaming(input, target, request_id).await;
+        }
+        self.invoke_whole(input, target, invocation_type, request_id)
+            .await
+            .map(boxed)
+    }
+
+    async fn invoke_whole(
+        &self,
+        input: InvokeInput,
+        target: Target,
+        invocation_type: InvocationType,
+        request_id: &str,
+    ) -> Result<Response<Full<Bytes>>, ApiError> {
         match invocation_type {
             InvocationType::DryRun => Ok(respond(
                 StatusCode::NO_CONTENT,
@@ -569,6 +626,114 @@ impl InvokeApi {
                     .map_err(|e| invoke_error(e, &target, &self.arn_prefix))?;
                 Ok(result_response(result))
             }
+        }
+    }
+}
+
+impl InvokeApi {
+    /// Runs a response-streaming invoke on a task of its own and answers with its event stream once an
+    /// environment took it (a refusal before that is the usual error answer).
+    async fn invoke_streaming(
+        &self,
+        input: InvokeInput,
+        target: Target,
+        request_id: &str,
+    ) -> Result<Response<ApiBody>, ApiError> {
+        let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(STREAM_MESSAGES);
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel::<String>();
+        let closed = tx.clone();
+        let agent = self.agent.clone();
+        let task = tokio::spawn(async move {
+            let run = agent.invoke_streaming(input, |invoke| async move {
+                let _ = started_tx.send(invoke.version.clone());
+                forward_events(invoke, tx).await;
+            });
+            tokio::select! {
+                ran = run => ran,
+                // The caller went away: dropping the invoke cancels it and frees its slot.
+                () = closed.closed() => Ok(()),
+            }
+        });
+        let version = match started_rx.await {
+            Ok(version) => version,
+            Err(_) => {
+                return Err(match task.await {
+                    Ok(Err(e)) => invoke_error(e, &target, &self.arn_prefix),
+                    Ok(Ok(())) => ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "ServiceException",
+                        "the invoke ended before it started",
+                    ),
+                    Err(e) => ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "ServiceException",
+                        format!("invoke task failed: {e}"),
+                    ),
+                })
+            }
+        };
+        let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let mut r = Response::new(BodyExt::boxed(body));
+        let h = r.headers_mut();
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/vnd.amazon.eventstream"),
+        );
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            h.insert("x-amz-request-id", v.clone());
+            h.insert("x-amzn-requestid", v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&version) {
+            h.insert("x-amz-executed-version", v);
+        }
+        Ok(r)
+    }
+}
+
+/// Writes the invoke's answer as event-stream messages: its chunks, then `InvokeComplete`; returns early
+/// (dropping the stream, which cancels the invoke) when the caller has gone.
+async fn forward_events(
+    invoke: StreamedInvoke,
+    tx: mpsc::Sender<Result<Frame<Bytes>, Infallible>>,
+) {
+    let send = |m: Bytes| {
+        let tx = tx.clone();
+        async move { tx.send(Ok(Frame::data(m))).await.is_ok() }
+    };
+    match invoke.answer {
+        Answered::Whole(outcome) => {
+            if let Outcome::Success { payload, .. } = &outcome {
+                if !payload.is_empty() && !send(event_stream::payload_chunk(payload)).await {
+                    return;
+                }
+            }
+            let _ = send(complete(&outcome)).await;
+        }
+        Answered::Stream(mut stream) => {
+            while let Some(piece) = stream.next().await {
+                let message = match &piece {
+                    Piece::Chunk(c) => event_stream::payload_chunk(c),
+                    Piece::End(outcome) => complete(outcome),
+                };
+                if !send(message).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The `InvokeComplete` event of an outcome.
+fn complete(outcome: &Outcome) -> Bytes {
+    match outcome {
+        Outcome::Success { .. } => event_stream::invoke_complete(None, None, None),
+        Outcome::FunctionError(e) | Outcome::Timeout(e) | Outcome::RuntimeFailure(e) => {
+            let details = error_body(e);
+            event_stream::invoke_complete(
+                Some(&e.error_type),
+                Some(&String::from_utf8_lossy(&details)),
+                None,
+            )
         }
     }
 }

@@ -11,6 +11,7 @@
 //! - [`notify`]: readiness and stopping notifications to systemd.
 
 pub mod control;
+pub mod event_stream;
 pub mod invoke_api;
 pub mod listener;
 pub mod metrics;

@@ -28,7 +28,7 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::{
     body::Incoming,
     header::{HeaderValue, CONNECTION},
@@ -154,7 +154,7 @@ fn refuse(stream: TcpStream) {
 /// (or refused at once), read with the header timeout, and answered by `handler`, which must read a body
 /// with [`read_body`]. On stop the listener closes, idle connections close and a request in progress
 /// finishes; the future ends when every connection has.
-pub async fn serve_http1<H, Fut>(
+pub async fn serve_http1<H, Fut, B>(
     name: &'static str,
     listener: TcpListener,
     limits: ListenerLimits,
@@ -162,7 +162,9 @@ pub async fn serve_http1<H, Fut>(
     handler: H,
 ) where
     H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let cap = ConnectionCap::new(name, limits.max_connections);
     let mut conns = JoinSet::new();
@@ -391,6 +393,7 @@ pub fn grpc_keepalive(limits: &ListenerLimits) -> (Option<Duration>, Option<Dura
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::Full;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn limits(max_connections: usize) -> ListenerLimits {
