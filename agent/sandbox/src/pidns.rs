@@ -19,8 +19,10 @@
 //! calling thread. [`spawn_in_new_namespace`] therefore does it on a short-lived thread of its own (the
 //! agent's threads never change namespace), spawns the init there (it becomes PID 1; `posix_spawn`, so the
 //! agent's address space is not copied, and the re-exec leaves nothing of it pinned) and then the runtime
-//! (PID 2), then tells the init by a byte on its stdin that the runtime exists; the init then watches it
-//! through a pidfd. The agent reaps the init when it exits.
+//! (PID 2), then tells the init on its stdin that the runtime exists, and its PID in the namespace (read from
+//! the host's `/proc/<pid>/status`, `NSpid`: 2, unless something else started in the namespace first, as
+//! qemu-user's helper threads do when the agent runs under emulation); the init then watches it through a
+//! pidfd. The agent reaps the init when it exits.
 
 use std::{
     ffi::OsStr,
@@ -33,7 +35,8 @@ use std::{
 pub const INIT_ARG: &str = "__lmi-pid-namespace-init";
 /// `argv[0]` of the init, as the host's `ps` shows it.
 const INIT_NAME: &str = "lmi-init";
-/// The runtime's PID inside its namespace: the second process created there.
+/// The runtime's PID inside its namespace: the second process created there (the agent sends the init the
+/// actual one; this when it could not be read).
 const RUNTIME_PID: libc::pid_t = 2;
 
 /// Runs the namespace init (and never returns) when this process was started as one; returns at once
@@ -60,17 +63,22 @@ fn init() -> io::Result<()> {
         libc::chdir(c"/".as_ptr());
     }
     let sigchld = sigchld_fd()?;
-    // The agent writes one byte once the runtime is spawned, or closes the pipe when it could not be.
-    let mut go = [0u8; 1];
-    // SAFETY: read(2) into a valid one-byte buffer.
-    let n = retry(|| unsafe { libc::read(0, go.as_mut_ptr().cast(), 1) })?;
-    if n != 1 {
+    // The agent writes the runtime's PID (in decimal, one write) once the runtime is spawned, or closes the
+    // pipe when it could not be.
+    let mut go = [0u8; 16];
+    // SAFETY: read(2) into a valid buffer of its length.
+    let n = retry(|| unsafe { libc::read(0, go.as_mut_ptr().cast(), go.len()) })?;
+    if n <= 0 {
         return Ok(());
     }
+    let runtime_pid = std::str::from_utf8(&go[..n.unsigned_abs()])
+        .ok()
+        .and_then(|pid| pid.parse::<libc::pid_t>().ok())
+        .unwrap_or(RUNTIME_PID);
     // SAFETY: closing our stdin, which nothing else uses.
     unsafe { libc::close(0) };
     // SAFETY: pidfd_open(2) with integer arguments.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, RUNTIME_PID, 0) };
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, runtime_pid, 0) };
     if raw < 0 {
         // Already gone (and reaped by the agent): nothing is left to watch.
         return match io::Error::last_os_error() {
@@ -199,10 +207,11 @@ fn spawn_on_this_thread(
     let mut init = init.spawn()?;
     let spawned = runtime.spawn();
     let mut go = std::fs::File::from(go_write);
-    if spawned.is_ok() {
-        // A fresh pipe takes one byte without blocking. Should this fail, the init exits on EOF and the
-        // namespace (with the runtime) ends: the supervisor then sees the runtime killed.
-        if let Err(e) = go.write_all(b"1") {
+    if let Ok(child) = &spawned {
+        let pid = child.id().and_then(pid_in_namespace).unwrap_or(RUNTIME_PID);
+        // A fresh pipe takes a few bytes without blocking, in one piece. Should this fail, the init exits on
+        // EOF and the namespace (with the runtime) ends: the supervisor then sees the runtime killed.
+        if let Err(e) = go.write_all(pid.to_string().as_bytes()) {
             tracing::warn!(error = %e, "telling the PID namespace's init that its runtime started failed");
         }
     }
@@ -215,4 +224,30 @@ fn spawn_on_this_thread(
         }
     });
     spawned
+}
+
+/// The PID of host process `pid` in its own (innermost) PID namespace: the last field of `NSpid` in
+/// `/proc/<pid>/status`.
+fn pid_in_namespace(pid: u32) -> Option<libc::pid_t> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    /// A process's innermost PID is the one it sees for itself.
+    #[test]
+    fn the_innermost_pid_is_read_from_nspid() {
+        assert_eq!(
+            super::pid_in_namespace(std::process::id()),
+            libc::pid_t::try_from(std::process::id()).ok()
+        );
+        assert_eq!(super::pid_in_namespace(u32::MAX), None);
+    }
 }
