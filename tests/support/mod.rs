@@ -33,12 +33,26 @@ impl Binary {
     pub fn path(self) -> &'static Path {
         static AGENT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
         static LMICTL: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-        let dir = built_profile_dir();
         match self.0 {
-            "lmi-agent" => AGENT.get_or_init(|| dir.join("lmi-agent")),
-            _ => LMICTL.get_or_init(|| dir.join("lmictl")),
+            "lmi-agent" => AGENT.get_or_init(|| {
+                other_binary("LMI_TEST_AGENT_BIN")
+                    .unwrap_or_else(|| built_profile_dir().join("lmi-agent"))
+            }),
+            _ => LMICTL.get_or_init(|| {
+                other_binary("LMI_TEST_LMICTL_BIN")
+                    .unwrap_or_else(|| built_profile_dir().join("lmictl"))
+            }),
         }
     }
+}
+
+/// Binaries built elsewhere, to test instead of this profile's: `LMI_TEST_AGENT_BIN`, `LMI_TEST_LMICTL_BIN`
+/// and `LMI_TEST_NATIVE_ECHO_BIN` name them (tests/arm64/run.sh points them at the arm64 build, run under
+/// emulation). Unset, the binaries are built and taken from target/<profile>/.
+fn other_binary(var: &str) -> Option<PathBuf> {
+    let path = PathBuf::from(std::env::var_os(var).filter(|v| !v.is_empty())?);
+    assert!(path.is_file(), "{var}={} is not a file", path.display());
+    Some(path)
 }
 
 impl AsRef<std::ffi::OsStr> for Binary {
@@ -962,6 +976,9 @@ pub fn native_echo_binary() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
+            if let Some(bin) = other_binary("LMI_TEST_NATIVE_ECHO_BIN") {
+                return bin;
+            }
             // The daemon binary sits in target/<profile>/; the fixture is built next to it. Cargo only
             // rebuilds it when its sources changed.
             let dir = built_profile_dir().to_owned();
