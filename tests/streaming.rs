@@ -4,6 +4,7 @@
 //! once chunk i reached it: every chunk arriving proves it was not held back until the next (no timing).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod scenarios;
 mod support;
 
 use std::time::Duration;
@@ -355,5 +356,58 @@ async fn boto3_dry_run_buffered_function_and_refusals_on_the_streaming_api() {
     let r = boto3_stream(addr, json!({"function": "nobody", "payload": {}})).await;
     assert_eq!(r["code"], "ResourceNotFoundException", "{r}");
     assert_eq!(r["status"], 404);
+    agent.stop_and_assert_clean(&[env.pid]);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The official Node.js client (npm aws-lambda-ric), unmodified, in its own streaming mode.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_node_client_streams_chunk_by_chunk() {
+    require_root!();
+    let mut agent = TestAgent::start().await;
+    let env = agent
+        .create_ready(scenarios::node_ric().spec_for("ricstream", "streaming.handler"))
+        .await;
+    let dir = shared_dir();
+    let mut s = agent
+        .client
+        .invoke_with_response_stream(request(
+            "ricstream",
+            json!({"dir": dir.path().display().to_string(), "chunks": 3}),
+        ))
+        .await
+        .expect("the invoke starts")
+        .into_inner();
+    assert!(matches!(next_event(&mut s).await, Event::Head(_)));
+    for i in 1..=3 {
+        read_chunk(&mut s, &format!("chunk-{i}\n")).await;
+        std::fs::write(dir.path().join(format!("go-{i}")), "").unwrap();
+    }
+    match next_event(&mut s).await {
+        Event::Complete(c) => assert_eq!(c.outcome(), Out::Success, "{c:?}"),
+        other => panic!("expected the completion, got {other:?}"),
+    }
+    // A mid-stream error (the client's trailers) is the completion's error, after the chunk before it.
+    let mut s = agent
+        .client
+        .invoke_with_response_stream(request(
+            "ricstream",
+            json!({"dir": dir.path().display().to_string(), "chunks": 2, "fail_after": 1}),
+        ))
+        .await
+        .expect("the invoke starts")
+        .into_inner();
+    assert!(matches!(next_event(&mut s).await, Event::Head(_)));
+    read_chunk(&mut s, "chunk-1\n").await;
+    match next_event(&mut s).await {
+        Event::Complete(c) => {
+            assert_eq!(c.outcome(), Out::FunctionError, "{c:?}");
+            let e = c.error.unwrap();
+            assert_eq!(e.error_message, "broke after chunk 1", "{e:?}");
+        }
+        other => panic!("expected the completion, got {other:?}"),
+    }
+    wait_in_flight(&mut agent, &env.id, 0).await;
     agent.stop_and_assert_clean(&[env.pid]);
 }
