@@ -1,7 +1,9 @@
 # Packer template: an Amazon Linux 2023 AMI with lmi-agent installed from its rpm and enabled.
 #
-#   packaging/build.sh --arch x86_64            # or aarch64, on a Graviton build host
-#   packer init packaging/ami && packer build -var arch=x86_64 -var instance_type=m7i.large packaging/ami
+#   packaging/build.sh --arch x86_64            # m7i, r7i
+#   packer init packaging/ami && packer build -var arch=x86_64 packaging/ami
+#   packaging/build.sh --arch aarch64           # Graviton c7g: cross-built on x86_64, or native on Graviton
+#   packer build -var arch=aarch64 packaging/ami  # the arm64 AL2023 image, built on a c7g.large
 #
 # The base image is the newest AL2023 AMI of the architecture (source_ami_filter, owner amazon). AL2023 uses
 # cgroup v2 with systemd, which is what the unit's Delegate= expects. The AMI starts the agent at boot.
