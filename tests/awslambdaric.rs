@@ -79,16 +79,9 @@ async fn concurrent_invokes_overlap_in_forked_workers() {
     let dir = shared_dir();
     // A rendezvous: each invoke announces itself with a file and returns only when all N are there, which
     // can only happen if all N run at the same time.
-    let calls: Vec<_> = (0..N)
-        .map(|_| {
-            let event = json!({"action": "gate", "dir": dir.path().display().to_string(), "count": N, "max_s": 120});
-            tokio::spawn(invoke(agent.client.clone(), "ric-overlap", event))
-        })
-        .collect();
+    let event = json!({"action": "gate", "dir": dir.path().display().to_string(), "count": N, "max_s": 120});
     let mut pids = BTreeSet::new();
-    for c in calls {
-        let r = c.await.unwrap().unwrap();
-        assert_eq!(r.outcome(), Out::Success, "{r:?}");
+    for r in invoke_all_ok(&agent, "ric-overlap", vec![event; N]).await {
         let v = payload_json(&r);
         assert_eq!(v["seen"].as_array().unwrap().len(), N, "{v}");
         pids.insert(v["pid"].as_u64().unwrap());

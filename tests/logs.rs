@@ -10,7 +10,7 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     os::unix::net::UnixStream,
     path::Path,
-    process::{Command, Stdio},
+    process::Command,
     sync::mpsc,
     time::Duration,
 };
@@ -18,88 +18,6 @@ use std::{
 use lmi_proto::v1::{self as pb, InvokeOutcome as Out};
 use serde_json::{json, Value};
 use support::*;
-
-const END: &str = "log capture ended";
-
-fn is_end_of(r: &Value, env_id: &str) -> bool {
-    r["stream"] == "lmi-agent" && r["environment"] == env_id && r["message"] == END
-}
-
-/// `lmictl logs FUNCTION --follow`, read line by line.
-struct Follower {
-    child: std::process::Child,
-    lines: mpsc::Receiver<String>,
-    records: Vec<Value>,
-}
-
-impl Follower {
-    fn start(socket: &Path, function: &str) -> Self {
-        let mut child = Command::new(LMICTL_BIN)
-            .args([
-                "--socket",
-                &socket.display().to_string(),
-                "logs",
-                function,
-                "--follow",
-                "--json",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            child,
-            lines,
-            records: Vec::new(),
-        }
-    }
-
-    /// Reads records until one satisfies `done` (bounded by 60 s without a record).
-    fn until(&mut self, what: &str, done: impl Fn(&Value) -> bool) {
-        loop {
-            let line = self
-                .lines
-                .recv_timeout(Duration::from_secs(60))
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "no record for {what} ({e}); got {} records",
-                        self.records.len()
-                    )
-                });
-            let r: Value =
-                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-            let hit = done(&r);
-            self.records.push(r);
-            if hit {
-                return;
-            }
-        }
-    }
-
-    fn finish(mut self) -> Vec<Value> {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.records
-    }
-}
-
-/// Runs `lmictl logs FUNCTION --follow` until the end record of `env_id` arrives (the environment must be
-/// deleted for that), and returns every record it printed.
-fn follow_until_end(socket: &Path, function: &str, env_id: &str) -> Vec<Value> {
-    let mut f = Follower::start(socket, function);
-    f.until(env_id, |r| is_end_of(r, env_id));
-    f.finish()
-}
 
 /// `lmictl logs FUNCTION` (no follow): every record in the files.
 fn read_all(socket: &Path, function: &str) -> Vec<Value> {
@@ -139,18 +57,6 @@ fn rss_kib(pid: i32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-fn text(r: &Value) -> String {
-    match &r["message"] {
-        Value::String(s) => s.clone(),
-        Value::Object(o) => o
-            .get("message")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned(),
-        _ => String::new(),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_invokes_log_one_record_per_line_with_their_request_id() {
     require_root!();
@@ -162,18 +68,13 @@ async fn concurrent_invokes_log_one_record_per_line_with_their_request_id() {
     let dir = shared_dir();
     const LINES: usize = 300;
     // The rendezvous holds all 8 invokes in flight before any writes: their lines interleave.
-    let calls: Vec<_> = (0..8)
-        .map(|_| {
-            let event = json!({"lines": LINES, "dir": dir.path().display().to_string(), "count": 8, "max_s": 120});
-            tokio::spawn(invoke(agent.client.clone(), "chatty", event))
-        })
+    let event =
+        json!({"lines": LINES, "dir": dir.path().display().to_string(), "count": 8, "max_s": 120});
+    let ids: BTreeSet<String> = invoke_all_ok(&agent, "chatty", vec![event; 8])
+        .await
+        .into_iter()
+        .map(|r| r.request_id)
         .collect();
-    let mut ids = BTreeSet::new();
-    for c in calls {
-        let r = c.await.unwrap().unwrap();
-        assert_eq!(r.outcome(), Out::Success, "{r:?}");
-        ids.insert(r.request_id.clone());
-    }
     assert_eq!(ids.len(), 8);
     let live = agent.get(&env.id).await;
     // The agent may still be reading the last lines (the count is complete at the end record, below).
@@ -181,18 +82,14 @@ async fn concurrent_invokes_log_one_record_per_line_with_their_request_id() {
     assert_eq!(live.log_records_dropped, 0);
 
     agent.delete(&env.id).await;
-    let socket = agent.socket.clone();
-    let env_id = env.id.clone();
-    let records = tokio::task::spawn_blocking(move || follow_until_end(&socket, "chatty", &env_id))
-        .await
-        .unwrap();
+    let records = logs_until_end(&agent, "chatty", &env.id).await;
 
     let mut per_id: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
     for r in &records {
         assert_eq!(r["function"], "chatty");
         assert_eq!(r["version"], "$LATEST");
         assert_eq!(r["environment"], env.id.as_str());
-        let t = text(r);
+        let t = record_text(r);
         let mut words = t.split(' ');
         if words.next() == Some("line") {
             let i: usize = words.next().unwrap().parse().unwrap();
@@ -218,7 +115,7 @@ async fn concurrent_invokes_log_one_record_per_line_with_their_request_id() {
         for want in ["first of two", "second of two", &format!("logging {rid}")] {
             let n = records
                 .iter()
-                .filter(|r| text(r) == want && r["requestId"] == rid.as_str())
+                .filter(|r| record_text(r) == want && r["requestId"] == rid.as_str())
                 .count();
             assert_eq!(n, 1, "{want:?} of {rid}");
         }
@@ -312,7 +209,7 @@ async fn a_flood_keeps_the_agent_bounded_and_counts_what_it_drops() {
     .unwrap();
     let flood_seen = records
         .iter()
-        .filter(|r| text(r).starts_with("flood "))
+        .filter(|r| record_text(r).starts_with("flood "))
         .count() as u64;
     let end = records.last().unwrap();
     let dropped_total = end["dropped_total"].as_u64().unwrap();
@@ -422,12 +319,7 @@ async fn garbage_on_the_log_socket_does_not_hurt_the_agent() {
     );
 
     agent.delete(&env.id).await;
-    let socket = agent.socket.clone();
-    let env_id = env.id.clone();
-    let records =
-        tokio::task::spawn_blocking(move || follow_until_end(&socket, "garbage", &env_id))
-            .await
-            .unwrap();
+    let records = logs_until_end(&agent, "garbage", &env.id).await;
     assert!(
         !path.exists(),
         "the socket file is removed with the environment"
@@ -466,10 +358,10 @@ async fn the_file_sink_rotates_and_keeps_k_files() {
         .await;
     let socket = agent.socket.clone();
     let first = agent.invoke("rotating", json!({"lines": 1})).await.unwrap();
-    let mut follower = Follower::start(&socket, "rotating");
+    let mut follower = LogFollower::start(&socket, "rotating");
     let want = format!("logging {}", first.request_id);
     follower = tokio::task::spawn_blocking(move || {
-        follower.until(&want, |r| text(r) == want);
+        follower.until(&want, |r| record_text(r) == want);
         follower
     })
     .await
@@ -484,7 +376,7 @@ async fn the_file_sink_rotates_and_keeps_k_files() {
         assert_eq!(r.outcome(), Out::Success, "{r:?}");
         let want = format!("logging {}", r.request_id);
         follower = tokio::task::spawn_blocking(move || {
-            follower.until(&want, |r| text(r) == want);
+            follower.until(&want, |r| record_text(r) == want);
             follower
         })
         .await
@@ -500,12 +392,12 @@ async fn the_file_sink_rotates_and_keeps_k_files() {
     .unwrap();
     let lines = followed
         .iter()
-        .filter(|r| text(r).starts_with("line "))
+        .filter(|r| record_text(r).starts_with("line "))
         .count();
     if lines != 1 + 12 * 10 {
         let summary: Vec<String> = followed
             .iter()
-            .map(|r| format!("{} {}", r["requestId"], text(r)))
+            .map(|r| format!("{} {}", r["requestId"], record_text(r)))
             .collect();
         panic!(
             "following across rotations lost lines: {lines}\n{}",
@@ -531,7 +423,7 @@ async fn the_file_sink_rotates_and_keeps_k_files() {
         .unwrap();
     assert!(kept.len() < followed.len(), "older files were deleted");
     assert_eq!(kept[..], followed[followed.len() - kept.len()..]);
-    assert_eq!(kept.last().unwrap()["message"], END);
+    assert_eq!(kept.last().unwrap()["message"], LOG_CAPTURE_ENDED);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -544,31 +436,17 @@ async fn the_official_python_client_logs_through_the_socket() {
     spec.max_concurrency = N as u32;
     let env = agent.create_ready(spec).await;
     let main_pid = u64::from(env.pid);
-    let calls: Vec<_> = (0..N)
-        .map(|_| {
-            tokio::spawn(invoke(
-                agent.client.clone(),
-                "ric-logs",
-                json!({"action": "log", "lines": LINES}),
-            ))
-        })
+    let event = json!({"action": "log", "lines": LINES});
+    let ids: BTreeSet<String> = invoke_all_ok(&agent, "ric-logs", vec![event; N])
+        .await
+        .into_iter()
+        .map(|r| r.request_id)
         .collect();
-    let mut ids = BTreeSet::new();
-    for c in calls {
-        let r = c.await.unwrap().unwrap();
-        assert_eq!(r.outcome(), Out::Success, "{r:?}");
-        ids.insert(r.request_id);
-    }
     agent.delete(&env.id).await;
-    let socket = agent.socket.clone();
-    let env_id = env.id.clone();
-    let records =
-        tokio::task::spawn_blocking(move || follow_until_end(&socket, "ric-logs", &env_id))
-            .await
-            .unwrap();
+    let records = logs_until_end(&agent, "ric-logs", &env.id).await;
     let mut per_id: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
     for r in &records {
-        let t = text(r);
+        let t = record_text(r);
         let mut words = t.split(' ');
         if words.next() != Some("ric") {
             continue;
@@ -670,12 +548,7 @@ async fn platform_records_bracket_every_invoke_with_its_outcome() {
     assert_eq!(chosen.request_id, "order-42.a");
 
     agent.delete(&env.id).await;
-    let socket = agent.socket.clone();
-    let env_id = env.id.clone();
-    let records =
-        tokio::task::spawn_blocking(move || follow_until_end(&socket, "platform", &env_id))
-            .await
-            .unwrap();
+    let records = logs_until_end(&agent, "platform", &env.id).await;
 
     for (r, status) in [(&ok, "success"), (&failed, "error"), (&chosen, "success")] {
         let id = r.request_id.as_str();
@@ -829,12 +702,7 @@ async fn the_official_python_and_node_clients_lines_carry_their_invokes_request_
     agent.delete(&py_env.id).await;
     agent.delete(&node_env.id).await;
 
-    let socket = agent.socket.clone();
-    let env_id = py_env.id.clone();
-    let py_records =
-        tokio::task::spawn_blocking(move || follow_until_end(&socket, "ric-text-py", &env_id))
-            .await
-            .unwrap();
+    let py_records = logs_until_end(&agent, "ric-text-py", &py_env.id).await;
     // "ric <i> <requestId>", logged by the handler with logging.info in the client's text format.
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for r in &py_records {
@@ -860,19 +728,14 @@ async fn the_official_python_and_node_clients_lines_carry_their_invokes_request_
     );
     assert!(seen.values().all(|n| *n == LINES), "{seen:?}");
 
-    let socket = agent.socket.clone();
-    let env_id = node_env.id.clone();
-    let node_records =
-        tokio::task::spawn_blocking(move || follow_until_end(&socket, "ric-text-node", &env_id))
-            .await
-            .unwrap();
+    let node_records = logs_until_end(&agent, "ric-text-node", &node_env.id).await;
     // console.log('line', i, 'of', requestId).
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for r in &node_records {
         if r["message"]["requestId"] == "-" {
             assert!(r.get("requestId").is_none(), "{r}");
         }
-        let m = text(r);
+        let m = record_text(r);
         if !m.starts_with("line ") {
             continue;
         }

@@ -69,20 +69,10 @@ async fn native_echo_holds_max_concurrency_invokes_at_once() {
         .await;
     // Each invoke waits in the runtime until N have arrived there: they can only all succeed if the runtime
     // held N distinct invokes at the same time (a rendezvous; a missing poller would time them out).
-    let calls: Vec<_> = (0..N)
-        .map(|_| {
-            tokio::spawn(invoke(
-                agent.client.clone(),
-                "native-c",
-                serde_json::json!({"native_echo": {"barrier": N}}),
-            ))
-        })
-        .collect();
+    let event = serde_json::json!({"native_echo": {"barrier": N}});
     let mut ids = BTreeSet::new();
     let mut seen_together = Vec::new();
-    for c in calls {
-        let r = c.await.unwrap().unwrap();
-        assert_eq!(r.outcome(), Out::Success, "{r:?}");
+    for r in invoke_all_ok(&agent, "native-c", vec![event; N as usize]).await {
         let v = payload_json(&r);
         assert_eq!(v["request_id"], r.request_id.as_str());
         assert_eq!(v["pollers"], N, "one poller per AWS_LAMBDA_MAX_CONCURRENCY");

@@ -310,33 +310,14 @@ async fn the_clients_log_records_carry_the_invokes_request_id() {
     let env = agent
         .create_ready(ric_spec("jric-logs", HANDLER, N as u32))
         .await;
-    let calls: Vec<_> = (0..N)
-        .map(|_| {
-            tokio::spawn(invoke(
-                agent.client.clone(),
-                "jric-logs",
-                json!({"action": "log", "lines": LINES}),
-            ))
-        })
+    let event = json!({"action": "log", "lines": LINES});
+    let ids: BTreeSet<String> = invoke_all_ok(&agent, "jric-logs", vec![event; N])
+        .await
+        .into_iter()
+        .map(|r| r.request_id)
         .collect();
-    let mut ids = BTreeSet::new();
-    for c in calls {
-        let r = c.await.unwrap().unwrap();
-        assert_eq!(r.outcome(), Out::Success, "{r:?}");
-        ids.insert(r.request_id);
-    }
     agent.delete(&env.id).await;
-    let socket = agent.socket.clone();
-    let env_id = env.id.clone();
-    let records = tokio::task::spawn_blocking(move || {
-        follow_logs(&socket, "jric-logs", |r| {
-            r["stream"] == "lmi-agent"
-                && r["environment"] == env_id.as_str()
-                && r["message"] == "log capture ended"
-        })
-    })
-    .await
-    .unwrap();
+    let records = logs_until_end(&agent, "jric-logs", &env.id).await;
     let mut per_id: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
     let mut lifted = 0;
     for r in &records {

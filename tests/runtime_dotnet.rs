@@ -6,9 +6,7 @@
 mod scenarios;
 mod support;
 
-use lmi_proto::v1::{self as pb, EnvironmentState as St, InvokeOutcome as Out};
-use scenarios::dotnet;
-use serde_json::json;
+use scenarios::{dotnet, Answer};
 use support::*;
 
 const RUNTIME: &str = "dotnet8";
@@ -26,10 +24,6 @@ macro_rules! require_dotnet {
     };
 }
 
-fn dotnet_spec(function: &str, handler: &str) -> pb::EnvironmentSpec {
-    dotnet().spec_for(function, handler)
-}
-
 scenario_tests!(
     dotnet8 = dotnet();
     echo, concurrency, function_error, timeout, init_error, logs, context
@@ -41,46 +35,30 @@ async fn a_json_event_reaches_every_supported_handler_shape_and_the_result_comes
     let mut agent = TestAgent::start().await;
     require_dotnet!(agent);
     let cases = [
-        ("task-of-string", "Fixtures::Fixtures.Actions::Handle"),
-        ("static-string", "Fixtures::Fixtures.Plain::Echo"),
-        ("bytes", "Fixtures::Fixtures.Plain::Bytes"),
-        ("streams", "Fixtures::Fixtures.Plain::Streams"),
+        (
+            "task-of-string",
+            "Fixtures::Fixtures.Actions::Handle",
+            Answer::Actions,
+        ),
+        (
+            "static-string",
+            "Fixtures::Fixtures.Plain::Echo",
+            Answer::Plain,
+        ),
+        ("bytes", "Fixtures::Fixtures.Plain::Bytes", Answer::Bytes),
+        (
+            "streams",
+            "Fixtures::Fixtures.Plain::Streams",
+            Answer::Streams,
+        ),
     ];
-    let mut created = Vec::new();
-    for (function, handler) in cases {
-        let mut spec = dotnet_spec(function, handler);
-        spec.max_concurrency = 2;
-        created.push(agent.create(spec).await);
-    }
-    let event = json!({"action": "echo", "name": "world", "n": [1, 2, 3], "nested": {"ok": true}});
-    for ((function, _), env) in cases.iter().zip(&created) {
-        let function = *function;
-        let env = agent.wait_state(&env.id, &[St::Ready, St::Failed]).await;
-        assert_eq!(env.state(), St::Ready, "{function}: {:?}", env.failure);
-        let r = agent.invoke(function, event.clone()).await.unwrap();
-        assert_eq!(r.outcome(), Out::Success, "{function}: {r:?}");
-        let v = payload_json(&r);
-        match function {
-            "task-of-string" => {
-                assert_eq!(v["event"], event);
-                assert_eq!(v["requestId"], r.request_id.as_str());
-                assert_eq!(v["greeting"], "hello, dotnet", "Fixtures.Lib.dll resolved");
-                assert_eq!(v["pid"], pid_in_namespace(env.pid));
-            }
-            "static-string" => {
-                assert_eq!(v["plain"], event);
-                assert_eq!(v["requestId"], r.request_id.as_str());
-            }
-            "bytes" => assert_eq!(v["length"], event.to_string().len()),
-            "streams" => {
-                assert_eq!(v["streamed"], event);
-                assert_eq!(v["function"], function);
-            }
-            _ => unreachable!(),
-        }
-    }
-    let pids: Vec<u32> = created.iter().map(|e| e.pid).collect();
-    agent.stop_and_assert_clean(&pids);
+    scenarios::handler_shapes(agent, &dotnet(), &cases, |env, r, v, event| {
+        assert_eq!(v["event"], *event);
+        assert_eq!(v["requestId"], r.request_id.as_str());
+        assert_eq!(v["greeting"], "hello, dotnet", "Fixtures.Lib.dll resolved");
+        assert_eq!(v["pid"], pid_in_namespace(env.pid));
+    })
+    .await;
 }
 
 /// A blocking handler: each invoke holds a thread of the pool while it waits, and still all N overlap.

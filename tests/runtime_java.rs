@@ -6,8 +6,8 @@
 mod scenarios;
 mod support;
 
-use lmi_proto::v1::{self as pb, EnvironmentState as St, InvokeOutcome as Out};
-use scenarios::java;
+use lmi_proto::v1::{self as pb, InvokeOutcome as Out};
+use scenarios::{java, Answer};
 use serde_json::json;
 use support::*;
 use tonic::Code;
@@ -27,51 +27,22 @@ scenario_tests!(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_json_event_reaches_every_supported_handler_style_and_the_result_comes_back() {
     require_root!();
-    let mut agent = TestAgent::start().await;
+    let agent = TestAgent::start().await;
     let cases = [
-        ("iface", "fixtures.Actions::handleRequest"),
-        ("iface-default", "fixtures.Actions"),
-        ("plain-static", "fixtures.Plain::echo"),
-        ("plain-bytes", "fixtures.Plain::bytes"),
-        ("plain-streams", "fixtures.Plain::streams"),
-        ("stream-iface", "fixtures.Streamer"),
+        ("iface", "fixtures.Actions::handleRequest", Answer::Actions),
+        ("iface-default", "fixtures.Actions", Answer::Actions),
+        ("plain-static", "fixtures.Plain::echo", Answer::Plain),
+        ("plain-bytes", "fixtures.Plain::bytes", Answer::Bytes),
+        ("plain-streams", "fixtures.Plain::streams", Answer::Streams),
+        ("stream-iface", "fixtures.Streamer", Answer::Event),
     ];
-    let mut created = Vec::new();
-    for (function, handler) in cases {
-        let mut spec = java_spec(function, handler);
-        spec.max_concurrency = 2;
-        created.push(agent.create(spec).await);
-    }
-    let event = json!({"action": "echo", "name": "world", "n": [1, 2, 3], "nested": {"ok": true}});
-    for ((function, _), env) in cases.iter().zip(&created) {
-        let function = *function;
-        let env = agent.wait_state(&env.id, &[St::Ready, St::Failed]).await;
-        assert_eq!(env.state(), St::Ready, "{function}: {:?}", env.failure);
-        let r = agent.invoke(function, event.clone()).await.unwrap();
-        assert_eq!(r.outcome(), Out::Success, "{function}: {r:?}");
-        let v = payload_json(&r);
-        match function {
-            "iface" | "iface-default" => {
-                assert_eq!(v["event"], event);
-                assert_eq!(v["requestId"], r.request_id.as_str());
-                assert_eq!(v["greeting"], "hello, java", "class from lib/greeter.jar");
-                assert!(v["thread"].as_str().unwrap().starts_with("lmi-invoke-"));
-            }
-            "plain-static" => {
-                assert_eq!(v["plain"], event);
-                assert_eq!(v["requestId"], r.request_id.as_str());
-            }
-            "plain-bytes" => assert_eq!(v["length"], event.to_string().len()),
-            "plain-streams" => {
-                assert_eq!(v["streamed"], event);
-                assert_eq!(v["function"], function);
-            }
-            "stream-iface" => assert_eq!(v, event),
-            _ => unreachable!(),
-        }
-    }
-    let pids: Vec<u32> = created.iter().map(|e| e.pid).collect();
-    agent.stop_and_assert_clean(&pids);
+    scenarios::handler_shapes(agent, &java(RUNTIME), &cases, |_, r, v, event| {
+        assert_eq!(v["event"], *event);
+        assert_eq!(v["requestId"], r.request_id.as_str());
+        assert_eq!(v["greeting"], "hello, java", "class from lib/greeter.jar");
+        assert!(v["thread"].as_str().unwrap().starts_with("lmi-invoke-"));
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,11 +71,7 @@ async fn every_java_runtime_of_the_catalog_runs_on_its_own_jdk_or_is_reported_un
         if !rt.available {
             eprintln!("{} unavailable here: {}", rt.id, rt.unavailable_reason);
             assert!(!rt.unavailable_reason.is_empty());
-            let s = agent
-                .client
-                .create_environment(pb::CreateEnvironmentRequest { spec: Some(spec) })
-                .await
-                .unwrap_err();
+            let s = agent.create_refused(spec).await;
             assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
             continue;
         }

@@ -393,20 +393,3 @@ pub async fn last_lines(agent: &TestAgent, function: &str, env_id: &str) -> Stri
         .map(|r| format!("{}\n", r["message"]))
         .collect()
 }
-
-/// Every record of `function` that `lmictl logs --follow` prints until the end record of `env_id` (the
-/// environment must be gone or going for that record to come).
-pub async fn logs_until_end(agent: &TestAgent, function: &str, env_id: &str) -> Vec<Value> {
-    let socket = agent.socket.clone();
-    let function = function.to_owned();
-    let env_id = env_id.to_owned();
-    tokio::task::spawn_blocking(move || {
-        follow_logs(&socket, &function, |r| {
-            r["stream"] == "lmi-agent"
-                && r["environment"] == env_id.as_str()
-                && r["message"] == "log capture ended"
-        })
-    })
-    .await
-    .unwrap()
-}

@@ -530,17 +530,7 @@ pub async fn logs(rt: &Runtime) {
     assert_eq!(r.outcome(), Out::Success, "{function}: {r:?}");
     // Deleting the environment ends its log capture: every line it wrote is in the log by then.
     agent.delete(&env.id).await;
-    let socket = agent.socket.clone();
-    let (f, env_id) = (function.clone(), env.id.clone());
-    let records = tokio::task::spawn_blocking(move || {
-        follow_logs(&socket, &f, |r| {
-            r["stream"] == "lmi-agent"
-                && r["environment"] == env_id.as_str()
-                && r["message"] == "log capture ended"
-        })
-    })
-    .await
-    .unwrap();
+    let records = logs_until_end(&agent, &function, &env.id).await;
     let lines: Vec<&Value> = records
         .iter()
         .filter(|r| record_text(r).contains(logs.marker))
@@ -646,6 +636,61 @@ fn no_env() -> Vec<(&'static str, String)> {
 
 fn gate_held(dir: &Path) -> Value {
     gate(dir, 2)
+}
+
+/// How a handler of the Java and .NET test functions answers the echo event of [`handler_shapes`].
+#[derive(Clone, Copy, Debug)]
+pub enum Answer {
+    /// The fixtures' Actions class: the caller checks its answer.
+    Actions,
+    /// `{"plain": event, "requestId"}`.
+    Plain,
+    /// `{"length": the event's length in bytes}`.
+    Bytes,
+    /// `{"streamed": event, "function"}`.
+    Streams,
+    /// The event itself.
+    Event,
+}
+
+/// Every handler shape of a runtime gets the same JSON event and its answer comes back: one environment a
+/// `(function, handler, answer)` case (the spec from `rt`, 2 invokes at most), all created before any is
+/// invoked; `actions` checks the answers of the [`Answer::Actions`] cases (environment, response, payload,
+/// event). Stops the agent and checks it left nothing behind.
+pub async fn handler_shapes(
+    mut agent: TestAgent,
+    rt: &Runtime,
+    cases: &[(&str, &str, Answer)],
+    actions: impl Fn(&pb::Environment, &pb::InvokeResponse, &Value, &Value),
+) {
+    let mut created = Vec::new();
+    for (function, handler, _) in cases {
+        let mut spec = rt.spec_for(function, handler);
+        spec.max_concurrency = 2;
+        created.push(agent.create(spec).await);
+    }
+    let event = json!({"action": "echo", "name": "world", "n": [1, 2, 3], "nested": {"ok": true}});
+    for ((function, _, answer), env) in cases.iter().zip(&created) {
+        let env = agent.wait_state(&env.id, &[St::Ready, St::Failed]).await;
+        assert_eq!(env.state(), St::Ready, "{function}: {:?}", env.failure);
+        let r = agent.invoke_ok(function, event.clone()).await;
+        let v = payload_json(&r);
+        match answer {
+            Answer::Actions => actions(&env, &r, &v, &event),
+            Answer::Plain => {
+                assert_eq!(v["plain"], event, "{function}");
+                assert_eq!(v["requestId"], r.request_id.as_str(), "{function}");
+            }
+            Answer::Bytes => assert_eq!(v["length"], event.to_string().len(), "{function}"),
+            Answer::Streams => {
+                assert_eq!(v["streamed"], event, "{function}");
+                assert_eq!(v["function"], *function);
+            }
+            Answer::Event => assert_eq!(v, event, "{function}"),
+        }
+    }
+    let pids: Vec<u32> = created.iter().map(|e| e.pid).collect();
+    agent.stop_and_assert_clean(&pids);
 }
 
 /// Python 3.11 (runtime-shims/python), tests/fixtures/python: one worker process per concurrent invoke.

@@ -491,6 +491,14 @@ impl TestAgent {
             .unwrap()
     }
 
+    /// A create that must be refused: the status it is refused with.
+    pub async fn create_refused(&mut self, spec: pb::EnvironmentSpec) -> tonic::Status {
+        self.client
+            .create_environment(pb::CreateEnvironmentRequest { spec: Some(spec) })
+            .await
+            .unwrap_err()
+    }
+
     pub async fn get(&mut self, id: &str) -> pb::Environment {
         self.client
             .get_environment(pb::GetEnvironmentRequest { id: id.into() })
@@ -547,6 +555,17 @@ impl TestAgent {
         invoke(self.client.clone(), function, payload).await
     }
 
+    /// One invoke that must succeed.
+    pub async fn invoke_ok(
+        &mut self,
+        function: &str,
+        payload: serde_json::Value,
+    ) -> pb::InvokeResponse {
+        let r = self.invoke(function, payload).await.unwrap();
+        assert_eq!(r.outcome(), pb::InvokeOutcome::Success, "{function}: {r:?}");
+        r
+    }
+
     pub async fn delete(&mut self, id: &str) -> pb::Environment {
         self.client
             .delete_environment(pb::DeleteEnvironmentRequest {
@@ -564,6 +583,16 @@ impl TestAgent {
             .await
             .unwrap()
             .into_inner()
+    }
+
+    /// Every environment the agent knows.
+    pub async fn list(&mut self) -> Vec<pb::Environment> {
+        self.client
+            .list_environments(pb::ListEnvironmentsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .environments
     }
 
     /// Why the host's catalog says `runtime` cannot run here, or `None` when it can.
@@ -1050,6 +1079,21 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
         .and_then(|(_, v)| v.parse().ok())
 }
 
+/// An agent whose catalog is the built-in one (agent/core/catalog/runtimes.toml) followed by `extra` (more
+/// `[[runtime]]` entries), with the folder that holds that catalog (keep it while the agent runs).
+pub async fn start_with_runtimes(extra: &str) -> (TestAgent, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("runtimes.toml");
+    let builtin = std::fs::read_to_string(repo().join("agent/core/catalog/runtimes.toml")).unwrap();
+    std::fs::write(&catalog, format!("{builtin}\n{extra}")).unwrap();
+    let agent = TestAgent::start_with(AgentOptions {
+        extra_config: format!("catalog = {:?}", catalog.display().to_string()),
+        ..Default::default()
+    })
+    .await;
+    (agent, dir)
+}
+
 /// An agent whose Runtime API refuses late answers with 410 and oversized ones with 413 (Lambda's emulator's
 /// statuses; `environments.refuse_late_and_oversized_answers`) instead of the default 202: the tests that show
 /// a runtime reads those refusals and keeps every poller.
@@ -1061,51 +1105,150 @@ pub async fn refusing_agent() -> TestAgent {
     .await
 }
 
-/// `lmictl logs FUNCTION --follow`, line by line, until a record satisfies `done`; returns every record.
+/// `lmictl logs FUNCTION --follow --json`, read line by line as records (the process is killed on drop).
+pub struct LogFollower {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    records: Vec<serde_json::Value>,
+}
+
+impl LogFollower {
+    pub fn start(socket: &Path, function: &str) -> Self {
+        let mut child = Command::new(LMICTL_BIN)
+            .args([
+                "--socket",
+                &socket.display().to_string(),
+                "logs",
+                function,
+                "--follow",
+                "--json",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(out)) {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            records: Vec::new(),
+        }
+    }
+
+    /// Reads records until one satisfies `done` (bounded by 60 s without a record); `what` names it in a
+    /// failure.
+    pub fn until(&mut self, what: &str, done: impl Fn(&serde_json::Value) -> bool) {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "no record for {what} ({e}); got {} records: {:#?}",
+                        self.records.len(),
+                        &self.records[self.records.len().saturating_sub(20)..]
+                    )
+                });
+            let r: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            let hit = done(&r);
+            self.records.push(r);
+            if hit {
+                return;
+            }
+        }
+    }
+
+    /// Every record read so far.
+    pub fn finish(mut self) -> Vec<serde_json::Value> {
+        std::mem::take(&mut self.records)
+    }
+}
+
+impl Drop for LogFollower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `lmictl logs FUNCTION --follow` until a record satisfies `done`; returns every record.
 pub fn follow_logs(
     socket: &Path,
     function: &str,
     done: impl Fn(&serde_json::Value) -> bool,
 ) -> Vec<serde_json::Value> {
-    let mut child = std::process::Command::new(LMICTL_BIN)
-        .args([
-            "--socket",
-            &socket.display().to_string(),
-            "logs",
-            function,
-            "--follow",
-            "--json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufRead::lines(std::io::BufReader::new(out)) {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut records = Vec::new();
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|e| panic!("no log record ({e}); got {records:#?}"));
-        let r: serde_json::Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-        let hit = done(&r);
-        records.push(r);
-        if hit {
-            break;
-        }
+    let mut f = LogFollower::start(socket, function);
+    f.until("the awaited record", done);
+    f.finish()
+}
+
+/// The agent's last record of an environment's logs, written when their capture ends.
+pub const LOG_CAPTURE_ENDED: &str = "log capture ended";
+
+/// Whether `r` is the record that ends the logs of environment `env_id`.
+pub fn is_end_of(r: &serde_json::Value, env_id: &str) -> bool {
+    r["stream"] == "lmi-agent" && r["environment"] == env_id && r["message"] == LOG_CAPTURE_ENDED
+}
+
+/// Every record of `function` that `lmictl logs --follow` prints until the end record of `env_id` (the
+/// environment must be gone or going for that record to come).
+pub async fn logs_until_end(
+    agent: &TestAgent,
+    function: &str,
+    env_id: &str,
+) -> Vec<serde_json::Value> {
+    let socket = agent.socket.clone();
+    let function = function.to_owned();
+    let env_id = env_id.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut f = LogFollower::start(&socket, &function);
+        f.until(&env_id, |r| is_end_of(r, &env_id));
+        f.finish()
+    })
+    .await
+    .unwrap()
+}
+
+/// Sends every event to `function` at once and waits for all the answers, each a success; returns them in
+/// the order of the events.
+pub async fn invoke_all_ok(
+    agent: &TestAgent,
+    function: &str,
+    events: impl IntoIterator<Item = serde_json::Value>,
+) -> Vec<pb::InvokeResponse> {
+    let calls: Vec<_> = events
+        .into_iter()
+        .map(|event| tokio::spawn(invoke(agent.client.clone(), function, event)))
+        .collect();
+    let mut answers = Vec::new();
+    for c in calls {
+        let r = c.await.unwrap().unwrap();
+        assert_eq!(r.outcome(), pb::InvokeOutcome::Success, "{function}: {r:?}");
+        answers.push(r);
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    records
+    answers
+}
+
+/// Asserts that `s` is a throttle (RESOURCE_EXHAUSTED) for `reason` (the reason metadata's value).
+pub fn assert_throttled(s: &tonic::Status, reason: &str) {
+    assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
+    assert_eq!(
+        s.metadata()
+            .get(lmi_proto::wire::THROTTLE_REASON_METADATA)
+            .map(|v| v.to_str().unwrap()),
+        Some(reason),
+        "{s:?}"
+    );
 }
 
 /// The `gate` action of the test functions (every shim's fixture and the official clients' ones): the handler
