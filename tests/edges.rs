@@ -141,13 +141,7 @@ async fn every_refused_zip_is_invalid_argument_and_leaves_nothing_on_disk() {
                 "the bomb is small"
             );
         }
-        let s = agent
-            .client
-            .create_environment(pb::CreateEnvironmentRequest {
-                spec: Some(zip_spec(label, &zip)),
-            })
-            .await
-            .unwrap_err();
+        let s = agent.create_refused(zip_spec(label, &zip)).await;
         assert_eq!(s.code(), Code::InvalidArgument, "{label}: {s:?}");
         assert!(
             s.message().starts_with("spec.code.zip_file: ") && s.message().contains(message),
@@ -667,13 +661,8 @@ async fn a_huge_value_is_refused_with_a_short_message_and_a_crlf_arn_is_refused(
             s.message()
         );
     }
-    let listed = agent
-        .client
-        .list_environments(pb::ListEnvironmentsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(listed.environments.is_empty(), "{listed:?}");
+    let listed = agent.list().await;
+    assert!(listed.is_empty(), "{listed:?}");
     // A well-formed ARN with a qualifier is taken as it is.
     let arn = "arn:aws:lambda:us-east-1:123456789012:function:bounded:7";
     let env = agent

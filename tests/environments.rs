@@ -241,11 +241,7 @@ async fn every_invalid_spec_field_is_invalid_argument_naming_the_field() {
     for (i, (mutate, want)) in cases.iter().enumerate() {
         let mut spec = python_spec("invalid", "actions.handler");
         mutate(&mut spec);
-        let s = agent
-            .client
-            .create_environment(pb::CreateEnvironmentRequest { spec: Some(spec) })
-            .await
-            .unwrap_err();
+        let s = agent.create_refused(spec).await;
         assert_eq!(s.code(), Code::InvalidArgument, "case {i}: {s:?}");
         assert!(
             s.message().starts_with(want),
@@ -284,11 +280,7 @@ async fn a_spec_larger_than_what_is_free_is_resource_exhausted_and_starts_nothin
         .await;
     let mut big = python_spec("cap", "actions.handler");
     big.memory_mib = 8192; // 4 vCPU at 2:1: more than the 2 left
-    let s = agent
-        .client
-        .create_environment(pb::CreateEnvironmentRequest { spec: Some(big) })
-        .await
-        .unwrap_err();
+    let s = agent.create_refused(big).await;
     assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
     assert!(
         s.message().contains("cannot fit 4 vCPU and 8192 MiB"),
@@ -298,13 +290,7 @@ async fn a_spec_larger_than_what_is_free_is_resource_exhausted_and_starts_nothin
     let mut mem_heavy = python_spec("cap", "actions.handler");
     mem_heavy.memory_mib = 8192;
     mem_heavy.memory_gib_per_vcpu = 8; // 1 vCPU but 8 GiB: memory is short
-    let s = agent
-        .client
-        .create_environment(pb::CreateEnvironmentRequest {
-            spec: Some(mem_heavy),
-        })
-        .await
-        .unwrap_err();
+    let s = agent.create_refused(mem_heavy).await;
     assert_eq!(s.code(), Code::ResourceExhausted);
     let host = agent.host().await;
     assert_eq!(
@@ -341,18 +327,9 @@ async fn a_spec_larger_than_what_is_free_is_resource_exhausted_and_starts_nothin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_runtime_is_invalid_and_an_unavailable_one_is_a_failed_precondition() {
     require_root!();
-    let dir = tempfile::tempdir().unwrap();
-    let catalog = dir.path().join("runtimes.toml");
-    let builtin = std::fs::read_to_string(repo().join("agent/core/catalog/runtimes.toml")).unwrap();
-    std::fs::write(
-        &catalog,
-        format!("{builtin}\n[[runtime]]\nid = \"ghost9\"\ncommand = [\"no-such-interpreter-lmi\", \"x\"]\ndefault_concurrency_per_vcpu = 8\n"),
+    let (mut agent, _catalog) = start_with_runtimes(
+        "[[runtime]]\nid = \"ghost9\"\ncommand = [\"no-such-interpreter-lmi\", \"x\"]\ndefault_concurrency_per_vcpu = 8\n",
     )
-    .unwrap();
-    let mut agent = TestAgent::start_with(AgentOptions {
-        extra_config: format!("catalog = {:?}", catalog.display().to_string()),
-        ..Default::default()
-    })
     .await;
     let host = agent.host().await;
     let ghost = host.runtimes.iter().find(|r| r.id == "ghost9").unwrap();
@@ -369,11 +346,7 @@ async fn unknown_runtime_is_invalid_and_an_unavailable_one_is_a_failed_precondit
         .any(|r| r.id == "python3.11" && r.available));
     let mut spec = python_spec("ghost", "x.y");
     spec.runtime = "ghost9".into();
-    let s = agent
-        .client
-        .create_environment(pb::CreateEnvironmentRequest { spec: Some(spec) })
-        .await
-        .unwrap_err();
+    let s = agent.create_refused(spec).await;
     assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
     assert!(s
         .message()
@@ -453,13 +426,7 @@ async fn zip_code_is_checked_and_unpacked_read_only() {
         source: Some(pb::code::Source::ZipFile(zip.display().to_string())),
         sha256: "0".repeat(64),
     });
-    let s = agent
-        .client
-        .create_environment(pb::CreateEnvironmentRequest {
-            spec: Some(spec.clone()),
-        })
-        .await
-        .unwrap_err();
+    let s = agent.create_refused(spec.clone()).await;
     assert_eq!(s.code(), Code::InvalidArgument);
     assert!(
         s.message()

@@ -6,7 +6,7 @@ mod support;
 
 use std::{path::PathBuf, process::Command};
 
-use lmi_proto::v1::InvokeOutcome as Out;
+use lmi_proto::v1::{self as pb, InvokeOutcome as Out};
 use support::*;
 
 /// A tool tests/setup.sh installs under `$LMI_TEST_TOOLS`.
@@ -16,18 +16,41 @@ fn tool(rel: &str) -> PathBuf {
     p
 }
 
+/// Function `held` with one slot, taken by an invoke that waits until released: any other invoke of it is
+/// throttled for concurrency meanwhile.
+struct HeldSlot {
+    env: pb::Environment,
+    dir: tempfile::TempDir,
+    invoke: tokio::task::JoinHandle<Result<pb::InvokeResponse, tonic::Status>>,
+}
+
+impl HeldSlot {
+    async fn take(agent: &mut TestAgent) -> Self {
+        let mut spec = python_spec("held", "actions.handler");
+        spec.max_concurrency = 1;
+        spec.timeout_seconds = 120;
+        let env = agent.create_ready(spec).await;
+        let dir = shared_dir();
+        let invoke = tokio::spawn(invoke(agent.client.clone(), "held", gate(dir.path(), 2)));
+        wait_for_files(dir.path(), 1).await;
+        Self { env, dir, invoke }
+    }
+
+    /// Lets the held invoke end, which must succeed; returns the environment's pid.
+    async fn release(self) -> u32 {
+        std::fs::write(self.dir.path().join("release"), "").unwrap();
+        let r = self.invoke.await.unwrap().unwrap();
+        assert_eq!(r.outcome(), Out::Success, "{r:?}");
+        self.env.pid
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcio_with_its_default_authority_lists_and_reads_a_throttle_with_grpcio_status() {
     require_root!();
     let mut agent = TestAgent::start().await;
-    let mut spec = python_spec("held", "actions.handler");
-    spec.max_concurrency = 1;
-    spec.timeout_seconds = 120;
-    let env = agent.create_ready(spec).await;
     // One invoke holds the only slot until the test releases it: the Python client's invoke is throttled.
-    let dir = shared_dir();
-    let held = tokio::spawn(invoke(agent.client.clone(), "held", gate(dir.path(), 2)));
-    wait_for_files(dir.path(), 1).await;
+    let held = HeldSlot::take(&mut agent).await;
 
     let python = tool("grpc-python/bin/python");
     let (socket, proto) = (agent.socket.clone(), repo().join("proto"));
@@ -49,7 +72,7 @@ async fn grpcio_with_its_default_authority_lists_and_reads_a_throttle_with_grpci
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-    assert_eq!(v["environments"], serde_json::json!([env.id]), "{v}");
+    assert_eq!(v["environments"], serde_json::json!([held.env.id]), "{v}");
     assert_eq!(v["code"], "RESOURCE_EXHAUSTED", "{v}");
     assert_eq!(
         v["details"],
@@ -69,10 +92,8 @@ async fn grpcio_with_its_default_authority_lists_and_reads_a_throttle_with_grpci
         "{v}"
     );
 
-    std::fs::write(dir.path().join("release"), "").unwrap();
-    let r = held.await.unwrap().unwrap();
-    assert_eq!(r.outcome(), Out::Success, "{r:?}");
-    agent.stop_and_assert_clean(&[env.pid]);
+    let pid = held.release().await;
+    agent.stop_and_assert_clean(&[pid]);
 }
 
 /// grpcurl as the README shows it (`-plaintext -unix SOCKET list`), then a throttled invoke whose details
@@ -109,13 +130,7 @@ async fn grpcurl_lists_the_services_and_shows_a_throttles_details() {
         assert!(services.contains(&s), "{s} not in {services:?}");
     }
 
-    let mut spec = python_spec("held", "actions.handler");
-    spec.max_concurrency = 1;
-    spec.timeout_seconds = 120;
-    let env = agent.create_ready(spec).await;
-    let dir = shared_dir();
-    let held = tokio::spawn(invoke(agent.client.clone(), "held", gate(dir.path(), 2)));
-    wait_for_files(dir.path(), 1).await;
+    let held = HeldSlot::take(&mut agent).await;
     let (code, stdout, stderr) = run(
         &["-d", r#"{"function_name": "held"}"#],
         &["lmi.agent.v1.Agent/Invoke"],
@@ -128,7 +143,6 @@ async fn grpcurl_lists_the_services_and_shows_a_throttles_details() {
     );
     assert!(stderr.contains("THROTTLE_REASON_CONCURRENCY"), "{stderr}");
 
-    std::fs::write(dir.path().join("release"), "").unwrap();
-    assert_eq!(held.await.unwrap().unwrap().outcome(), Out::Success);
-    agent.stop_and_assert_clean(&[env.pid]);
+    let pid = held.release().await;
+    agent.stop_and_assert_clean(&[pid]);
 }

@@ -112,6 +112,17 @@ type BadRequest<'a> = (
     &'a str,
 );
 
+/// An agent with the invoke API on a free loopback port (CONFIG), and that port's address.
+async fn start_with_invoke_api() -> (TestAgent, SocketAddr) {
+    let agent = TestAgent::start_with(AgentOptions {
+        extra_config: CONFIG.into(),
+        ..Default::default()
+    })
+    .await;
+    let addr = invoke_api_addr(&agent);
+    (agent, addr)
+}
+
 fn invoke_api_addr(agent: &TestAgent) -> SocketAddr {
     agent
         .log_field("invoke API listening", "addr")
@@ -123,12 +134,7 @@ fn invoke_api_addr(agent: &TestAgent) -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn boto3_invokes_get_payloads_function_errors_and_throttles() {
     require_root!();
-    let mut agent = TestAgent::start_with(AgentOptions {
-        extra_config: CONFIG.into(),
-        ..Default::default()
-    })
-    .await;
-    let addr = invoke_api_addr(&agent);
+    let (mut agent, addr) = start_with_invoke_api().await;
     let mut spec = python_spec("sdk", "actions.handler");
     spec.max_concurrency = 1;
     spec.timeout_seconds = 60;
@@ -252,12 +258,7 @@ async fn boto3_invokes_get_payloads_function_errors_and_throttles() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_http_requests_get_clear_4xx_errors() {
     require_root!();
-    let mut agent = TestAgent::start_with(AgentOptions {
-        extra_config: CONFIG.into(),
-        ..Default::default()
-    })
-    .await;
-    let addr = invoke_api_addr(&agent);
+    let (mut agent, addr) = start_with_invoke_api().await;
     let env = agent
         .create_ready(python_spec("raw", "actions.handler"))
         .await;

@@ -32,13 +32,7 @@ async fn the_fifth_invoke_at_max_concurrency_four_is_throttled_for_concurrency()
         .invoke("four", serde_json::json!({"action": "echo"}))
         .await
         .unwrap_err();
-    assert_eq!(s.code(), Code::ResourceExhausted);
-    assert_eq!(
-        s.metadata()
-            .get(lmi_proto::wire::THROTTLE_REASON_METADATA)
-            .unwrap(),
-        "CONCURRENCY"
-    );
+    assert_throttled(&s, "CONCURRENCY");
     let details = pb::ThrottleDetails::from_status_details(s.details()).unwrap();
     assert_eq!(details.reason(), pb::ThrottleReason::Concurrency);
     assert!(details.retry_elsewhere);
@@ -235,13 +229,7 @@ async fn a_runtime_that_never_polls_times_out_its_init() {
     };
     let created = agent.create(spec).await;
     let not_ready = |s: tonic::Status| {
-        assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
-        assert_eq!(
-            s.metadata()
-                .get(lmi_proto::wire::THROTTLE_REASON_METADATA)
-                .unwrap(),
-            "NO_READY_ENVIRONMENT"
-        );
+        assert_throttled(&s, "NO_READY_ENVIRONMENT");
         let details = pb::ThrottleDetails::from_status_details(s.details()).unwrap();
         assert_eq!(details.reason(), pb::ThrottleReason::NoReadyEnvironment);
         assert!(details.message.contains("is READY"), "{}", details.message);

@@ -32,14 +32,7 @@ async fn after_sigkill_the_next_agent_stops_the_leftovers_and_reports_them_lost(
     let mut spec = python_spec("survivor", "actions.handler");
     spec.max_concurrency = 2;
     let env = agent.create_ready(spec.clone()).await;
-    assert_eq!(
-        agent
-            .invoke("survivor", serde_json::json!({}))
-            .await
-            .unwrap()
-            .outcome(),
-        Out::Success
-    );
+    agent.invoke_ok("survivor", serde_json::json!({})).await;
     let dirs = agent.env_cgroup_dirs(&env.id);
     let pids = cgroup_pids(&dirs["memory"]);
     assert!(pids.len() >= 3, "{pids:?}");
@@ -72,18 +65,9 @@ async fn after_sigkill_the_next_agent_stops_the_leftovers_and_reports_them_lost(
     let lost = agent.get(&env.id).await;
     assert_eq!(lost.state(), St::Failed);
     assert_eq!(lost.failure.as_ref().unwrap().error_type, "Agent.Restarted");
-    let listed = agent
-        .client
-        .list_environments(pb::ListEnvironmentsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let listed = agent.list().await;
     assert_eq!(
-        listed
-            .environments
-            .iter()
-            .map(|e| e.id.as_str())
-            .collect::<Vec<_>>(),
+        listed.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
         [env.id.as_str()]
     );
     let host = agent.host().await;
@@ -98,14 +82,7 @@ async fn after_sigkill_the_next_agent_stops_the_leftovers_and_reports_them_lost(
         .unwrap_err();
     assert_eq!(s.code(), Code::NotFound);
     let replacement = agent.create_ready(spec).await;
-    assert_eq!(
-        agent
-            .invoke("survivor", serde_json::json!({}))
-            .await
-            .unwrap()
-            .outcome(),
-        Out::Success
-    );
+    agent.invoke_ok("survivor", serde_json::json!({})).await;
     // Deleting the lost one forgets it for good.
     let gone = agent.delete(&env.id).await;
     assert_eq!(gone.state(), St::Terminated);

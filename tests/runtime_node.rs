@@ -248,20 +248,9 @@ async fn the_default_concurrency_is_64_per_vcpu() {
 async fn a_node_of_the_wrong_major_version_is_unavailable() {
     require_root!();
     // A catalog entry whose interpreter exists but is not the version it names: the probe refuses it.
-    let dir = tempfile::tempdir().unwrap();
-    let catalog = dir.path().join("runtimes.toml");
-    let builtin = std::fs::read_to_string(repo().join("agent/core/catalog/runtimes.toml")).unwrap();
-    std::fs::write(
-        &catalog,
-        format!(
-            "{builtin}\n[[runtime]]\nid = \"nodejs99.x\"\ncommand = [\"node\", \"{{shims}}/node/bootstrap.mjs\"]\nprobe = [\"node\", \"-e\", \"process.exit(process.versions.node.split('.')[0] === '99' ? 0 : 1)\"]\ndefault_concurrency_per_vcpu = 64\nexecution_env = \"AWS_Lambda_nodejs99.x\"\n"
-        ),
+    let (mut agent, _catalog) = start_with_runtimes(
+        "[[runtime]]\nid = \"nodejs99.x\"\ncommand = [\"node\", \"{shims}/node/bootstrap.mjs\"]\nprobe = [\"node\", \"-e\", \"process.exit(process.versions.node.split('.')[0] === '99' ? 0 : 1)\"]\ndefault_concurrency_per_vcpu = 64\nexecution_env = \"AWS_Lambda_nodejs99.x\"\n",
     )
-    .unwrap();
-    let mut agent = TestAgent::start_with(AgentOptions {
-        extra_config: format!("catalog = {:?}", catalog.display().to_string()),
-        ..Default::default()
-    })
     .await;
     let host = agent.host().await;
     let ghost = host.runtimes.iter().find(|r| r.id == "nodejs99.x").unwrap();
@@ -271,12 +260,8 @@ async fn a_node_of_the_wrong_major_version_is_unavailable() {
         "{ghost:?}"
     );
     let s = agent
-        .client
-        .create_environment(pb::CreateEnvironmentRequest {
-            spec: Some(node_spec("ghost", "nodejs99.x", "actions.handler")),
-        })
-        .await
-        .unwrap_err();
+        .create_refused(node_spec("ghost", "nodejs99.x", "actions.handler"))
+        .await;
     assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
     assert!(
         s.message()

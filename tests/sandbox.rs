@@ -187,6 +187,25 @@ struct Outside {
 impl Outside {
     const PORT: u16 = 7070;
 
+    /// Serves one connection (within 60 s) on the listener: reads the 6 bytes the function sends, answers
+    /// with the source address it saw, and yields those 6 bytes.
+    fn answer_one(&mut self) -> tokio::task::JoinHandle<[u8; 6]> {
+        let listener = tokio::net::TcpListener::from_std(self.listener.take().unwrap()).unwrap();
+        tokio::spawn(async move {
+            let (mut conn, peer) = tokio::time::timeout(Duration::from_secs(60), listener.accept())
+                .await
+                .expect("no connection from the function")
+                .unwrap();
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut hello = [0u8; 6];
+            conn.read_exact(&mut hello).await.unwrap();
+            conn.write_all(peer.ip().to_string().as_bytes())
+                .await
+                .unwrap();
+            hello
+        })
+    }
+
     fn create() -> Self {
         let ip = Tool::find("ip").expect("ip (tests/setup.sh installs iproute2)");
         // A /28 of its own per call (tests of this binary run in parallel), a /24 per test process.
@@ -220,21 +239,7 @@ impl Drop for Outside {
 async fn egress_reaches_a_server_outside_through_nat_but_not_the_host() {
     require_root!();
     let mut outside = Outside::create();
-    let listener = tokio::net::TcpListener::from_std(outside.listener.take().unwrap()).unwrap();
-    // The server answers each connection with the source address it saw.
-    let server = tokio::spawn(async move {
-        let (mut conn, peer) = tokio::time::timeout(Duration::from_secs(60), listener.accept())
-            .await
-            .expect("no connection from the function")
-            .unwrap();
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut hello = [0u8; 6];
-        conn.read_exact(&mut hello).await.unwrap();
-        conn.write_all(peer.ip().to_string().as_bytes())
-            .await
-            .unwrap();
-        hello
-    });
+    let server = outside.answer_one();
 
     let mut agent = TestAgent::start().await;
     let env = agent
@@ -503,13 +508,7 @@ async fn secrets_in_environment_variables_never_reach_the_agent_log() {
         .await;
     let mut invalid = with_secrets("secret-invalid", "actions.handler");
     invalid.memory_mib = 1;
-    let s = agent
-        .client
-        .create_environment(pb::CreateEnvironmentRequest {
-            spec: Some(invalid),
-        })
-        .await
-        .unwrap_err();
+    let s = agent.create_refused(invalid).await;
     assert_eq!(s.code(), tonic::Code::InvalidArgument);
     let closed = tempfile::tempdir().unwrap();
     std::fs::set_permissions(closed.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -520,13 +519,7 @@ async fn secrets_in_environment_variables_never_reach_the_agent_log() {
         )),
         sha256: String::new(),
     });
-    let s = agent
-        .client
-        .create_environment(pb::CreateEnvironmentRequest {
-            spec: Some(unreadable),
-        })
-        .await
-        .unwrap_err();
+    let s = agent.create_refused(unreadable).await;
     assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
     assert!(
         s.message()
@@ -673,19 +666,7 @@ async fn a_function_reaches_no_host_service_over_ipv6_nor_the_control_api_while_
     require_root!();
     // The outside server, reached over IPv4 through NAT, answers with the source address it saw.
     let mut outside = Outside::create();
-    let listener = tokio::net::TcpListener::from_std(outside.listener.take().unwrap()).unwrap();
-    let server = tokio::spawn(async move {
-        let (mut conn, peer) = tokio::time::timeout(Duration::from_secs(60), listener.accept())
-            .await
-            .expect("no connection from the function")
-            .unwrap();
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut hello = [0u8; 6];
-        conn.read_exact(&mut hello).await.unwrap();
-        conn.write_all(peer.ip().to_string().as_bytes())
-            .await
-            .unwrap();
-    });
+    let server = outside.answer_one();
     // A host service on every address of both families, and the control API on [::] (with its token).
     let host_service = std::net::TcpListener::bind("[::]:0").unwrap();
     host_service.set_nonblocking(true).unwrap();

@@ -478,13 +478,7 @@ async fn burst_caller(
 
 /// Every environment the agent holds is one of `created`, READY on its first process, with no failure.
 async fn assert_none_lost(agent: &mut TestAgent, created: &[pb::Environment], when: &str) {
-    let mut all = agent
-        .client
-        .list_environments(pb::ListEnvironmentsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .environments;
+    let mut all = agent.list().await;
     all.sort_by(|a, b| a.id.cmp(&b.id));
     let mut want: Vec<_> = created.iter().map(|e| e.id.as_str()).collect();
     want.sort();
