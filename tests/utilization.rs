@@ -133,13 +133,7 @@ async fn saturation_redirects_then_throttles_then_recovers(resource: Resource) {
         .invoke(&function, serde_json::json!({"action": "echo"}))
         .await
         .unwrap_err();
-    assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
-    assert_eq!(
-        s.metadata()
-            .get(lmi_proto::wire::THROTTLE_REASON_METADATA)
-            .unwrap(),
-        resource.reason()
-    );
+    assert_throttled(&s, resource.reason());
 
     // The load stops: A is admitted again.
     std::fs::write(&release_file, "").unwrap();
@@ -365,12 +359,8 @@ async fn the_scaler_gets_matching_reports_across_its_restart_and_can_drain_the_h
         .unwrap_err();
     assert_eq!(s.code(), Code::Unavailable, "{s:?}");
     let s = agent
-        .client
-        .create_environment(pb::CreateEnvironmentRequest {
-            spec: Some(python_spec("late", "actions.handler")),
-        })
-        .await
-        .unwrap_err();
+        .create_refused(python_spec("late", "actions.handler"))
+        .await;
     assert_eq!(s.code(), Code::Unavailable);
     let drained = agent
         .wait_state(&env.id, &[pb::EnvironmentState::Terminated])
