@@ -28,18 +28,21 @@ pub const SPECS: [(&str, u64, u64); 3] = [
     ("8-1", 4, 32 << 30),
 ];
 
+/// Where [`fake_v1_mounts`] puts the agent's own cgroup in each hierarchy, relative to the root it is given.
+pub const FAKE_V1_OWN_DIRS: [&str; 6] = [
+    "cpu",
+    "cpuacct",
+    "memory/process_api/abc",
+    "pids",
+    "freezer",
+    "unified",
+];
+
 /// A v1 layout shaped like this development host: separate cpu and cpuacct
 /// mounts, the agent in `/process_api/abc` of the memory hierarchy, a freezer
 /// and a controller-less unified mount.
 pub fn fake_v1_mounts(root: &Path) -> V1Mounts {
-    for m in [
-        "cpu",
-        "cpuacct",
-        "memory/process_api/abc",
-        "pids",
-        "freezer",
-        "unified",
-    ] {
+    for m in FAKE_V1_OWN_DIRS {
         fs::create_dir_all(root.join(m)).unwrap();
     }
     V1Mounts {

@@ -356,7 +356,7 @@ impl EnvironmentCgroup for V1Cgroup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{fake_v1_env, fake_v1_mounts, read, SPECS};
+    use crate::testutil::{fake_v1_env, fake_v1_mounts, read, FAKE_V1_OWN_DIRS, SPECS};
 
     #[test]
     fn new_creates_parent_below_own_cgroup_in_every_hierarchy() {
@@ -365,14 +365,7 @@ mod tests {
         let driver = V1Driver::new(fake_v1_mounts(root), "lmi-agent").unwrap();
         assert_eq!(driver.parent_path(), "/process_api/abc/lmi-agent");
         assert_eq!(driver.version(), CgroupVersion::V1);
-        for d in [
-            "cpu",
-            "cpuacct",
-            "memory/process_api/abc",
-            "pids",
-            "freezer",
-            "unified",
-        ] {
+        for d in FAKE_V1_OWN_DIRS {
             assert!(root.join(d).join("lmi-agent").is_dir(), "{d}");
         }
         // Idempotent.
