@@ -375,7 +375,10 @@ pub(crate) mod testing {
             runtime: runtime.into(),
             handler: "app.handler".into(),
             code: Some(pb::Code {
-                source: Some(pb::code::Source::Directory("/".into())),
+                // A small directory every user can read (create refuses code the function could not read).
+                source: Some(pb::code::Source::Directory(
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/catalog").into(),
+                )),
                 sha256: String::new(),
             }),
             max_concurrency,
