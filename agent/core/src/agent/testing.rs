@@ -41,6 +41,7 @@ use crate::logs::LogPipeline;
 use crate::state::StateStore;
 pub use lmi_cgroup::fake::FakeCgroups;
 use lmi_cgroup::Placement;
+use lmi_runtime_api::protocol;
 use lmi_sandbox::ephemeral::{EphemeralError, EphemeralStorage};
 use lmi_sandbox::{confine::Confinement, EnvironmentSandbox, SandboxError};
 
@@ -291,9 +292,8 @@ async fn run_runtime(
     delivered: tokio::sync::watch::Sender<usize>,
 ) {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let base = format!("http://{api}/2018-06-01/runtime/invocation");
     loop {
-        let Ok(uri) = format!("{base}/next").parse::<hyper::Uri>() else {
+        let Ok(uri) = format!("http://{api}{}", protocol::NEXT_PATH).parse::<hyper::Uri>() else {
             return;
         };
         let Ok(next) = client.get(uri).await else {
@@ -301,7 +301,7 @@ async fn run_runtime(
         };
         let id = next
             .headers()
-            .get("lambda-runtime-aws-request-id")
+            .get(protocol::REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let Ok(body) = next.into_body().collect().await else {
@@ -310,16 +310,16 @@ async fn run_runtime(
         let Some(id) = id else { return };
         delivered.send_modify(|n| *n += 1);
         let (path, body) = match runtime {
-            FakeRuntime::Echo => ("response", body.to_bytes()),
+            FakeRuntime::Echo => (protocol::response_path(&id), body.to_bytes()),
             FakeRuntime::Error => (
-                "error",
+                protocol::error_path(&id),
                 Bytes::from(format!(
                     r#"{{"errorMessage":"the fake runtime fails","errorType":"{FAKE_ERROR_TYPE}"}}"#
                 )),
             ),
             FakeRuntime::Hold | FakeRuntime::Silent => continue,
         };
-        let Ok(request) = hyper::Request::post(format!("{base}/{id}/{path}"))
+        let Ok(request) = hyper::Request::post(format!("http://{api}{path}"))
             .header("content-type", "application/json")
             .body(Full::new(body))
         else {
