@@ -63,6 +63,14 @@ done
 # systemd-analyze verify of the unit, the AMI recipes checked offline.
 ./packaging/ci.sh
 
+# Graviton (arm64, c7g): the arm64 packages built (cross) and checked like the x86_64 ones, the workspace's unit
+# tests built for aarch64-unknown-linux-gnu and run under qemu-aarch64, and the arm64 agent under emulation
+# through a subset of the system tests against this machine's cgroups and namespaces (tests/arm64/run.sh says
+# what cannot run emulated, and why). Each part ends with its own `N passed, M failed`.
+./packaging/ci.sh --arch aarch64
+./tests/arm64/run.sh unit
+./tests/arm64/run.sh system
+
 # The installed product on the machine production runs: the .deb just built, installed with dpkg -i in a QEMU
 # VM (Debian's kernel, systemd as PID 1, cgroup v2 only), started with systemctl and checked there, then the
 # library's cgroup tests in the VM. One line per check and `N passed, M failed`.

@@ -75,6 +75,9 @@ have systemd-analyze || apt_install systemd
 have rpm || apt_install rpm
 have dpkg-deb || apt_install dpkg
 if ! cargo clippy --version >/dev/null 2>&1; then rustup component add clippy; fi
+# The arm64 (Graviton) cross-build and its emulation: the Rust target, Debian's cross linker, the arm64 C
+# library (multiarch) and qemu-aarch64 registered with binfmt_misc (packaging/cross-setup.sh).
+"$root/packaging/cross-setup.sh"
 # cargo-fuzz (crates.io) for tests/fuzz; built once into ~/.cargo/bin.
 have cargo-fuzz || cargo install --quiet --locked cargo-fuzz
 if ! cargo fmt --version >/dev/null 2>&1; then rustup component add rustfmt; fi
