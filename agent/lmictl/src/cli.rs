@@ -344,6 +344,12 @@ pub struct InvokeArgs {
     /// Passed to the runtime as Lambda-Runtime-Trace-Id.
     #[arg(long, value_name = "TRACE_ID")]
     pub trace_id: Option<String>,
+
+    /// Print the answer as the function streams it (InvokeWithResponseStream): each chunk goes to stdout
+    /// when it arrives, byte for byte, then the outcome is reported as without --stream. With --json, one
+    /// JSON line per chunk ({"chunk": TEXT} or {"chunk_base64": ...}), then a summary line.
+    #[arg(long)]
+    pub stream: bool,
 }
 
 #[derive(Debug, Args)]

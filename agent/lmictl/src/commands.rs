@@ -65,6 +65,8 @@ enum Plan {
         grace_period_seconds: u32,
     },
     Invoke(InvokeRequest),
+    /// `invoke --stream`.
+    InvokeStream(InvokeRequest),
     Host,
     Top {
         count: Option<u64>,
@@ -143,6 +145,7 @@ fn prepare(command: Command, io: &mut Io<'_>) -> anyhow::Result<Plan> {
             },
             grace_period_seconds: args.grace.unwrap_or(0),
         },
+        Command::Invoke(args) if args.stream => Plan::InvokeStream(prepare_invoke(args, io)?),
         Command::Invoke(args) => Plan::Invoke(prepare_invoke(args, io)?),
         Command::Host => Plan::Host,
         Command::Top(args) => Plan::Top { count: args.count },
@@ -267,6 +270,22 @@ async fn execute(
             let request_id = req.request_id.clone();
             match client.invoke(request(req, timeout)).await {
                 Ok(resp) => render::invoke_output(&resp.into_inner(), json),
+                Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                    render::throttle_output(&throttle::from_status(&status), &request_id, json)
+                }
+                Err(status) => Err(status.into()),
+            }
+        }
+        Plan::InvokeStream(req) => {
+            let request_id = req.request_id.clone();
+            match client
+                .invoke_with_response_stream(request(req, timeout))
+                .await
+            {
+                Ok(resp) => {
+                    crate::stream::render(resp.into_inner(), json, io.stdout_is_tty, io.stdout)
+                        .await
+                }
                 Err(status) if status.code() == tonic::Code::ResourceExhausted => {
                     render::throttle_output(&throttle::from_status(&status), &request_id, json)
                 }

@@ -15,6 +15,7 @@ mod payload;
 mod render;
 mod resolve;
 mod spec_file;
+mod stream;
 mod throttle;
 mod top;
 

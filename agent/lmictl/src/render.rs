@@ -288,7 +288,7 @@ pub fn host_view(host: &Host) -> HostView {
     }
 }
 
-fn error_view(e: &FunctionError) -> ErrorView {
+pub fn error_view(e: &FunctionError) -> ErrorView {
     ErrorView {
         error_type: e.error_type.clone(),
         error_message: e.error_message.clone(),

@@ -182,13 +182,69 @@ impl Agent for FakeAgent {
         Result<lmi_proto::v1::InvokeWithResponseStreamResponse, Status>,
     >;
 
+    /// `echo` streams its payload back in two chunks; `boom` fails after one chunk; `busy` is throttled.
     async fn invoke_with_response_stream(
         &self,
-        _request: Request<InvokeRequest>,
+        request: Request<InvokeRequest>,
     ) -> Result<Response<Self::InvokeWithResponseStreamStream>, Status> {
-        Err(Status::unimplemented(
-            "the fake agent has no response streaming",
-        ))
+        use lmi_proto::v1::invoke_with_response_stream_response::Event;
+        use lmi_proto::v1::{
+            InvokeStreamComplete, InvokeStreamHead, InvokeWithResponseStreamResponse,
+        };
+        let req = request.into_inner();
+        self.invoked.lock().unwrap().push(req.clone());
+        let (chunks, complete) = match req.function_name.as_str() {
+            "echo" => {
+                let half = req.payload.len() / 2;
+                (
+                    vec![req.payload.slice(..half), req.payload.slice(half..)],
+                    InvokeStreamComplete {
+                        outcome: InvokeOutcome::Success as i32,
+                        error: None,
+                    },
+                )
+            }
+            "boom" => (
+                vec![prost::bytes::Bytes::from_static(b"chunk-1\n")],
+                InvokeStreamComplete {
+                    outcome: InvokeOutcome::FunctionError as i32,
+                    error: Some(FunctionError {
+                        error_type: "Error".into(),
+                        error_message: "mid-stream".into(),
+                        stack_trace: vec![],
+                    }),
+                },
+            ),
+            "busy" => {
+                return Err(throttle_status(
+                    ThrottleReason::Concurrency,
+                    false,
+                    "all 2 environments of busy:$LATEST are at max concurrency",
+                ))
+            }
+            other => {
+                return Err(Status::not_found(format!(
+                    "function {other} has no READY environment"
+                )))
+            }
+        };
+        let head = Event::Head(InvokeStreamHead {
+            request_id: "generated-id".into(),
+            environment_id: "env-1".into(),
+            executed_version: "$LATEST".into(),
+            content_type: "application/json".into(),
+        });
+        let events: Vec<Event> = std::iter::once(head)
+            .chain(chunks.into_iter().map(Event::Chunk))
+            .chain(std::iter::once(Event::Complete(complete)))
+            .collect();
+        let (tx, rx) = tokio::sync::mpsc::channel(events.len());
+        for event in events {
+            let _ = tx.try_send(Ok(InvokeWithResponseStreamResponse { event: Some(event) }));
+        }
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
     }
 
     type WatchUtilizationStream =
@@ -452,6 +508,62 @@ async fn invoke_throttle_exits_2() {
     assert_eq!(v["outcome"], "THROTTLED");
     assert_eq!(v["throttle"]["reason"], "CONCURRENCY");
     assert_eq!(v["request_id"], "r-7");
+}
+
+#[tokio::test]
+async fn invoke_stream_prints_the_chunks_then_reports_the_outcome() {
+    let h = start().await;
+    let out = lmictl(
+        &h,
+        &[
+            "invoke",
+            "echo",
+            "--stream",
+            "--payload",
+            r#"{"a":[1,2,3]}"#,
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!((out.code, stdout(&out).as_str()), (0, r#"{"a":[1,2,3]}"#));
+    assert_eq!(out.stderr, "");
+    assert_eq!(
+        h.agent.invoked.lock().unwrap()[0].payload,
+        r#"{"a":[1,2,3]}"#.as_bytes()
+    );
+
+    let out = lmictl(&h, &["invoke", "boom", "--stream"], b"").await;
+    assert_eq!(out.code, 1);
+    assert_eq!(stdout(&out), "chunk-1\n");
+    assert_eq!(
+        out.stderr,
+        "FUNCTION_ERROR: Error: mid-stream\nrequest generated-id on environment env-1\n"
+    );
+
+    let out = lmictl(&h, &["invoke", "boom", "--stream", "--json"], b"").await;
+    assert_eq!(out.code, 1);
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0], serde_json::json!({"chunk": "chunk-1\n"}));
+    assert_eq!(lines[1]["outcome"], "FUNCTION_ERROR");
+    assert_eq!(lines[1]["bytes"], 8);
+
+    let out = lmictl(&h, &["invoke", "busy", "--stream"], b"").await;
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.starts_with("throttled: CONCURRENCY"),
+        "{}",
+        out.stderr
+    );
+    let out = lmictl(&h, &["invoke", "nope", "--stream"], b"").await;
+    assert_eq!(out.code, 3);
+    assert_eq!(
+        out.stderr,
+        "error: NOT_FOUND: function nope has no READY environment\n"
+    );
 }
 
 #[tokio::test]
