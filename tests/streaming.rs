@@ -411,3 +411,130 @@ async fn the_official_node_client_streams_chunk_by_chunk() {
     wait_in_flight(&mut agent, &env.id, 0).await;
     agent.stop_and_assert_clean(&[env.pid]);
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// `lmictl invoke --stream`, the real binary against the real agent, its stdout read as it writes.
+
+/// A running `lmictl invoke FUNCTION --stream --payload PAYLOAD`, its stdout read line by line on a thread.
+struct LmictlStream {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl LmictlStream {
+    fn start(agent: &TestAgent, function: &str, payload: serde_json::Value) -> Self {
+        let mut child = std::process::Command::new(LMICTL_BIN)
+            .args(["--socket", &agent.socket.display().to_string()])
+            .args([
+                "invoke",
+                function,
+                "--stream",
+                "--payload",
+                &payload.to_string(),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("lmictl");
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut out = std::io::BufReader::new(out);
+            loop {
+                let mut line = String::new();
+                match std::io::BufRead::read_line(&mut out, &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        if tx.send(line).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The next line lmictl printed (with its newline), waiting at most 60 s for it.
+    async fn line(&self) -> String {
+        tokio::task::block_in_place(|| self.lines.recv_timeout(Duration::from_secs(60)))
+            .expect("lmictl printed a line within 60 s")
+    }
+
+    /// Waits for lmictl to exit: its status, what else it printed, and its stderr.
+    async fn finish(mut self) -> (std::process::ExitStatus, String, String) {
+        tokio::task::block_in_place(move || {
+            let status = self.child.wait().unwrap();
+            let rest: String = self.lines.iter().collect();
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut self.child.stderr.take().unwrap(), &mut stderr)
+                .unwrap();
+            (status, rest, stderr)
+        })
+    }
+}
+
+impl Drop for LmictlStream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lmictl_prints_each_chunk_before_the_function_writes_the_next() {
+    require_root!();
+    if curl_missing() {
+        return;
+    }
+    let mut agent = TestAgent::start().await;
+    let env = agent.create_ready(streaming_spec("lmictlstream")).await;
+    let dir = shared_dir();
+    let lmictl = LmictlStream::start(
+        &agent,
+        "lmictlstream",
+        json!({"dir": dir.path().display().to_string(), "chunks": 5}),
+    );
+    for i in 1..=5 {
+        assert_eq!(lmictl.line().await, format!("chunk-{i}\n"));
+        // lmictl printed chunk i; only now may the function write chunk i+1.
+        assert!(!dir.path().join(format!("go-{i}")).exists());
+        std::fs::write(dir.path().join(format!("go-{i}")), "").unwrap();
+    }
+    let (status, rest, stderr) = lmictl.finish().await;
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert_eq!((rest.as_str(), stderr.as_str()), ("", ""));
+    wait_in_flight(&mut agent, &env.id, 0).await;
+    agent.stop_and_assert_clean(&[env.pid]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lmictl_reports_a_mid_stream_error_after_the_chunks() {
+    require_root!();
+    let mut agent = TestAgent::start().await;
+    let env = agent
+        .create_ready(node_streaming_spec("lmictlbreaks"))
+        .await;
+    let dir = shared_dir();
+    let lmictl = LmictlStream::start(
+        &agent,
+        "lmictlbreaks",
+        json!({"chunks": 3, "dir": dir.path().display().to_string(), "fail_after": 2}),
+    );
+    assert_eq!(lmictl.line().await, "chunk-1\n");
+    std::fs::write(dir.path().join("go-1"), "").unwrap();
+    assert_eq!(lmictl.line().await, "chunk-2\n");
+    let (status, rest, stderr) = lmictl.finish().await;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(rest, "");
+    assert!(
+        stderr.starts_with("FUNCTION_ERROR: Error: broke after chunk 2\n"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.ends_with(&format!("on environment {}\n", env.id)),
+        "{stderr}"
+    );
+    wait_in_flight(&mut agent, &env.id, 0).await;
+    agent.stop_and_assert_clean(&[env.pid]);
+}
