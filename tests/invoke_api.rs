@@ -523,3 +523,56 @@ async fn event_flood_is_bounded_in_bytes_and_its_memory_comes_back() {
 
     agent.stop_and_assert_clean(&[env.pid]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_log_type_tail_returns_the_last_4_kb_of_the_invokes_log() {
+    require_root!();
+    let (mut agent, addr) = start_with_invoke_api().await;
+    // The official Python client: its logging lines carry the request id, so the capture attributes them.
+    let env = agent
+        .create_ready(python_ric_spec("tail", "ric_app.handler"))
+        .await;
+    let r = boto3(
+        addr,
+        json!([
+            {"function": "tail", "payload": {"action": "log", "lines": 2}, "log_type": "Tail"},
+            {"function": "tail", "payload": {"action": "log", "lines": 400}, "log_type": "Tail"},
+            {"function": "tail", "payload": {"action": "log", "lines": 2}},
+        ]),
+    );
+    for (i, r) in r.iter().take(2).enumerate() {
+        assert_eq!(r["StatusCode"], 200, "{i}: {r:?}");
+        let id = r["RequestId"].as_str().unwrap();
+        let log = r["Log"].as_str().unwrap();
+        assert!(r["LogBytes"].as_u64().unwrap() <= 4096, "{i}: {r:?}");
+        // The platform's lines for that request id, as Lambda's tail has them.
+        assert!(
+            log.contains(&format!("END RequestId: {id}\n")),
+            "{i}: {log}"
+        );
+        assert!(
+            log.contains(&format!("REPORT RequestId: {id}\tDuration: ")),
+            "{i}: {log}"
+        );
+        assert!(log.ends_with("Status: success\n"), "{i}: {log}");
+        if i == 0 {
+            // Everything fits: START, the function's two lines, END, REPORT.
+            assert!(
+                log.starts_with(&format!("START RequestId: {id} Version: $LATEST\n")),
+                "{log}"
+            );
+            for n in 0..2 {
+                assert!(log.contains(&format!("ric {n} {id}")), "{log}");
+            }
+        } else {
+            // 400 lines are more than 4 KB: the tail is the last 4 KB, with the function's last line.
+            assert_eq!(r["LogBytes"], 4096, "{r:?}");
+            assert!(log.contains(&format!("ric 399 {id}")), "{log}");
+            assert!(!log.contains("START RequestId"), "{log}");
+        }
+    }
+    // Not asked: no X-Amz-Log-Result.
+    assert_eq!(r[2]["StatusCode"], 200, "{:?}", r[2]);
+    assert!(r[2].get("Log").is_none(), "{:?}", r[2]);
+    agent.stop_and_assert_clean(&[env.pid]);
+}

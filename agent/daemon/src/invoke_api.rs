@@ -543,6 +543,16 @@ impl InvokeApi {
             .map(|c| decode_client_context(&c))
             .transpose()?;
         let trace_id = header("x-amzn-trace-id")?;
+        // `Tail`: the answer carries the last 4 KB of the invoke's log lines (X-Amz-Log-Result), as Lambda's.
+        let log_tail = match header("x-amz-log-type")?.as_deref() {
+            None | Some("None") => false,
+            Some("Tail") => true,
+            Some(other) => {
+                return Err(ApiError::invalid_parameter(format!(
+                    "X-Amz-Log-Type must be None or Tail, not {other:?}"
+                )))
+            }
+        };
         let limit = match invocation_type {
             InvocationType::Event => MAX_EVENT_PAYLOAD,
             _ => MAX_INVOKE_PAYLOAD,
@@ -570,7 +580,8 @@ impl InvokeApi {
         if streaming && invocation_type == InvocationType::RequestResponse {
             return self.invoke_streaming(input, target, request_id).await;
         }
-        self.invoke_whole(input, target, invocation_type, request_id)
+        let log_tail = log_tail && invocation_type == InvocationType::RequestResponse;
+        self.invoke_whole(input, target, invocation_type, request_id, log_tail)
             .await
             .map(boxed)
     }
@@ -581,6 +592,7 @@ impl InvokeApi {
         target: Target,
         invocation_type: InvocationType,
         request_id: &str,
+        log_tail: bool,
     ) -> Result<Response<Full<Bytes>>, ApiError> {
         match invocation_type {
             InvocationType::DryRun => Ok(respond(
@@ -617,6 +629,20 @@ impl InvokeApi {
                         "the agent is shutting down",
                     )),
                 }
+            }
+            InvocationType::RequestResponse if log_tail => {
+                let (result, tail) = self
+                    .agent
+                    .invoke_with_tail(input)
+                    .await
+                    .map_err(|e| invoke_error(e, &target, &self.arn_prefix))?;
+                let mut r = result_response(result);
+                if let Ok(v) =
+                    HeaderValue::from_str(&base64::engine::general_purpose::STANDARD.encode(tail))
+                {
+                    r.headers_mut().insert("x-amz-log-result", v);
+                }
+                Ok(r)
             }
             InvocationType::RequestResponse => {
                 let result = self

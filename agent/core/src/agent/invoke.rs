@@ -98,6 +98,27 @@ impl Agent {
         .await
     }
 
+    /// Runs one invoke as [`Agent::invoke`] does and returns with it the last 4 KB of its log lines
+    /// (`LogType: Tail`; see [`crate::logs::invoke_tail`]): the lines the capture attributed to its request id
+    /// and its START, END and REPORT lines.
+    pub async fn invoke_with_tail(
+        &self,
+        mut input: InvokeInput,
+    ) -> Result<(InvokeResult, Vec<u8>), InvokeError> {
+        let id = match input.request_id.as_deref().filter(|id| !id.is_empty()) {
+            Some(id) => id.to_owned(),
+            None => uuid::Uuid::new_v4().to_string(),
+        };
+        input.request_id = Some(id.clone());
+        let watch = self.logs.tails().watch(&id);
+        let result = self.invoke(input).await?;
+        let tail = match watch {
+            Some(watch) => settled_tail(&watch).await,
+            None => Vec::new(),
+        };
+        Ok((result, tail))
+    }
+
     /// Runs one invoke as [`Agent::invoke`] does, for a caller that reads a streamed answer as it comes:
     /// `consume` gets the answer (whole, or the runtime's stream) and runs while the invoke holds what it
     /// holds (its slot until the stream ends, a caller-chosen id until `consume` returns).
@@ -287,5 +308,27 @@ impl Agent {
             ),
         };
         Err(InvokeError::Throttled { reason, message })
+    }
+}
+
+/// How long the tail may stay unchanged before it is taken.
+const TAIL_QUIET: Duration = Duration::from_millis(10);
+/// The longest an answer waits for its tail to settle.
+const TAIL_SETTLE_MAX: Duration = Duration::from_millis(100);
+
+/// The tail once lines still in flight have arrived: the runtime wrote its last lines before it answered,
+/// but the capture reads pipes and sockets on tasks of their own, so they may be read just after the
+/// answer. The tail is taken when it has not grown for [`TAIL_QUIET`], or after [`TAIL_SETTLE_MAX`]; only
+/// invokes that asked for their tail wait.
+async fn settled_tail(watch: &crate::logs::invoke_tail::TailWatch) -> Vec<u8> {
+    let until = tokio::time::Instant::now() + TAIL_SETTLE_MAX;
+    let mut tail = watch.snapshot();
+    loop {
+        tokio::time::sleep(TAIL_QUIET).await;
+        let now = watch.snapshot();
+        if now == tail || tokio::time::Instant::now() >= until {
+            return now;
+        }
+        tail = now;
     }
 }

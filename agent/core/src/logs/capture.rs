@@ -192,6 +192,12 @@ fn offer(ctx: &CaptureContext, stream: &str, pid: Option<u32>, line: &[u8], spli
     if split {
         ctx.stats.add_split();
     }
+    if let Some(tails) = ctx.platform.as_ref().and_then(|p| p.active_tails()) {
+        let known = |id: &str| ctx.platform.as_ref().is_some_and(|p| p.knows(id));
+        if let Some(id) = record::request_id_of(line, split, &known) {
+            tails.line(&id, line);
+        }
+    }
     let Some(queue) = ctx.queue.as_ref().filter(|q| q.has_room()) else {
         ctx.stats.add_drop();
         return;

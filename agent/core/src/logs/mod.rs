@@ -15,6 +15,7 @@
 //! - [`stats`]: an environment's counters (records, drops, split lines, refused connections).
 //! - [`socket`]: an environment's log socket (`_LAMBDA_TELEMETRY_LOG_FD_PROVIDER_SOCKET`).
 //! - [`capture`]: the readers of one environment and its drop reports.
+//! - [`invoke_tail`]: the last 4 KB of the lines of invokes that asked for them (`LogType: Tail`).
 //! - [`sink`]: the writer thread, the rotated per-function file and stdout.
 //! - [`tail`]: reading a function version's files back (the `StreamLogs` RPC, `lmictl logs`).
 //!
@@ -22,6 +23,7 @@
 //! `max_line_bytes` being assembled and one read buffer.
 
 pub mod capture;
+pub mod invoke_tail;
 pub mod lift;
 pub mod lines;
 pub mod platform;
@@ -45,6 +47,7 @@ pub use stats::LogStats;
 
 use crate::config::{LogSinkKind, LogsConfig};
 use capture::CaptureContext;
+use invoke_tail::InvokeTails;
 use queue::QueueSender;
 use sink::{FileSink, FileSinkConfig, Sinks};
 use socket::EnvironmentSocket;
@@ -66,6 +69,7 @@ pub struct LogPipeline {
     file_dir: Option<PathBuf>,
     max_line_bytes: usize,
     writer_done: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    tails: Arc<InvokeTails>,
 }
 
 impl LogPipeline {
@@ -110,12 +114,18 @@ impl LogPipeline {
             file_dir,
             max_line_bytes: config.max_line_bytes,
             writer_done: Mutex::new(Some(done_rx)),
+            tails: Arc::default(),
         })
     }
 
     /// The file sink's directory (`None` when records go to stdout only).
     pub fn file_dir(&self) -> Option<&Path> {
         self.file_dir.as_deref()
+    }
+
+    /// The tails of the invokes that asked for theirs (`LogType: Tail`).
+    pub fn tails(&self) -> &Arc<InvokeTails> {
+        &self.tails
     }
 
     /// Binds the log socket of a new environment; its capture starts with [`PendingCapture::start`].
@@ -125,6 +135,7 @@ impl LogPipeline {
             queue: self.queue.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             max_line_bytes: self.max_line_bytes,
             platform: OnceLock::new(),
+            tails: self.tails.clone(),
         })
     }
 
@@ -157,6 +168,7 @@ pub struct PendingCapture {
     queue: Option<QueueSender>,
     max_line_bytes: usize,
     platform: OnceLock<Arc<PlatformLog>>,
+    tails: Arc<InvokeTails>,
 }
 
 impl PendingCapture {
@@ -176,7 +188,12 @@ impl PendingCapture {
         timeout: std::time::Duration,
     ) -> Arc<PlatformLog> {
         self.platform
-            .get_or_init(|| Arc::new(PlatformLog::new(self.queue.clone(), source, stats, timeout)))
+            .get_or_init(|| {
+                Arc::new(
+                    PlatformLog::new(self.queue.clone(), source, stats, timeout)
+                        .with_tails(self.tails.clone()),
+                )
+            })
             .clone()
     }
 

@@ -31,6 +31,7 @@ use std::{
 };
 
 use super::{
+    invoke_tail::InvokeTails,
     lift,
     queue::{Entry, QueueSender},
     record::{self, Source},
@@ -56,6 +57,8 @@ pub struct PlatformLog {
     recent: RecentIds,
     /// `,"function":…,"version":…,"environment":…,"stream":"platform"`: the same for every record.
     fixed: Vec<u8>,
+    /// The invokes that asked for their log tail: the platform lines of those are copied there.
+    tails: Option<Arc<InvokeTails>>,
 }
 
 impl std::fmt::Debug for PlatformLog {
@@ -86,7 +89,19 @@ impl PlatformLog {
             timeout,
             recent: RecentIds::default(),
             fixed,
+            tails: None,
         }
+    }
+
+    /// Copies the platform lines of invokes watched in `tails` there (and lets the capture copy theirs).
+    pub fn with_tails(mut self, tails: Arc<InvokeTails>) -> Self {
+        self.tails = Some(tails);
+        self
+    }
+
+    /// The tails to copy lines into, when any invoke is watched.
+    pub fn active_tails(&self) -> Option<&InvokeTails> {
+        self.tails.as_deref().filter(|t| t.active())
     }
 
     /// Whether `id` was delivered to this environment recently (for ids that are not UUID-shaped).
@@ -192,6 +207,41 @@ impl PlatformLog {
     }
 }
 
+impl PlatformLog {
+    /// The end lines of a watched invoke, as its records' messages say them (tabs as tabs).
+    fn tail_end_lines(
+        &self,
+        tails: &InvokeTails,
+        id: &str,
+        ran: Duration,
+        end: InvokeEnd,
+        error_type: Option<&str>,
+    ) {
+        if end == InvokeEnd::Timeout {
+            let ts = record::rfc3339_millis_bytes(SystemTime::now());
+            let line = format!(
+                "{} {id} Task timed out after {:.2} seconds",
+                String::from_utf8_lossy(&ts),
+                self.timeout.as_secs_f64()
+            );
+            tails.end_line(id, line.as_bytes());
+        }
+        tails.end_line(id, format!("END RequestId: {id}").as_bytes());
+        let hundredths = (ran.as_nanos() + 5_000) / 10_000;
+        let (ms, frac) = (hundredths / 100, hundredths % 100);
+        let mut line = format!(
+            "REPORT RequestId: {id}\tDuration: {ms}.{frac:02} ms\tStatus: {}",
+            end.as_str()
+        );
+        if let Some(t) = error_type.filter(|_| matches!(end, InvokeEnd::Error | InvokeEnd::Failure))
+        {
+            line.push_str("\tError Type: ");
+            line.push_str(t);
+        }
+        tails.end_line(id, line.as_bytes());
+    }
+}
+
 /// Ends a message string and its record.
 fn close_record(out: &mut Vec<u8>) {
     out.extend_from_slice(b"\"}\n");
@@ -202,12 +252,19 @@ impl InvokeObserver for PlatformLog {
         if !lift::is_uuid(id) {
             self.recent.insert(id);
         }
+        if let Some(tails) = self.active_tails() {
+            let line = format!("START RequestId: {id} Version: {}", self.source.version);
+            tails.line(id, line.as_bytes());
+        }
         self.offer(1, |out| {
             self.start_record(out, &record::rfc3339_millis_bytes(SystemTime::now()), id);
         });
     }
 
     fn ended(&self, id: &str, ran: Duration, end: InvokeEnd, error_type: Option<&str>) {
+        if let Some(tails) = self.active_tails() {
+            self.tail_end_lines(tails, id, ran, end, error_type);
+        }
         let records = if end == InvokeEnd::Timeout { 3 } else { 2 };
         self.offer(records, |out| {
             // One timestamp for the records of one end.

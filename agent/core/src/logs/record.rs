@@ -96,6 +96,20 @@ pub fn encode_line(
     out.extend_from_slice(b"}\n");
 }
 
+/// The request id [`encode_line`] lifts from `line` (for the invokes that asked for their log tail).
+pub fn request_id_of(line: &[u8], split: bool, known: &dyn Fn(&str) -> bool) -> Option<String> {
+    if split {
+        return None;
+    }
+    let text = String::from_utf8_lossy(line);
+    let trimmed = text.trim();
+    let lifted = match lift::probe_json(trimmed) {
+        Some(p) => p.lift(known),
+        None => lift::lift_text(trimmed, known),
+    };
+    lifted.request_id.map(std::borrow::Cow::into_owned)
+}
+
 /// Appends a record of the agent itself about `source` (stream `lmi-agent`) with counters.
 pub fn encode_agent(
     out: &mut Vec<u8>,
