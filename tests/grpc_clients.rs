@@ -4,7 +4,10 @@
 
 mod support;
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use lmi_proto::v1::{self as pb, InvokeOutcome as Out};
 use support::*;
@@ -45,6 +48,43 @@ impl HeldSlot {
     }
 }
 
+/// Runs the Python recipe of docs/operations.md ("Clients in other languages"), its `sh` block as written,
+/// with `python` the grpcio-tools venv's, in a temporary directory where `proto` is the checkout's; the
+/// stubs are in `<dir>/lmi_client`.
+fn python_stubs_as_documented(python: &Path) -> tempfile::TempDir {
+    let doc = std::fs::read_to_string(repo().join("docs/operations.md")).unwrap();
+    let section = doc
+        .split("\n## Clients in other languages\n")
+        .nth(1)
+        .expect("docs/operations.md has a section \"Clients in other languages\"");
+    let recipe = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("the section has a sh block");
+    assert!(recipe.contains("python -m grpc_tools.protoc"), "{recipe}");
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(repo().join("proto"), dir.path().join("proto")).unwrap();
+    let path = format!(
+        "{}:{}",
+        python.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("bash")
+        .args(["-e", "-c", recipe])
+        .current_dir(dir.path())
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the recipe of docs/operations.md failed ({}):\n{recipe}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcio_with_its_default_authority_lists_and_reads_a_throttle_with_grpcio_status() {
     require_root!();
@@ -53,11 +93,13 @@ async fn grpcio_with_its_default_authority_lists_and_reads_a_throttle_with_grpci
     let held = HeldSlot::take(&mut agent).await;
 
     let python = tool("grpc-python/bin/python");
-    let (socket, proto) = (agent.socket.clone(), repo().join("proto"));
+    let stubs = python_stubs_as_documented(&python);
+    let (socket, stubs_dir) = (agent.socket.clone(), stubs.path().join("lmi_client"));
     let out = tokio::task::spawn_blocking(move || {
         Command::new(python)
             .arg(repo().join("tests/fixtures/grpc-python/client.py"))
-            .args([socket, proto])
+            .arg(socket)
+            .arg(stubs_dir)
             .arg("held")
             .output()
             .unwrap()
