@@ -281,7 +281,15 @@ async fn bad_http_requests_get_clear_4xx_errors() {
     );
     assert_eq!(status, 200, "{body}");
 
-    let cases: [BadRequest<'_>; 6] = [
+    let cases: [BadRequest<'_>; 7] = [
+        (
+            "POST",
+            path,
+            vec![("X-Amz-Log-Type", "Everything")],
+            b"{}",
+            400,
+            "InvalidParameterValueException",
+        ),
         (
             "POST",
             "/2015-03-31/functions/raw/elsewhere",
