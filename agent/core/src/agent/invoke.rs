@@ -113,7 +113,7 @@ impl Agent {
         let watch = self.logs.tails().watch(&id);
         let result = self.invoke(input).await?;
         let tail = match watch {
-            Some(watch) => settled_tail(&watch).await,
+            Some(watch) => watch.settled(TAIL_QUIET, TAIL_SETTLE_MAX).await,
             None => Vec::new(),
         };
         Ok((result, tail))
@@ -311,24 +311,7 @@ impl Agent {
     }
 }
 
-/// How long the tail may stay unchanged before it is taken.
+/// An invoke's tail is taken when no line came for this long after its answer...
 const TAIL_QUIET: Duration = Duration::from_millis(10);
-/// The longest an answer waits for its tail to settle.
+/// ...or after this long at most (see [`crate::logs::invoke_tail::TailWatch::settled`]).
 const TAIL_SETTLE_MAX: Duration = Duration::from_millis(100);
-
-/// The tail once lines still in flight have arrived: the runtime wrote its last lines before it answered,
-/// but the capture reads pipes and sockets on tasks of their own, so they may be read just after the
-/// answer. The tail is taken when it has not grown for [`TAIL_QUIET`], or after [`TAIL_SETTLE_MAX`]; only
-/// invokes that asked for their tail wait.
-async fn settled_tail(watch: &crate::logs::invoke_tail::TailWatch) -> Vec<u8> {
-    let until = tokio::time::Instant::now() + TAIL_SETTLE_MAX;
-    let mut tail = watch.snapshot();
-    loop {
-        tokio::time::sleep(TAIL_QUIET).await;
-        let now = watch.snapshot();
-        if now == tail || tokio::time::Instant::now() >= until {
-            return now;
-        }
-        tail = now;
-    }
-}

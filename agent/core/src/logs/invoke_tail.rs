@@ -15,6 +15,7 @@ use std::{
         atomic::{AtomicUsize, Ordering},
         Arc, Mutex,
     },
+    time::Duration,
 };
 
 /// How much of the end of an invoke's log lines is kept (Lambda's `LogType: Tail` returns the last 4 KB).
@@ -24,7 +25,7 @@ pub const TAIL_BYTES: usize = 4096;
 #[derive(Debug, Default)]
 pub struct InvokeTails {
     watched: AtomicUsize,
-    map: Mutex<HashMap<String, Arc<Mutex<Tail>>>>,
+    map: Mutex<HashMap<String, Arc<Cell>>>,
 }
 
 impl InvokeTails {
@@ -35,7 +36,7 @@ impl InvokeTails {
         if map.contains_key(request_id) {
             return None;
         }
-        let buf = Arc::new(Mutex::new(Tail::default()));
+        let buf = Arc::new(Cell::default());
         map.insert(request_id.to_owned(), buf.clone());
         self.watched.fetch_add(1, Ordering::Release);
         Some(TailWatch {
@@ -78,9 +79,17 @@ impl InvokeTails {
             .get(request_id)
             .cloned();
         if let Some(buf) = buf {
-            f(&mut buf.lock().unwrap_or_else(|p| p.into_inner()));
+            f(&mut buf.tail.lock().unwrap_or_else(|p| p.into_inner()));
+            buf.grew.notify_waiters();
         }
     }
+}
+
+/// One invoke's tail, and what wakes a [`TailWatch::settled`] waiting for more.
+#[derive(Debug, Default)]
+struct Cell {
+    tail: Mutex<Tail>,
+    grew: tokio::sync::Notify,
 }
 
 /// One invoke's lines so far: its end lines apart, each part bounded to [`TAIL_BYTES`].
@@ -103,13 +112,27 @@ fn push_bounded(buf: &mut VecDeque<u8>, bytes: &[u8]) {
 pub struct TailWatch {
     tails: Arc<InvokeTails>,
     id: String,
-    buf: Arc<Mutex<Tail>>,
+    buf: Arc<Cell>,
 }
 
 impl TailWatch {
+    /// The tail once the lines still in flight have arrived: a runtime writes an invoke's lines before it
+    /// answers, but the capture reads pipes and sockets on tasks of their own, so the last lines may be read
+    /// just after the answer. Taken when no line came for `quiet`, or after `max` at most.
+    pub async fn settled(&self, quiet: Duration, max: Duration) -> Vec<u8> {
+        let until = tokio::time::Instant::now() + max;
+        loop {
+            let grew = self.buf.grew.notified();
+            let wait = quiet.min(until.saturating_duration_since(tokio::time::Instant::now()));
+            if wait.is_zero() || tokio::time::timeout(wait, grew).await.is_err() {
+                return self.snapshot();
+            }
+        }
+    }
+
     /// The last [`TAIL_BYTES`] bytes collected so far.
     pub fn snapshot(&self) -> Vec<u8> {
-        let t = self.buf.lock().unwrap_or_else(|p| p.into_inner());
+        let t = self.buf.tail.lock().unwrap_or_else(|p| p.into_inner());
         let all = t.lines.len() + t.end.len();
         t.lines
             .iter()
@@ -162,5 +185,40 @@ mod tests {
         drop(w);
         assert!(!tails.active());
         assert!(tails.watch("a").is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn settled_waits_for_lines_still_coming_then_for_quiet() {
+        let tails = Arc::new(InvokeTails::default());
+        let w = tails.watch("a").unwrap();
+        let writer = {
+            let tails = tails.clone();
+            tokio::spawn(async move {
+                for i in 0..3 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    tails.line("a", format!("late {i}").as_bytes());
+                }
+            })
+        };
+        let got = w
+            .settled(Duration::from_millis(10), Duration::from_millis(100))
+            .await;
+        assert_eq!(got, b"late 0\nlate 1\nlate 2\n");
+        writer.await.unwrap();
+        // Lines that never stop: taken at `max`.
+        let start = tokio::time::Instant::now();
+        let busy = {
+            let tails = tails.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    tails.line("a", b"more");
+                }
+            })
+        };
+        w.settled(Duration::from_millis(10), Duration::from_millis(100))
+            .await;
+        assert_eq!(start.elapsed(), Duration::from_millis(100));
+        busy.abort();
     }
 }
