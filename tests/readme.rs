@@ -4,7 +4,7 @@
 //! (`<!-- tests/readme.rs runs this only with AWS CLI v1 -->`, `v2`). Each command must exit 0.
 //!
 //! The agent is the test's own (a socket and an Invoke API port of its own), so the README's defaults are
-//! replaced before a command runs: the socket path, the Invoke API address, `./examples/` (the checkout's),
+//! replaced before a command runs: the socket path, the Invoke API address, `./docs/examples/` (the checkout's),
 //! the completion file under /etc (a temporary file), and the example id prefix `3f2a` (a prefix of the
 //! environment the README's `create` made). A `--follow` command runs until it prints its first record.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -128,7 +128,7 @@ async fn the_readmes_shell_examples_run_against_a_real_agent() {
         std::env::var("PATH").unwrap_or_default()
     );
     let aws = aws_cli_major(&path);
-    let examples = format!("{}/", repo().join("examples").display());
+    let examples = format!("{}/", repo().join("docs/examples").display());
     let socket = agent.socket.display().to_string();
     let mut pids = Vec::new();
     let mut ran = 0;
@@ -167,7 +167,7 @@ async fn the_readmes_shell_examples_run_against_a_real_agent() {
             let mut command = command
                 .replace(README_SOCKET, &socket)
                 .replace(README_INVOKE_API, &invoke_api)
-                .replace("./examples/", &examples)
+                .replace("./docs/examples/", &examples)
                 .replace(README_COMPLETION_FILE, &completion.display().to_string());
             if command.contains(README_ID) {
                 let envs = agent.list().await;
