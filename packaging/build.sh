@@ -4,10 +4,9 @@
 #   packaging/build.sh [--arch x86_64|aarch64] [--no-build]
 #
 # --arch     x86_64 (default; deb amd64, rpm x86_64: m7i, r7i) or aarch64 (deb arm64, rpm aarch64: Graviton
-#            c7g). aarch64 needs the Rust target (rustup target add aarch64-unknown-linux-gnu) and a cross
-#            linker, e.g. Debian's gcc-aarch64-linux-gnu with
-#            CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc; or run this script on a
-#            Graviton host, where aarch64 is native.
+#            c7g). On an x86_64 host aarch64 is cross-built: packaging/cross-setup.sh (run by
+#            install-tools.sh) installs the Rust target and Debian's cross linker, which .cargo/config.toml
+#            names. On a Graviton host it is native.
 # --no-build reuse target/<triple>/release/{lmi-agent,lmictl} as they are.
 #
 # Output: target/lmi-package/lmi-agent_<version>-1_<deb arch>.deb and lmi-agent-<version>-1.<rpm arch>.rpm.
@@ -27,6 +26,7 @@ while [ $# -gt 0 ]; do
 done
 set_arch "$arch"
 
+# The packagers, and the cross-build's toolchain (packaging/cross-setup.sh).
 tools_bin=$(packaging/install-tools.sh)
 export PATH="$tools_bin:$PATH"
 
@@ -53,7 +53,8 @@ shim_files | while read -r f; do
   cp -p "runtime-shims/$f" "$PKG_OUT/stage/$tree/$f"
 done
 
-rm -f "$PKG_OUT"/*.deb "$PKG_OUT"/*.rpm
+# Only this architecture's packages: the other's, built by an earlier run, stay for their own checks.
+rm -f "$PKG_OUT"/lmi-agent_*_"$DEB_ARCH".deb "$PKG_OUT"/lmi-agent-*."$RPM_ARCH".rpm
 echo "== cargo deb ($DEB_ARCH)"
 # cargo-deb warns that the staged shim path is not a Cargo target path: expected, it is ours.
 if ! cargo deb -p lmi-agent --no-build --no-strip --target "$TRIPLE" --output "$PKG_OUT/" >"$PKG_OUT/cargo-deb.log" 2>&1; then
@@ -63,4 +64,4 @@ fi
 grep -v "does not match the pattern, and will not be built" "$PKG_OUT/cargo-deb.log" || true
 echo "== cargo generate-rpm ($RPM_ARCH)"
 cargo generate-rpm -p agent/daemon --target "$TRIPLE" --output "$PKG_OUT/"
-ls -l "$PKG_OUT"/*.deb "$PKG_OUT"/*.rpm
+ls -l "$PKG_OUT"/lmi-agent_*_"$DEB_ARCH".deb "$PKG_OUT"/lmi-agent-*."$RPM_ARCH".rpm

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks the packages packaging/build.sh made: lists their contents, compares them with the expected file list,
 # checks architecture and conffiles, then unpacks the .deb into a throwaway root and runs the installed
-# `lmi-agent --version` and `check-config` on the installed default configuration.
+# `lmi-agent --version` and `check-config` on the installed default configuration (arm64 ones under qemu).
 #
 #   packaging/check.sh [--arch x86_64|aarch64]
 #
@@ -59,16 +59,26 @@ rpm -qp --qf '[%{FILEDIGESTS} %{FILENAMES}\n]' "$rpm" 2>/dev/null | while read -
   [ -n "$digest" ] || continue
   [ "$(sha256sum "$root$path" | cut -d' ' -f1)" = "$digest" ] || fail "$path differs between the .deb and the .rpm"
 done
-if [ "$(uname -m)" = "$RPM_ARCH" ]; then
-  "$root/usr/bin/lmi-agent" --version
-  "$root/usr/bin/lmictl" --version
-  # The installed default configuration is valid, and the shims it points at are where the package put them.
-  out=$(env -u LMI_AGENT_CONFIG "$root/usr/bin/lmi-agent" check-config --config "$root/etc/lmi-agent/agent.toml")
-  echo "$out"
-  shims=$(echo "$out" | sed -n 's/^shims_dir = "\(.*\)".*/\1/p')
-  [ -f "$root$shims/python/bootstrap.py" ] || fail "shims_dir $shims does not hold the packaged Python shim"
-  cmp -s "$root/usr/share/lmi-agent/runtimes.toml" agent/core/catalog/runtimes.toml || fail "packaged catalog differs from the built-in one"
-else
-  echo "(binaries are $arch; this host is $(uname -m): not run)"
+# The installed binaries run: natively, or (arm64 packages on an x86_64 host) under qemu-aarch64, which
+# packaging/cross-setup.sh installs. Emulation runs the same code; only its speed differs.
+run=()
+if [ "$(uname -m)" != "$RPM_ARCH" ]; then
+  command -v "qemu-$RPM_ARCH" >/dev/null 2>&1 || fail "the $arch binaries cannot run here: no qemu-$RPM_ARCH (packaging/cross-setup.sh)"
+  run=("qemu-$RPM_ARCH")
+  echo "(the $arch binaries run under $(command -v "qemu-$RPM_ARCH"))"
 fi
+# The ELF header's e_machine (bytes 18-19): 0xb7 AArch64, 0x3e x86-64.
+for bin in lmi-agent lmictl; do
+  machine=$(od -An -tx1 -j18 -N2 "$root/usr/bin/$bin" | tr -d ' ')
+  [ "$machine" = "$(case "$RPM_ARCH" in aarch64) echo b700 ;; *) echo 3e00 ;; esac)" ] ||
+    fail "/usr/bin/$bin is not an $arch executable (ELF e_machine $machine)"
+done
+"${run[@]}" "$root/usr/bin/lmi-agent" --version
+"${run[@]}" "$root/usr/bin/lmictl" --version
+# The installed default configuration is valid, and the shims it points at are where the package put them.
+out=$(env -u LMI_AGENT_CONFIG "${run[@]}" "$root/usr/bin/lmi-agent" check-config --config "$root/etc/lmi-agent/agent.toml")
+echo "$out"
+shims=$(echo "$out" | sed -n 's/^shims_dir = "\(.*\)".*/\1/p')
+[ -f "$root$shims/python/bootstrap.py" ] || fail "shims_dir $shims does not hold the packaged Python shim"
+cmp -s "$root/usr/share/lmi-agent/runtimes.toml" agent/core/catalog/runtimes.toml || fail "packaged catalog differs from the built-in one"
 echo "packages: ok ($(wc -l <"$PKG_OUT/files.txt") files each)"

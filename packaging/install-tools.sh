@@ -22,6 +22,8 @@ install_tool() { # crate version binary
 }
 
 mkdir -p "$TOOLS_DIR"
+# The arm64 cross-build's Rust target, cross linker and qemu-aarch64 (a no-op on an aarch64 host).
+"$(dirname "$0")/cross-setup.sh"
 install_tool cargo-deb "$CARGO_DEB_VERSION" cargo-deb
 install_tool cargo-generate-rpm "$CARGO_GENERATE_RPM_VERSION" cargo-generate-rpm
 echo "$TOOLS_DIR/bin"
