@@ -100,5 +100,5 @@ fi
 # The check: an arm64 program runs by itself (binfmt) and under the runner of .cargo/config.toml.
 /lib/ld-linux-aarch64.so.1 --version >/dev/null 2>&1 ||
   { say "arm64 programs do not run through binfmt_misc"; exit 1; }
-qemu-aarch64 -L /usr/aarch64-linux-gnu /usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1 --version >/dev/null 2>&1 ||
+qemu-aarch64 /lib/ld-linux-aarch64.so.1 --version >/dev/null 2>&1 ||
   { say "qemu-aarch64 cannot run the arm64 loader"; exit 1; }
