@@ -538,3 +538,51 @@ async fn lmictl_reports_a_mid_stream_error_after_the_chunks() {
     wait_in_flight(&mut agent, &env.id, 0).await;
     agent.stop_and_assert_clean(&[env.pid]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lmictl_whose_stdout_closes_cancels_the_invoke_and_frees_the_slot() {
+    require_root!();
+    if curl_missing() {
+        return;
+    }
+    let mut agent = TestAgent::start().await;
+    let env = agent.create_ready(streaming_spec("lmictlgone")).await;
+    let dir = shared_dir();
+    let payload = json!({"dir": dir.path().display().to_string(), "chunks": 3});
+    let mut child = std::process::Command::new(LMICTL_BIN)
+        .args(["--socket", &agent.socket.display().to_string()])
+        .args([
+            "invoke",
+            "lmictlgone",
+            "--stream",
+            "--payload",
+            &payload.to_string(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("lmictl");
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    tokio::task::block_in_place(|| std::io::BufRead::read_line(&mut out, &mut line)).unwrap();
+    assert_eq!(line, "chunk-1\n");
+    assert_eq!(agent.get(&env.id).await.in_flight, 1);
+    // The reader goes away; lmictl finds out when it writes chunk 2.
+    drop(out);
+    std::fs::write(dir.path().join("go-1"), "").unwrap();
+    let done = tokio::task::block_in_place(|| child.wait_with_output()).unwrap();
+    assert_eq!(done.status.code(), Some(3), "{done:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&done.stderr),
+        "error: stdout was closed; the invoke was cancelled\n"
+    );
+    // The function still waits for go-2: the slot was freed by the cancellation, not by its end.
+    wait_in_flight(&mut agent, &env.id, 0).await;
+    std::fs::write(dir.path().join("go-2"), "").unwrap();
+    let r = agent
+        .invoke("lmictlgone", json!({"after": true}))
+        .await
+        .unwrap();
+    assert_eq!(r.outcome(), Out::Success, "{r:?}");
+    agent.stop_and_assert_clean(&[env.pid]);
+}
