@@ -12,27 +12,15 @@ the Lambda client's modeled exceptions}. Credentials are dummies; the endpoint m
 import base64
 import json
 import sys
-import urllib.parse
 
-import boto3
-import botocore.config
 import botocore.exceptions
+
+from loopback_client import lambda_client
 
 
 def main():
     endpoint = sys.argv[1]
-    host = urllib.parse.urlparse(endpoint).hostname
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        sys.exit("refusing a non-loopback endpoint: %s" % endpoint)
-    client = boto3.client(
-        "lambda",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="AKIDTEST",
-        aws_secret_access_key="secret",
-        # One attempt: a throttle must reach the caller, not be retried away by the SDK.
-        config=botocore.config.Config(retries={"total_max_attempts": 1}, read_timeout=120),
-    )
+    client = lambda_client(endpoint)
     modeled = tuple(
         getattr(client.exceptions, name)
         for name in ("TooManyRequestsException", "ResourceNotFoundException", "InvalidRequestContentException",

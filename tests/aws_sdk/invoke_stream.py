@@ -12,26 +12,15 @@ waits for before it writes its next line. stdout: {"StatusCode", "ExecutedVersio
 import json
 import os
 import sys
-import urllib.parse
 
-import boto3
-import botocore.config
 import botocore.exceptions
+
+from loopback_client import lambda_client
 
 
 def main():
     endpoint = sys.argv[1]
-    host = urllib.parse.urlparse(endpoint).hostname
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        sys.exit("refusing a non-loopback endpoint: %s" % endpoint)
-    client = boto3.client(
-        "lambda",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="AKIDTEST",
-        aws_secret_access_key="secret",
-        config=botocore.config.Config(retries={"total_max_attempts": 1}, read_timeout=120),
-    )
+    client = lambda_client(endpoint)
     call = json.load(sys.stdin)
     gate_dir = call.get("gate_dir")
     try:
