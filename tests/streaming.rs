@@ -34,6 +34,25 @@ fn request(function: &str, payload: serde_json::Value) -> pb::InvokeRequest {
     }
 }
 
+/// Starts a streaming invoke of the rendezvous function `function` that writes `chunks` lines, each after the
+/// go file of the one before appears in `dir`.
+async fn open_stream(
+    agent: &mut TestAgent,
+    function: &str,
+    dir: &std::path::Path,
+    chunks: u32,
+) -> tonic::Streaming<pb::InvokeWithResponseStreamResponse> {
+    agent
+        .client
+        .invoke_with_response_stream(request(
+            function,
+            json!({"dir": dir.display().to_string(), "chunks": chunks}),
+        ))
+        .await
+        .expect("the invoke starts")
+        .into_inner()
+}
+
 async fn next_event(s: &mut tonic::Streaming<pb::InvokeWithResponseStreamResponse>) -> Event {
     tokio::time::timeout(Duration::from_secs(60), s.message())
         .await
@@ -74,15 +93,7 @@ async fn each_chunk_reaches_the_grpc_caller_before_the_next_is_written() {
     let mut agent = TestAgent::start().await;
     let env = agent.create_ready(streaming_spec("streamer")).await;
     let dir = shared_dir();
-    let mut s = agent
-        .client
-        .invoke_with_response_stream(request(
-            "streamer",
-            json!({"dir": dir.path().display().to_string(), "chunks": 5}),
-        ))
-        .await
-        .expect("the invoke starts")
-        .into_inner();
+    let mut s = open_stream(&mut agent, "streamer", dir.path(), 5).await;
     match next_event(&mut s).await {
         Event::Head(h) => {
             assert_eq!(h.environment_id, env.id);
@@ -149,15 +160,7 @@ async fn a_caller_that_cancels_mid_stream_frees_the_slot() {
     let mut agent = TestAgent::start().await;
     let env = agent.create_ready(streaming_spec("cancelled")).await;
     let dir = shared_dir();
-    let mut s = agent
-        .client
-        .invoke_with_response_stream(request(
-            "cancelled",
-            json!({"dir": dir.path().display().to_string(), "chunks": 3}),
-        ))
-        .await
-        .expect("the invoke starts")
-        .into_inner();
+    let mut s = open_stream(&mut agent, "cancelled", dir.path(), 3).await;
     assert!(matches!(next_event(&mut s).await, Event::Head(_)));
     read_chunk(&mut s, "chunk-1\n").await;
     assert_eq!(agent.get(&env.id).await.in_flight, 1);
@@ -370,15 +373,7 @@ async fn the_official_node_client_streams_chunk_by_chunk() {
         .create_ready(scenarios::node_ric().spec_for("ricstream", "streaming.handler"))
         .await;
     let dir = shared_dir();
-    let mut s = agent
-        .client
-        .invoke_with_response_stream(request(
-            "ricstream",
-            json!({"dir": dir.path().display().to_string(), "chunks": 3}),
-        ))
-        .await
-        .expect("the invoke starts")
-        .into_inner();
+    let mut s = open_stream(&mut agent, "ricstream", dir.path(), 3).await;
     assert!(matches!(next_event(&mut s).await, Event::Head(_)));
     for i in 1..=3 {
         read_chunk(&mut s, &format!("chunk-{i}\n")).await;
