@@ -150,10 +150,19 @@ pub struct BenchInvokeArgs {
     #[arg(long, value_name = "JSON", default_value = r#"{"hello":"world"}"#)]
     pub payload: String,
 
-    /// Send the invokes over `InvokeStream` (one stream per connection, the concurrency spread over them)
-    /// instead of a unary `Invoke` each. Closed loop only.
-    #[arg(long, conflicts_with = "rate")]
+    /// How invokes travel: `unary` (a gRPC `Invoke` call each), `stream` (`InvokeStream`: one stream per
+    /// connection, the concurrency spread over them; closed loop only) or `http` (the HTTP Invoke API at
+    /// --invoke-api: one HTTP/1.1 keep-alive connection per caller).
+    #[arg(long, value_enum, value_name = "INGRESS", default_value = "unary")]
+    pub via: BenchVia,
+
+    /// The same as --via stream.
+    #[arg(long, conflicts_with_all = ["rate", "via"])]
     pub stream: bool,
+
+    /// With --via http: the agent's Invoke API address, host:port (its `[invoke_api] listen`), on loopback.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub invoke_api: Option<String>,
 
     /// gRPC connections to spread the invokes over (HTTP/2 multiplexes each).
     #[arg(long, value_name = "N", default_value = "1", value_parser = clap::value_parser!(u32).range(1..=256))]
@@ -167,6 +176,14 @@ pub struct BenchInvokeArgs {
     /// this run's.
     #[arg(long)]
     pub reset_peak_rss: bool,
+}
+
+/// The ingress `bench invoke` drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchVia {
+    Unary,
+    Stream,
+    Http,
 }
 
 #[derive(Debug, Args)]

@@ -1,5 +1,6 @@
 //! The load generator: Invoke at a fixed concurrency (closed loop) or a fixed rate (open loop), recording
-//! every measured invoke's latency in an HDR histogram and its outcome.
+//! every measured invoke's latency in an HDR histogram and its outcome. Invokes go over gRPC (a unary call
+//! each, or `InvokeStream`) or over the HTTP Invoke API (`super::http`).
 //!
 //! The run is a warm-up (not recorded), then the measured window; only invokes sent in the window count.
 //! Callers stop sending at the window's end (or after `max_invokes`), and the run ends when the last
@@ -21,7 +22,9 @@ use lmi_proto::v1::{
 use serde::Serialize;
 use tokio::{task::JoinSet, time::Instant};
 
+use super::http::{self, HttpTarget};
 use crate::connect::Client;
+use anyhow::Context as _;
 
 /// How invokes are sent.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -33,12 +36,57 @@ pub enum Mode {
 }
 
 /// How invokes travel to the agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Transport {
     /// A unary `Invoke` per invoke (an HTTP/2 stream each).
     Unary,
     /// `InvokeStream`: one stream per connection, each invoke a message on it (closed loop only).
     Stream,
+    /// The HTTP Invoke API: one HTTP/1.1 keep-alive connection per caller (closed loop), or a pool of them
+    /// that grows to the invokes in flight (open loop).
+    Http(Arc<HttpTarget>),
+}
+
+impl Transport {
+    /// Its name in reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Transport::Unary => "unary",
+            Transport::Stream => "stream",
+            Transport::Http(_) => "http",
+        }
+    }
+}
+
+/// How one invoke ended, whatever carried it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Success,
+    FunctionError,
+    Timeout,
+    RuntimeFailure,
+    /// gRPC RESOURCE_EXHAUSTED, or HTTP 429.
+    Throttle,
+    /// Anything else, with what it was.
+    Other(String),
+}
+
+impl Answer {
+    fn from_grpc(result: &Result<InvokeResponse, tonic::Status>) -> Self {
+        match result {
+            Ok(resp) => match resp.outcome() {
+                InvokeOutcome::Success => Answer::Success,
+                InvokeOutcome::FunctionError => Answer::FunctionError,
+                InvokeOutcome::Timeout => Answer::Timeout,
+                InvokeOutcome::RuntimeFailure => Answer::RuntimeFailure,
+                InvokeOutcome::Unspecified => {
+                    Answer::Other("an answer without an outcome".to_owned())
+                }
+            },
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => Answer::Throttle,
+            Err(s) => Answer::Other(format!("{:?}: {}", s.code(), s.message())),
+        }
+    }
 }
 
 /// One load run.
@@ -59,9 +107,9 @@ pub struct Outcomes {
     pub function_error: u64,
     pub timeout: u64,
     pub runtime_failure: u64,
-    /// gRPC RESOURCE_EXHAUSTED (any throttle reason).
+    /// gRPC RESOURCE_EXHAUSTED or HTTP 429 (any throttle reason).
     pub throttle: u64,
-    /// Any other gRPC error.
+    /// Any other gRPC error or HTTP answer, or a broken connection.
     pub other: u64,
     /// Open loop only: scheduled invokes not sent because `max_in_flight` were already in flight.
     pub skipped: u64,
@@ -78,17 +126,14 @@ impl Outcomes {
             + self.other
     }
 
-    fn count(&mut self, result: &Result<InvokeResponse, tonic::Status>) {
-        match result {
-            Ok(resp) => match resp.outcome() {
-                InvokeOutcome::Success => self.success += 1,
-                InvokeOutcome::FunctionError => self.function_error += 1,
-                InvokeOutcome::Timeout => self.timeout += 1,
-                InvokeOutcome::RuntimeFailure => self.runtime_failure += 1,
-                InvokeOutcome::Unspecified => self.other += 1,
-            },
-            Err(s) if s.code() == tonic::Code::ResourceExhausted => self.throttle += 1,
-            Err(_) => self.other += 1,
+    fn count(&mut self, answer: &Answer) {
+        match answer {
+            Answer::Success => self.success += 1,
+            Answer::FunctionError => self.function_error += 1,
+            Answer::Timeout => self.timeout += 1,
+            Answer::RuntimeFailure => self.runtime_failure += 1,
+            Answer::Throttle => self.throttle += 1,
+            Answer::Other(_) => self.other += 1,
         }
     }
 }
@@ -168,33 +213,61 @@ impl Shared {
         Ok(true)
     }
 
-    fn finish(
-        &self,
-        sent_at: Instant,
-        answered_at: Instant,
-        result: &Result<InvokeResponse, tonic::Status>,
-    ) {
+    fn finish(&self, sent_at: Instant, answered_at: Instant, answer: &Answer) {
         let mut r = self.lock();
         r.latency_ns
             .saturating_record(nanos(answered_at.duration_since(sent_at)));
-        r.outcomes.count(result);
+        r.outcomes.count(answer);
         r.last_answer = Some(r.last_answer.map_or(answered_at, |t| t.max(answered_at)));
-        if let Err(s) = result {
-            if s.code() != tonic::Code::ResourceExhausted && r.first_error.is_none() {
-                r.first_error = Some(format!("{:?}: {}", s.code(), s.message()));
+        if let Answer::Other(e) = answer {
+            if r.first_error.is_none() {
+                r.first_error = Some(e.clone());
             }
         }
     }
 }
 
-async fn send(
-    client: &mut Client,
-    request: &InvokeRequest,
-) -> Result<InvokeResponse, tonic::Status> {
-    client
-        .invoke(request.clone())
-        .await
-        .map(tonic::Response::into_inner)
+async fn send(client: &mut Client, request: &InvokeRequest) -> Answer {
+    Answer::from_grpc(
+        &client
+            .invoke(request.clone())
+            .await
+            .map(tonic::Response::into_inner),
+    )
+}
+
+/// Idle HTTP connections of an open-loop run: an invoke takes one (or opens one) and gives it back.
+#[derive(Debug, Default)]
+struct HttpPool {
+    idle: Mutex<Vec<http::Connection>>,
+}
+
+impl HttpPool {
+    async fn invoke(&self, target: &HttpTarget) -> Answer {
+        let taken = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut conn = taken;
+        let answer = http::invoke(&mut conn, target).await;
+        if let Some(c) = conn.filter(http::Connection::is_usable) {
+            self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(c);
+        }
+        answer
+    }
+}
+
+/// What one invoke goes over.
+#[derive(Debug, Clone)]
+enum Sender {
+    Grpc(Client),
+    Http(Arc<HttpTarget>, Arc<HttpPool>),
+}
+
+impl Sender {
+    async fn send(&mut self, request: &InvokeRequest) -> Answer {
+        match self {
+            Sender::Grpc(client) => send(client, request).await,
+            Sender::Http(target, pool) => pool.invoke(target).await,
+        }
+    }
 }
 
 /// `callers` closed-loop callers over one `InvokeStream`: each answer (matched by its tag) lets its caller
@@ -250,7 +323,7 @@ async fn stream_callers(
                 }
                 None => Err(tonic::Status::internal("an answer without a result")),
             };
-            shared.finish(sent_at, Instant::now(), &result);
+            shared.finish(sent_at, Instant::now(), &Answer::from_grpc(&result));
         }
         if let Some(m) = send_next(&mut sent) {
             if tx.send(m).await.is_err() {
@@ -287,8 +360,8 @@ pub async fn run(
     let request = Arc::new(plan.request.clone());
     let mut tasks = JoinSet::new();
     let mut at_measure_start = Some(at_measure_start);
-    match plan.mode {
-        Mode::Closed { concurrency } if plan.transport == Transport::Stream => {
+    match (plan.mode, &plan.transport) {
+        (Mode::Closed { concurrency }, Transport::Stream) => {
             // The callers are spread over the connections, one stream each.
             let streams = clients.len().min(concurrency as usize);
             for (i, client) in clients.iter().take(streams).enumerate() {
@@ -309,19 +382,28 @@ pub async fn run(
                 f();
             }
         }
-        Mode::Closed { concurrency } => {
-            for i in 0..concurrency as usize {
-                let mut client = clients[i % clients.len()].clone();
-                let (shared, request) = (shared.clone(), request.clone());
+        (Mode::Closed { concurrency }, Transport::Http(target)) => {
+            // One connection per caller, all opened before the clock starts.
+            let mut conns = Vec::with_capacity(concurrency as usize);
+            for _ in 0..concurrency {
+                conns.push(
+                    http::Connection::open(target.addr).await.with_context(|| {
+                        format!("connecting to the Invoke API at {}", target.addr)
+                    })?,
+                );
+            }
+            for conn in conns {
+                let (shared, target) = (shared.clone(), target.clone());
                 tasks.spawn(async move {
+                    let mut conn = Some(conn);
                     loop {
                         let sent_at = Instant::now();
                         let Ok(measured) = shared.admit(sent_at) else {
                             break;
                         };
-                        let result = send(&mut client, &request).await;
+                        let answer = http::invoke(&mut conn, &target).await;
                         if measured {
-                            shared.finish(sent_at, Instant::now(), &result);
+                            shared.finish(sent_at, Instant::now(), &answer);
                         }
                     }
                 });
@@ -331,12 +413,38 @@ pub async fn run(
                 f();
             }
         }
-        Mode::Open {
-            rate,
-            max_in_flight,
-        } => {
+        (Mode::Closed { concurrency }, Transport::Unary) => {
+            for i in 0..concurrency as usize {
+                let mut client = clients[i % clients.len()].clone();
+                let (shared, request) = (shared.clone(), request.clone());
+                tasks.spawn(async move {
+                    loop {
+                        let sent_at = Instant::now();
+                        let Ok(measured) = shared.admit(sent_at) else {
+                            break;
+                        };
+                        let answer = send(&mut client, &request).await;
+                        if measured {
+                            shared.finish(sent_at, Instant::now(), &answer);
+                        }
+                    }
+                });
+            }
+            tokio::time::sleep_until(measure_from).await;
+            if let Some(f) = at_measure_start.take() {
+                f();
+            }
+        }
+        (
+            Mode::Open {
+                rate,
+                max_in_flight,
+            },
+            _,
+        ) => {
             let interval = Duration::from_secs_f64(1.0 / rate);
             let in_flight = Arc::new(AtomicU64::new(0));
+            let pool = Arc::new(HttpPool::default());
             let mut k: u32 = 0;
             loop {
                 let scheduled = start + interval.saturating_mul(k);
@@ -365,13 +473,16 @@ pub async fn run(
                         .saturating_record(nanos(sent_at.duration_since(scheduled)));
                 }
                 in_flight.fetch_add(1, Ordering::Relaxed);
-                let mut client = clients[k as usize % clients.len()].clone();
+                let mut sender = match &plan.transport {
+                    Transport::Http(target) => Sender::Http(target.clone(), pool.clone()),
+                    _ => Sender::Grpc(clients[k as usize % clients.len()].clone()),
+                };
                 let (shared, request, in_flight) =
                     (shared.clone(), request.clone(), in_flight.clone());
                 tasks.spawn(async move {
-                    let result = send(&mut client, &request).await;
+                    let answer = sender.send(&request).await;
                     if measured {
-                        shared.finish(sent_at, Instant::now(), &result);
+                        shared.finish(sent_at, Instant::now(), &answer);
                     }
                     in_flight.fetch_sub(1, Ordering::Relaxed);
                 });
@@ -410,13 +521,14 @@ mod tests {
     #[test]
     fn every_answer_is_counted_once_under_its_outcome() {
         let mut o = Outcomes::default();
-        o.count(&ok(InvokeOutcome::Success));
-        o.count(&ok(InvokeOutcome::Success));
-        o.count(&ok(InvokeOutcome::FunctionError));
-        o.count(&ok(InvokeOutcome::Timeout));
-        o.count(&ok(InvokeOutcome::RuntimeFailure));
-        o.count(&Err(tonic::Status::resource_exhausted("throttled")));
-        o.count(&Err(tonic::Status::unavailable("gone")));
+        let mut count = |r| o.count(&Answer::from_grpc(&r));
+        count(ok(InvokeOutcome::Success));
+        count(ok(InvokeOutcome::Success));
+        count(ok(InvokeOutcome::FunctionError));
+        count(ok(InvokeOutcome::Timeout));
+        count(ok(InvokeOutcome::RuntimeFailure));
+        count(Err(tonic::Status::resource_exhausted("throttled")));
+        count(Err(tonic::Status::unavailable("gone")));
         assert_eq!(
             o,
             Outcomes {

@@ -1,6 +1,6 @@
 //! `lmictl bench`: measuring the agent from outside, as a control plane sees it.
 //!
-//! - `bench invoke`: load (see `load`), with the agent's CPU time per invoke and its peak RSS read from
+//! - `bench invoke`: load (see `load`) over gRPC or the HTTP Invoke API (`http`), with the agent's CPU time per invoke and its peak RSS read from
 //!   `/proc` (`proc_stats`), and the same for the function's runtime process and for lmictl itself, so the
 //!   whole machine's CPU is accounted for.
 //! - `bench startup`: environment start-up, split into the agent's phases and the runtime's init (`startup`).
@@ -8,6 +8,7 @@
 //! Benchmarks run against loopback only (the Unix socket, or a TCP endpoint on a loopback address) and are
 //! bounded in time and count.
 
+mod http;
 mod load;
 mod proc_stats;
 mod report;
@@ -18,7 +19,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use lmi_proto::v1::{EnvironmentState, InvokeRequest, ListEnvironmentsRequest};
 
-use crate::cli::{BenchCommand, BenchInvokeArgs, Cli};
+use crate::cli::{BenchCommand, BenchInvokeArgs, BenchVia, Cli};
 use crate::commands::Io;
 use crate::connect::{self, Client, Target};
 use crate::output::Output;
@@ -40,6 +41,25 @@ pub async fn run(cli: &Cli, command: BenchCommand, io: &mut Io<'_>) -> anyhow::R
             report::startup_output(&runs, cli.json)
         }
     }
+}
+
+/// The Invoke API's address from `--invoke-api HOST:PORT`: it must be on loopback, as the gRPC target.
+async fn invoke_api_addr(arg: &str) -> anyhow::Result<std::net::SocketAddr> {
+    let addrs: Vec<_> = tokio::net::lookup_host(arg)
+        .await
+        .with_context(|| format!("--invoke-api {arg:?} is not a HOST:PORT address"))?
+        .collect();
+    let addr = addrs
+        .iter()
+        .find(|a| a.ip().is_loopback())
+        .or(addrs.first())
+        .copied()
+        .with_context(|| format!("--invoke-api {arg:?} resolves to no address"))?;
+    anyhow::ensure!(
+        addr.ip().is_loopback(),
+        "bench runs against this host only: --invoke-api {arg} is not a loopback address"
+    );
+    Ok(addr)
 }
 
 /// Benchmarks load the agent hard: only against this host.
@@ -99,6 +119,36 @@ async fn invoke(target: &Target, cli: &Cli, args: BenchInvokeArgs) -> anyhow::Re
     if let (Some(pid), true) = (agent_pid, args.reset_peak_rss) {
         proc_stats::reset_peak_rss(pid)?;
     }
+    let via = if args.stream {
+        BenchVia::Stream
+    } else {
+        args.via
+    };
+    let transport = match via {
+        BenchVia::Unary => load::Transport::Unary,
+        BenchVia::Stream => {
+            anyhow::ensure!(
+                args.rate.is_none(),
+                "--via stream is closed loop only: give --concurrency, not --rate"
+            );
+            load::Transport::Stream
+        }
+        BenchVia::Http => {
+            let arg = args.invoke_api.as_deref().context(
+                "--via http needs --invoke-api HOST:PORT (the agent's [invoke_api] listen)",
+            )?;
+            load::Transport::Http(std::sync::Arc::new(http::HttpTarget::new(
+                invoke_api_addr(arg).await?,
+                &args.function,
+                args.version.as_deref(),
+                args.payload.clone().into_bytes().into(),
+            )))
+        }
+    };
+    anyhow::ensure!(
+        via == BenchVia::Http || args.invoke_api.is_none(),
+        "--invoke-api is for --via http"
+    );
     let plan = load::LoadPlan {
         request: InvokeRequest {
             function_name: args.function.clone(),
@@ -115,11 +165,7 @@ async fn invoke(target: &Target, cli: &Cli, args: BenchInvokeArgs) -> anyhow::Re
                 concurrency: args.concurrency,
             },
         },
-        transport: if args.stream {
-            load::Transport::Stream
-        } else {
-            load::Transport::Unary
-        },
+        transport,
         warmup: args.warmup,
         duration: args.duration,
         max_invokes: args.max_invokes,
@@ -204,5 +250,20 @@ mod tests {
         assert!(ok("http://localhost:7443"));
         assert!(!ok("http://10.0.0.5:7443"));
         assert!(!ok("http://example.com:7443"));
+    }
+
+    #[tokio::test]
+    async fn the_invoke_api_address_must_be_loopback() {
+        assert_eq!(
+            invoke_api_addr("127.0.0.1:9001").await.unwrap(),
+            "127.0.0.1:9001".parse().unwrap()
+        );
+        assert!(invoke_api_addr("localhost:9001")
+            .await
+            .unwrap()
+            .ip()
+            .is_loopback());
+        assert!(invoke_api_addr("10.0.0.5:9001").await.is_err());
+        assert!(invoke_api_addr("127.0.0.1").await.is_err(), "no port");
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::load::{LoadPlan, LoadResult, Mode, Outcomes, Transport};
+use super::load::{LoadPlan, LoadResult, Mode, Outcomes};
 use super::proc_stats::{CpuTime, Memory};
 use super::startup::StartupRun;
 use crate::cli::BenchInvokeArgs;
@@ -53,7 +53,7 @@ pub struct InvokeReport {
     pub mode: String,
     pub concurrency: Option<u32>,
     pub rate_per_s: Option<f64>,
-    /// "unary" (an `Invoke` call each) or "stream" (`InvokeStream`).
+    /// "unary" (an `Invoke` call each), "stream" (`InvokeStream`) or "http" (the HTTP Invoke API).
     pub transport: String,
     pub connections: u32,
     pub warmup_s: f64,
@@ -113,11 +113,7 @@ impl InvokeReport {
             mode: mode.to_owned(),
             concurrency,
             rate_per_s,
-            transport: match plan.transport {
-                Transport::Unary => "unary",
-                Transport::Stream => "stream",
-            }
-            .to_owned(),
+            transport: plan.transport.name().to_owned(),
             connections: args.connections,
             warmup_s: plan.warmup.as_secs_f64(),
             duration_s: plan.duration.as_secs_f64(),
