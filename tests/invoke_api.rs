@@ -584,3 +584,46 @@ async fn boto3_log_type_tail_returns_the_last_4_kb_of_the_invokes_log() {
     assert!(r[2].get("Log").is_none(), "{:?}", r[2]);
     agent.stop_and_assert_clean(&[env.pid]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_log_type_tail_has_plain_print_lines_when_the_function_runs_one_invoke_at_a_time() {
+    require_root!();
+    let (mut agent, addr) = start_with_invoke_api().await;
+    // The official Python client: `print` writes plain lines (no request id) to stdout. With one slot
+    // (Lambda's classic model) every line belongs to the invoke in flight; with four, such a line cannot be
+    // told apart and stays out of the tail.
+    let mut pids = Vec::new();
+    for slots in [1, 4] {
+        let mut spec = python_ric_spec(&format!("plain{slots}"), "ric_app.handler");
+        spec.max_concurrency = slots;
+        pids.push(agent.create_ready(spec).await.pid);
+    }
+    let r = boto3(
+        addr,
+        json!([
+            {"function": "plain1", "payload": {"action": "print", "lines": 2}, "log_type": "Tail"},
+            {"function": "plain1", "payload": {"action": "print", "lines": 2}, "log_type": "Tail"},
+            {"function": "plain4", "payload": {"action": "print", "lines": 2}, "log_type": "Tail"},
+        ]),
+    );
+    for (i, r) in r.iter().enumerate() {
+        assert_eq!(r["StatusCode"], 200, "{i}: {r:?}");
+        let id = r["RequestId"].as_str().unwrap();
+        let log = r["Log"].as_str().unwrap();
+        let start = format!("START RequestId: {id} Version: $LATEST\n");
+        let end = format!("END RequestId: {id}\nREPORT RequestId: {id}\tDuration: ");
+        assert!(log.starts_with(&start), "{i}: {log}");
+        assert!(log.contains(&end), "{i}: {log}");
+        assert!(log.ends_with("Status: success\n"), "{i}: {log}");
+        if i < 2 {
+            // START, this invoke's two lines (once: not the other invoke's), END, REPORT.
+            assert!(
+                log.starts_with(&format!("{start}plain 0\nplain 1\n{end}")),
+                "{i}: {log}"
+            );
+        } else {
+            assert!(!log.contains("plain"), "{i}: {log}");
+        }
+    }
+    agent.stop_and_assert_clean(&pids);
+}

@@ -194,6 +194,7 @@ impl Agent {
             env.log_source(),
             env.log_stats.clone(),
             env.spec.timeout,
+            env.spec.max_concurrency,
         ));
         let settled = if self.config.environments.refuse_late_and_oversized_answers {
             SettledAnswers::Refuse

@@ -192,10 +192,16 @@ fn offer(ctx: &CaptureContext, stream: &str, pid: Option<u32>, line: &[u8], spli
     if split {
         ctx.stats.add_split();
     }
-    if let Some(tails) = ctx.platform.as_ref().and_then(|p| p.active_tails()) {
-        let known = |id: &str| ctx.platform.as_ref().is_some_and(|p| p.knows(id));
-        if let Some(id) = record::request_id_of(line, split, &known) {
-            tails.line(&id, line);
+    if let Some(platform) = ctx.platform.as_ref() {
+        if let Some(tails) = platform.active_tails() {
+            let known = |id: &str| platform.knows(id);
+            // A line naming its invoke goes to that one's tail; in a serial environment, any other line
+            // goes to the invoke in flight (or the one just ended, if its tail is still being taken).
+            if let Some(id) = record::request_id_of(line, split, &known) {
+                tails.line(&id, line);
+            } else if let Some(id) = platform.serial_invoke() {
+                tails.line(&id, line);
+            }
         }
     }
     let Some(queue) = ctx.queue.as_ref().filter(|q| q.has_room()) else {
@@ -314,6 +320,101 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    /// The tail of one invoke of an environment with `max_concurrency` slots whose runtime prints a plain
+    /// line during the invoke and another after its end (read late, as a line written just before the
+    /// answer can be), then a line naming the invoke, then a plain line after the next invoke's delivery.
+    async fn tail_of_one_invoke(max_concurrency: u32) -> String {
+        use crate::logs::{invoke_tail::InvokeTails, platform::PlatformLog};
+        use lmi_runtime_api::broker::{InvokeEnd, InvokeObserver};
+        let t = tempfile::tempdir().unwrap();
+        let tails = Arc::new(InvokeTails::default());
+        let platform = Arc::new(
+            PlatformLog::new(
+                None,
+                (*source()).clone(),
+                Arc::new(LogStats::default()),
+                Duration::from_secs(3),
+            )
+            .with_tails(tails.clone())
+            .serial(max_concurrency == 1),
+        );
+        let (mut out, pipe) = tokio::io::duplex(4096);
+        let capture = Capture::start(
+            CaptureContext {
+                queue: None,
+                source: source(),
+                stats: Arc::new(LogStats::default()),
+                max_line_bytes: 1024,
+                max_connections: 1,
+                platform: Some(platform.clone()),
+            },
+            EnvironmentSocket::bind(t.path(), "env-t").unwrap(),
+            Some(pipe),
+            no_pipe(),
+        );
+        let a: Arc<str> = Arc::from("8f507cfc-1a2b-4697-b07a-ac58fc914c95");
+        let b: Arc<str> = Arc::from("0c1d2e3f-1a2b-4697-b07a-ac58fc914c95");
+        let watch = tails.watch(&a).unwrap();
+        platform.delivered(&a);
+        out.write_all(b"plain during\n").await.unwrap();
+        let until_read = |text: &'static str| {
+            let watch = &watch;
+            until(move || String::from_utf8_lossy(&watch.snapshot()).contains(text))
+        };
+        // The capture reads on a task of its own: the end may be recorded before or after it reads the
+        // line; either way the line is the invoke's.
+        platform.ended(&a, Duration::from_millis(2), InvokeEnd::Success, None);
+        out.write_all(b"plain after the end\n").await.unwrap();
+        out.write_all(format!("{{\"requestId\":\"{a}\",\"message\":\"named\"}}\n").as_bytes())
+            .await
+            .unwrap();
+        until_read("named").await;
+        platform.delivered(&b);
+        out.write_all(b"plain of the next invoke\n").await.unwrap();
+        out.write_all(format!("{{\"requestId\":\"{a}\",\"message\":\"last\"}}\n").as_bytes())
+            .await
+            .unwrap();
+        until_read("last").await;
+        drop(out);
+        capture.close().unwrap().await.unwrap();
+        String::from_utf8(watch.snapshot()).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_one_slot_every_line_until_the_next_delivery_is_the_invokes() {
+        let tail = tail_of_one_invoke(1).await;
+        let lines: Vec<&str> = tail.lines().collect();
+        let a = "8f507cfc-1a2b-4697-b07a-ac58fc914c95";
+        assert_eq!(
+            lines[0],
+            format!("START RequestId: {a} Version: 1"),
+            "{tail}"
+        );
+        assert_eq!(
+            lines[1..3],
+            ["plain during", "plain after the end"],
+            "{tail}"
+        );
+        assert!(lines[3].contains("\"named\""), "{tail}");
+        assert!(lines[4].contains("\"last\""), "{tail}");
+        assert_eq!(lines[5], format!("END RequestId: {a}"), "{tail}");
+        assert!(
+            lines[6].starts_with(&format!("REPORT RequestId: {a}\t")),
+            "{tail}"
+        );
+        assert_eq!(lines.len(), 7, "{tail}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_more_slots_only_lines_naming_the_invoke_are_its() {
+        let tail = tail_of_one_invoke(4).await;
+        assert!(
+            tail.contains("\"named\"") && tail.contains("\"last\""),
+            "{tail}"
+        );
+        assert!(!tail.contains("plain"), "{tail}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

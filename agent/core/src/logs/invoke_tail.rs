@@ -5,9 +5,12 @@
 //! [`super::lift`]) and the platform log copies the invoke's START, END and REPORT lines into that invoke's
 //! buffer, which keeps only the last [`TAIL_BYTES`] bytes. The END and REPORT lines are kept apart and always
 //! come last, as in Lambda's tail: the capture reads pipes and sockets on tasks of their own, so a line the
-//! function wrote before it answered may be read after the invoke's end was recorded. When no invoke is watched (the common case), a line
-//! costs one atomic load. Lines without a request id are not in the tail (they are not attributed, see
-//! [`super::lift`]); lines read after the invoke's answer was taken are not either.
+//! function wrote before it answered may be read after the invoke's end was recorded. When no invoke is
+//! watched (the common case), a line costs one atomic load. A line without a request id is in the tail only
+//! in an environment that runs one invoke at a time (max concurrency 1): there every line belongs to the
+//! invoke delivered last, until the next one is (see [`super::platform::PlatformLog::serial`]); with more
+//! slots such a line cannot be told apart and is in no tail (see [`super::lift`]). Lines read after the
+//! invoke's answer was taken are not in it either.
 
 use std::{
     collections::{HashMap, VecDeque},

@@ -180,18 +180,21 @@ impl PendingCapture {
     /// The platform records of `env`'s invokes (give it to the environment's broker with
     /// [`lmi_runtime_api::broker::Broker::observe`] before the runtime can poll). The capture started later attributes
     /// lines by the ids it saw delivered, and closes it when it ends.
-    /// `timeout` is the function's, for the timeout records.
+    /// `timeout` is the function's, for the timeout records; `max_concurrency` its slots (with one, every line
+    /// of the runtime belongs to the invoke in flight: see [`PlatformLog::serial`]).
     pub fn platform_log(
         &self,
         source: Source,
         stats: Arc<LogStats>,
         timeout: std::time::Duration,
+        max_concurrency: u32,
     ) -> Arc<PlatformLog> {
         self.platform
             .get_or_init(|| {
                 Arc::new(
                     PlatformLog::new(self.queue.clone(), source, stats, timeout)
-                        .with_tails(self.tails.clone()),
+                        .with_tails(self.tails.clone())
+                        .serial(max_concurrency == 1),
                 )
             })
             .clone()

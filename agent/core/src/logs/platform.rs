@@ -59,6 +59,9 @@ pub struct PlatformLog {
     fixed: Vec<u8>,
     /// The invokes that asked for their log tail: the platform lines of those are copied there.
     tails: Option<Arc<InvokeTails>>,
+    /// For an environment that runs one invoke at a time (max concurrency 1): the invoke delivered last,
+    /// to which its lines without a request id belong (`None` for other environments).
+    serial: Option<Mutex<Option<Arc<str>>>>,
 }
 
 impl std::fmt::Debug for PlatformLog {
@@ -90,7 +93,27 @@ impl PlatformLog {
             recent: RecentIds::default(),
             fixed,
             tails: None,
+            serial: None,
         }
+    }
+
+    /// Marks the environment as running one invoke at a time (max concurrency 1), as Lambda's classic
+    /// model does: then every line its runtime writes from one invoke's delivery to the next belongs to that
+    /// invoke, whether or not it carries the request id (see [`Self::serial_invoke`]).
+    pub fn serial(mut self, serial: bool) -> Self {
+        self.serial = serial.then(Mutex::default);
+        self
+    }
+
+    /// The invoke a line without a request id belongs to: in a serial environment, the one delivered last
+    /// (it may have ended: a line written just before the answer can be read after it); otherwise none,
+    /// since invokes running side by side cannot be told apart by such a line.
+    pub fn serial_invoke(&self) -> Option<Arc<str>> {
+        self.serial
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Copies the platform lines of invokes watched in `tails` there (and lets the capture copy theirs).
@@ -251,6 +274,9 @@ impl InvokeObserver for PlatformLog {
     fn delivered(&self, id: &Arc<str>) {
         if !lift::is_uuid(id) {
             self.recent.insert(id);
+        }
+        if let Some(last) = &self.serial {
+            *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(id.clone());
         }
         if let Some(tails) = self.active_tails() {
             let line = format!("START RequestId: {id} Version: {}", self.source.version);
