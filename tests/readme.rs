@@ -1,7 +1,9 @@
 //! The README's shell examples, run against a real agent so that they cannot rot: every fenced `sh` block of
 //! README.md runs, in order, unless an HTML comment on the line before it says why not
 //! (`<!-- not run by tests/readme.rs: why -->`) or names the only AWS CLI major version it is for
-//! (`<!-- tests/readme.rs runs this only with AWS CLI v1 -->`, `v2`). Each command must exit 0.
+//! (`<!-- tests/readme.rs runs this only with AWS CLI v1 -->`, `v2`): such a block runs with that CLI first on
+//! the `PATH` (v2: Debian's `/usr/bin/aws`, which must be installed; v1: the `aws` on the `PATH`, if it is v1).
+//! Each command must exit 0.
 //!
 //! The agent is the test's own (a socket and an Invoke API port of its own), so the README's defaults are
 //! replaced before a command runs: the socket path, the Invoke API address, `./docs/examples/` (the checkout's),
@@ -13,7 +15,7 @@ mod support;
 
 use std::{
     io::{BufRead, BufReader},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
@@ -93,16 +95,31 @@ fn commands(text: &str) -> Vec<String> {
     out
 }
 
-/// The major version of the installed AWS CLI, if one is on the PATH.
-fn aws_cli_major(path: &str) -> Option<char> {
-    let out = Command::new("aws")
-        .arg("--version")
-        .env("PATH", path)
-        .output()
-        .ok()?;
+/// Debian's AWS CLI v2 (`awscli`, installed by tests/setup.sh).
+const AWS_CLI_V2: &str = "/usr/bin/aws";
+
+/// The major version of the AWS CLI `aws` (`aws-cli/2.9.19 …` → `2`).
+fn aws_cli_major(aws: &Path) -> Option<char> {
+    let out = Command::new(aws).arg("--version").output().ok()?;
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     text.strip_prefix("aws-cli/")?.chars().next()
+}
+
+/// An AWS CLI of each major version found here, by major: the first `aws` on `path`, and [`AWS_CLI_V2`].
+fn aws_clis(path: &str) -> Vec<(char, PathBuf)> {
+    let mut found: Vec<(char, PathBuf)> = Vec::new();
+    let on_path = std::env::split_paths(path)
+        .map(|d| d.join("aws"))
+        .find(|f| f.is_file());
+    for aws in on_path.into_iter().chain([PathBuf::from(AWS_CLI_V2)]) {
+        if let Some(major) = aws_cli_major(&aws) {
+            if !found.iter().any(|(m, _)| *m == major) {
+                found.push((major, aws));
+            }
+        }
+    }
+    found
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,7 +144,8 @@ async fn the_readmes_shell_examples_run_against_a_real_agent() {
         test_tools().join("bin").display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let aws = aws_cli_major(&path);
+    let aws = aws_clis(&path);
+    let mut aws_ran = Vec::new();
     let examples = format!("{}/", repo().join("docs/examples").display());
     let socket = agent.socket.display().to_string();
     let mut pids = Vec::new();
@@ -155,13 +173,30 @@ async fn the_readmes_shell_examples_run_against_a_real_agent() {
         } else {
             None
         };
-        if let Some(v) = wanted.filter(|&v| Some(v) != aws) {
-            println!(
-                "README.md:{}: skipped: for AWS CLI v{v}, installed: {}",
-                block.line,
-                aws.map_or("none".to_owned(), |v| format!("v{v}"))
-            );
-            continue;
+        // A block for one AWS CLI major runs with that one first on the PATH (a directory holding only a
+        // link to it); v2 must be there (tests/setup.sh installs it), v1 is run when found.
+        let mut block_path = path.clone();
+        if let Some(v) = wanted {
+            let Some((_, cli)) = aws.iter().find(|(m, _)| *m == v) else {
+                assert_ne!(
+                    v, '2',
+                    "README.md:{}: no AWS CLI v2 at {AWS_CLI_V2} (tests/setup.sh installs it)",
+                    block.line
+                );
+                println!(
+                    "README.md:{}: skipped: for AWS CLI v{v}, found: {aws:?}",
+                    block.line
+                );
+                continue;
+            };
+            let dir = work.path().join(format!("aws-v{v}"));
+            if !dir.exists() {
+                std::fs::create_dir(&dir).unwrap();
+                std::os::unix::fs::symlink(cli, dir.join("aws")).unwrap();
+            }
+            block_path = format!("{}:{path}", dir.display());
+            println!("README.md:{}: AWS CLI v{v}: {}", block.line, cli.display());
+            aws_ran.push(v);
         }
         for command in commands(&block.text) {
             let mut command = command
@@ -179,7 +214,21 @@ async fn the_readmes_shell_examples_run_against_a_real_agent() {
                 };
                 command = command.replace(README_ID, &env.id[..8]);
             }
-            run(&command, block.line, work.path(), &path, &socket);
+            let out = run(&command, block.line, work.path(), &block_path, &socket);
+            if wanted.is_some() && command.contains("--log-type Tail") {
+                // The decoded X-Amz-Log-Result: Lambda's lines for the invoke.
+                for line in [
+                    "START RequestId: ",
+                    "\nEND RequestId: ",
+                    "\nREPORT RequestId: ",
+                ] {
+                    assert!(
+                        out.contains(line),
+                        "README.md:{}: no {line:?} in\n{out}",
+                        block.line
+                    );
+                }
+            }
             ran += 1;
             pids.extend(agent.list().await.iter().map(|e| e.pid).filter(|&p| p != 0));
         }
@@ -187,6 +236,7 @@ async fn the_readmes_shell_examples_run_against_a_real_agent() {
     println!("{ran} README commands ran");
     // The grpcurl, lmictl and boto3 examples at least.
     assert!(ran >= 15, "only {ran} README commands ran");
+    assert!(aws_ran.contains(&'2'), "the AWS CLI v2 example did not run");
     assert!(std::fs::metadata(&completion).unwrap().len() > 0);
     // The examples delete what they create.
     assert_eq!(agent.list().await, vec![]);
@@ -195,9 +245,9 @@ async fn the_readmes_shell_examples_run_against_a_real_agent() {
     agent.stop_and_assert_clean(&pids);
 }
 
-/// Runs one README command under bash (pipefail) and asserts it exits 0; a `--follow` command must print
-/// a line, then is stopped.
-fn run(command: &str, line: usize, dir: &Path, path: &str, socket: &str) {
+/// Runs one README command under bash (pipefail), asserts it exits 0 and returns its stdout; a `--follow`
+/// command must print a line (returned), then is stopped.
+fn run(command: &str, line: usize, dir: &Path, path: &str, socket: &str) -> String {
     let follow = command.contains("--follow");
     let script = if follow {
         format!("exec {command}")
@@ -215,6 +265,7 @@ fn run(command: &str, line: usize, dir: &Path, path: &str, socket: &str) {
         .env("AWS_DEFAULT_REGION", "us-east-1")
         .env("AWS_CONFIG_FILE", &aws_files)
         .env("AWS_SHARED_CREDENTIALS_FILE", &aws_files)
+        .env("AWS_PAGER", "")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -233,7 +284,7 @@ fn run(command: &str, line: usize, dir: &Path, path: &str, socket: &str) {
             String::from_utf8_lossy(&out.stderr)
         );
         println!("README.md:{line}: {command}\n{first}");
-        return;
+        return first;
     }
     let out = cmd.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -244,6 +295,7 @@ fn run(command: &str, line: usize, dir: &Path, path: &str, socket: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
     println!("README.md:{line}: {command}\n{stdout}");
+    stdout.into_owned()
 }
 
 #[test]

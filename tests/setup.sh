@@ -67,6 +67,9 @@ if ! ric_ok; then
 fi
 # boto3: the Invoke API test drives the agent with the AWS SDK for Python.
 python3 -c "import boto3" >/dev/null 2>&1 || python3 -m pip install -q boto3
+# The AWS CLI v2 for tests/readme.rs (the README's `aws lambda invoke` v2 form): Debian's awscli package, as
+# /usr/bin/aws (the v1 form runs with pip's `aws`, when one is on the PATH). Installed once.
+case "$(/usr/bin/aws --version 2>&1)" in aws-cli/2.*) ;; *) apt_install awscli ;; esac
 # Offline checks of the AMI recipes: HCL2 (Packer) and YAML (Image Builder) parsers.
 python3 -c "import hcl2" >/dev/null 2>&1 || python3 -m pip install -q python-hcl2
 python3 -c "import yaml" >/dev/null 2>&1 || python3 -m pip install -q pyyaml
