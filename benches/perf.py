@@ -14,6 +14,12 @@ Scenarios:
     idle-rss     the agent's RSS right after start, no environment
     loaded-rss   the agent's peak RSS with 20 environments and 1,000 invokes held in flight
     startup      environment start-up split into the agent's phases and the runtime's init, per runtime
+    sweep        caller concurrency 1, 8, 64, 256 × environments of max concurrency 64 and 1,600 × ingress
+                 (unary Invoke, InvokeStream, HTTP Invoke API), one agent, interleaved rounds (each round runs
+                 every cell once, every other round in reverse order), with the Runtime API floor
+                 (benches/benches/runtime_api_floor.rs) run in every round; prints a markdown table and the
+                 verdicts of issue 16's targets. --sweep-ingress, --sweep-max-concurrency,
+                 --sweep-concurrency, --sweep-memory and --floor-concurrency narrow or change it
     all          every scenario above
 
 --favordynmods mounts a throwaway cgroup v1 hierarchy with the `favordynmods` option for the run (and
@@ -28,6 +34,7 @@ Nothing is asserted: this prints what it measured.
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -37,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,7 +52,19 @@ RELEASE = REPO / "target" / "release"
 AGENT_BIN = RELEASE / "lmi-agent"
 LMICTL_BIN = RELEASE / "lmictl"
 ECHO_BIN = RELEASE / "native-echo"
-SCENARIOS = ["latency", "throughput", "stream-latency", "stream-throughput", "idle-rss", "loaded-rss", "startup"]
+SCENARIOS = ["latency", "throughput", "stream-latency", "stream-throughput", "idle-rss", "loaded-rss", "startup",
+             "sweep"]
+SWEEP_INGRESS = ["unary", "stream", "http"]
+SWEEP_MAX_CONCURRENCY = [64, 1600]
+SWEEP_CONCURRENCY = [1, 8, 64, 256]
+# One sample of the Prometheus text format: name, optional {labels}, value.
+METRIC_LINE = re.compile(r"^(?P<name>[A-Za-z_:][A-Za-z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)")
+LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
+# A result line of benches/benches/runtime_api_floor.rs.
+FLOOR_LINE = re.compile(
+    r"^\s*(?P<server>\w+) server, concurrency (?P<concurrency>\d+): (?P<throughput_per_s>[\d.]+) invokes/s; "
+    r"round trip p50 (?P<p50_us>[\d.]+) µs, p99 (?P<p99_us>[\d.]+) µs; "
+    r"CPU per invoke: server (?P<server_cpu_us_per_invoke>[\d.]+) µs, runtime (?P<runtime_cpu_us_per_invoke>[\d.]+) µs")
 
 
 def log(msg):
@@ -57,7 +77,9 @@ class Agent:
     counter = 0
     wrapper = []
 
-    def __init__(self):
+    def __init__(self, keys="", sections=""):
+        """`keys`: more top-level TOML lines (such as `metrics_listen = "127.0.0.1:9464"`); `sections`: more
+        TOML tables, appended after `[capacity]` (such as an `[invoke_api]` table with its `listen`)."""
         Agent.counter += 1
         self.dir = Path(tempfile.mkdtemp(prefix="lmi-perf-"))
         self.socket = self.dir / "agent.sock"
@@ -69,7 +91,9 @@ class Agent:
             f'cgroup_parent = "{cgroup_parent}"\n'
             f'shims_dir = "{REPO / "runtime-shims"}"\n'
             'log_format = "json"\n'
-            "[capacity]\nvcpus = 128\nmemory_mib = 524288\nreserved_memory_mib = 0\n"
+            + (keys.rstrip("\n") + "\n" if keys else "")
+            + "[capacity]\nvcpus = 128\nmemory_mib = 524288\nreserved_memory_mib = 0\n"
+            + (sections.rstrip("\n") + "\n" if sections else "")
         )
         notify_path = self.dir / "notify.sock"
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -107,12 +131,27 @@ class Agent:
             raise SystemExit(f"lmictl {' '.join(args)} failed ({out.returncode}): {out.stderr.strip()}")
         return json.loads(out.stdout) if out.stdout.strip() else None
 
-    def create(self, function, runtime, code, max_concurrency, handler=None):
+    def create(self, function, runtime, code, max_concurrency, handler=None, memory_mib=None):
         args = ["create", "--function", function, "--runtime", runtime, "--code", str(code),
                 "--max-concurrency", str(max_concurrency), "--timeout-seconds", "60", "--wait"]
         if handler:
             args += ["--handler", handler]
+        if memory_mib:
+            args += ["--memory", str(memory_mib)]
         return self.lmictl(*args)
+
+    def metrics(self, address):
+        """The counters and gauges of the agent's `/metrics` at `address` (its `metrics_listen`), as
+        {(name, frozenset of label pairs): value}."""
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as answer:
+            text = answer.read().decode()
+        samples = {}
+        for line in text.splitlines():
+            m = METRIC_LINE.match(line)
+            if m:
+                labels = frozenset(LABEL.findall(m["labels"] or ""))
+                samples[(m["name"], labels)] = float(m["value"])
+        return samples
 
     def memory_kib(self):
         fields = {}
@@ -288,6 +327,238 @@ def scenario_startup(args):
     return out
 
 
+def free_port():
+    """A loopback TCP port nobody holds right now (the agent binds it a moment later)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def ingress_flags():
+    """`lmictl bench invoke`'s flags per ingress, as this lmictl spells them; None where it has no way."""
+    help_text = subprocess.run([str(LMICTL_BIN), "bench", "invoke", "--help"], capture_output=True, text=True).stdout
+    if "--via" in help_text:
+        return {"unary": ["--via", "unary"], "stream": ["--via", "stream"],
+                "http": ["--via", "http", "--invoke-api", "{invoke_api}"]}
+    return {"unary": [], "stream": ["--stream"], "http": None}
+
+
+def floor_binary(args):
+    """The runtime_api_floor bench's executable (built by cargo unless --no-build)."""
+    if args.no_build:
+        built = [f for f in (RELEASE / "deps").glob("runtime_api_floor-*") if f.is_file() and os.access(f, os.X_OK)]
+        if not built:
+            raise SystemExit("no runtime_api_floor bench binary: run without --no-build once")
+        return max(built, key=lambda f: f.stat().st_mtime)
+    out = subprocess.run(["cargo", "bench", "--locked", "-p", "lmi-benches", "--bench", "runtime_api_floor",
+                          "--no-run", "--message-format=json"], cwd=REPO, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"building runtime_api_floor failed:\n{out.stderr[-3000:]}")
+    for line in out.stdout.splitlines():
+        msg = json.loads(line)
+        if msg.get("reason") == "compiler-artifact" and msg.get("executable") \
+                and msg["target"]["name"] == "runtime_api_floor":
+            return Path(msg["executable"])
+    raise SystemExit("cargo did not name the runtime_api_floor executable")
+
+
+def run_floor(binary, concurrency, seconds):
+    """One run of runtime_api_floor (both servers): {server: its figures}."""
+    env = dict(os.environ, LMI_FLOOR_CONCURRENCY=str(concurrency), LMI_FLOOR_SECONDS=str(seconds),
+               LMI_FLOOR_SERVERS="minimal,agent")
+    out = subprocess.run([str(binary), "--bench"], env=env, capture_output=True, text=True, timeout=4 * seconds + 60)
+    if out.returncode != 0:
+        raise SystemExit(f"runtime_api_floor failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    found = {}
+    for line in out.stdout.splitlines():
+        m = FLOOR_LINE.match(line)
+        if m:
+            found[m["server"]] = {k: float(v) for k, v in m.groupdict().items() if k != "server"}
+    if "minimal" not in found:
+        raise SystemExit(f"runtime_api_floor printed no 'minimal' line:\n{out.stdout}")
+    return found
+
+
+def throttles_by_reason(before, after, function):
+    """Throttles of `function` counted by the agent between two scrapes, per reason (non-zero only)."""
+    delta = {}
+    for (name, labels), value in after.items():
+        labels = dict(labels)
+        if name == "lmi_throttles_by_reason_total" and labels.get("function") == function:
+            reason = labels.get("reason", "?")
+            d = value - before.get((name, frozenset(labels.items())), 0.0)
+            if d:
+                delta[reason] = delta.get(reason, 0) + int(d)
+    return delta
+
+
+def environment_identity(agent, function):
+    return [(e["id"], e["state"], e.get("pid")) for e in agent.lmictl("list", "--function", function)]
+
+
+def summarize_cell(reports):
+    pick = lambda f: median([f(r) for r in reports])  # noqa: E731
+    outcomes, reasons = {}, {}
+    for r in reports:
+        for k, v in r["outcomes"].items():
+            outcomes[k] = outcomes.get(k, 0) + v
+        for k, v in r["throttles_by_reason"].items():
+            reasons[k] = reasons.get(k, 0) + v
+    return {
+        "runs": len(reports),
+        "throughput_per_s": pick(lambda r: r["throughput_per_s"]),
+        "success_per_s": pick(lambda r: r["throughput_per_s"] * r["outcomes"]["success"] / r["invokes"]
+                              if r["invokes"] else 0.0),
+        "p50_us": pick(lambda r: r["latency"]["p50_us"]),
+        "p99_us": pick(lambda r: r["latency"]["p99_us"]),
+        "agent_cpu_us_per_invoke": pick(lambda r: (r.get("agent") or {}).get("cpu_us_per_invoke")),
+        "runtime_cpu_us_per_invoke": pick(lambda r: r.get("runtime_cpu_us_per_invoke")),
+        "generator_cpu_us_per_invoke": pick(lambda r: r.get("lmictl_cpu_us_per_invoke")),
+        # With throttles, the CPU per answered invoke mixes cheap refusals in: this is per success.
+        "agent_cpu_us_per_success": pick(lambda r: (r.get("agent") or {}).get("cpu_us_per_invoke") * r["invokes"]
+                                         / r["outcomes"]["success"]
+                                         if r["outcomes"]["success"] and (r.get("agent") or {}).get("cpu_us_per_invoke")
+                                         else None),
+        "outcomes": outcomes,
+        "throttles_by_reason": reasons,
+    }
+
+
+def outcomes_text(summary):
+    o = summary["outcomes"]
+    parts = [f"ok {o.get('success', 0):,}"]
+    for key, name in [("function_error", "function error"), ("timeout", "timeout"),
+                      ("runtime_failure", "runtime failure"), ("other", "other"), ("skipped", "skipped")]:
+        if o.get(key):
+            parts.append(f"{name} {o[key]:,}")
+    if o.get("throttle") or summary["throttles_by_reason"]:
+        reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(summary["throttles_by_reason"].items()))
+        parts.append(f"**throttle {o.get('throttle', 0):,}**" + (f" ({reasons})" if reasons else ""))
+        parts.append(f"agent CPU per success {fmt(summary['agent_cpu_us_per_success'])} µs")
+    return "; ".join(parts)
+
+
+def scenario_sweep(args):
+    """Caller concurrency × the environment's max concurrency × ingress, in interleaved rounds, with the
+    Runtime API floor measured in every round."""
+    flags = ingress_flags()
+    ingresses = [i for i in args.sweep_ingress if flags[i] is not None]
+    not_run = {i: "this lmictl has no `bench invoke --via http`" for i in args.sweep_ingress if flags[i] is None}
+    for i, why in not_run.items():
+        log(f"  ingress {i} not run: {why}")
+    cells = [(ingress, maxc, c) for maxc in args.sweep_max_concurrency for ingress in ingresses
+             for c in args.sweep_concurrency]
+    floor_bin = floor_binary(args)
+    invoke_api, metrics_at = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    reports = {cell: [] for cell in cells}
+    floors = []
+    with Agent(keys=f'metrics_listen = "{metrics_at}"', sections=f'[invoke_api]\nlisten = "{invoke_api}"') as agent:
+        code = native_code_dir(agent.dir)
+        for maxc in args.sweep_max_concurrency:
+            agent.create(f"echo-{maxc}", "provided.al2023", code, maxc, memory_mib=args.sweep_memory)
+        identity = {maxc: environment_identity(agent, f"echo-{maxc}") for maxc in args.sweep_max_concurrency}
+        for r in range(args.runs):
+            # Every cell once per round, in the opposite order every other round, so drift within a round
+            # and between rounds falls on all cells alike.
+            order = cells if r % 2 == 0 else cells[::-1]
+            floor = {c: run_floor(floor_bin, c, args.duration) for c in args.floor_concurrency}
+            floors.append(floor)
+            for c, f in floor.items():
+                log(f"  round {r + 1}/{args.runs}: floor c={c}: minimal {f['minimal']['server_cpu_us_per_invoke']:.1f} "
+                    f"µs CPU/invoke ({f['minimal']['throughput_per_s']:.0f}/s), agent's Runtime API "
+                    f"{fmt(f.get('agent', {}).get('server_cpu_us_per_invoke'))} µs")
+            for ingress, maxc, c in order:
+                extra = [f.format(invoke_api=invoke_api) for f in flags[ingress]]
+                before = agent.metrics(metrics_at)
+                rep = agent.lmictl("bench", "invoke", f"echo-{maxc}", "-c", str(c), "-d", str(args.duration),
+                                   "--warmup", "1", "--agent-pid", str(agent.pid), *extra)
+                rep["throttles_by_reason"] = throttles_by_reason(before, agent.metrics(metrics_at), f"echo-{maxc}")
+                rep["round"] = r + 1
+                reports[(ingress, maxc, c)].append(rep)
+                log(f"  round {r + 1}/{args.runs}: {ingress:6} max {maxc:4} c={c:3}: {rep['throughput_per_s']:.0f}/s, "
+                    f"p50 {rep['latency']['p50_us']:.0f} µs, p99 {rep['latency']['p99_us']:.0f} µs, agent "
+                    f"{fmt((rep.get('agent') or {}).get('cpu_us_per_invoke'))} µs/invoke, "
+                    f"throttle {rep['outcomes']['throttle']} {rep['throttles_by_reason'] or ''}")
+        # The environments served the whole sweep without a restart (1,600 pollers included).
+        stable = {maxc: environment_identity(agent, f"echo-{maxc}") == ids for maxc, ids in identity.items()}
+    summary = {cell: summarize_cell(reps) for cell, reps in reports.items()}
+    floor_summary = {}
+    for c in args.floor_concurrency:
+        floor_summary[c] = {server: {k: median([f[c].get(server, {}).get(k) for f in floors])
+                                     for k in ["throughput_per_s", "p50_us", "p99_us", "server_cpu_us_per_invoke",
+                                               "runtime_cpu_us_per_invoke"]}
+                            for server in ["minimal", "agent"]}
+    print_sweep(args, ingresses, not_run, summary, floor_summary, stable)
+    return {
+        "cells": [{"ingress": i, "max_concurrency": m, "concurrency": c, "summary": summary[(i, m, c)],
+                   "runs": reports[(i, m, c)]} for (i, m, c) in cells],
+        "not_run": not_run,
+        "floor": {"runs": [{str(c): f for c, f in floor.items()} for floor in floors],
+                  "median": {str(c): f for c, f in floor_summary.items()}},
+        "environments_stable": {str(m): ok for m, ok in stable.items()},
+        "verdicts": sweep_verdicts(args, ingresses, summary, floor_summary),
+    }
+
+
+def sweep_verdicts(args, ingresses, summary, floor_summary):
+    """The targets of issue 16 over the sweep's medians, as lines of text."""
+    lines = []
+    floor64 = floor_summary.get(64, {}).get("minimal", {}).get("server_cpu_us_per_invoke")
+    for ingress in ingresses:
+        a, b = summary.get((ingress, 64, 8)), summary.get((ingress, 64, 64))
+        if a and b:
+            ok = b["success_per_s"] >= a["success_per_s"]
+            lines.append(f"{ingress}: throughput at c=64 ≥ at c=8 (max concurrency 64): {b['success_per_s']:,.0f} vs "
+                         f"{a['success_per_s']:,.0f} successful invokes/s ({b['success_per_s'] / a['success_per_s']:.2f}×): "
+                         f"**{'met' if ok else 'missed'}**")
+        cpu = b and b["agent_cpu_us_per_invoke"]
+        if cpu and floor64:
+            ok = cpu <= 1.2 * floor64
+            lines.append(f"{ingress}: agent CPU per invoke at c=64 (max concurrency 64) ≤ 1.2× the floor: {cpu:.1f} µs "
+                         f"against 1.2 × {floor64:.1f} = {1.2 * floor64:.1f} µs ({cpu / floor64:.2f}× the floor): "
+                         f"**{'met' if ok else 'missed'}**")
+        for maxc in args.sweep_max_concurrency:
+            rising = [c for c in args.sweep_concurrency if c <= maxc and (ingress, maxc, c) in summary]
+            drops = [(lo, hi) for lo, hi in zip(rising, rising[1:])
+                     if summary[(ingress, maxc, hi)]["success_per_s"] < summary[(ingress, maxc, lo)]["success_per_s"]]
+            if len(rising) > 1:
+                lines.append(f"{ingress}: max concurrency {maxc}, throughput never falls as c rises to the limit "
+                             f"(c = {', '.join(map(str, rising))}): "
+                             + ("**held**" if not drops else "**fell** " + ", ".join(f"from c={lo} to c={hi}" for lo, hi in drops)))
+    return lines
+
+
+def print_sweep(args, ingresses, not_run, summary, floor_summary, stable):
+    print(f"\nconcurrency sweep: medians of {args.runs} interleaved rounds of {args.duration:g} s per cell "
+          f"(1 s warm-up each); native echo, environments of {args.sweep_memory} MiB; CPU per answered invoke "
+          f"(throttles included); outcomes summed over the rounds (throttle reasons from the agent's "
+          f"`lmi_throttles_by_reason_total`, warm-ups included)\n")
+    print("| ingress | max conc | c | invokes/s | ok/s | p50 | p99 | CPU/invoke: agent, runtime, generator | outcomes |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (ingress, maxc, c), s in summary.items():
+        print(f"| {ingress} | {maxc} | {c} | {fmt(s['throughput_per_s'], 0)} | {fmt(s['success_per_s'], 0)} | "
+              f"{fmt(s['p50_us'], 0)} µs | {fmt(s['p99_us'], 0)} µs | {fmt(s['agent_cpu_us_per_invoke'])}, "
+              f"{fmt(s['runtime_cpu_us_per_invoke'])}, {fmt(s['generator_cpu_us_per_invoke'])} µs | "
+              f"{outcomes_text(s)} |")
+    for ingress, why in not_run.items():
+        print(f"| {ingress} | | | not run: {why} | | | | | |")
+    print("\nRuntime API floor in the same run (benches/benches/runtime_api_floor.rs, medians of the rounds):\n")
+    print("| server | c | invokes/s | p50 | p99 | server CPU/invoke | runtime CPU/invoke |")
+    print("|---|---|---|---|---|---|---|")
+    for c, servers in floor_summary.items():
+        for server, f in servers.items():
+            print(f"| {server} | {c} | {fmt(f['throughput_per_s'], 0)} | {fmt(f['p50_us'], 0)} µs | "
+                  f"{fmt(f['p99_us'], 0)} µs | {fmt(f['server_cpu_us_per_invoke'])} µs | "
+                  f"{fmt(f['runtime_cpu_us_per_invoke'])} µs |")
+    print()
+    for line in sweep_verdicts(args, ingresses, summary, floor_summary):
+        print(f"- {line}")
+    for maxc, ok in stable.items():
+        print(f"- environment of max concurrency {maxc}: "
+              + ("the same READY environment (id and runtime pid) from start to end" if ok
+                 else "**changed during the sweep (restarted or failed): see the agent log**"))
+
+
 def machine():
     return {
         "cpus": os.cpu_count(),
@@ -307,14 +578,28 @@ def main():
     p.add_argument("--favordynmods", action="store_true",
                    help="run with the kernel's cgroup favordynmods behaviour switched on (see above)")
     p.add_argument("--agent-wrapper", default="", help="command to run the agent under, e.g. valgrind")
+    lst = lambda t: lambda v: [t(x) for x in v.split(",")]  # noqa: E731
+    p.add_argument("--sweep-ingress", type=lst(str), default=SWEEP_INGRESS,
+                   help="sweep: ingresses, of unary,stream,http (default all three)")
+    p.add_argument("--sweep-max-concurrency", type=lst(int), default=SWEEP_MAX_CONCURRENCY,
+                   help="sweep: the environments' max concurrency (default 64,1600)")
+    p.add_argument("--sweep-concurrency", type=lst(int), default=SWEEP_CONCURRENCY,
+                   help="sweep: caller concurrency (default 1,8,64,256)")
+    p.add_argument("--sweep-memory", type=int, default=4096,
+                   help="sweep: each environment's memory in MiB (default 4096: 2 vCPUs, the host's two)")
+    p.add_argument("--floor-concurrency", type=lst(int), default=[64],
+                   help="sweep: concurrency of the runtime_api_floor runs (default 64)")
     args = p.parse_args()
     Agent.wrapper = args.agent_wrapper.split()
     if os.geteuid() != 0:
         raise SystemExit("perf.py needs root: the agent creates cgroups")
     if not 1 <= args.runs <= 20 or not 0 < args.duration <= 60:
         raise SystemExit("--runs must be 1-20 and --duration 0-60 seconds: keep runs short")
+    if not set(args.sweep_ingress) <= set(SWEEP_INGRESS):
+        raise SystemExit(f"--sweep-ingress: each of {','.join(SWEEP_INGRESS)}")
     if not args.no_build:
-        subprocess.run(["cargo", "build", "--release", "--locked", "-p", "lmi-agent", "-p", "lmi-native-echo"],
+        subprocess.run(["cargo", "build", "--release", "--locked", "-p", "lmi-agent", "-p", "lmictl",
+                        "-p", "lmi-native-echo"],
                        cwd=REPO, check=True)
     scenarios = SCENARIOS if "all" in args.scenarios else args.scenarios
     results = {"machine_before": machine(), "favordynmods": args.favordynmods}
