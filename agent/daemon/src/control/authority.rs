@@ -105,6 +105,64 @@ impl Rewriter {
         out.append(&mut self.input);
     }
 
+    /// How many bytes at the start of `data` reach the server as they are, with the state advanced over them;
+    /// for the reader to leave them where they landed instead of copying them through [`Rewriter::push`].
+    /// Only when nothing is held (no buffered input, no unfinished header block): the preface, every frame but
+    /// a header block, and a HEADERS frame that is whole in `data`, ends its block and needs no rewrite. It
+    /// stops at the first byte that needs the buffered path (a frame header cut by the read, a header block
+    /// that is cut, continued, to be rewritten or out of the ordinary); [`Rewriter::push`] takes it from there.
+    fn pass_in_place(&mut self, data: &[u8]) -> usize {
+        if self.passthrough {
+            return if self.input.is_empty() { data.len() } else { 0 };
+        }
+        if !self.input.is_empty() || self.pending.is_some() {
+            return 0;
+        }
+        let mut at = 0;
+        loop {
+            let rest = &data[at..];
+            if rest.is_empty() {
+                return at;
+            }
+            if self.skip > 0 {
+                let n = self.skip.min(rest.len());
+                self.skip -= n;
+                at += n;
+                continue;
+            }
+            if let Some(left) = self.preface_left {
+                let n = left.min(rest.len());
+                at += n;
+                self.preface_left = (left > n).then_some(left - n);
+                continue;
+            }
+            if rest.len() < FRAME_HEADER_LEN {
+                return at;
+            }
+            let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+            let (kind, flags) = (rest[3], rest[4]);
+            if kind != HEADERS && kind != CONTINUATION {
+                at += FRAME_HEADER_LEN;
+                self.skip = len;
+                continue;
+            }
+            let whole = kind == HEADERS
+                && flags & END_HEADERS != 0
+                && len <= MAX_BLOCK
+                && rest.len() >= FRAME_HEADER_LEN + len;
+            if !whole {
+                return at;
+            }
+            let unchanged =
+                headers_fragment(&rest[FRAME_HEADER_LEN..FRAME_HEADER_LEN + len], flags)
+                    .is_some_and(|(_, fragment)| !needs_rewrite(fragment));
+            if !unchanged {
+                return at;
+            }
+            at += FRAME_HEADER_LEN + len;
+        }
+    }
+
     fn give_up(&mut self, out: &mut Vec<u8>) {
         self.passthrough = true;
         self.finish(out);
@@ -183,26 +241,7 @@ impl Rewriter {
             out.extend_from_slice(frame);
             return false;
         }
-        let mut payload = &frame[FRAME_HEADER_LEN..];
-        let mut pad = 0;
-        if flags & PADDED != 0 {
-            let Some((&p, rest)) = payload.split_first() else {
-                out.extend_from_slice(frame);
-                return false;
-            };
-            pad = usize::from(p);
-            payload = rest;
-        }
-        let mut priority = None;
-        if flags & PRIORITY != 0 {
-            let Some((p, rest)) = payload.split_first_chunk::<5>() else {
-                out.extend_from_slice(frame);
-                return false;
-            };
-            priority = Some(*p);
-            payload = rest;
-        }
-        let Some(fragment) = payload.len().checked_sub(pad).map(|n| &payload[..n]) else {
+        let Some((priority, fragment)) = headers_fragment(&frame[FRAME_HEADER_LEN..], flags) else {
             out.extend_from_slice(frame);
             return false;
         };
@@ -248,6 +287,26 @@ impl Rewriter {
             None => out.extend_from_slice(&p.raw),
         }
     }
+}
+
+/// A HEADERS frame's payload split into its priority fields (when flagged) and its header block fragment,
+/// without the padding; `None` when the payload is too short for what its flags declare.
+fn headers_fragment(payload: &[u8], flags: u8) -> Option<(Option<[u8; 5]>, &[u8])> {
+    let mut payload = payload;
+    let mut pad = 0;
+    if flags & PADDED != 0 {
+        let (&p, rest) = payload.split_first()?;
+        pad = usize::from(p);
+        payload = rest;
+    }
+    let mut priority = None;
+    if flags & PRIORITY != 0 {
+        let (p, rest) = payload.split_first_chunk::<5>()?;
+        priority = Some(*p);
+        payload = rest;
+    }
+    let n = payload.len().checked_sub(pad)?;
+    Some((priority, &payload[..n]))
 }
 
 /// Writes a header block as one HEADERS frame and as many CONTINUATIONs as it needs.
@@ -369,6 +428,11 @@ fn rewrite_block(b: &[u8]) -> Option<Vec<u8>> {
     out
 }
 
+/// Whether [`rewrite_block`] would change the block (it allocates only once it finds something to change).
+fn needs_rewrite(b: &[u8]) -> bool {
+    rewrite_block(b).is_some()
+}
+
 /// The value to send instead of an `:authority` value, if it must change: a prefix of `localhost` no longer
 /// than the value it replaces.
 fn replacement(huffman: bool, value: &[u8]) -> Option<&'static str> {
@@ -395,6 +459,8 @@ pub struct UnixAuthority<IO> {
     /// Rewritten bytes not yet handed to the server.
     out: Vec<u8>,
     out_at: usize,
+    /// The bytes of a read handed back to the rewriter (kept to reuse its allocation).
+    scratch: Vec<u8>,
     eof: bool,
 }
 
@@ -405,6 +471,7 @@ impl<IO> UnixAuthority<IO> {
             rewriter: Rewriter::new(),
             out: Vec::new(),
             out_at: 0,
+            scratch: Vec::new(),
             eof: false,
         }
     }
@@ -442,10 +509,20 @@ impl<IO: AsyncRead + Unpin> AsyncRead for UnixAuthority<IO> {
                         this.rewriter.finish(&mut this.out);
                         continue;
                     }
-                    // The bytes landed in the caller's buffer: take them back through the rewriter.
-                    let data = buf.filled()[before..].to_vec();
-                    buf.set_filled(before);
-                    this.rewriter.push(&data, &mut this.out);
+                    // The bytes landed in the caller's buffer. Those that pass as they are stay there (most
+                    // reads: frames other than header blocks, and header blocks that need no change); from the
+                    // first one that does not, they are taken back through the rewriter.
+                    let kept = this.rewriter.pass_in_place(&buf.filled()[before..]);
+                    if kept < got {
+                        this.scratch.clear();
+                        this.scratch
+                            .extend_from_slice(&buf.filled()[before + kept..]);
+                        buf.set_filled(before + kept);
+                        this.rewriter.push(&this.scratch, &mut this.out);
+                    }
+                    if kept > 0 && this.out.is_empty() {
+                        return Poll::Ready(Ok(()));
+                    }
                 }
             }
         }
@@ -597,5 +674,122 @@ mod tests {
         r.push(&header, &mut out);
         r.push(&[7u8; 1000], &mut out);
         assert_eq!(out.len(), PREFACE.len() + header.len() + 1000);
+    }
+
+    /// A reader that hands out the given chunks, one per read (each cut to the reader's buffer).
+    struct Chunks(std::collections::VecDeque<Vec<u8>>);
+
+    impl AsyncRead for Chunks {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let chunks = &mut self.get_mut().0;
+            if let Some(mut c) = chunks.pop_front() {
+                let n = c.len().min(buf.remaining());
+                buf.put_slice(&c[..n]);
+                if n < c.len() {
+                    chunks.push_front(c.split_off(n));
+                }
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// What the server reads through [`UnixAuthority`] when the client's bytes arrive in `chunks` and the
+    /// server reads with a buffer of `read_size` bytes.
+    fn read_through(chunks: &[&[u8]], read_size: usize) -> Vec<u8> {
+        let source = Chunks(chunks.iter().map(|c| c.to_vec()).collect());
+        let mut conn = UnixAuthority::new(source);
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut all = Vec::new();
+        let mut buf = vec![0u8; read_size];
+        loop {
+            let mut rb = ReadBuf::new(&mut buf);
+            match Pin::new(&mut conn).poll_read(&mut cx, &mut rb) {
+                Poll::Ready(Ok(())) if rb.filled().is_empty() => return all,
+                Poll::Ready(Ok(())) => all.extend_from_slice(rb.filled()),
+                other => panic!("unexpected read result {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn reads_left_in_place_and_reads_rewritten_give_the_same_bytes() {
+        // Frames that pass in place (SETTINGS, a clean HEADERS, DATA) around blocks that must be rewritten,
+        // a block split by a CONTINUATION and one the rewriter cannot read, cut every way a read can cut them.
+        let mut clean = vec![0x83];
+        clean.extend(authority_literal("localhost"));
+        let mut input = PREFACE.to_vec();
+        input.extend(frame(0x4, 0, 0, &[0, 3, 0, 0, 0, 100]));
+        input.extend(frame(HEADERS, END_HEADERS, 1, &clean));
+        input.extend(frame(0x0, END_STREAM, 1, &[9u8; 40]));
+        input.extend(frame(
+            HEADERS,
+            END_HEADERS,
+            3,
+            &authority_literal("run%2Fa.sock"),
+        ));
+        input.extend(frame(0x0, END_STREAM, 3, b"x"));
+        input.extend(frame(HEADERS, 0, 5, &[0x83]));
+        input.extend(frame(
+            CONTINUATION,
+            END_HEADERS,
+            5,
+            &authority_literal("/a/b"),
+        ));
+        input.extend(frame(HEADERS, END_HEADERS, 7, &clean));
+        input.extend(frame(HEADERS, END_HEADERS, 9, &[0x41, 50, b'x']));
+        input.extend(frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            11,
+            &authority_literal("a%2Fb"),
+        ));
+        input.extend(frame(0x8, 0, 0, &[0, 0, 1, 0]));
+        let expected = run(&[&input]);
+        // The rewrites happened: streams 3 and 11 (and 5, whose block spans a CONTINUATION) changed.
+        assert_ne!(expected, input);
+        for (stream, value) in [(3, "localhost"), (11, "local")] {
+            let rewritten = frame(
+                HEADERS,
+                END_HEADERS | (END_STREAM * u8::from(stream == 11)),
+                stream,
+                &authority_literal(value),
+            );
+            assert!(
+                expected.windows(rewritten.len()).any(|w| w == rewritten),
+                "stream {stream}"
+            );
+        }
+        for chunk in [1, 2, 5, 9, 10, 17, 33, 64, input.len()] {
+            let chunks: Vec<&[u8]> = input.chunks(chunk).collect();
+            for read_size in [1, 7, 16, 100, 4096] {
+                assert_eq!(
+                    read_through(&chunks, read_size),
+                    expected,
+                    "chunks of {chunk}, reads of {read_size}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_clean_connection_is_read_in_place_without_buffering() {
+        // A client whose authority is valid: every read passes as it came; nothing is held or copied.
+        let mut clean = vec![0x83];
+        clean.extend(authority_literal("localhost"));
+        let mut input = PREFACE.to_vec();
+        input.extend(frame(HEADERS, END_HEADERS, 1, &clean));
+        input.extend(frame(0x0, END_STREAM, 1, b"payload"));
+        let mut r = Rewriter::new();
+        assert_eq!(r.pass_in_place(&input), input.len());
+        assert!(r.input.is_empty() && r.pending.is_none() && !r.passthrough);
+        // The same connection through the reader, whole and split at every byte.
+        assert_eq!(read_through(&[&input], 4096), input);
+        let singles: Vec<&[u8]> = input.chunks(1).collect();
+        assert_eq!(read_through(&singles, 4096), input);
     }
 }
