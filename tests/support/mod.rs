@@ -81,7 +81,7 @@ pub fn built_profile_dir() -> &'static Path {
         let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
         let profile = if profile == "debug" { "dev" } else { profile };
         let status = Command::new(env!("CARGO"))
-            .current_dir(repo())
+            .current_dir(built_from())
             .args(["build", "--quiet", "--locked", "--profile", profile])
             .args([
                 "-p",
@@ -105,9 +105,31 @@ pub fn built_profile_dir() -> &'static Path {
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
-/// Repository root (the workspace).
+/// Repository root: where the tests take the files they hand to the agent and its functions (fixtures,
+/// shims, examples, the README). `LMI_TEST_REPO` names another copy of the same tree (tests/relocated.sh runs
+/// the built tests from a copy under /tmp); unset, the checkout the tests were built from.
 pub fn repo() -> PathBuf {
+    std::env::var_os("LMI_TEST_REPO")
+        .filter(|v| !v.is_empty())
+        .map_or_else(built_from, PathBuf::from)
+}
+
+/// The checkout the tests were built from: Cargo builds the binaries under test there, into its target dir.
+pub fn built_from() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The tests' scratch directory in the target dir: Cargo's `CARGO_TARGET_TMPDIR`, or with `LMI_TEST_REPO`
+/// set, `target/tmp` of that copy (where a checkout there built with its own target dir would have it).
+pub fn target_tmpdir() -> PathBuf {
+    match std::env::var_os("LMI_TEST_REPO").filter(|v| !v.is_empty()) {
+        Some(root) => {
+            let dir = PathBuf::from(root).join("target/tmp");
+            std::fs::create_dir_all(&dir).unwrap();
+            dir
+        }
+        None => PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
+    }
 }
 
 pub fn fixtures(lang: &str) -> PathBuf {
@@ -213,7 +235,7 @@ pub fn hidden_from_functions(path: &Path) -> bool {
 /// `/var/cache/lmi-agent/test-visible`.
 pub fn visible_root() -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
-    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let target = target_tmpdir();
     if !hidden_from_functions(&target) {
         return target;
     }
@@ -227,7 +249,7 @@ pub fn visible_root() -> PathBuf {
 
 /// The runtime shims the agents under test use: the repository's, or when functions cannot see the
 /// checkout (the agent refuses such a `shims_dir`), a copy under [`visible_root`] named by a hash of the
-/// shims' paths, sizes and modification times (made once, reused while they are unchanged).
+/// shims' relative paths, sizes and modification times (made once, reused while they are unchanged).
 pub fn shims_dir() -> PathBuf {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
@@ -245,7 +267,9 @@ pub fn shims_dir() -> PathBuf {
                 if m.is_dir() {
                     stack.push(e.path());
                 } else {
-                    files.push((e.path(), m.len(), m.modified().ok()));
+                    // Relative: copies of the same tree at other places share one copy of the shims.
+                    let rel = e.path().strip_prefix(&src).unwrap().to_owned();
+                    files.push((rel, m.len(), m.modified().ok()));
                 }
             }
         }
@@ -1012,7 +1036,7 @@ pub fn native_echo_binary() -> PathBuf {
             // rebuilds it when its sources changed.
             let dir = built_profile_dir().to_owned();
             let mut cmd = Command::new(env!("CARGO"));
-            cmd.current_dir(repo()).args([
+            cmd.current_dir(built_from()).args([
                 "build",
                 "--quiet",
                 "--locked",
