@@ -123,14 +123,23 @@ pub async fn serve(
     let control = AgentServer::new(ControlService::new(agent))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    // One router per listener, the same services behind each listener's check.
+    // One router per listener, the same services behind each listener's check. A listener that needs no token
+    // (the Unix socket, and TCP without listen_tcp_token_file) has no interceptor at all: an open check admits
+    // every call, and the interceptor would still take each call's request apart and put it back together.
     let router = |check: TokenCheck| {
-        tonic::transport::Server::builder()
+        let server = tonic::transport::Server::builder()
             .http2_keepalive_interval(ping)
             .http2_keepalive_timeout(ping_timeout)
-            .add_service(health_service.clone())
-            .add_service(InterceptedService::new(reflection.clone(), check.clone()))
-            .add_service(InterceptedService::new(control.clone(), check))
+            .add_service(health_service.clone());
+        if check.required() {
+            server
+                .add_service(InterceptedService::new(reflection.clone(), check.clone()))
+                .add_service(InterceptedService::new(control.clone(), check))
+        } else {
+            server
+                .add_service(reflection.clone())
+                .add_service(control.clone())
+        }
     };
 
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -165,7 +174,11 @@ pub async fn serve(
                 router(check).serve_with_incoming_shutdown(
                     crate::listener::limit_incoming(
                         "control TCP",
-                        TcpListenerStream::new(listener),
+                        // Without TCP_NODELAY a small HTTP/2 write (an answer's HEADERS, DATA and trailers)
+                        // can wait for the peer's delayed ACK of the previous one.
+                        TcpListenerStream::new(listener).map(|c| c.inspect(|s| {
+                            let _ = s.set_nodelay(true);
+                        })),
                         limits
                     ),
                     stopped(shutdown)
