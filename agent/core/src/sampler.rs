@@ -13,7 +13,10 @@
 use std::{
     collections::HashMap,
     path::PathBuf,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     time::{Instant, SystemTime},
 };
 
@@ -241,6 +244,65 @@ fn ratio(part: u64, whole: u64) -> f64 {
     }
 }
 
+/// How long the sampler's ticks took (the blocking work of [`Sampler::tick`] with the environments' listing),
+/// for the agent's own metrics: a count, the wall-time sum and longest, and the CPU time of the thread that
+/// ran them (wall time on a busy host includes waiting for a CPU), in nanoseconds.
+#[derive(Debug, Default)]
+pub struct TickTimes {
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+    max_ns: AtomicU64,
+    cpu_sum_ns: AtomicU64,
+}
+
+/// What [`TickTimes`] holds, read at once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TickTimesSnapshot {
+    pub count: u64,
+    pub sum_ns: u64,
+    pub max_ns: u64,
+    pub cpu_sum_ns: u64,
+}
+
+impl TickTimes {
+    /// One tick: its wall time and the CPU time its thread spent.
+    pub fn record(&self, took: std::time::Duration, cpu: std::time::Duration) {
+        let ns = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(ns(took), Ordering::Relaxed);
+        self.max_ns.fetch_max(ns(took), Ordering::Relaxed);
+        self.cpu_sum_ns.fetch_add(ns(cpu), Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> TickTimesSnapshot {
+        TickTimesSnapshot {
+            count: self.count.load(Ordering::Relaxed),
+            sum_ns: self.sum_ns.load(Ordering::Relaxed),
+            max_ns: self.max_ns.load(Ordering::Relaxed),
+            cpu_sum_ns: self.cpu_sum_ns.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The CPU time the calling thread has used so far (`CLOCK_THREAD_CPUTIME_ID`: the scheduler's count brought
+/// up to now, where `getrusage` and `/proc/thread-self/schedstat` lag until the next tick); zero if the
+/// kernel refuses.
+pub fn thread_cpu_time() -> std::time::Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime(2) writes one timespec through a pointer to a live, owned, aligned value.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,5 +317,39 @@ mod tests {
         assert!((one - two).abs() < 1e-12);
         // after τ, 63% of a step
         assert!((ewma(Some(0.0), 1.0, 5.0, 5.0) - (1.0 - (-1.0f64).exp())).abs() < 1e-12);
+    }
+
+    #[test]
+    fn tick_times_count_sum_and_keep_the_longest() {
+        let t = TickTimes::default();
+        assert_eq!(t.snapshot(), TickTimesSnapshot::default());
+        for us in [300, 900, 200] {
+            t.record(
+                std::time::Duration::from_micros(us),
+                std::time::Duration::from_micros(us / 2),
+            );
+        }
+        assert_eq!(
+            t.snapshot(),
+            TickTimesSnapshot {
+                count: 3,
+                sum_ns: 1_400_000,
+                max_ns: 900_000,
+                cpu_sum_ns: 700_000,
+            }
+        );
+    }
+
+    #[test]
+    fn thread_cpu_time_moves_with_work_done_on_the_thread() {
+        let before = thread_cpu_time();
+        assert!(before > std::time::Duration::ZERO);
+        // Spin 5 ms of wall time: the thread runs for some of it, however busy the host.
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < std::time::Duration::from_millis(5) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        assert!(thread_cpu_time() > before);
     }
 }

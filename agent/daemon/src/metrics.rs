@@ -13,8 +13,10 @@
 //!
 //! plus `lmi_throttles_by_reason_total{reason}` (the five reason counters above as one family, for
 //! `sum by (reason)`), `lmi_redirects_total`, `lmi_invocations_total{outcome}`,
-//! `lmi_environment_failures_total{reason}`, `lmi_invoke_duration_seconds`, `lmi_build_info{version,commit,arch}`
-//! and the agent's own `process_*` metrics under the names Prometheus client libraries use ([`process`]).
+//! `lmi_environment_failures_total{reason}`, `lmi_invoke_duration_seconds`, `lmi_sampler_ticks_total`,
+//! `lmi_sampler_tick_seconds_total`, `…_tick_cpu_seconds_total` and `…_tick_max_seconds` (the sampler's
+//! own cost), `lmi_build_info{version,commit,arch}` and the agent's own `process_*` metrics under the names
+//! Prometheus client libraries use ([`process`]).
 
 use std::{fmt::Write as _, net::SocketAddr, sync::Arc};
 
@@ -287,7 +289,41 @@ pub fn render(agent: &Agent) -> String {
             h.count as f64,
         );
     }
+    sampler_ticks(&mut o, agent.tick_times().snapshot());
     o.0
+}
+
+/// `lmi_sampler_ticks_total`, `lmi_sampler_tick_seconds_total` (wall time: the mean tick is one over the
+/// other), `lmi_sampler_tick_cpu_seconds_total` and `lmi_sampler_tick_max_seconds`.
+fn sampler_ticks(o: &mut Out, t: lmi_agent_core::sampler::TickTimesSnapshot) {
+    o.family(
+        "lmi_sampler_ticks_total",
+        "counter",
+        "Sampler ticks done (each reads every environment's cgroup and the host).",
+    );
+    o.sample("lmi_sampler_ticks_total", &[], t.count as f64);
+    o.family(
+        "lmi_sampler_tick_seconds_total",
+        "counter",
+        "Time the sampler's ticks took, in seconds.",
+    );
+    o.sample("lmi_sampler_tick_seconds_total", &[], t.sum_ns as f64 / 1e9);
+    o.family(
+        "lmi_sampler_tick_cpu_seconds_total",
+        "counter",
+        "CPU time the sampler's ticks used (the thread that ran them, user and system), in seconds.",
+    );
+    o.sample(
+        "lmi_sampler_tick_cpu_seconds_total",
+        &[],
+        t.cpu_sum_ns as f64 / 1e9,
+    );
+    o.family(
+        "lmi_sampler_tick_max_seconds",
+        "gauge",
+        "The longest sampler tick since the agent started, in seconds.",
+    );
+    o.sample("lmi_sampler_tick_max_seconds", &[], t.max_ns as f64 / 1e9);
 }
 
 /// `lmi_build_info` and the `process_*` families of the agent itself.

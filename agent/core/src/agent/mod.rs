@@ -38,7 +38,7 @@ use crate::environment::Environment;
 use crate::host::HostReader;
 use crate::launch::Spawner;
 use crate::logs::LogPipeline;
-use crate::sampler::{Sampler, Snapshot};
+use crate::sampler::{Sampler, Snapshot, TickTimes};
 use crate::spec::SpecDefaults;
 use crate::state::StateStore;
 use crate::stats::Stats;
@@ -75,6 +75,7 @@ pub struct Agent {
     draining: std::sync::atomic::AtomicBool,
     stats: Stats,
     utilization: watch::Sender<Arc<Snapshot>>,
+    tick_times: TickTimes,
     instance_id: String,
     state: StateStore,
     /// Environments of a previous life of the agent, found in the state directory at start-up: stopped and
@@ -166,6 +167,7 @@ impl Agent {
             draining: std::sync::atomic::AtomicBool::new(false),
             stats: Stats::default(),
             utilization: watch::Sender::new(Arc::new(Snapshot::default())),
+            tick_times: TickTimes::default(),
             instance_id: uuid::Uuid::new_v4().to_string(),
             state,
             lost: RwLock::new(HashMap::new()),
@@ -186,6 +188,11 @@ impl Agent {
     /// The latest utilization snapshot, and its updates.
     pub fn utilization(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.utilization.subscribe()
+    }
+
+    /// How long the sampler's ticks took so far.
+    pub fn tick_times(&self) -> &TickTimes {
+        &self.tick_times
     }
 
     /// True after a drain directive.
@@ -209,6 +216,7 @@ impl Agent {
             let agent = self.clone();
             // Reading cgroupfs is blocking file I/O: keep it off the async workers.
             let done = tokio::task::spawn_blocking(move || {
+                let (started, cpu) = (std::time::Instant::now(), crate::sampler::thread_cpu_time());
                 let envs = agent.list(None, None);
                 let snap = s.tick(
                     &envs,
@@ -216,6 +224,10 @@ impl Agent {
                     agent.ledger.allocated(),
                     agent.is_draining(),
                     std::time::Instant::now(),
+                );
+                agent.tick_times.record(
+                    started.elapsed(),
+                    crate::sampler::thread_cpu_time().saturating_sub(cpu),
                 );
                 (s, snap)
             })
