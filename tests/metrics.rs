@@ -324,7 +324,7 @@ fn the_strict_parser_refuses_what_the_format_forbids() {
 }
 
 /// The families an operator's dashboard and alerts rely on, all present on a fresh agent.
-const EXPECTED: [(&str, &str); 12] = [
+const EXPECTED: [(&str, &str); 14] = [
     ("lmi_build_info", "gauge"),
     ("process_cpu_seconds_total", "counter"),
     ("process_resident_memory_bytes", "gauge"),
@@ -337,6 +337,8 @@ const EXPECTED: [(&str, &str); 12] = [
     ("lmi_invocations_total", "counter"),
     ("lmi_invoke_duration_seconds", "histogram"),
     ("lmi_host_cpu_utilization_ratio", "gauge"),
+    ("lmi_sampler_tick_cpu_seconds_total", "counter"),
+    ("lmi_sampler_tick_max_seconds", "gauge"),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
