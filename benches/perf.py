@@ -578,6 +578,8 @@ def main():
     p.add_argument("--favordynmods", action="store_true",
                    help="run with the kernel's cgroup favordynmods behaviour switched on (see above)")
     p.add_argument("--agent-wrapper", default="", help="command to run the agent under, e.g. valgrind")
+    p.add_argument("--agent-bin", type=Path,
+                   help="run this lmi-agent binary instead of target/release/lmi-agent (an A/B of a change)")
     lst = lambda t: lambda v: [t(x) for x in v.split(",")]  # noqa: E731
     p.add_argument("--sweep-ingress", type=lst(str), default=SWEEP_INGRESS,
                    help="sweep: ingresses, of unary,stream,http (default all three)")
@@ -591,6 +593,9 @@ def main():
                    help="sweep: concurrency of the runtime_api_floor runs (default 64)")
     args = p.parse_args()
     Agent.wrapper = args.agent_wrapper.split()
+    if args.agent_bin:
+        global AGENT_BIN
+        AGENT_BIN = args.agent_bin.resolve()
     if os.geteuid() != 0:
         raise SystemExit("perf.py needs root: the agent creates cgroups")
     if not 1 <= args.runs <= 20 or not 0 < args.duration <= 60:
