@@ -1,7 +1,7 @@
 //! Protobuf encode and decode of the control API's messages.
 //!
-//! - `utilization_report/50`: the report the agent streams to the scaler every period, built by the agent's
-//!   own sampler and report builder over 50 environments (cgroups in a fake cgroupfs tree).
+//! - `utilization_report/50`, `/100`: the report the agent streams to the scaler every period, built by the
+//!   agent's own sampler and report builder over 50 and 100 environments (cgroups in a fake cgroupfs tree).
 //! - `list_environments/50`: a `ListEnvironmentsResponse` with 50 fully populated environments, the largest
 //!   control-API answer.
 //! - `invoke_request` / `invoke_response`: the per-invoke messages with a 1 KiB payload.
@@ -87,30 +87,34 @@ fn list_environments(c: &mut Criterion) {
 }
 
 fn utilization_report(c: &mut Criterion) {
-    let (tree, code) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (envs, mut sampler) = sampled_host(tree.path(), code.path(), 50);
-    let snapshot = sampler.tick(
-        &envs,
-        HostCapacity::new(64, 262_144, 0, 0),
-        Allocated::default(),
-        false,
-        Instant::now(),
-    );
-    let msg = ReportBuilder::new("bench-host".into(), "bench-instance".into()).build(
-        1,
-        &snapshot,
-        &Stats::default(),
-    );
-    assert_eq!(msg.environments.len(), 50);
-    let bytes = msg.encode_to_vec();
     let mut group = c.benchmark_group("proto/utilization_report");
-    group.throughput(Throughput::Bytes(bytes.len() as u64));
-    group.bench_function("encode/50", |b| {
-        b.iter(|| std::hint::black_box(&msg).encode_to_vec());
-    });
-    group.bench_function("decode/50", |b| {
-        b.iter(|| pb::UtilizationReport::decode(std::hint::black_box(&bytes[..])).unwrap());
-    });
+    // 50 and 100 environments: the second is issue 16's host scale (benches/scale.py host-scale).
+    for n in [50, 100] {
+        let (tree, code) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (envs, mut sampler) = sampled_host(tree.path(), code.path(), n);
+        let snapshot = sampler.tick(
+            &envs,
+            HostCapacity::new(64, 262_144, 0, 0),
+            Allocated::default(),
+            false,
+            Instant::now(),
+        );
+        let msg = ReportBuilder::new("bench-host".into(), "bench-instance".into()).build(
+            1,
+            &snapshot,
+            &Stats::default(),
+        );
+        assert_eq!(msg.environments.len(), n);
+        let bytes = msg.encode_to_vec();
+        eprintln!("utilization_report/{n}: {} bytes encoded", bytes.len());
+        group.throughput(Throughput::Bytes(bytes.len() as u64));
+        group.bench_function(format!("encode/{n}"), |b| {
+            b.iter(|| std::hint::black_box(&msg).encode_to_vec());
+        });
+        group.bench_function(format!("decode/{n}"), |b| {
+            b.iter(|| pb::UtilizationReport::decode(std::hint::black_box(&bytes[..])).unwrap());
+        });
+    }
     group.finish();
 }
 

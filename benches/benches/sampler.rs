@@ -1,4 +1,4 @@
-//! Cost of one sampler tick at 1, 10 and 50 environments, on a fake cgroup v2 tree (plain files shaped like
+//! Cost of one sampler tick at 1, 10, 50 and 100 environments, on a fake cgroup v2 tree (plain files shaped like
 //! cgroupfs), so the figure is the agent's own work: opening and parsing each environment's files.
 //! Run: `cargo bench -p lmi-benches --bench sampler`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
@@ -11,7 +11,7 @@ use lmi_benches::sampled_host;
 
 fn sampler_tick(c: &mut Criterion) {
     let mut group = c.benchmark_group("sampler_tick");
-    for n in [1usize, 10, 50] {
+    for n in [1usize, 10, 50, 100] {
         let tree = tempfile::tempdir().unwrap();
         let code = tempfile::tempdir().unwrap();
         let (envs, mut sampler) = sampled_host(tree.path(), code.path(), n);
