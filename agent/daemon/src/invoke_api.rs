@@ -30,6 +30,7 @@
 //! interface only.
 
 use std::{
+    borrow::Cow,
     convert::Infallible,
     net::SocketAddr,
     sync::{
@@ -113,8 +114,14 @@ pub struct Target {
 
 /// Splits `FunctionName` (already percent-decoded) and `Qualifier` into a function name and version.
 pub fn parse_target(function_name: &str, qualifier: Option<&str>) -> Result<Target, String> {
-    let parts: Vec<&str> = function_name.split(':').collect();
-    let (name, from_name) = match parts.as_slice() {
+    // At most 8 parts (a full ARN with a qualifier); more is no form below. On the stack: no Vec per request.
+    let mut parts = [""; 9];
+    let mut n = 0;
+    for part in function_name.split(':').take(parts.len()) {
+        parts[n] = part;
+        n += 1;
+    }
+    let (name, from_name) = match &parts[..n] {
         [name] => (*name, None),
         [name, q] => (*name, Some(*q)),
         // account:function:name[:qualifier]
@@ -170,8 +177,11 @@ pub fn parse_target(function_name: &str, qualifier: Option<&str>) -> Result<Targ
     })
 }
 
-/// Decodes `%XX` escapes of a URL path segment or query value.
-fn percent_decode(s: &str) -> Option<String> {
+/// Decodes `%XX` escapes of a URL path segment or query value (borrowed when there is none).
+fn percent_decode(s: &str) -> Option<Cow<'_, str>> {
+    if !s.contains('%') {
+        return Some(Cow::Borrowed(s));
+    }
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -189,7 +199,7 @@ fn percent_decode(s: &str) -> Option<String> {
             }
         }
     }
-    String::from_utf8(out).ok()
+    String::from_utf8(out).ok().map(Cow::Owned)
 }
 
 /// The value of query parameter `name`, decoded (`+` is a space in query strings).
@@ -198,8 +208,13 @@ fn query_param(query: Option<&str>, name: &str) -> Result<Option<String>, ApiErr
     for pair in query.split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         if k == name {
-            return percent_decode(&v.replace('+', " "))
-                .map(Some)
+            let v = if v.contains('+') {
+                Cow::Owned(v.replace('+', " "))
+            } else {
+                Cow::Borrowed(v)
+            };
+            return percent_decode(&v)
+                .map(|d| Some(d.into_owned()))
                 .ok_or_else(|| {
                     ApiError::invalid_parameter(format!(
                         "query parameter {name} is not valid percent-encoded UTF-8"
@@ -471,12 +486,14 @@ impl InvokeApi {
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<ApiBody> {
-        let request_id = uuid::Uuid::new_v4().to_string();
-        match self.route(req, &request_id).await {
+        // Written straight into a stack buffer (to_string would go through the formatting machinery).
+        let mut id_buf = uuid::Uuid::encode_buffer();
+        let request_id: &str = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut id_buf);
+        match self.route(req, request_id).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(request_id, status = %e.status, error = %e.message, "invoke API request refused");
-                boxed(e.response(&request_id))
+                boxed(e.response(request_id))
             }
         }
     }
@@ -486,12 +503,12 @@ impl InvokeApi {
         req: Request<Incoming>,
         request_id: &str,
     ) -> Result<Response<ApiBody>, ApiError> {
-        let path = req.uri().path().to_owned();
+        let (parts, body) = req.into_parts();
+        let path = parts.uri.path();
         let name_in = |prefix: &str, suffix: &str| {
             path.strip_prefix(prefix)
                 .and_then(|p| p.strip_suffix(suffix))
                 .filter(|n| !n.is_empty() && !n.contains('/'))
-                .map(str::to_owned)
         };
         let (encoded_name, streaming) = match (
             name_in(PATH_PREFIX, PATH_SUFFIX),
@@ -510,41 +527,42 @@ impl InvokeApi {
                 ))
             }
         };
-        if req.method() != Method::POST {
+        if parts.method != Method::POST {
             return Err(ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "UnknownOperationException",
-                format!("{} is not allowed here: use POST", req.method()),
+                format!("{} is not allowed here: use POST", parts.method),
             ));
         }
-        let function_name = percent_decode(&encoded_name).ok_or_else(|| {
+        let function_name = percent_decode(encoded_name).ok_or_else(|| {
             ApiError::invalid_parameter("FunctionName is not valid percent-encoded UTF-8")
         })?;
-        let qualifier = query_param(req.uri().query(), "Qualifier")?;
+        let qualifier = query_param(parts.uri.query(), "Qualifier")?;
         let target = parse_target(&function_name, qualifier.as_deref())
             .map_err(ApiError::invalid_parameter)?;
-        let header = |name: &str| -> Result<Option<String>, ApiError> {
-            req.headers()
+        let header = |name: &str| -> Result<Option<&str>, ApiError> {
+            parts
+                .headers
                 .get(name)
                 .map(|v| {
-                    v.to_str().map(str::to_owned).map_err(|_| {
+                    v.to_str().map_err(|_| {
                         ApiError::invalid_parameter(format!("header {name} is not visible ASCII"))
                     })
                 })
                 .transpose()
         };
-        let invocation_type = InvocationType::parse(header("x-amz-invocation-type")?.as_deref())?;
+        let invocation_type = InvocationType::parse(header("x-amz-invocation-type")?)?;
         if streaming && invocation_type == InvocationType::Event {
             return Err(ApiError::invalid_parameter(
                 "X-Amz-Invocation-Type of a response-streaming invoke must be RequestResponse or DryRun",
             ));
         }
         let client_context = header("x-amz-client-context")?
-            .map(|c| decode_client_context(&c))
+            .map(decode_client_context)
             .transpose()?;
-        let trace_id = header("x-amzn-trace-id")?;
+        let trace_id = header("x-amzn-trace-id")?.map(str::to_owned);
         // `Tail`: the answer carries the last 4 KB of the invoke's log lines (X-Amz-Log-Result), as Lambda's.
-        let log_tail = match header("x-amz-log-type")?.as_deref() {
+        let log_tail = match header("x-amz-log-type")? {
             None | Some("None") => false,
             Some("Tail") => true,
             Some(other) => {
@@ -557,13 +575,12 @@ impl InvokeApi {
             InvocationType::Event => MAX_EVENT_PAYLOAD,
             _ => MAX_INVOKE_PAYLOAD,
         };
-        let payload = read_payload(req.into_body(), limit, self.limits.body_timeout).await?;
+        let payload = read_payload(body, limit, self.limits.body_timeout).await?;
 
-        if self
-            .agent
-            .list(Some(&target.function), Some(&target.version))
-            .is_empty()
-        {
+        // A plain synchronous invoke learns this from `Agent::invoke` (NoEnvironment) without listing every
+        // environment of the host per request; the other kinds need it before they answer.
+        let plain = !streaming && invocation_type == InvocationType::RequestResponse && !log_tail;
+        if !plain && !self.has_environment(&target) {
             return Err(ApiError::not_found(
                 &target,
                 &format!("{}{}", self.arn_prefix, target.function),
@@ -584,6 +601,14 @@ impl InvokeApi {
         self.invoke_whole(input, target, invocation_type, request_id, log_tail)
             .await
             .map(boxed)
+    }
+
+    /// Whether the function version has an environment here (in any state).
+    fn has_environment(&self, target: &Target) -> bool {
+        !self
+            .agent
+            .list(Some(&target.function), Some(&target.version))
+            .is_empty()
     }
 
     async fn invoke_whole(
@@ -645,11 +670,20 @@ impl InvokeApi {
                 Ok(r)
             }
             InvocationType::RequestResponse => {
-                let result = self
-                    .agent
-                    .invoke(input)
-                    .await
-                    .map_err(|e| invoke_error(e, &target, &self.arn_prefix))?;
+                let result = self.agent.invoke(input).await.map_err(|e| match e {
+                    // `Agent::invoke` checks a few things before it looks for an environment (draining, the
+                    // input): no environment stays the answer that comes first, as when it was checked here.
+                    InvokeError::Draining | InvokeError::Invalid(_)
+                        if !self.has_environment(&target) =>
+                    {
+                        InvokeError::NoEnvironment {
+                            function: target.function.clone(),
+                            version: target.version.clone(),
+                        }
+                    }
+                    e => e,
+                });
+                let result = result.map_err(|e| invoke_error(e, &target, &self.arn_prefix))?;
                 Ok(result_response(result))
             }
         }
@@ -794,23 +828,28 @@ fn result_response(result: InvokeResult) -> Response<Full<Bytes>> {
         Outcome::Success {
             payload,
             content_type,
-        } => (payload, content_type, false),
+        } => (payload, Cow::Owned(content_type), false),
         Outcome::FunctionError(e) | Outcome::Timeout(e) | Outcome::RuntimeFailure(e) => {
-            (error_body(&e), "application/json".to_owned(), true)
+            (error_body(&e), Cow::Borrowed(JSON), true)
         }
     };
     let content_type = if content_type.is_empty() {
-        "application/json".to_owned()
+        JSON
     } else {
-        content_type
+        &content_type
     };
-    let mut r = respond(StatusCode::OK, &result.request_id, body, &content_type);
-    if let Ok(v) = HeaderValue::from_str(&result.version) {
-        r.headers_mut().insert("x-amz-executed-version", v);
+    let mut r = respond(StatusCode::OK, &result.request_id, body, content_type);
+    let version = if result.version == LATEST {
+        Ok(HeaderValue::from_static(LATEST))
+    } else {
+        HeaderValue::from_str(&result.version)
+    };
+    if let Ok(v) = version {
+        r.headers_mut().insert(X_AMZ_EXECUTED_VERSION, v);
     }
     if error {
         r.headers_mut().insert(
-            "x-amz-function-error",
+            HeaderName::from_static("x-amz-function-error"),
             HeaderValue::from_static("Unhandled"),
         );
     }
@@ -835,17 +874,26 @@ fn respond(
     let mut r = Response::new(Full::new(body));
     *r.status_mut() = status;
     let h = r.headers_mut();
-    h.insert(
-        CONTENT_TYPE,
+    // Four headers at most here and one or two more after: room for them at once.
+    h.reserve(6);
+    let content_type = if content_type == JSON {
+        HeaderValue::from_static(JSON)
+    } else {
         HeaderValue::from_str(content_type)
-            .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream")),
-    );
+            .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"))
+    };
+    h.insert(CONTENT_TYPE, content_type);
     if let Ok(v) = HeaderValue::from_str(request_id) {
-        h.insert("x-amz-request-id", v.clone());
-        h.insert("x-amzn-requestid", v);
+        h.insert(X_AMZ_REQUEST_ID, v.clone());
+        h.insert(X_AMZN_REQUESTID, v);
     }
     r
 }
+
+const JSON: &str = "application/json";
+const X_AMZ_REQUEST_ID: HeaderName = HeaderName::from_static("x-amz-request-id");
+const X_AMZN_REQUESTID: HeaderName = HeaderName::from_static("x-amzn-requestid");
+const X_AMZ_EXECUTED_VERSION: HeaderName = HeaderName::from_static("x-amz-executed-version");
 
 /// `X-Amz-Client-Context` is base64 of a JSON object; the runtime gets the JSON.
 fn decode_client_context(value: &str) -> Result<String, ApiError> {
@@ -1035,6 +1083,8 @@ mod tests {
         assert!(t("", None).is_err());
         assert!(t("he/llo", None).is_err());
         assert!(t("a:b:c", None).is_err());
+        assert!(t("arn:aws:lambda:r:1:function:hello:3:x", None).is_err());
+        assert!(t("a:b:c:d:e:f:g:h:i:j:k", None).is_err());
         assert!(t("hello", Some("v 1")).is_err());
     }
 
