@@ -396,7 +396,10 @@ impl Broker {
             );
             t.queue.push_back(id.clone());
         }
-        self.queued.notify_one();
+        // The poller that waited least gets it: the connection that just answered is still warm in both
+        // processes' caches, and with many idle pollers (max concurrency 1,600) a first-come wake would rotate
+        // invokes through every connection, each one cold (docs/PERFORMANCE.md, "Concurrency sweep").
+        self.queued.notify_last();
         Ok(Pending {
             broker: self.clone(),
             id,
@@ -845,6 +848,30 @@ mod tests {
         assert_eq!(b.in_flight(), 1);
         assert!(b.submit(event("c")).is_ok());
         drop(p2);
+    }
+
+    #[tokio::test]
+    async fn the_poller_that_waited_least_takes_the_next_invoke() {
+        let b = Broker::new(4);
+        let mut first = spawn_poller(&b);
+        tokio::task::yield_now().await;
+        let mut second = spawn_poller(&b);
+        tokio::task::yield_now().await;
+        let _p = b.submit(event("a")).unwrap();
+        let got = tokio::select! {
+            e = &mut second => ("second", e),
+            e = &mut first => ("first", e),
+        };
+        assert_eq!(got.0, "second");
+        assert_eq!(got.1.unwrap().unwrap().request_id, "a");
+        // the older poller still waits, and takes the one after
+        let _q = b.submit(event("b")).unwrap();
+        assert_eq!(first.await.unwrap().unwrap().request_id, "b");
+    }
+
+    fn spawn_poller(b: &Arc<Broker>) -> tokio::task::JoinHandle<Option<Event>> {
+        let b = b.clone();
+        tokio::spawn(async move { b.next().await })
     }
 
     #[tokio::test]
