@@ -4,6 +4,7 @@
 # throughput scenario at a low rate. Installs valgrind from Debian when missing.
 #
 #   benches/profile.sh [SCENARIO] [extra perf.py flags]     (default scenario: throughput)
+#   benches/profile.sh ingress count|perf|callgrind [--via http|unary|stream] ...   (benches/profile_ingress.py)
 #
 # Writes target/profile/callgrind.out.<pid> and prints the top functions by instructions (inclusive and
 # exclusive). Instruction counts, not time: valgrind serialises threads and slows everything ~50x.
@@ -17,6 +18,8 @@ fi
 
 scenario="${1:-throughput}"
 shift || true
+# One ingress at a fixed number of invokes (HTTP Invoke API, unary or InvokeStream): counts, perf, callgrind.
+if [ "$scenario" = ingress ]; then exec benches/profile_ingress.py "$@"; fi
 out="$PWD/target/profile"
 mkdir -p "$out"
 rm -f "$out"/callgrind.out.*
