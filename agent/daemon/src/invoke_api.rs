@@ -42,7 +42,7 @@ use std::{
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use http_body_util::{combinators::BoxBody, BodyExt, Either, Full, StreamBody};
 use hyper::{
     body::{Frame, Incoming},
     header::{HeaderName, HeaderValue, CONTENT_TYPE},
@@ -76,11 +76,11 @@ const STREAM_PATH_SUFFIX: &str = "/response-streaming-invocations";
 /// Event-stream messages of one streamed answer that may wait for the caller.
 const STREAM_MESSAGES: usize = 4;
 
-/// The body of every answer: whole, or an event stream.
-pub type ApiBody = BoxBody<Bytes, Infallible>;
+/// The body of every answer: whole (not boxed: no allocation for it per answer), or an event stream.
+pub type ApiBody = Either<Full<Bytes>, BoxBody<Bytes, Infallible>>;
 
 fn boxed(r: Response<Full<Bytes>>) -> Response<ApiBody> {
-    r.map(BodyExt::boxed)
+    r.map(Either::Left)
 }
 
 /// How an invoke is to be run (`X-Amz-Invocation-Type`).
@@ -733,7 +733,7 @@ impl InvokeApi {
             }
         };
         let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-        let mut r = Response::new(BodyExt::boxed(body));
+        let mut r = Response::new(Either::Right(BodyExt::boxed(body)));
         let h = r.headers_mut();
         h.insert(
             CONTENT_TYPE,
