@@ -23,9 +23,11 @@ Run as root from the repository; builds nothing (run `cargo build --release -p l
 """
 
 import argparse
+import atexit
 import glob
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -64,8 +66,13 @@ def start(args, wrapper):
                                             SOCK_DGRAM=socket.SOCK_DGRAM, timeout=socket.timeout)
     invoke_api = f"127.0.0.1:{free_port()}"
     agent = perf.Agent(sections=f'[invoke_api]\nlisten = "{invoke_api}"')
-    code = perf.native_code_dir(tempfile.mkdtemp(prefix="lmi-profile-"))
-    agent.create("echo", "provided.al2023", code, args.max_concurrency)
+    root = tempfile.mkdtemp(prefix="lmi-profile-")
+    atexit.register(shutil.rmtree, root, True)
+    try:
+        agent.create("echo", "provided.al2023", perf.native_code_dir(root), args.max_concurrency)
+    except BaseException:
+        agent.stop()
+        raise
     return agent, invoke_api
 
 
@@ -186,7 +193,10 @@ def count(args):
     """Exact counts per invoke from software events (no hardware counter needed): heap allocations (uprobes on
     glibc's malloc, realloc and calloc), system calls and context switches of the agent's threads."""
     for fn in ("malloc", "realloc", "calloc"):
-        subprocess.run(["perf", "probe", "-q", "-x", LIBC, "-a", fn], capture_output=True)
+        added = subprocess.run(["perf", "probe", "-q", "-x", LIBC, "-a", fn], capture_output=True)
+        if added.returncode == 0:  # taken out again at exit (one that was already there is left)
+            atexit.register(subprocess.run, ["perf", "probe", "-q", "-d", f"probe_libc:{fn}"],
+                            capture_output=True)
     agent, invoke_api = start(args, [])
     try:
         bench(agent, invoke_api, args, "-n", str(args.warmup_invokes), "-d", "600")
