@@ -10,7 +10,7 @@ use lmi_agent_core::config::UtilizationConfig;
 use lmi_agent_core::environment::Environment;
 use lmi_agent_core::host::HostReader;
 use lmi_agent_core::sampler::Sampler;
-use lmi_agent_core::spec::SpecDefaults;
+use lmi_agent_core::spec::{SpecDefaults, ValidSpec};
 use lmi_cgroup::{CgroupDriver, CgroupLimits, V2Driver, V2Options};
 use lmi_proto::v1 as pb;
 
@@ -61,15 +61,6 @@ pub fn environments(root: &Path, code: &Path, n: usize, shape: Shape) -> Vec<Arc
         );
     }
     let driver = V2Driver::new(root.to_owned(), "/agent", "lmi", V2Options::default()).unwrap();
-    let catalog = Catalog::parse(
-        "[[runtime]]\nid = \"bench1\"\ncommand = [\"sh\"]\ndefault_concurrency_per_vcpu = 16\n",
-        "bench",
-    )
-    .unwrap();
-    let defaults = SpecDefaults {
-        region: "us-east-1".into(),
-        account_id: "000000000000".into(),
-    };
     (0..n)
         .map(|i| {
             let name = format!("env-{i}");
@@ -82,24 +73,9 @@ pub fn environments(root: &Path, code: &Path, n: usize, shape: Shape) -> Vec<Arc
             } else {
                 format!("f{i}")
             };
-            let wire = pb::EnvironmentSpec {
-                function: Some(pb::FunctionRef {
-                    name: function,
-                    ..Default::default()
-                }),
-                runtime: "bench1".into(),
-                handler: "app.handler".into(),
-                code: Some(pb::Code {
-                    source: Some(pb::code::Source::Directory(code.display().to_string())),
-                    sha256: String::new(),
-                }),
-                max_concurrency: shape.max_concurrency,
-                ..Default::default()
-            };
-            let spec = lmi_agent_core::wire::spec::validate(&wire, &catalog, &defaults).unwrap();
             Environment::new(
                 name,
-                spec,
+                spec(code, &function, shape.max_concurrency),
                 "127.0.0.1:9001".parse().unwrap(),
                 Arc::from(cgroup),
                 None,
@@ -107,6 +83,34 @@ pub fn environments(root: &Path, code: &Path, n: usize, shape: Shape) -> Vec<Arc
             )
         })
         .collect()
+}
+
+/// A valid spec of `function` (runtime `bench1`, the default size), its code in `code`.
+pub fn spec(code: &Path, function: &str, max_concurrency: u32) -> ValidSpec {
+    let catalog = Catalog::parse(
+        "[[runtime]]\nid = \"bench1\"\ncommand = [\"sh\"]\ndefault_concurrency_per_vcpu = 16\n",
+        "bench",
+    )
+    .unwrap();
+    let defaults = SpecDefaults {
+        region: "us-east-1".into(),
+        account_id: "000000000000".into(),
+    };
+    let wire = pb::EnvironmentSpec {
+        function: Some(pb::FunctionRef {
+            name: function.to_owned(),
+            ..Default::default()
+        }),
+        runtime: "bench1".into(),
+        handler: "app.handler".into(),
+        code: Some(pb::Code {
+            source: Some(pb::code::Source::Directory(code.display().to_string())),
+            sha256: String::new(),
+        }),
+        max_concurrency,
+        ..Default::default()
+    };
+    lmi_agent_core::wire::spec::validate(&wire, &catalog, &defaults).unwrap()
 }
 
 /// `n` environments of one function each (the sampler's view of a busy host) and a sampler with the default
