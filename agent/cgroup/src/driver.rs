@@ -70,8 +70,13 @@ pub trait EnvironmentCgroup: Send + Sync + fmt::Debug {
     fn memory_limit(&self) -> Result<u64, CgroupError>;
     /// `(quota µs or None for unlimited, period µs)`.
     fn cpu_quota(&self) -> Result<(Option<u64>, u64), CgroupError>;
-    /// CPU time, memory working set and (where the kernel has it) pressure, read now.
-    fn usage(&self) -> Result<super::CgroupUsage, CgroupError>;
+    /// CPU time and memory in use, with the inactive file cache and (where the kernel has it) pressure when
+    /// `parts` asks for them, read now.
+    fn read_usage(&self, parts: super::UsageParts) -> Result<super::CgroupUsage, CgroupError>;
+    /// Every figure of [`read_usage`](Self::read_usage), read now.
+    fn usage(&self) -> Result<super::CgroupUsage, CgroupError> {
+        self.read_usage(super::UsageParts::ALL)
+    }
     /// Kills every process in the cgroup and polls (bounded by
     /// [`KILL_TIMEOUT`](super::KILL_TIMEOUT)) until it is empty. Uses
     /// `cgroup.kill` when present, else freeze → SIGKILL each pid → thaw.

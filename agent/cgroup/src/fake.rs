@@ -1,5 +1,6 @@
 //! Cgroups that exist only in memory, for unit tests of the logic above the traits: [`FakeCgroup`] (one
-//! environment's: it holds no process, reports fixed figures and records how often it was removed) and
+//! environment's: it holds no process, reports the figures it is given, counts the costlier usage reads and
+//! records how often it was removed) and
 //! [`FakeCgroups`] (a [`CgroupDriver`] whose cgroups are names in memory, each of its failures one switch away).
 // Test helpers: a failed set-up is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -17,7 +18,7 @@ use std::{
 
 use super::{
     CgroupDriver, CgroupError, CgroupLimits, CgroupUsage, CgroupVersion, EnvironmentCgroup,
-    Placement,
+    Placement, UsageParts,
 };
 
 /// See the module documentation.
@@ -29,6 +30,12 @@ pub struct FakeCgroup {
     pub oom_kills: AtomicU64,
     /// How many times `remove` was called.
     pub removed: AtomicUsize,
+    /// What a reading of every part gives; a reading leaves out the parts it does not ask for.
+    pub usage: Mutex<CgroupUsage>,
+    /// How many readings asked for `memory.stat`.
+    pub memory_stat_reads: AtomicUsize,
+    /// How many readings asked for the PSI files.
+    pub pressure_reads: AtomicUsize,
 }
 
 impl FakeCgroup {
@@ -66,8 +73,19 @@ impl EnvironmentCgroup for FakeCgroup {
     fn cpu_quota(&self) -> Result<(Option<u64>, u64), CgroupError> {
         Ok((None, 100_000))
     }
-    fn usage(&self) -> Result<CgroupUsage, CgroupError> {
-        Ok(CgroupUsage::default())
+    fn read_usage(&self, parts: UsageParts) -> Result<CgroupUsage, CgroupError> {
+        let all = *lock(&self.usage);
+        if parts.memory_stat {
+            self.memory_stat_reads.fetch_add(1, Ordering::Relaxed);
+        }
+        if parts.pressure {
+            self.pressure_reads.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(CgroupUsage {
+            inactive_file_bytes: all.inactive_file_bytes.filter(|_| parts.memory_stat),
+            pressure: all.pressure.filter(|_| parts.pressure),
+            ..all
+        })
     }
     fn kill_all(&self) -> Result<(), CgroupError> {
         Ok(())
@@ -199,8 +217,8 @@ impl EnvironmentCgroup for FakeEnvironmentCgroup {
     fn cpu_quota(&self) -> Result<(Option<u64>, u64), CgroupError> {
         self.cgroup.cpu_quota()
     }
-    fn usage(&self) -> Result<CgroupUsage, CgroupError> {
-        self.cgroup.usage()
+    fn read_usage(&self, parts: UsageParts) -> Result<CgroupUsage, CgroupError> {
+        self.cgroup.read_usage(parts)
     }
     fn kill_all(&self) -> Result<(), CgroupError> {
         self.cgroup.kill_all()

@@ -48,7 +48,7 @@ pub use mounts::{
 };
 pub use names::validate_name;
 pub use placement::Placement;
-pub use usage::{psi_some_avg10, CgroupUsage, Pressure};
+pub use usage::{psi_some_avg10, CgroupUsage, Pressure, UsageParts};
 pub use v1::V1Driver;
 pub use v2::{V2Driver, V2Options};
 pub use v2_delegation::{supervisor_leaf_name, REQUIRED_CONTROLLERS};

@@ -348,3 +348,45 @@ fn real_leftover_cgroup_is_emptied_and_reused() {
     let mut g = Guard::new(V1Driver::new(mounts, &parent).unwrap());
     leftover_scenario(&mut g);
 }
+
+/// On this host's v1 hierarchies: the counters alone leave `memory.stat` and PSI unread; every part gives a
+/// working set between the resident 64 MiB a process holds and the memory in use, and PSI exactly where the
+/// controller-less cgroup2 tree offers it.
+#[test]
+fn real_v1_usage_reads_the_counters_alone_or_every_part() {
+    use std::io::{BufRead, BufReader};
+    let Some(mounts) = v1_mounts() else { return };
+    let Some(python) = python3() else { return };
+    let parent = unique_parent();
+    let mut g = Guard::new(V1Driver::new(mounts, &parent).unwrap());
+    g.create("env-u", &CgroupLimits::from_vcpus(1, 1 << 30, 64));
+    // 64 MiB written (so resident), then "ready" on stdout.
+    let mb64 = "import sys, time\nb = b'\\x01' * (64 << 20)\nprint('ready', flush=True)\ntime.sleep(120)\n";
+    g.spawn_with(0, &[python, "-c", mb64], Stdio::piped());
+    let stdout = g.children[0].stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let env = g.envs[0].as_ref();
+
+    let counters = env.read_usage(UsageParts::COUNTERS).unwrap();
+    assert!(counters.cpu_usage_ns > 0, "{counters:?}");
+    assert!(counters.memory_usage_bytes >= 64 << 20, "{counters:?}");
+    assert_eq!(
+        (counters.inactive_file_bytes, counters.pressure),
+        (None, None)
+    );
+
+    let all = env.read_usage(UsageParts::ALL).unwrap();
+    let working_set = all.memory_working_set_bytes().unwrap();
+    assert!(working_set >= 64 << 20, "{all:?}");
+    assert!(working_set <= all.memory_usage_bytes, "{all:?}");
+    assert!(all.cpu_usage_ns >= counters.cpu_usage_ns, "{all:?}");
+    let psi = env
+        .directories()
+        .iter()
+        .find_map(|d| std::fs::read_to_string(d.join("cpu.pressure")).ok())
+        .and_then(|t| psi_some_avg10(&t));
+    assert_eq!(all.pressure.is_some(), psi.is_some(), "{all:?}");
+    eprintln!("real_v1_usage_reads_the_counters_alone_or_every_part: {counters:?}; {all:?}");
+}

@@ -1,9 +1,16 @@
-//! What a cgroup uses right now: CPU time, memory working set, and pressure stall information.
+//! What a cgroup uses right now: CPU time, memory in use and its inactive file cache (hence the working set),
+//! and pressure stall information.
 //!
 //! The sampler reads every environment's usage every period, so the files are opened once per cgroup
 //! ([`UsageFiles`]) and re-read with `pread(2)` at offset 0 (cgroupfs regenerates a file's content on every
 //! read from its start) into a buffer on the stack: a reading makes no `open`, `close` or allocation. A
 //! pressure file the kernel does not offer is looked for once, not every period.
+//!
+//! The kernel's cost differs by file: the two counters (CPU time, memory in use) are a few numbers, while
+//! `memory.stat` and the PSI files are generated from many per-CPU figures on each read (on this project's
+//! development host, cgroup v1, about 9 µs for `memory.stat` and 3 µs for each PSI file against 1 µs for a
+//! counter; `docs/PERFORMANCE.md`, "Sampler tick"). So a reading says which of those it wants
+//! ([`UsageParts`]) and the sampler asks for them only when it needs them.
 
 use std::{
     fs::File,
@@ -14,15 +21,49 @@ use std::{
 
 use super::{fsutil, CgroupError};
 
+/// Which of a cgroup's costlier usage files one reading reads; the CPU time and memory in use always are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsageParts {
+    /// `memory.stat`, for the inactive file cache (so the working set).
+    pub memory_stat: bool,
+    /// The three PSI files.
+    pub pressure: bool,
+}
+
+impl UsageParts {
+    /// Every file.
+    pub const ALL: Self = Self {
+        memory_stat: true,
+        pressure: true,
+    };
+    /// The CPU time and memory in use only.
+    pub const COUNTERS: Self = Self {
+        memory_stat: false,
+        pressure: false,
+    };
+}
+
 /// A point-in-time reading of a cgroup's consumption.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct CgroupUsage {
     /// Cumulative CPU time of every task in the cgroup (nanoseconds).
     pub cpu_usage_ns: u64,
-    /// Memory in use minus inactive file cache (what the OOM killer looks at, roughly), bytes.
-    pub memory_working_set_bytes: u64,
-    /// Pressure stall information, where the kernel offers it for this cgroup.
+    /// Memory charged to the cgroup, page cache included (`memory.usage_in_bytes` / `memory.current`), bytes.
+    pub memory_usage_bytes: u64,
+    /// The inactive file cache (`memory.stat`), bytes; `None` when the reading did not read `memory.stat`.
+    pub inactive_file_bytes: Option<u64>,
+    /// Pressure stall information, where the kernel offers it for this cgroup; `None` also when the reading
+    /// did not read the PSI files.
     pub pressure: Option<Pressure>,
+}
+
+impl CgroupUsage {
+    /// Memory in use minus the inactive file cache (what the OOM killer looks at, roughly), bytes; `None` when
+    /// the reading did not read `memory.stat`.
+    pub fn memory_working_set_bytes(&self) -> Option<u64> {
+        self.inactive_file_bytes
+            .map(|inactive| self.memory_usage_bytes.saturating_sub(inactive))
+    }
 }
 
 /// `some avg10` of the three PSI files, as fractions (0..1).
@@ -162,8 +203,8 @@ impl UsageFiles {
         self.lock().take();
     }
 
-    /// The cgroup's usage now.
-    pub(crate) fn read(&self) -> Result<CgroupUsage, CgroupError> {
+    /// The cgroup's usage now: the counters, and the files `parts` asks for.
+    pub(crate) fn read(&self, parts: UsageParts) -> Result<CgroupUsage, CgroupError> {
         let mut guard = self.lock();
         let o = match &mut *guard {
             Some(o) => o,
@@ -181,12 +222,17 @@ impl UsageFiles {
             }
         };
         let text = pread(&o.memory, &p.memory, &mut buf, &mut spill)?;
-        let usage = fsutil::parse_u64(text, &p.memory)?;
-        let text = pread(&o.memory_stat, &p.memory_stat, &mut buf, &mut spill)?;
-        let inactive = fsutil::keyed_u64(text, p.inactive_key, &p.memory_stat).unwrap_or(0);
+        let memory_usage_bytes = fsutil::parse_u64(text, &p.memory)?;
+        let inactive_file_bytes = if parts.memory_stat {
+            let text = pread(&o.memory_stat, &p.memory_stat, &mut buf, &mut spill)?;
+            Some(fsutil::keyed_u64(text, p.inactive_key, &p.memory_stat).unwrap_or(0))
+        } else {
+            None
+        };
 
         let mut some = [None; 3];
-        for (i, file) in o.pressure.iter().enumerate() {
+        let offered = if parts.pressure { &o.pressure[..] } else { &[] };
+        for (i, file) in offered.iter().enumerate() {
             if let Some(f) = file {
                 some[i] = f
                     .read_at(&mut buf, 0)
@@ -202,7 +248,8 @@ impl UsageFiles {
         });
         Ok(CgroupUsage {
             cpu_usage_ns,
-            memory_working_set_bytes: usage.saturating_sub(inactive),
+            memory_usage_bytes,
+            inactive_file_bytes,
             pressure,
         })
     }

@@ -295,9 +295,9 @@ impl EnvironmentCgroup for V1Cgroup {
         })
     }
 
-    fn usage(&self) -> Result<super::CgroupUsage, CgroupError> {
+    fn read_usage(&self, parts: super::UsageParts) -> Result<super::CgroupUsage, CgroupError> {
         if let Some(files) = self.usage.get() {
-            return files.read();
+            return files.read(parts);
         }
         // cpuacct may be co-mounted with cpu; either way its directory has cpuacct.usage.
         let acct = self
@@ -319,7 +319,7 @@ impl EnvironmentCgroup for V1Cgroup {
             .get_or_init(|| {
                 super::usage::UsageFiles::new(paths, super::usage::CpuFormat::Nanoseconds)
             })
-            .read()
+            .read(parts)
     }
 
     fn cpu_quota(&self) -> Result<(Option<u64>, u64), CgroupError> {
@@ -357,6 +357,7 @@ impl EnvironmentCgroup for V1Cgroup {
 mod tests {
     use super::*;
     use crate::testutil::{fake_v1_env, fake_v1_mounts, read, FAKE_V1_OWN_DIRS, SPECS};
+    use crate::UsageParts;
 
     #[test]
     fn new_creates_parent_below_own_cgroup_in_every_hierarchy() {
@@ -393,8 +394,15 @@ mod tests {
         .unwrap();
         let u = env.usage().unwrap();
         assert_eq!(u.cpu_usage_ns, 7_000_000_000);
-        assert_eq!(u.memory_working_set_bytes, 50_000_000);
+        assert_eq!(u.memory_usage_bytes, 52_428_800);
+        assert_eq!(u.memory_working_set_bytes(), Some(50_000_000));
         assert_eq!(u.pressure, None, "no PSI files in the unified tree");
+        // The counters alone leave memory.stat unread.
+        let u = env.read_usage(UsageParts::COUNTERS).unwrap();
+        assert_eq!(
+            (u.memory_usage_bytes, u.inactive_file_bytes),
+            (52_428_800, None)
+        );
         // The files are kept open: a new value is read without reopening them.
         std::fs::write(at("cpuacct").join("cpuacct.usage"), "8000000000\n").unwrap();
         assert_eq!(env.usage().unwrap().cpu_usage_ns, 8_000_000_000);
@@ -417,6 +425,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(env.usage().unwrap().pressure.unwrap().cpu_some, 0.9);
+        assert_eq!(env.read_usage(UsageParts::COUNTERS).unwrap().pressure, None);
     }
 
     #[test]

@@ -250,7 +250,7 @@ impl EnvironmentCgroup for V2Cgroup {
         }
     }
 
-    fn usage(&self) -> Result<super::CgroupUsage, CgroupError> {
+    fn read_usage(&self, parts: super::UsageParts) -> Result<super::CgroupUsage, CgroupError> {
         self.usage
             .get_or_init(|| {
                 super::usage::UsageFiles::new(
@@ -264,7 +264,7 @@ impl EnvironmentCgroup for V2Cgroup {
                     super::usage::CpuFormat::UsageUsec,
                 )
             })
-            .read()
+            .read(parts)
     }
 
     fn cpu_quota(&self) -> Result<(Option<u64>, u64), CgroupError> {
@@ -311,6 +311,7 @@ fn parse_cpu_max(text: &str, file: &Path) -> Result<(Option<u64>, u64), CgroupEr
 mod tests {
     use super::*;
     use crate::testutil::{fake_cgroup, fake_v2_env, fake_v2_tree, read, SPECS};
+    use crate::{CgroupUsage, UsageParts};
 
     const OWN: &str = "/system.slice/lmi-agent.service";
 
@@ -404,9 +405,26 @@ mod tests {
         .unwrap();
         let u = env.usage().unwrap();
         assert_eq!(u.cpu_usage_ns, 2_500_000_000);
-        assert_eq!(u.memory_working_set_bytes, 100_000_000);
+        assert_eq!(u.memory_working_set_bytes(), Some(100_000_000));
         let p = u.pressure.unwrap();
         assert_eq!((p.cpu_some, p.memory_some, p.io_some), (0.05, 0.005, 0.0));
+        // Only what is asked for: no memory.stat, no PSI.
+        assert_eq!(
+            env.read_usage(UsageParts::COUNTERS).unwrap(),
+            CgroupUsage {
+                cpu_usage_ns: 2_500_000_000,
+                memory_usage_bytes: 104_857_600,
+                inactive_file_bytes: None,
+                pressure: None,
+            }
+        );
+        let u = env
+            .read_usage(UsageParts {
+                memory_stat: true,
+                pressure: false,
+            })
+            .unwrap();
+        assert_eq!((u.inactive_file_bytes, u.pressure), (Some(4_857_600), None));
         std::fs::write(dir.join("cpu.stat"), "garbage").unwrap();
         assert!(matches!(env.usage(), Err(CgroupError::Parse { .. })));
     }

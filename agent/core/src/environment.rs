@@ -392,9 +392,19 @@ pub(crate) mod testing {
         function: &str,
         max_concurrency: u32,
     ) -> std::sync::Arc<super::Environment> {
+        let cgroup = std::sync::Arc::new(lmi_cgroup::fake::FakeCgroup::new(function));
+        environment_in(function, max_concurrency, cgroup)
+    }
+
+    /// [`environment`] in the cgroup given (a [`FakeCgroup`](lmi_cgroup::fake::FakeCgroup) whose figures
+    /// the test sets).
+    #[cfg(test)]
+    pub(crate) fn environment_in(
+        function: &str,
+        max_concurrency: u32,
+        cgroup: std::sync::Arc<dyn lmi_cgroup::EnvironmentCgroup>,
+    ) -> std::sync::Arc<super::Environment> {
         use crate::{catalog::Catalog, spec};
-        use lmi_cgroup::fake::FakeCgroup;
-        use std::sync::Arc;
 
         let catalog = Catalog::parse(
             "[[runtime]]\nid = \"test1\"\ncommand = [\"sh\"]\ndefault_concurrency_per_vcpu = 16\n",
@@ -411,7 +421,7 @@ pub(crate) mod testing {
             format!("env-{function}"),
             spec,
             "127.0.0.1:9".parse().expect("address"),
-            Arc::new(FakeCgroup::new(function)),
+            cgroup,
             None,
             None,
         )

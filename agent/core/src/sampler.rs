@@ -1,8 +1,17 @@
 //! Periodic measurement of every environment and of the host, and the saturation decisions admission uses.
 //!
-//! Each tick reads, per environment, its cgroup's CPU time and memory working set and its /tmp usage (a few
-//! small files: cost linear in environments), and the host's /proc figures once. CPU utilization is the CPU
-//! time used since the previous tick over the environment's vCPUs × elapsed time.
+//! Each tick reads, per environment, its cgroup's CPU time and memory in use and its /tmp usage (two small
+//! counter files and one `fstatvfs`: cost linear in environments), and the host's /proc figures once. CPU
+//! utilization is the CPU time used since the previous tick over the environment's vCPUs × elapsed time.
+//!
+//! Freshness: the figures admission decides on are read every tick. The costlier files (`memory.stat`, which
+//! the kernel generates from many per-CPU figures, and the three PSI files) are read for each environment
+//! once per [`SLOW_REFRESH`], in a slot of that round given at first sight to the least used one, so that
+//! each tick carries an even share of those reads instead of all of them. Between two reads of `memory.stat`
+//! the working set is the memory in use this tick minus the inactive file cache last read; but whenever the
+//! memory in use alone is over the memory threshold (the only case in which the working set could be), the
+//! tick reads `memory.stat` for that environment too, so the memory saturation is decided on figures of the
+//! same tick as before. PSI is reported, never decided on, and is itself a 10 s average (`avg10`).
 //!
 //! Smoothing: an exponentially weighted moving average with time constant τ (`smoothing_seconds`):
 //! `s ← s + α (x − s)` with `α = 1 − e^(−Δt/τ)`, which weights samples by age, not by count, so changing the
@@ -12,19 +21,20 @@
 
 use std::{
     collections::HashMap,
+    fs::File,
     path::PathBuf,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use crate::capacity::{Allocated, HostCapacity};
 use crate::config::UtilizationConfig;
 use crate::environment::{Environment, Saturation, State, Usage, Util};
 use crate::host::HostReader;
-use lmi_cgroup::Pressure;
+use lmi_cgroup::{Pressure, UsageParts};
 use lmi_sandbox::ephemeral;
 
 /// One smoothing step (see the module documentation).
@@ -91,24 +101,57 @@ impl Default for Snapshot {
     }
 }
 
+/// How often each environment's `memory.stat` (for the inactive file cache) and PSI files are read, at most
+/// (see the module documentation).
+pub const SLOW_REFRESH: Duration = Duration::from_secs(5);
+
+/// What the sampler keeps of one environment between ticks.
+#[derive(Debug)]
+struct Tracked {
+    /// CPU time and when it was read.
+    cpu: (u64, Instant),
+    /// The inactive file cache of the last `memory.stat` read, bytes.
+    inactive_file: u64,
+    /// The last PSI read.
+    pressure: Option<Pressure>,
+    /// The tick of each round that reads the slow files (given at the end of the tick of first sight).
+    slot: Option<usize>,
+    /// The /tmp directory, held open for `fstatvfs` while the environment serves (see `measure`).
+    tmp: Option<File>,
+    /// The last tick that listed the environment.
+    seen: u64,
+}
+
 /// Keeps what is needed between ticks.
 #[derive(Debug)]
 pub struct Sampler {
     cfg: UtilizationConfig,
     host: HostReader,
     state_dir: PathBuf,
-    /// Per environment: CPU time and when it was read.
-    prev_cpu: HashMap<String, (u64, Instant)>,
+    envs: HashMap<String, Tracked>,
+    /// Environments per slot of a round of [`SLOW_REFRESH`] (one slot a tick).
+    slots: Vec<u32>,
+    /// Environments first seen this tick, given a slot once those that left have freed theirs.
+    unplaced: Vec<String>,
+    ticks: u64,
     prev_host: Option<(HostSnapshot, Instant)>,
 }
 
 impl Sampler {
     pub fn new(cfg: UtilizationConfig, host: HostReader, state_dir: PathBuf) -> Self {
+        let period = cfg.sample_interval_ms.max(1);
+        let round = u64::try_from(SLOW_REFRESH.as_millis())
+            .unwrap_or(u64::MAX)
+            .div_ceil(period)
+            .max(1);
         Self {
             cfg,
             host,
             state_dir,
-            prev_cpu: HashMap::new(),
+            envs: HashMap::new(),
+            slots: vec![0; usize::try_from(round).unwrap_or(1)],
+            unplaced: Vec::new(),
+            ticks: 0,
             prev_host: None,
         }
     }
@@ -123,15 +166,14 @@ impl Sampler {
         now: Instant,
     ) -> Snapshot {
         let tau = self.cfg.smoothing_seconds;
-        let mut seen = Vec::with_capacity(envs.len());
+        self.ticks = self.ticks.wrapping_add(1);
         let mut out = Vec::with_capacity(envs.len());
         for env in envs {
             let state = env.state();
             if matches!(state, State::Failed | State::Terminated) || env.is_cleaned() {
                 continue;
             }
-            seen.push(env.id.as_str());
-            if let Some((usage, saturation)) = self.measure(env, now, tau) {
+            if let Some((usage, saturation)) = self.measure(env, state, now, tau) {
                 env.set_usage(usage, saturation);
             }
             out.push(EnvSnapshot {
@@ -147,7 +189,26 @@ impl Sampler {
                 memory_mib: env.spec.memory_mib,
             });
         }
-        self.prev_cpu.retain(|id, _| seen.contains(&id.as_str()));
+        let (ticks, slots) = (self.ticks, &mut self.slots);
+        self.envs.retain(|_, t| {
+            let keep = t.seen == ticks;
+            if let (false, Some(slot)) = (keep, t.slot) {
+                slots[slot] = slots[slot].saturating_sub(1);
+            }
+            keep
+        });
+        for id in self.unplaced.drain(..) {
+            if let Some(t) = self.envs.get_mut(&id) {
+                // The least used slot, so that the slow reads stay even as environments come and go.
+                let slot = slots
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, n)| **n)
+                    .map_or(0, |(i, _)| i);
+                slots[slot] = slots[slot].saturating_add(1);
+                t.slot = Some(slot);
+            }
+        }
 
         let reading = self.host.read();
         let disk = ephemeral::usage_of(&self.state_dir)
@@ -178,49 +239,114 @@ impl Sampler {
     fn measure(
         &mut self,
         env: &Environment,
+        state: State,
         now: Instant,
         tau: f64,
     ) -> Option<(Usage, Saturation)> {
-        let reading = match env.cgroup.usage() {
+        let round = self.slots.len() as u64;
+        let (first, due) = match self.envs.get(&env.id) {
+            None => (true, true),
+            Some(t) => (
+                false,
+                t.slot.is_some_and(|s| self.ticks % round == s as u64),
+            ),
+        };
+        let parts = if due {
+            UsageParts::ALL
+        } else {
+            UsageParts::COUNTERS
+        };
+        let limit = env.spec.memory_bytes();
+        let reading = env.cgroup.read_usage(parts).and_then(|r| {
+            // Memory in use over the threshold: the working set may be too, so it is read now.
+            if r.inactive_file_bytes.is_none()
+                && ratio(r.memory_usage_bytes, limit) > self.cfg.memory_threshold
+            {
+                env.cgroup
+                    .read_usage(UsageParts {
+                        memory_stat: true,
+                        pressure: false,
+                    })
+                    .map(|fresh| lmi_cgroup::CgroupUsage {
+                        pressure: r.pressure,
+                        ..fresh
+                    })
+            } else {
+                Ok(r)
+            }
+        });
+        let reading = match reading {
             Ok(r) => r,
             Err(e) => {
                 // Removed under us (the environment is stopping) or unreadable: keep the last figures.
                 tracing::debug!(env = %env.id, error = %e, "cgroup usage unreadable");
+                if let Some(t) = self.envs.get_mut(&env.id) {
+                    t.seen = self.ticks;
+                }
                 return None;
             }
         };
-        let prev = env.usage();
-        let (cpu_sample, dt, first) = match self.prev_cpu.get(&env.id) {
-            Some((ns, t)) => {
-                let dt = now.duration_since(*t).as_secs_f64();
-                let used = reading.cpu_usage_ns.saturating_sub(*ns) as f64 / 1e9;
-                let capacity = dt * f64::from(env.spec.vcpus.max(1));
-                (
-                    if capacity > 0.0 {
-                        (used / capacity).clamp(0.0, 1.0)
-                    } else {
-                        0.0
-                    },
-                    dt,
-                    false,
-                )
+        let tracked = match self.envs.get_mut(&env.id) {
+            Some(t) => t,
+            None => {
+                self.unplaced.push(env.id.clone());
+                self.envs.entry(env.id.clone()).or_insert(Tracked {
+                    cpu: (reading.cpu_usage_ns, now),
+                    inactive_file: 0,
+                    pressure: None,
+                    slot: None,
+                    tmp: None,
+                    seen: self.ticks,
+                })
             }
-            None => (0.0, 0.0, true),
         };
-        self.prev_cpu
-            .insert(env.id.clone(), (reading.cpu_usage_ns, now));
-        let memory = ratio(reading.memory_working_set_bytes, env.spec.memory_bytes());
-        let disk = env
-            .tmp
-            .as_ref()
-            .and_then(|t| t.usage().ok())
-            .map(|(used, size)| ratio(used, size))
-            .unwrap_or(0.0);
+        tracked.seen = self.ticks;
+        // /tmp is held open only while the environment serves: its clean-up unmounts it (lazily, so a
+        // descriptor left open would keep the tmpfs and its pages until the next tick closed it).
+        if matches!(state, State::Initializing | State::Ready) {
+            if first {
+                tracked.tmp = env.tmp.as_ref().and_then(|t| File::open(t.path()).ok());
+            }
+        } else {
+            tracked.tmp = None;
+        }
+        let prev = env.usage();
+        let (cpu_sample, dt) = if first {
+            (0.0, 0.0)
+        } else {
+            let (ns, t) = tracked.cpu;
+            let dt = now.duration_since(t).as_secs_f64();
+            let used = reading.cpu_usage_ns.saturating_sub(ns) as f64 / 1e9;
+            let capacity = dt * f64::from(env.spec.vcpus.max(1));
+            let sample = if capacity > 0.0 {
+                (used / capacity).clamp(0.0, 1.0)
+            } else {
+                0.0
+            };
+            (sample, dt)
+        };
+        tracked.cpu = (reading.cpu_usage_ns, now);
+        if let Some(inactive) = reading.inactive_file_bytes {
+            tracked.inactive_file = inactive;
+        }
+        if parts.pressure {
+            tracked.pressure = reading.pressure;
+        }
+        let working_set = reading
+            .memory_usage_bytes
+            .saturating_sub(tracked.inactive_file);
+        let memory = ratio(working_set, limit);
+        let tmp = match (&tracked.tmp, &env.tmp) {
+            (Some(dir), _) => ephemeral::usage_of_open(dir).ok(),
+            (None, Some(t)) => t.usage().ok(),
+            (None, None) => None,
+        };
+        let disk = tmp.map(|(used, size)| ratio(used, size)).unwrap_or(0.0);
         let usage = Usage {
             cpu: step(prev.cpu, cpu_sample, first, dt, tau),
             memory: step(prev.memory, memory, first, dt, tau),
             disk: step(prev.disk, disk, first, dt, tau),
-            pressure: reading.pressure,
+            pressure: tracked.pressure,
         };
         let saturation = Saturation::NONE
             .with(
@@ -306,6 +432,158 @@ pub fn thread_cpu_time() -> std::time::Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::environment::testing::environment_in;
+    use lmi_cgroup::{fake::FakeCgroup, CgroupUsage};
+
+    /// `n` environments in fake cgroups whose figures the test sets, and a sampler of period `period_ms`.
+    fn host(n: usize, period_ms: u64) -> (Vec<Arc<FakeCgroup>>, Vec<Arc<Environment>>, Sampler) {
+        let cgroups: Vec<_> = (0..n)
+            .map(|i| Arc::new(FakeCgroup::new(&format!("f{i}"))))
+            .collect();
+        let envs = cgroups
+            .iter()
+            .enumerate()
+            .map(|(i, c)| environment_in(&format!("f{i}"), 4, c.clone()))
+            .collect();
+        let cfg = UtilizationConfig {
+            sample_interval_ms: period_ms,
+            ..UtilizationConfig::default()
+        };
+        let dir = std::env::temp_dir();
+        (cgroups, envs, Sampler::new(cfg, HostReader::default(), dir))
+    }
+
+    fn tick(s: &mut Sampler, envs: &[Arc<Environment>], at: Instant) -> Snapshot {
+        s.tick(
+            envs,
+            HostCapacity::new(64, 262_144, 0, 0),
+            Allocated::default(),
+            false,
+            at,
+        )
+    }
+
+    fn stat_reads(c: &FakeCgroup) -> usize {
+        c.memory_stat_reads.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn the_slow_files_are_read_at_first_sight_then_once_a_round_in_even_shares() {
+        // 1 s period: a round of 5 ticks; 10 environments, so 2 of them read memory.stat and PSI a tick.
+        let (cgroups, mut envs, mut s) = host(10, 1000);
+        let t0 = Instant::now();
+        tick(&mut s, &envs, t0);
+        assert!(cgroups
+            .iter()
+            .all(|c| stat_reads(c) == 1 && c.pressure_reads.load(Ordering::Relaxed) == 1));
+        for k in 1..=5u32 {
+            let before: Vec<usize> = cgroups.iter().map(|c| stat_reads(c)).collect();
+            tick(&mut s, &envs, t0 + Duration::from_secs(u64::from(k)));
+            let read = cgroups
+                .iter()
+                .zip(&before)
+                .filter(|(c, b)| stat_reads(c) > **b)
+                .count();
+            assert_eq!(read, 2, "tick {k}");
+        }
+        // One round: each environment read once more, PSI with memory.stat.
+        for c in &cgroups {
+            assert_eq!(stat_reads(c), 2);
+            assert_eq!(c.pressure_reads.load(Ordering::Relaxed), 2);
+        }
+
+        // Two environments leave; the two that come take their free slots, so the shares stay even.
+        let left = [envs.remove(3), envs.remove(3)];
+        let newcomers: Vec<Arc<FakeCgroup>> = (0..2)
+            .map(|i| Arc::new(FakeCgroup::new(&format!("g{i}"))))
+            .collect();
+        envs.extend(
+            newcomers
+                .iter()
+                .enumerate()
+                .map(|(i, c)| environment_in(&format!("g{i}"), 4, c.clone())),
+        );
+        drop(left);
+        let mut all: Vec<Arc<FakeCgroup>> = cgroups.clone();
+        all.remove(3);
+        all.remove(3);
+        all.extend(newcomers.iter().cloned());
+        tick(&mut s, &envs, t0 + Duration::from_secs(6));
+        for k in 7..=11u64 {
+            let before: Vec<usize> = all.iter().map(|c| stat_reads(c)).collect();
+            tick(&mut s, &envs, t0 + Duration::from_secs(k));
+            let read = all
+                .iter()
+                .zip(&before)
+                .filter(|(c, b)| stat_reads(c) > **b)
+                .count();
+            assert_eq!(read, 2, "tick {k}");
+        }
+    }
+
+    #[test]
+    fn memory_in_use_over_the_threshold_reads_the_working_set_in_the_same_tick() {
+        // 100 ms period: a round of 50 ticks, so no slow read is due in the ticks below.
+        let (cgroups, envs, mut s) = host(1, 100);
+        let (c, env) = (&cgroups[0], &envs[0]);
+        let limit = env.spec.memory_bytes();
+        let set = |used: u64, inactive: u64| {
+            *c.usage.lock().unwrap() = CgroupUsage {
+                memory_usage_bytes: used,
+                inactive_file_bytes: Some(inactive),
+                ..CgroupUsage::default()
+            };
+        };
+        // 95% in use, half of it inactive file cache: a 45% working set, not saturated.
+        set(limit / 100 * 95, limit / 2);
+        let t0 = Instant::now();
+        tick(&mut s, &envs, t0);
+        assert!(!env.saturation().contains(Saturation::MEMORY));
+        assert!((env.usage().memory.last - 0.45).abs() < 0.01);
+
+        // The cache becomes anonymous memory: the next tick sees it (memory in use is over 0.9).
+        set(limit / 100 * 95, 0);
+        let reads = stat_reads(c);
+        tick(&mut s, &envs, t0 + Duration::from_millis(100));
+        assert_eq!(stat_reads(c), reads + 1);
+        assert!(env.saturation().contains(Saturation::MEMORY));
+        assert!((env.usage().memory.last - 0.95).abs() < 0.01);
+
+        // Under the threshold, memory.stat waits for its slot: the working set is the memory in use minus
+        // the inactive cache last read (0 here), and cannot be saturated.
+        set(limit / 100 * 80, limit / 2);
+        let reads = stat_reads(c);
+        tick(&mut s, &envs, t0 + Duration::from_millis(200));
+        assert_eq!(stat_reads(c), reads);
+        assert!(!env.saturation().contains(Saturation::MEMORY));
+        assert!((env.usage().memory.last - 0.80).abs() < 0.01);
+    }
+
+    #[test]
+    fn pressure_is_held_from_one_read_of_the_psi_files_to_the_next() {
+        let (cgroups, envs, mut s) = host(1, 1000);
+        let (c, env) = (&cgroups[0], &envs[0]);
+        let set = |cpu_some: f64| {
+            c.usage.lock().unwrap().pressure = Some(Pressure {
+                cpu_some,
+                ..Pressure::default()
+            });
+        };
+        set(0.25);
+        let t0 = Instant::now();
+        tick(&mut s, &envs, t0);
+        set(0.5);
+        let mut seen = Vec::new();
+        for k in 1..=5u64 {
+            tick(&mut s, &envs, t0 + Duration::from_secs(k));
+            seen.push(env.usage().pressure.map(|p| p.cpu_some));
+        }
+        // One read in the round of five ticks; the figure before it is the first read's.
+        let changed = seen.iter().position(|p| *p == Some(0.5)).unwrap();
+        assert!(seen[..changed].iter().all(|p| *p == Some(0.25)), "{seen:?}");
+        assert!(seen[changed..].iter().all(|p| *p == Some(0.5)), "{seen:?}");
+        assert_eq!(c.pressure_reads.load(Ordering::Relaxed), 2);
+    }
 
     #[test]
     fn ewma_weights_by_time_not_by_count() {

@@ -79,11 +79,20 @@ impl EphemeralStorage {
 
 /// `(used bytes, size bytes)` of the filesystem holding `path`.
 pub fn usage_of(path: &Path) -> io::Result<(u64, u64)> {
-    let st = nix::sys::statvfs::statvfs(path)?;
-    let frsize = st.fragment_size() as u64;
-    let size = (st.blocks() as u64).saturating_mul(frsize);
-    let free = (st.blocks_free() as u64).saturating_mul(frsize);
-    Ok((size.saturating_sub(free), size))
+    Ok(used_and_size(&nix::sys::statvfs::statvfs(path)?))
+}
+
+/// [`usage_of`] a directory held open (`fstatvfs`: no path lookup, a third of `statvfs`'s cost on a
+/// storage's path; held open, it keeps a lazily unmounted tmpfs alive until closed).
+pub fn usage_of_open(dir: &std::fs::File) -> io::Result<(u64, u64)> {
+    Ok(used_and_size(&nix::sys::statvfs::fstatvfs(dir)?))
+}
+
+fn used_and_size(st: &nix::sys::statvfs::Statvfs) -> (u64, u64) {
+    let frsize = st.fragment_size();
+    let size = st.blocks().saturating_mul(frsize);
+    let free = st.blocks_free().saturating_mul(frsize);
+    (size.saturating_sub(free), size)
 }
 
 #[cfg(test)]
@@ -106,6 +115,10 @@ mod tests {
         f.sync_all().unwrap();
         let (used, _) = s.usage().unwrap();
         assert!(used >= 3 * 1024 * 1024, "{used}");
+        // The same figures through a descriptor held open.
+        let dir = std::fs::File::open(s.path()).unwrap();
+        assert_eq!(usage_of_open(&dir).unwrap(), s.usage().unwrap());
+        drop(dir);
         // Past the cap: ENOSPC.
         let e = f
             .write_all(&vec![1u8; 2 * 1024 * 1024])
