@@ -130,6 +130,10 @@ struct Opened {
 /// Large enough for any of the files read here (`memory.stat` is the longest, about 2 KiB on v1 and v2).
 const READ_BUFFER: usize = 8192;
 
+/// Large enough for the counters and a PSI file (a few numbers each), so that a reading without `memory.stat`
+/// does not clear [`READ_BUFFER`] bytes of stack.
+const SMALL_BUFFER: usize = 512;
+
 fn open(path: &Path) -> Result<File, CgroupError> {
     File::open(path).map_err(|source| CgroupError::Read {
         path: path.to_path_buf(),
@@ -141,7 +145,7 @@ fn open(path: &Path) -> Result<File, CgroupError> {
 fn pread<'a>(
     file: &File,
     path: &Path,
-    buf: &'a mut [u8; READ_BUFFER],
+    buf: &'a mut [u8],
     spill: &'a mut String,
 ) -> Result<&'a str, CgroupError> {
     let err = |source| CgroupError::Read {
@@ -149,7 +153,7 @@ fn pread<'a>(
         source,
     };
     let n = file.read_at(buf, 0).map_err(err)?;
-    if n == READ_BUFFER {
+    if n == buf.len() {
         *spill = fsutil::read_string(path)?;
         return Ok(spill.as_str());
     }
@@ -211,7 +215,7 @@ impl UsageFiles {
             none => none.insert(self.open_all()?),
         };
         let p = &self.paths;
-        let mut buf = [0u8; READ_BUFFER];
+        let mut buf = [0u8; SMALL_BUFFER];
         let mut spill = String::new();
 
         let text = pread(&o.cpu, &p.cpu, &mut buf, &mut spill)?;
@@ -224,7 +228,8 @@ impl UsageFiles {
         let text = pread(&o.memory, &p.memory, &mut buf, &mut spill)?;
         let memory_usage_bytes = fsutil::parse_u64(text, &p.memory)?;
         let inactive_file_bytes = if parts.memory_stat {
-            let text = pread(&o.memory_stat, &p.memory_stat, &mut buf, &mut spill)?;
+            let mut large = [0u8; READ_BUFFER];
+            let text = pread(&o.memory_stat, &p.memory_stat, &mut large, &mut spill)?;
             Some(fsutil::keyed_u64(text, p.inactive_key, &p.memory_stat).unwrap_or(0))
         } else {
             None

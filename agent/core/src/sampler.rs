@@ -103,7 +103,7 @@ impl Default for Snapshot {
 
 /// How often each environment's `memory.stat` (for the inactive file cache) and PSI files are read, at most
 /// (see the module documentation).
-pub const SLOW_REFRESH: Duration = Duration::from_secs(5);
+pub const SLOW_REFRESH: Duration = Duration::from_secs(10);
 
 /// What the sampler keeps of one environment between ticks.
 #[derive(Debug)]
@@ -469,16 +469,18 @@ mod tests {
 
     #[test]
     fn the_slow_files_are_read_at_first_sight_then_once_a_round_in_even_shares() {
-        // 1 s period: a round of 5 ticks; 10 environments, so 2 of them read memory.stat and PSI a tick.
-        let (cgroups, mut envs, mut s) = host(10, 1000);
+        // 1 s period: a round of 10 ticks; 20 environments, so 2 of them read memory.stat and PSI a tick.
+        let round = SLOW_REFRESH.as_secs();
+        assert_eq!(round, 10);
+        let (cgroups, mut envs, mut s) = host(20, 1000);
         let t0 = Instant::now();
         tick(&mut s, &envs, t0);
         assert!(cgroups
             .iter()
             .all(|c| stat_reads(c) == 1 && c.pressure_reads.load(Ordering::Relaxed) == 1));
-        for k in 1..=5u32 {
+        for k in 1..=round {
             let before: Vec<usize> = cgroups.iter().map(|c| stat_reads(c)).collect();
-            tick(&mut s, &envs, t0 + Duration::from_secs(u64::from(k)));
+            tick(&mut s, &envs, t0 + Duration::from_secs(k));
             let read = cgroups
                 .iter()
                 .zip(&before)
@@ -508,8 +510,8 @@ mod tests {
         all.remove(3);
         all.remove(3);
         all.extend(newcomers.iter().cloned());
-        tick(&mut s, &envs, t0 + Duration::from_secs(6));
-        for k in 7..=11u64 {
+        tick(&mut s, &envs, t0 + Duration::from_secs(round + 1));
+        for k in round + 2..=2 * round + 1 {
             let before: Vec<usize> = all.iter().map(|c| stat_reads(c)).collect();
             tick(&mut s, &envs, t0 + Duration::from_secs(k));
             let read = all
@@ -523,7 +525,7 @@ mod tests {
 
     #[test]
     fn memory_in_use_over_the_threshold_reads_the_working_set_in_the_same_tick() {
-        // 100 ms period: a round of 50 ticks, so no slow read is due in the ticks below.
+        // 100 ms period: a round of 100 ticks, so no slow read is due in the ticks below.
         let (cgroups, envs, mut s) = host(1, 100);
         let (c, env) = (&cgroups[0], &envs[0]);
         let limit = env.spec.memory_bytes();
@@ -574,11 +576,11 @@ mod tests {
         tick(&mut s, &envs, t0);
         set(0.5);
         let mut seen = Vec::new();
-        for k in 1..=5u64 {
+        for k in 1..=SLOW_REFRESH.as_secs() {
             tick(&mut s, &envs, t0 + Duration::from_secs(k));
             seen.push(env.usage().pressure.map(|p| p.cpu_some));
         }
-        // One read in the round of five ticks; the figure before it is the first read's.
+        // One read in the round of ticks; the figure before it is the first read's.
         let changed = seen.iter().position(|p| *p == Some(0.5)).unwrap();
         assert!(seen[..changed].iter().all(|p| *p == Some(0.25)), "{seen:?}");
         assert!(seen[changed..].iter().all(|p| *p == Some(0.5)), "{seen:?}");
