@@ -76,6 +76,19 @@ def agent_cpu_s(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def agent_switches(pid):
+    """Context switches of all the agent's threads so far (voluntary + involuntary): its wake-ups."""
+    total = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        try:
+            for line in status.read_text().splitlines():
+                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                    total += int(line.split()[1])
+        except OSError:
+            continue  # a thread that ended meanwhile
+    return total
+
+
 def scrape():
     """One /metrics scrape: (seconds it took, bytes, parsed samples name{labels} -> value)."""
     started = time.perf_counter()
@@ -125,9 +138,9 @@ def load_window(agent, targets, args):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for f, v, c in targets]
     time.sleep(2)  # the processes connect and warm up (the window below is what is measured)
     _, _, m0 = scrape()
-    cpu0, t0 = agent_cpu_s(agent.pid), time.monotonic()
+    cpu0, t0, sw0 = agent_cpu_s(agent.pid), time.monotonic(), agent_switches(agent.pid)
     time.sleep(args.duration)
-    cpu1, t1 = agent_cpu_s(agent.pid), time.monotonic()
+    cpu1, t1, sw1 = agent_cpu_s(agent.pid), time.monotonic(), agent_switches(agent.pid)
     took, size, m1 = scrape()
     rss = agent.memory_kib()
     reports = []
@@ -141,6 +154,7 @@ def load_window(agent, targets, args):
         "invokes_per_s": n / (t1 - t0),
         "agent_cpu_us_per_invoke": (cpu1 - cpu0) * 1e6 / n if n else None,
         "agent_cpu_share": (cpu1 - cpu0) / (t1 - t0),
+        "agent_switches_per_invoke": (sw1 - sw0) / n if n else None,
         "p99_us_median_of_processes": median([r["latency"]["p99_us"] for r in reports]),
         "p99_us_max_of_processes": max(r["latency"]["p99_us"] for r in reports),
         "p50_us_median_of_processes": median([r["latency"]["p50_us"] for r in reports]),
@@ -212,6 +226,7 @@ def scenario_host_scale(args):
     rows = [
         ("invokes/s", lambda r: r["invokes_per_s"], 0),
         ("agent CPU per invoke, µs", lambda r: r["agent_cpu_us_per_invoke"], 1),
+        ("agent context switches per invoke (its wake-ups)", lambda r: r["agent_switches_per_invoke"], 2),
         ("agent CPU, share of one vCPU", lambda r: r["agent_cpu_share"], 2),
         ("p50, µs (median of the 20 processes)", lambda r: r["p50_us_median_of_processes"], 0),
         ("p99, µs (median of the 20 processes)", lambda r: r["p99_us_median_of_processes"], 0),
