@@ -21,20 +21,7 @@ async fn lmictl_bench_via_http_counts_every_invoke_and_the_agents_costs() {
     let env = agent
         .create_ready(native_echo_spec("bench-http", code.path(), 4, 60))
         .await;
-    let lmictl = |args: &[&str]| {
-        let out = std::process::Command::new(LMICTL_BIN)
-            .arg("--socket")
-            .arg(&agent.socket)
-            .arg("--json")
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let lmictl = |args: &[&str]| lmictl_json(&agent.socket, args);
     let bench = |extra: &[&str]| {
         let mut args = vec![
             "bench",

@@ -102,19 +102,9 @@ async fn lmictl_bench_reports_every_invoke_and_the_agents_costs() {
         .create_ready(native_echo_spec("bench-me", code.path(), 4, 60))
         .await;
     let lmictl = |args: &[&str]| {
-        let out = std::process::Command::new(LMICTL_BIN)
-            .arg("--socket")
-            .arg(&agent.socket)
-            .arg("--json")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "lmictl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+        let (ok, json, stderr) = lmictl_json(&agent.socket, args);
+        assert!(ok, "lmictl {args:?}: {stderr}");
+        json
     };
 
     // Bounded by count: exactly 200 measured invokes, all answered by the echo.

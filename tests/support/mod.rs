@@ -971,6 +971,23 @@ pub async fn watch_until(
         .unwrap_or_else(|_| panic!("not within 60 s: {what}"))
 }
 
+/// Runs `lmictl --socket SOCKET --json ARGS`: whether it exited 0, its stdout as JSON (`Null` when it printed
+/// none) and its stderr.
+pub fn lmictl_json(socket: &Path, args: &[&str]) -> (bool, serde_json::Value, String) {
+    let out = Command::new(LMICTL_BIN)
+        .arg("--socket")
+        .arg(socket)
+        .arg("--json")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        serde_json::from_slice(&out.stdout).unwrap_or_default(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A loopback port free right now (for a listener the daemon binds, such as `metrics_listen`).
 pub fn free_loopback_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
