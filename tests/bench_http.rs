@@ -15,9 +15,7 @@ async fn lmictl_bench_via_http_counts_every_invoke_and_the_agents_costs() {
         ..Default::default()
     })
     .await;
-    let addr = agent
-        .log_field("invoke API listening", "addr")
-        .unwrap_or_else(|| panic!("no invoke API address in the log\n{}", agent.log()));
+    let addr = agent.invoke_api_addr().to_string();
     let env = agent
         .create_ready(native_echo_spec("bench-http", code.path(), 4, 60))
         .await;

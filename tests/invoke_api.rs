@@ -119,16 +119,8 @@ async fn start_with_invoke_api() -> (TestAgent, SocketAddr) {
         ..Default::default()
     })
     .await;
-    let addr = invoke_api_addr(&agent);
+    let addr = agent.invoke_api_addr();
     (agent, addr)
-}
-
-fn invoke_api_addr(agent: &TestAgent) -> SocketAddr {
-    agent
-        .log_field("invoke API listening", "addr")
-        .unwrap_or_else(|| panic!("no invoke API address in the log\n{}", agent.log()))
-        .parse()
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -386,7 +378,7 @@ async fn event_flood_is_bounded_in_bytes_and_its_memory_comes_back() {
         ..Default::default()
     })
     .await;
-    let addr = invoke_api_addr(&agent);
+    let addr = agent.invoke_api_addr();
     let mut spec = python_spec("flood", "actions.handler");
     spec.max_concurrency = 1;
     spec.timeout_seconds = 60;

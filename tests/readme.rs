@@ -132,9 +132,7 @@ async fn the_readmes_shell_examples_run_against_a_real_agent() {
         ..Default::default()
     })
     .await;
-    let invoke_api = agent
-        .log_field("invoke API listening", "addr")
-        .unwrap_or_else(|| panic!("no invoke API address in the log\n{}", agent.log()));
+    let invoke_api = agent.invoke_api_addr().to_string();
     let work = tempfile::tempdir().unwrap();
     let completion = work.path().join("lmictl.bash");
     let bin_dir = LMICTL_BIN.path().parent().unwrap().to_owned();

@@ -84,14 +84,23 @@ fn curl_missing() -> bool {
     !found
 }
 
+/// A fresh agent with one READY environment of the streaming Node function `function`; None (the test
+/// skips, and says why) when curl, which the bootstrap needs, is missing.
+async fn streaming_agent(function: &str) -> Option<(TestAgent, pb::Environment)> {
+    if curl_missing() {
+        return None;
+    }
+    let mut agent = TestAgent::start().await;
+    let env = agent.create_ready(streaming_spec(function)).await;
+    Some((agent, env))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_chunk_reaches_the_grpc_caller_before_the_next_is_written() {
     require_root!();
-    if curl_missing() {
+    let Some((mut agent, env)) = streaming_agent("streamer").await else {
         return;
-    }
-    let mut agent = TestAgent::start().await;
-    let env = agent.create_ready(streaming_spec("streamer")).await;
+    };
     let dir = shared_dir();
     let mut s = open_stream(&mut agent, "streamer", dir.path(), 5).await;
     match next_event(&mut s).await {
@@ -125,11 +134,9 @@ async fn each_chunk_reaches_the_grpc_caller_before_the_next_is_written() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_function_that_does_not_stream_answers_in_one_chunk() {
     require_root!();
-    if curl_missing() {
+    let Some((mut agent, env)) = streaming_agent("whole").await else {
         return;
-    }
-    let mut agent = TestAgent::start().await;
-    let env = agent.create_ready(streaming_spec("whole")).await;
+    };
     let mut s = agent
         .client
         .invoke_with_response_stream(request("whole", json!({"x": 1})))
@@ -154,11 +161,9 @@ async fn a_function_that_does_not_stream_answers_in_one_chunk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_that_cancels_mid_stream_frees_the_slot() {
     require_root!();
-    if curl_missing() {
+    let Some((mut agent, env)) = streaming_agent("cancelled").await else {
         return;
-    }
-    let mut agent = TestAgent::start().await;
-    let env = agent.create_ready(streaming_spec("cancelled")).await;
+    };
     let dir = shared_dir();
     let mut s = open_stream(&mut agent, "cancelled", dir.path(), 3).await;
     assert!(matches!(next_event(&mut s).await, Event::Head(_)));
@@ -204,11 +209,7 @@ async fn agent_with_invoke_api() -> (TestAgent, std::net::SocketAddr) {
         ..Default::default()
     })
     .await;
-    let addr = agent
-        .log_field("invoke API listening", "addr")
-        .unwrap_or_else(|| panic!("no invoke API address in the log\n{}", agent.log()))
-        .parse()
-        .unwrap();
+    let addr = agent.invoke_api_addr();
     (agent, addr)
 }
 
@@ -479,11 +480,9 @@ impl Drop for LmictlStream {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lmictl_prints_each_chunk_before_the_function_writes_the_next() {
     require_root!();
-    if curl_missing() {
+    let Some((mut agent, env)) = streaming_agent("lmictlstream").await else {
         return;
-    }
-    let mut agent = TestAgent::start().await;
-    let env = agent.create_ready(streaming_spec("lmictlstream")).await;
+    };
     let dir = shared_dir();
     let lmictl = LmictlStream::start(
         &agent,
@@ -537,11 +536,9 @@ async fn lmictl_reports_a_mid_stream_error_after_the_chunks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lmictl_whose_stdout_closes_cancels_the_invoke_and_frees_the_slot() {
     require_root!();
-    if curl_missing() {
+    let Some((mut agent, env)) = streaming_agent("lmictlgone").await else {
         return;
-    }
-    let mut agent = TestAgent::start().await;
-    let env = agent.create_ready(streaming_spec("lmictlgone")).await;
+    };
     let dir = shared_dir();
     let payload = json!({"dir": dir.path().display().to_string(), "chunks": 3});
     let mut child = std::process::Command::new(LMICTL_BIN)

@@ -473,6 +473,15 @@ impl TestAgent {
         }
     }
 
+    /// The address the agent's Invoke API listens on (`[invoke_api] listen`, logged at start).
+    pub fn invoke_api_addr(&self) -> std::net::SocketAddr {
+        let addr = self
+            .log_field("invoke API listening", "addr")
+            .unwrap_or_else(|| panic!("no invoke API address in the log\n{}", self.log()));
+        addr.parse()
+            .unwrap_or_else(|e| panic!("invoke API address {addr:?}: {e}"))
+    }
+
     /// The value of field `field` of the first JSON log line whose message is `message`.
     pub fn log_field(&self, message: &str, field: &str) -> Option<String> {
         self.log().lines().find_map(|line| {
