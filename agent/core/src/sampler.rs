@@ -467,6 +467,27 @@ mod tests {
         c.memory_stat_reads.load(Ordering::Relaxed)
     }
 
+    /// Ticks at `t0 + k` s for each k and asserts that each tick read `memory.stat` of exactly two of
+    /// `cgroups` (an even share of a round).
+    fn two_slow_reads_a_tick(
+        s: &mut Sampler,
+        envs: &[Arc<Environment>],
+        cgroups: &[Arc<FakeCgroup>],
+        t0: Instant,
+        ks: std::ops::RangeInclusive<u64>,
+    ) {
+        for k in ks {
+            let before: Vec<usize> = cgroups.iter().map(|c| stat_reads(c)).collect();
+            tick(s, envs, t0 + Duration::from_secs(k));
+            let read = cgroups
+                .iter()
+                .zip(&before)
+                .filter(|(c, b)| stat_reads(c) > **b)
+                .count();
+            assert_eq!(read, 2, "tick {k}");
+        }
+    }
+
     #[test]
     fn the_slow_files_are_read_at_first_sight_then_once_a_round_in_even_shares() {
         // 1 s period: a round of 10 ticks; 20 environments, so 2 of them read memory.stat and PSI a tick.
@@ -478,16 +499,7 @@ mod tests {
         assert!(cgroups
             .iter()
             .all(|c| stat_reads(c) == 1 && c.pressure_reads.load(Ordering::Relaxed) == 1));
-        for k in 1..=round {
-            let before: Vec<usize> = cgroups.iter().map(|c| stat_reads(c)).collect();
-            tick(&mut s, &envs, t0 + Duration::from_secs(k));
-            let read = cgroups
-                .iter()
-                .zip(&before)
-                .filter(|(c, b)| stat_reads(c) > **b)
-                .count();
-            assert_eq!(read, 2, "tick {k}");
-        }
+        two_slow_reads_a_tick(&mut s, &envs, &cgroups, t0, 1..=round);
         // One round: each environment read once more, PSI with memory.stat.
         for c in &cgroups {
             assert_eq!(stat_reads(c), 2);
@@ -511,16 +523,7 @@ mod tests {
         all.remove(3);
         all.extend(newcomers.iter().cloned());
         tick(&mut s, &envs, t0 + Duration::from_secs(round + 1));
-        for k in round + 2..=2 * round + 1 {
-            let before: Vec<usize> = all.iter().map(|c| stat_reads(c)).collect();
-            tick(&mut s, &envs, t0 + Duration::from_secs(k));
-            let read = all
-                .iter()
-                .zip(&before)
-                .filter(|(c, b)| stat_reads(c) > **b)
-                .count();
-            assert_eq!(read, 2, "tick {k}");
-        }
+        two_slow_reads_a_tick(&mut s, &envs, &all, t0, round + 2..=2 * round + 1);
     }
 
     #[test]
