@@ -2,12 +2,14 @@
 """The sampler's tick on this host's real cgroups (issue 16): one private lmi-agent (release build, see
 benches/perf.py's Agent), N native echo environments (default 100, 20 function versions, max concurrency 8),
 then the agent's own tick metrics (lmi_sampler_ticks_total, lmi_sampler_tick_seconds_total,
-lmi_sampler_tick_cpu_seconds_total) over an idle window and over a window with `lmictl bench` load on 4 of
-the function versions. Prints markdown; nothing is asserted.
+lmi_sampler_tick_cpu_seconds_total) over an idle window, a window with `lmictl bench` load on 4 of the
+function versions, and a second idle window after the load (`--python K`: the last K environments are
+python3.11, `tests/fixtures/python`, as in benches/scale.py's host-scale). Prints markdown; nothing is
+asserted.
 
 Usage (as root: the agent creates cgroups):
 
-    benches/sampler_tick.py [--environments N] [--window SECONDS] [--runs N] [--agent-bin PATH]...
+    benches/sampler_tick.py [--environments N] [--python K] [--window SECONDS] [--runs N] [--agent-bin PATH]...
 
 Several --agent-bin in one call are run one after another in each run (interleaved), e.g. a build before a
 change against one after it. The release binaries must exist (`cargo build --release -p lmi-agent -p lmictl
@@ -27,6 +29,7 @@ import perf  # noqa: E402
 from perf import Agent, fmt, log, median, native_code_dir  # noqa: E402
 
 METRICS_PORT = 20464 + os.getpid() % 1000
+PYTHON_CODE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "python"
 KEYS = ("lmi_sampler_ticks_total", "lmi_sampler_tick_seconds_total", "lmi_sampler_tick_cpu_seconds_total")
 
 
@@ -54,10 +57,17 @@ def one_run(agent_bin, args):
         code = native_code_dir(agent.dir)
         versions = [(f"f{i}", v) for i in range(10) for v in ("1", "2")]
         wanted = [versions[k % len(versions)] for k in range(args.environments)]
+        # The last --python function versions are python3.11 (the load below runs on the first 4, native).
+        python = set(versions[len(versions) - args.python * len(versions) // max(args.environments, 1):]) \
+            if args.python else set()
 
         def make(fv):
-            agent.lmictl("create", "--function", fv[0], "--version", fv[1], "--runtime", "provided.al2023",
-                         "--code", str(code), "--max-concurrency", "8", "--timeout-seconds", "60", "--wait")
+            if fv in python:
+                runtime = ["--runtime", "python3.11", "--handler", "echo.handler", "--code", str(PYTHON_CODE)]
+            else:
+                runtime = ["--runtime", "provided.al2023", "--code", str(code)]
+            agent.lmictl("create", "--function", fv[0], "--version", fv[1], *runtime, "--max-concurrency", "8",
+                         "--timeout-seconds", "60", "--wait")
 
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(make, wanted))
@@ -72,14 +82,19 @@ def one_run(agent_bin, args):
         loaded = window(agent, args.window)
         for p in procs:
             p.wait()
+        time.sleep(3)
+        idle_after = window(agent, args.window)
+        pythons = sum(1 for fv in wanted if fv in python)
         for e in agent.lmictl("list"):
             agent.lmictl("delete", e["id"], "--grace", "0", check=False)
-        return {"ready": ready, "idle": idle, "loaded": loaded}
+        return {"ready": ready, "python": pythons, "idle": idle, "loaded": loaded, "idle_after": idle_after}
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--environments", type=int, default=100)
+    p.add_argument("--python", type=int, default=0,
+                   help="how many of the environments are python3.11 (a multiple of N/20; default 0)")
     p.add_argument("--window", type=float, default=20, help="seconds per measured window (default 20)")
     p.add_argument("--runs", type=int, default=1)
     p.add_argument("--agent-bin", type=Path, action="append",
@@ -90,18 +105,21 @@ def main():
     for run in range(args.runs):
         for b in bins:
             r = one_run(b, args)
-            log(f"run {run + 1}/{args.runs} {b}: {r['ready']} READY; idle {fmt(r['idle']['cpu_ms'], 3)} ms CPU "
-                f"per tick, loaded {fmt(r['loaded']['cpu_ms'], 3)} ms (load average "
+            log(f"run {run + 1}/{args.runs} {b}: {r['ready']} READY ({r['python']} python3.11); idle "
+                f"{fmt(r['idle']['cpu_ms'], 3)} ms CPU per tick, loaded {fmt(r['loaded']['cpu_ms'], 3)} ms, idle "
+                f"after {fmt(r['idle_after']['cpu_ms'], 3)} ms (load average "
                 f"{Path('/proc/loadavg').read_text().split()[0]})")
             results[b].append(r)
-    print(f"\n### sampler tick, {args.environments} environments, median of {args.runs} runs, "
-          f"{args.window:.0f} s windows\n")
-    print("| agent binary | idle: CPU / wall ms per tick | under load: CPU / wall ms per tick | ticks per window |")
-    print("|---|---|---|---|")
+    print(f"\n### sampler tick, {args.environments} environments ({args.python} python3.11), median of "
+          f"{args.runs} runs, {args.window:.0f} s windows\n")
+    print("| agent binary | idle: CPU / wall ms per tick | under load: CPU / wall ms per tick | idle after the "
+          "load: CPU / wall ms per tick | ticks per window |")
+    print("|---|---|---|---|---|")
     for b, rs in results.items():
         pick = lambda w, k: median([r[w][k] for r in rs if r[w][k] is not None])  # noqa: E731
         print(f"| {b} | {fmt(pick('idle', 'cpu_ms'), 3)} / {fmt(pick('idle', 'wall_ms'), 3)} | "
               f"{fmt(pick('loaded', 'cpu_ms'), 3)} / {fmt(pick('loaded', 'wall_ms'), 3)} | "
+              f"{fmt(pick('idle_after', 'cpu_ms'), 3)} / {fmt(pick('idle_after', 'wall_ms'), 3)} | "
               f"{fmt(pick('idle', 'ticks'), 0)} |")
 
 
