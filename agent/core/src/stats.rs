@@ -1,6 +1,7 @@
 //! Counters of what happened to invokes: throttles by reason, redirects, outcomes and latency.
 //!
-//! Lock-free on the invoke path (atomics); one map lookup per invoke finds a function version's counters.
+//! Lock-free on the invoke path (atomics); one lookup by function name and version per invoke, under a read
+//! lock and without allocating, finds a function version's counters.
 //! Counters only grow; reports compute deltas from them (see `report`).
 
 use std::{
@@ -228,7 +229,8 @@ pub type FunctionKey = (String, String);
 /// back to zero while the process lives); there is one per function version ever invoked here.
 #[derive(Debug, Default)]
 pub struct Stats {
-    functions: RwLock<HashMap<FunctionKey, Arc<FunctionStats>>>,
+    /// By function name, then version, so that an invoke looks its names up without building a key.
+    functions: RwLock<HashMap<String, HashMap<String, Arc<FunctionStats>>>>,
 }
 
 impl Stats {
@@ -238,14 +240,17 @@ impl Stats {
             .functions
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&(name.to_owned(), version.to_owned()))
+            .get(name)
+            .and_then(|versions| versions.get(version))
         {
             return s.clone();
         }
         self.functions
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .entry((name.to_owned(), version.to_owned()))
+            .entry(name.to_owned())
+            .or_default()
+            .entry(version.to_owned())
             .or_default()
             .clone()
     }
@@ -257,7 +262,11 @@ impl Stats {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|(k, s)| (k.clone(), s.clone()))
+            .flat_map(|(name, versions)| {
+                versions
+                    .iter()
+                    .map(move |(version, s)| ((name.clone(), version.clone()), s.clone()))
+            })
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v

@@ -226,10 +226,7 @@ impl Agent {
                 return Err(CreateError::ShuttingDown);
             }
             r.by_id.insert(env.id.clone(), env.clone());
-            r.by_function
-                .entry((env.spec.function_name.clone(), env.spec.version.clone()))
-                .or_default()
-                .push(env.clone());
+            r.add_to_function(&env);
         }
         // Registered: from here on the supervisor owns the process, the Runtime API and every cleanup.
         done.commit();

@@ -197,10 +197,7 @@ impl Agent {
             ("client_context", &input.client_context),
             ("trace_id", &input.trace_id),
         ] {
-            if value
-                .as_ref()
-                .is_some_and(|v| hyper::header::HeaderValue::from_str(v).is_err())
-            {
+            if value.as_deref().is_some_and(|v| !is_header_value(v)) {
                 return Err(InvokeError::Invalid(format!(
                     "{name} must be visible ASCII (it becomes an HTTP header)"
                 )));
@@ -218,18 +215,16 @@ impl Agent {
             },
             None => (uuid::Uuid::new_v4().to_string(), None),
         };
-        let envs = self
-            .read()
-            .by_function
-            .get(&(input.function_name.clone(), version.clone()))
-            .cloned()
-            .unwrap_or_default();
-        if envs.is_empty() {
-            return Err(InvokeError::NoEnvironment {
-                function: input.function_name,
-                version,
-            });
-        }
+        let found = self.read().of_function(&input.function_name, &version);
+        let envs = match found {
+            Some(envs) if !envs.is_empty() => envs,
+            _ => {
+                return Err(InvokeError::NoEnvironment {
+                    function: input.function_name,
+                    version,
+                })
+            }
+        };
         let stats = self.stats.function(&input.function_name, &version);
         let started = std::time::Instant::now();
         let mut event = Event::new(
@@ -311,7 +306,41 @@ impl Agent {
     }
 }
 
+/// Whether `s` can be an HTTP header value as it is: the bytes `hyper::header::HeaderValue::from_str`
+/// accepts, checked without copying them into one.
+fn is_header_value(s: &str) -> bool {
+    s.bytes().all(|b| (b >= 0x20 && b != 0x7f) || b == b'\t')
+}
+
 /// An invoke's tail is taken when no line came for this long after its answer...
 const TAIL_QUIET: Duration = Duration::from_millis(10);
 /// ...or after this long at most (see [`crate::logs::invoke_tail::TailWatch::settled`]).
 const TAIL_SETTLE_MAX: Duration = Duration::from_millis(100);
+
+#[cfg(test)]
+mod tests {
+    use super::is_header_value;
+    use hyper::header::HeaderValue;
+
+    #[test]
+    fn header_values_are_checked_as_hyper_checks_them() {
+        let mut values: Vec<String> = (0..=0x7f_u8).map(|b| format!("a{}b", b as char)).collect();
+        values.extend(
+            [
+                "",
+                "Root=1-5759e988-bd862e3fe1be46a994272793",
+                "é",
+                "\u{7f}x",
+                "x\n",
+            ]
+            .map(String::from),
+        );
+        for v in &values {
+            assert_eq!(
+                is_header_value(v),
+                HeaderValue::from_str(v).is_ok(),
+                "{v:?}"
+            );
+        }
+    }
+}

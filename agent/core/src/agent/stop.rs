@@ -38,13 +38,7 @@ impl Agent {
         if let Err(e) = self.state.remove(id) {
             tracing::warn!(env = %id, error = %e, "removing the environment's record failed");
         }
-        let key = (env.spec.function_name.clone(), env.spec.version.clone());
-        if let Some(list) = r.by_function.get_mut(&key) {
-            list.retain(|e| e.id != id);
-            if list.is_empty() {
-                r.by_function.remove(&key);
-            }
-        }
+        r.remove_from_function(&env.spec.function_name, &env.spec.version, id);
         Some(env)
     }
 

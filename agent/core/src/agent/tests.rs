@@ -491,6 +491,30 @@ async fn delete_stops_and_forgets_an_environment() {
 }
 
 #[tokio::test]
+async fn invokes_find_the_environments_left_after_a_delete() {
+    let host = FakeHost::start().expect("fake host");
+    let first = ready(&host, "f", 1).await;
+    let second = ready(&host, "f", 1).await;
+    let other = ready(&host, "g", 1).await;
+    host.agent.delete(&first.id, Some(Duration::ZERO)).await;
+    for _ in 0..2 {
+        let done = host.agent.invoke(input("f", "{}")).await.expect("invoke");
+        assert_eq!(done.environment_id, second.id);
+    }
+    host.agent.delete(&second.id, Some(Duration::ZERO)).await;
+    assert!(matches!(
+        host.agent.invoke(input("f", "{}")).await,
+        Err(InvokeError::NoEnvironment { .. })
+    ));
+    let done = host.agent.invoke(input("g", "{}")).await.expect("invoke");
+    assert_eq!(done.environment_id, other.id);
+    let again = ready(&host, "f", 1).await;
+    let done = host.agent.invoke(input("f", "{}")).await.expect("invoke");
+    assert_eq!(done.environment_id, again.id);
+    stop(&host).await;
+}
+
+#[tokio::test]
 async fn recovery_reports_recorded_environments_lost_and_removes_orphan_cgroups() {
     let host = FakeHost::start().expect("fake host");
     // What a previous life left: a record with its cgroup and /tmp, a cgroup without a record, and a cgroup
