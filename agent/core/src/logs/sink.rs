@@ -9,6 +9,7 @@
 //! beyond `keep_files` rotated files is deleted. Directories are created mode 0750, files 0640.
 
 use std::{
+    collections::HashMap,
     fs::{File, OpenOptions},
     io::{self, Write},
     os::unix::fs::{DirBuilderExt, OpenOptionsExt},
@@ -60,66 +61,114 @@ pub fn rotated_path(current: &Path, n: u32) -> PathBuf {
 pub struct FileSink {
     config: FileSinkConfig,
     errors: ErrorReport,
+    /// Each function version's file, by function name then version, built the first time a record of it is
+    /// written (`None`: its names cannot name a file). One entry per version ever logged, as the invoke
+    /// counters keep.
+    paths: HashMap<String, HashMap<String, Option<PathBuf>>>,
+    /// Records on their way to the open file, reused from one write to the next.
+    buf: Vec<u8>,
 }
+
+/// Records are written to a file in chunks of up to this many bytes (a larger record is written alone).
+const WRITE_CHUNK: usize = 64 * 1024;
 
 impl FileSink {
     pub fn new(config: FileSinkConfig) -> Self {
         Self {
             config,
             errors: ErrorReport::new("file"),
+            paths: HashMap::new(),
+            buf: Vec::new(),
         }
     }
 
     /// Appends `records` (all of one function version, each a complete line) to its file.
-    pub fn write(&mut self, function: &str, version: &str, records: &[&[u8]]) {
-        let result = match file_path(&self.config.dir, function, version) {
-            Some(path) => self.append(&path, records),
+    pub fn write<I>(&mut self, function: &str, version: &str, records: I)
+    where
+        I: IntoIterator,
+        I::IntoIter: ExactSizeIterator,
+        I::Item: AsRef<[u8]>,
+    {
+        let records = records.into_iter();
+        let count = records.len();
+        if !self
+            .paths
+            .get(function)
+            .is_some_and(|v| v.contains_key(version))
+        {
+            let path = file_path(&self.config.dir, function, version);
+            self.paths
+                .entry(function.to_owned())
+                .or_default()
+                .insert(version.to_owned(), path);
+        }
+        let path = self.paths.get(function).and_then(|v| v.get(version));
+        let result = match path.and_then(Option::as_ref) {
+            Some(path) => append(path, &self.config, &mut self.buf, records),
             None => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("function {function:?} version {version:?} cannot name a log file"),
             )),
         };
         if let Err(e) = result {
-            self.errors.report(&e, records.len());
+            self.errors.report(&e, count);
         }
     }
+}
 
-    fn append(&self, path: &Path, records: &[&[u8]]) -> io::Result<()> {
-        if let Some(parent) = path.parent() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o750)
-                .create(parent)?;
-        }
-        let (mut file, mut size) = open_append(path)?;
-        let mut out = io::BufWriter::with_capacity(64 * 1024, file);
-        for record in records {
-            let len = record.len() as u64;
-            if size > 0 && size + len > self.config.max_file_bytes {
-                out.flush()?;
-                drop(out);
-                self.rotate(path)?;
-                (file, size) = open_append(path)?;
-                out = io::BufWriter::with_capacity(64 * 1024, file);
-            }
-            out.write_all(record)?;
-            size += len;
-        }
-        out.flush()
+fn append(
+    path: &Path,
+    config: &FileSinkConfig,
+    buf: &mut Vec<u8>,
+    records: impl Iterator<Item = impl AsRef<[u8]>>,
+) -> io::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(parent)?;
     }
+    buf.clear();
+    let (mut file, mut size) = open_append(path)?;
+    for record in records {
+        let record = record.as_ref();
+        let len = record.len() as u64;
+        if size > 0 && size + len > config.max_file_bytes {
+            write_out(&mut file, buf)?;
+            drop(file);
+            rotate(path, config.keep_files)?;
+            (file, size) = open_append(path)?;
+        }
+        if buf.len() + record.len() > WRITE_CHUNK {
+            write_out(&mut file, buf)?;
+        }
+        if record.len() >= WRITE_CHUNK {
+            file.write_all(record)?;
+        } else {
+            buf.extend_from_slice(record);
+        }
+        size += len;
+    }
+    write_out(&mut file, buf)
+}
 
-    /// `.log` → `.log.1` → … → `.log.<keep>`; what would become `.log.<keep+1>` is deleted.
-    fn rotate(&self, current: &Path) -> io::Result<()> {
-        let keep = self.config.keep_files;
-        if keep == 0 {
-            return remove_if_exists(current);
-        }
-        remove_if_exists(&rotated_path(current, keep))?;
-        for n in (1..keep).rev() {
-            rename_if_exists(&rotated_path(current, n), &rotated_path(current, n + 1))?;
-        }
-        rename_if_exists(current, &rotated_path(current, 1))
+/// Writes what `buf` holds to `file` and empties it.
+fn write_out(file: &mut File, buf: &mut Vec<u8>) -> io::Result<()> {
+    let result = file.write_all(buf);
+    buf.clear();
+    result
+}
+
+/// `.log` → `.log.1` → … → `.log.<keep>`; what would become `.log.<keep+1>` is deleted.
+fn rotate(current: &Path, keep: u32) -> io::Result<()> {
+    if keep == 0 {
+        return remove_if_exists(current);
     }
+    remove_if_exists(&rotated_path(current, keep))?;
+    for n in (1..keep).rev() {
+        rename_if_exists(&rotated_path(current, n), &rotated_path(current, n + 1))?;
+    }
+    rename_if_exists(current, &rotated_path(current, 1))
 }
 
 fn open_append(path: &Path) -> io::Result<(File, u64)> {
@@ -200,11 +249,8 @@ pub fn run(mut rx: QueueReceiver, mut sinks: Sinks) {
                         e.source.function != src.function || e.source.version != src.version
                     })
                     .map_or(batch.len(), |n| start + n);
-                let records: Vec<&[u8]> = batch[start..end]
-                    .iter()
-                    .map(|e| e.bytes.as_slice())
-                    .collect();
-                file.write(&src.function, &src.version, &records);
+                let records = batch[start..end].iter().map(|e| e.bytes.as_slice());
+                file.write(&src.function, &src.version, records);
                 start = end;
             }
         }
@@ -295,10 +341,24 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let mut s = sink(t.path(), 100, 0);
         let big = vec![b'x'; 300];
-        s.write("fn", "1", &[b"a\n", &big, b"b\n"]);
+        s.write("fn", "1", [&b"a\n"[..], &big, b"b\n"]);
         let dir = t.path().join("fn");
         assert_eq!(files(&dir), vec!["1.log"]);
         assert_eq!(std::fs::read_to_string(dir.join("1.log")).unwrap(), "b\n");
+    }
+
+    #[test]
+    fn records_beyond_one_write_chunk_arrive_whole_and_in_order() {
+        let t = tempfile::tempdir().unwrap();
+        let mut s = sink(t.path(), 1 << 30, 1);
+        let mut records: Vec<Vec<u8>> = (0..100u8)
+            .map(|i| [vec![b'a' + i % 26; 999], vec![b'\n']].concat())
+            .collect();
+        records.insert(50, [vec![b'L'; WRITE_CHUNK + 10], vec![b'\n']].concat());
+        s.write("fn", "1", &records);
+        s.write("fn", "1", [b"last\n"]);
+        let want = [records.concat(), b"last\n".to_vec()].concat();
+        assert_eq!(std::fs::read(t.path().join("fn/1.log")).unwrap(), want);
     }
 
     #[test]
