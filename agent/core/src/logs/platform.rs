@@ -42,6 +42,11 @@ use lmi_runtime_api::broker::{InvokeEnd, InvokeObserver};
 /// The stream name of the platform's records.
 pub const PLATFORM_STREAM: &str = "platform";
 
+/// A platform record's text besides its fixed fields, request id, version and error type: keys, the
+/// timestamp (twice in a timeout's line), the message's words, the duration and the status (about 225 bytes
+/// in the report of a failed invoke, the longest).
+const RECORD_TEXT: usize = 256;
+
 /// How many ids that are not UUID-shaped are remembered per environment after their delivery.
 const RECENT_IDS: usize = 1024;
 
@@ -137,14 +142,26 @@ impl PlatformLog {
         self.queue.write().unwrap_or_else(|p| p.into_inner()).take();
     }
 
-    /// Builds records with `build` only when the queue has room, and offers them; counts them either way.
-    fn offer(&self, records: u64, build: impl FnOnce(&mut Vec<u8>)) {
+    /// Room for `records` records of the invoke `id` (`error_type`: the one a report names), so that building
+    /// them does not grow the buffer: each holds the fixed fields once, the id twice, and the version once
+    /// more (a start) or the error type twice (a report), and [`RECORD_TEXT`] covers the rest.
+    fn capacity(&self, records: u64, id: &str, error_type: &str) -> usize {
+        let each = RECORD_TEXT
+            + self.fixed.len()
+            + 2 * id.len()
+            + self.source.version.len().max(2 * error_type.len());
+        each * usize::try_from(records).unwrap_or(1)
+    }
+
+    /// Builds records with `build` into `capacity` bytes only when the queue has room, and offers them;
+    /// counts them either way.
+    fn offer(&self, records: u64, capacity: usize, build: impl FnOnce(&mut Vec<u8>)) {
         let queue = self.queue.read().unwrap_or_else(|p| p.into_inner());
         let Some(queue) = queue.as_ref().filter(|q| q.has_room()) else {
             self.stats.add_drops(records);
             return;
         };
-        let mut bytes = Vec::with_capacity(256 * usize::try_from(records).unwrap_or(1));
+        let mut bytes = Vec::with_capacity(capacity);
         build(&mut bytes);
         match queue.try_push(Entry {
             source: self.source.clone(),
@@ -282,7 +299,7 @@ impl InvokeObserver for PlatformLog {
             let line = format!("START RequestId: {id} Version: {}", self.source.version);
             tails.line(id, line.as_bytes());
         }
-        self.offer(1, |out| {
+        self.offer(1, self.capacity(1, id, ""), |out| {
             self.start_record(out, &record::rfc3339_millis_bytes(SystemTime::now()), id);
         });
     }
@@ -292,7 +309,8 @@ impl InvokeObserver for PlatformLog {
             self.tail_end_lines(tails, id, ran, end, error_type);
         }
         let records = if end == InvokeEnd::Timeout { 3 } else { 2 };
-        self.offer(records, |out| {
+        let capacity = self.capacity(records, id, error_type.unwrap_or(""));
+        self.offer(records, capacity, |out| {
             // One timestamp for the records of one end.
             let ts = record::rfc3339_millis_bytes(SystemTime::now());
             self.end_records(out, &ts, id, ran, end, error_type);
@@ -486,6 +504,43 @@ mod tests {
             (inner.set.len(), inner.order.len()),
             (RECENT_IDS, RECENT_IDS)
         );
+    }
+
+    #[test]
+    fn records_are_built_in_the_room_reserved_for_them() {
+        let id: Arc<str> = Arc::from("8f507cfc-1a2b-4697-b07a-ac58fc914c96");
+        let error_type = "Runtime.ExitError";
+        let long = Source {
+            function: "f".repeat(64),
+            version: "v".repeat(128),
+            environment: "8f507cfc-1a2b-4697-b07a-ac58fc914c95".into(),
+        };
+        let (short, mut short_rx, _) = platform(8);
+        let (tx, mut long_rx) = queue::bounded(8, 1 << 20);
+        let long = PlatformLog::new(Some(tx), long, Arc::default(), Duration::from_secs(900));
+        for (p, rx) in [(short, &mut short_rx), (long, &mut long_rx)] {
+            p.delivered(&id);
+            let (failed, timed_out) = (Duration::from_secs(899), Duration::from_secs(900));
+            p.ended(&id, failed, InvokeEnd::Failure, Some(error_type));
+            p.ended(&id, timed_out, InvokeEnd::Timeout, None);
+            let mut batch = Vec::new();
+            rx.blocking_recv_many(&mut batch, 8);
+            let room = [
+                p.capacity(1, &id, ""),
+                p.capacity(2, &id, error_type),
+                p.capacity(3, &id, ""),
+            ];
+            assert_eq!(batch.len(), room.len());
+            for (e, room) in batch.iter().zip(room) {
+                let text = String::from_utf8_lossy(&e.bytes);
+                assert!(
+                    e.bytes.len() <= room,
+                    "{} bytes in {room}: {text}",
+                    e.bytes.len()
+                );
+                assert_eq!(e.bytes.capacity(), room, "reserved once, never grown");
+            }
+        }
     }
 
     #[test]
