@@ -33,12 +33,31 @@ impl ThrottleReason {
 pub struct Plan<'a> {
     /// READY, below their concurrency limit and not saturated; least loaded first. The caller tries them in
     /// turn (a slot can be taken between this look and the submit).
-    pub candidates: Vec<&'a Arc<Environment>>,
+    pub candidates: Candidates<'a>,
     /// The environment the load order would have picked, when it was passed over for saturation: an invoke
     /// that lands elsewhere was redirected.
     pub first_choice_saturated: Option<&'a Arc<Environment>>,
     /// The bottleneck to report if no candidate takes the invoke.
     pub throttle: ThrottleReason,
+}
+
+/// A plan's candidates (a slice of them): held inline when the function version has one environment, the
+/// common case, so that planning an invoke for it allocates nothing.
+#[derive(Debug)]
+pub enum Candidates<'a> {
+    One(Option<&'a Arc<Environment>>),
+    Many(Vec<&'a Arc<Environment>>),
+}
+
+impl<'a> std::ops::Deref for Candidates<'a> {
+    type Target = [&'a Arc<Environment>];
+
+    fn deref(&self) -> &Self::Target {
+        match self {
+            Candidates::One(one) => one.as_slice(),
+            Candidates::Many(many) => many,
+        }
+    }
 }
 
 /// The reason an environment with a free slot is passed over: memory first (an OOM kill is the worst
@@ -55,6 +74,10 @@ fn saturated_reason(s: Saturation) -> Option<ThrottleReason> {
     }
 }
 
+/// A READY environment below its limit: its share of the limit in parts per million, its position among the
+/// version's environments, itself and its saturation.
+type Open<'a> = (u64, usize, &'a Arc<Environment>, Saturation);
+
 /// Plans an invoke over the environments of one function version.
 ///
 /// Load order: in-flight share of each environment's limit, ascending (ties: creation order). The throttle
@@ -63,7 +86,7 @@ fn saturated_reason(s: Saturation) -> Option<ThrottleReason> {
 /// otherwise `CONCURRENCY`.
 pub fn plan(envs: &[Arc<Environment>]) -> Plan<'_> {
     let mut any_ready = false;
-    let mut open: Vec<(u64, usize, &Arc<Environment>, Saturation)> = envs
+    let mut open = envs
         .iter()
         .enumerate()
         .filter(|(_, e)| e.state() == State::Ready)
@@ -79,9 +102,33 @@ pub fn plan(envs: &[Arc<Environment>]) -> Plan<'_> {
                     e.saturation(),
                 )
             })
-        })
-        .collect();
+        });
+    if envs.len() <= 1 {
+        let one = open.next();
+        let (first_choice_saturated, throttle) = look(one.as_slice(), any_ready);
+        return Plan {
+            candidates: Candidates::One(one.filter(|(_, _, _, s)| !s.any()).map(|(_, _, e, _)| e)),
+            first_choice_saturated,
+            throttle,
+        };
+    }
+    let mut open: Vec<Open<'_>> = open.collect();
     open.sort_by_key(|(load, i, _, _)| (*load, *i));
+    let (first_choice_saturated, throttle) = look(&open, any_ready);
+    Plan {
+        candidates: Candidates::Many(
+            open.into_iter()
+                .filter(|(_, _, _, s)| !s.any())
+                .map(|(_, _, e, _)| e)
+                .collect(),
+        ),
+        first_choice_saturated,
+        throttle,
+    }
+}
+
+/// The saturated first choice and the throttle reason of `open` (in load order).
+fn look<'a>(open: &[Open<'a>], any_ready: bool) -> (Option<&'a Arc<Environment>>, ThrottleReason) {
     let first_choice_saturated = open
         .first()
         .filter(|(_, _, _, s)| s.any())
@@ -95,15 +142,7 @@ pub fn plan(envs: &[Arc<Environment>]) -> Plan<'_> {
         } else {
             ThrottleReason::NoReadyEnvironment
         });
-    Plan {
-        candidates: open
-            .into_iter()
-            .filter(|(_, _, _, s)| !s.any())
-            .map(|(_, _, e, _)| e)
-            .collect(),
-        first_choice_saturated,
-        throttle,
-    }
+    (first_choice_saturated, throttle)
 }
 
 #[cfg(test)]
@@ -150,6 +189,31 @@ mod tests {
         let envs = [full, initializing];
         let p = plan(&envs);
         assert!(p.candidates.is_empty());
+        assert_eq!(p.throttle, ThrottleReason::Concurrency);
+    }
+
+    #[test]
+    fn a_single_environment_is_planned_as_several_are() {
+        use crate::environment::{Saturation, Usage};
+        use std::sync::Arc;
+        let only = environment("f", 1);
+        let envs = [only.clone()];
+        let is_only = |e: Option<&&Arc<_>>| e.is_some_and(|e| Arc::ptr_eq(e, &only));
+        assert!(plan(&envs).candidates.is_empty());
+        assert_eq!(plan(&envs).throttle, ThrottleReason::NoReadyEnvironment);
+        only.polled();
+        let p = plan(&envs);
+        assert_eq!(p.candidates.len(), 1);
+        assert!(is_only(p.candidates.first()) && p.first_choice_saturated.is_none());
+        only.set_usage(Usage::default(), Saturation::MEMORY);
+        let p = plan(&envs);
+        assert!(p.candidates.is_empty());
+        assert!(is_only(p.first_choice_saturated.as_ref()));
+        assert_eq!(p.throttle, ThrottleReason::Memory);
+        only.set_usage(Usage::default(), Saturation::NONE);
+        let _held = only.broker.submit(event("a")).expect("a free slot");
+        let p = plan(&envs);
+        assert!(p.candidates.is_empty() && p.first_choice_saturated.is_none());
         assert_eq!(p.throttle, ThrottleReason::Concurrency);
     }
 

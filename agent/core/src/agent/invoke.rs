@@ -236,7 +236,7 @@ impl Agent {
             input.client_context,
         );
         let plan = dispatch::plan(&envs);
-        for env in &plan.candidates {
+        for env in plan.candidates.iter() {
             let timeout = env.spec.timeout;
             event.function_arn.clone_from(&env.spec.arn);
             event.reset_deadline(timeout);
