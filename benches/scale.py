@@ -5,7 +5,7 @@ A private lmi-agent (release build) per scenario, built on benches/perf.py's Age
 Usage (as root: the agent creates cgroups):
 
     benches/scale.py [--runs N] [--duration SECONDS] [--no-build] [--json FILE] [--no-python]
-                     [--network-pool N] SCENARIO...
+                     [--network-pool N] [--perf] SCENARIO...
 
 Scenarios:
     host-scale          100 environments: 10 functions x 2 versions x 5 environments, 4 of the 20
@@ -23,17 +23,42 @@ Scenarios:
                         at c=64, against 20 at once without load and 20 one after another: p50/p99
                         of the agent's start-up phases, the burst's wall time and the agent's CPU per
                         environment. --network-pool N sets the agent's ready network slots (default 2).
+    env-count           the same load per environment (3 invokes in flight on each native echo environment,
+                        max concurrency 8) on 1, 10 (1 function x 2 versions x 5) and 100 (10 x 2 x 5)
+                        environments of one agent, one `lmictl bench` per function version at c=15 (a version's
+                        5 environments, least loaded first, take 3 each); then the controls: 100 environments
+                        held idle while one more carries the one-environment load (c=3), and that one again
+                        after the 100 are deleted. Agent CPU and context switches per invoke, the loaded
+                        runtimes' CPU per invoke (their cgroups), RSS, and how evenly the load spread (each
+                        loaded environment's in-flight count, three `lmictl list` right after the window, and
+                        its runtime's share of the window's CPU). Flat per-invoke cost across the columns means
+                        holding or loading more environments costs nothing per invoke by itself.
     all                 every scenario above
+
+--perf (host-scale, env-count): `perf record -e cpu-clock -F 499 --call-graph dwarf,8192` on the agent, counting
+only over each measured window (perf's control FIFO), then, per window side by side and as µs of agent CPU per
+invoke (samples / invokes x the 2.004 ms period): kernel vs user, the agent's parts (benches/perf_split.py), the
+system call each sample is in, chosen kernel functions on the stack (wake-ups, epoll, socket sends) and the
+kernel's leaf symbols. Data and `perf script` text stay in target/profile/scale-*. perf's own cost (a dwarf
+stack copy per sample) is inside the agent CPU figures of a --perf run: compare those with a run without it.
 
 Nothing is asserted: it prints what it measured. Runs are short by default (a shared machine: look at the
 load average printed with the results).
 """
 
 import argparse
+import atexit
+import collections
+import functools
 import json
 import os
+import re
+import select
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -44,10 +69,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import perf  # noqa: E402
 from perf import Agent, REPO, fmt, log, machine, median, native_code_dir  # noqa: E402
 
-SCENARIOS = ["host-scale", "in-flight-1600", "startup-under-load"]
+SCENARIOS = ["host-scale", "in-flight-1600", "startup-under-load", "env-count"]
 PYTHON_CODE = REPO / "tests" / "fixtures" / "python"
 GRPC_PYTHON = Path("/var/cache/lmi-agent/test-tools/grpc-python/bin/python")
 METRICS_PORT = 19464 + os.getpid() % 1000
+PROFILE_DIR = REPO / "target" / "profile"
+PERF_HZ = 499
+PERF_SPLIT = Path(__file__).resolve().parent / "perf_split.py"
+# Kernel functions whose inclusive share (samples with the function anywhere on the stack) --perf prints: the
+# wake-up and sleep path (sock_def_readable: a socket's reader woken), the readiness wait, and the socket sends
+# and receives of both sides.
+KERNEL_WATCH = ["try_to_wake_up", "sock_def_readable", "unix_write_space", "__schedule", "ep_poll",
+                "ep_poll_callback", "futex_wake", "futex_wait",
+                "tcp_sendmsg", "tcp_recvmsg", "unix_stream_sendmsg", "unix_stream_recvmsg",
+                "__x64_sys_sched_yield", "irq_exit_rcu", "asm_sysvec_apic_timer_interrupt"]
 
 # Reads `count` WatchUtilization messages raw (no deserializer: the bytes as sent) and prints their sizes.
 WATCH_SIZES = """
@@ -128,21 +163,249 @@ def report_sizes(agent, count=3):
     return [int(x) for x in out.stdout.split()]
 
 
-def load_window(agent, targets, args):
+@functools.lru_cache(maxsize=None)
+def cgroup_cpu_file(cgroup):
+    """The file holding an environment's CPU time (v1 cpuacct.usage, or v2 cpu.stat), or None. The agent gives
+    the path from the hierarchy's root; inside a container the mount shows a subtree of it, so leading
+    components are dropped until the path exists."""
+    parts = [c for c in cgroup.split("/") if c]
+    for k in range(len(parts)):
+        for path in (Path("/sys/fs/cgroup/cpuacct", *parts[k:], "cpuacct.usage"),
+                     Path("/sys/fs/cgroup", *parts[k:], "cpu.stat")):
+            if path.exists():
+                return path
+    return None
+
+
+def environment_cpu_ns(cgroup):
+    """CPU time so far of an environment's cgroup, nanoseconds; None if not found."""
+    path = cgroup_cpu_file(cgroup)
+    try:
+        text = path.read_text() if path else ""
+    except OSError:
+        return None
+    if path and path.name == "cpuacct.usage":
+        return int(text)
+    for line in text.splitlines():
+        if line.startswith("usage_usec "):
+            return int(line.split()[1]) * 1000
+    return None
+
+
+class Profile:
+    """`perf record -e cpu-clock -F 499 --call-graph dwarf,8192` on the agent's process, started before a load
+    window but counting only between start() and stop() (perf's control FIFO: events start disabled, and each
+    enable/disable is acknowledged), so the samples cover the measured window and nothing else."""
+
+    def __init__(self, pid, label):
+        PROFILE_DIR.mkdir(parents=True, exist_ok=True)
+        self.pid, self.label = pid, label
+        self.data = PROFILE_DIR / f"scale-{label}.data"
+        self.fifo_dir = Path(tempfile.mkdtemp(prefix="lmi-scale-perf-"))
+        ctl, ack = self.fifo_dir / "ctl", self.fifo_dir / "ack"
+        os.mkfifo(ctl)
+        os.mkfifo(ack)
+        # Read-write opens never block, whether or not perf has opened its end yet.
+        self.ctl = os.open(ctl, os.O_RDWR)
+        self.ack = os.open(ack, os.O_RDWR)
+        self.proc = subprocess.Popen(
+            ["perf", "record", "-q", "-e", "cpu-clock", "-F", str(PERF_HZ), "--call-graph", "dwarf,8192",
+             "-D", "-1", "--control", f"fifo:{ctl},{ack}", "-o", str(self.data), "-p", str(pid)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def _command(self, word):
+        os.write(self.ctl, word.encode() + b"\n")
+        ready, _, _ = select.select([self.ack], [], [], 60)
+        if not ready:
+            self.close()
+            raise SystemExit(f"perf did not acknowledge '{word}': {self.proc.stderr.read().decode()[-300:]}")
+        os.read(self.ack, 64)
+
+    def start(self):
+        self._command("enable")
+
+    def stop(self):
+        self._command("disable")
+
+    def finish(self):
+        """perf writes out its data and exits."""
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=120)
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for fd in (self.ctl, self.ack):
+            os.close(fd)
+        shutil.rmtree(self.fifo_dir, ignore_errors=True)
+
+    def analyze(self, invokes):
+        """The window's samples: the agent's parts (benches/perf_split.py), kernel vs user, the system calls
+        and kernel functions on the stacks and the kernel's leaf symbols, each as CPU per invoke (samples /
+        invokes x the sampling period)."""
+        script = PROFILE_DIR / f"scale-{self.label}.script"
+        with open(script, "w") as out:
+            subprocess.run(["perf", "script", "-i", str(self.data), "--pid", str(self.pid),
+                            "-F", "comm,pid,tid,ip,sym,dso"], stdout=out, stderr=subprocess.DEVNULL, check=True)
+        # perf script right-aligns short thread names: a sample's header line is any line not indented by a tab.
+        text = Path(script).read_text(errors="replace")
+        lines = [line if line.startswith("\t") or not line.strip() else line.lstrip() for line in text.splitlines()]
+        Path(script).write_text("\n".join(lines) + "\n")
+        samples, kernel_leaf, leaf, syscalls, watched, comms = 0, 0, collections.Counter(), collections.Counter(), \
+            collections.Counter(), set()
+        threads, irq_off = collections.Counter(), collections.Counter()
+        stack, comm = None, None
+
+        def flush(frames):
+            nonlocal samples, kernel_leaf
+            if frames is None:
+                return
+            samples += 1
+            syms = [f.split(None, 1)[1].rsplit(" (", 1) if len(f.split(None, 1)) > 1 else ["?", ""] for f in frames]
+            names = [re.sub(r"\+0x[0-9a-f]+$", "", sym[0]) for sym in syms]
+            in_kernel = [len(sym) > 1 and "kernel" in sym[1] for sym in syms]
+            if frames and in_kernel[0]:
+                kernel_leaf += 1
+                leaf[names[0]] += 1
+                # cpu-clock cannot sample where interrupts are off: that work shows at the unlock that turns
+                # them on again, so its caller says whose work it was.
+                if names[0].startswith("_raw_spin_unlock_irq") and len(names) > 1:
+                    irq_off[names[1]] += 1
+            # The system call: the frame do_syscall_64 called (its __x64_sys_ wrapper is often inlined, so
+            # this may be do_writev, __sys_recvfrom and so on); no do_syscall_64 means an interrupt or fault.
+            if "do_syscall_64" in names:
+                k = names.index("do_syscall_64")
+                entry = re.sub(r"^(__x64_sys_|__do_sys_|__se_sys_|__sys_|ksys_|do_)", "", names[k - 1]) if k > 0 \
+                    else "do_syscall_64 (entry and exit work)"
+                syscalls[entry] += 1
+            elif any(in_kernel):
+                syscalls["(in the kernel outside a system call: interrupt, fault)"] += 1
+            else:
+                syscalls["(user space)"] += 1
+            threads[comm] += 1
+            for name in set(names) & set(KERNEL_WATCH):
+                watched[name] += 1
+
+        for line in lines:
+            if not line.strip():
+                continue
+            if not line.startswith("\t"):
+                flush(stack)
+                stack, comm = [], line.split()[0]
+                comms.add(comm)
+            elif stack is not None:
+                stack.append(line.strip())
+        flush(stack)
+        split = subprocess.run([sys.executable, str(PERF_SPLIT), str(script), *sorted(comms)],
+                               capture_output=True, text=True)
+        parts = {}
+        for line in split.stdout.splitlines():
+            m = re.match(r"\s*([\d.]+)%\s+\(kernel\s+([\d.]+)\)\s+(.*)", line)
+            if m:
+                parts[m[3]] = (float(m[1]), float(m[2]))
+        per_invoke = lambda n: n / invokes * 1e6 / PERF_HZ if invokes else None  # noqa: E731
+        return {"samples": samples, "invokes": invokes, "cpu_us_per_invoke": per_invoke(samples),
+                "kernel_share": kernel_leaf / samples if samples else None,
+                "parts_us": {k: (per_invoke(samples * pct / 100), per_invoke(samples * kpct / 100))
+                             for k, (pct, kpct) in parts.items()},
+                "split_text": split.stdout if not parts else None,
+                "threads_us": {k: per_invoke(v) for k, v in threads.items()},
+                "syscalls_us": {k: per_invoke(v) for k, v in syscalls.items()},
+                "watched_us": {k: per_invoke(v) for k, v in watched.items()},
+                "leaf_us": {k: per_invoke(v) for k, v in leaf.most_common(40)},
+                "irq_off_us": {k: per_invoke(v) for k, v in irq_off.most_common(20)}}
+
+
+def print_profiles(title, profiles):
+    """Side by side: each window's profile (label -> Profile.analyze() result), CPU per invoke in µs."""
+    labels = list(profiles)
+    print(f"\n#### {title}: `perf record -e cpu-clock -F {PERF_HZ} --call-graph dwarf,8192` on the agent over "
+          "the measured window, µs of agent CPU per invoke (samples / invokes x the sampling period)\n")
+    print("| | " + " | ".join(labels) + " |")
+    print("|---|" + "---|" * len(labels))
+    row = lambda name, f, d=1: print(f"| {name} | " + " | ".join(  # noqa: E731
+        fmt(f(profiles[l]), d) for l in labels) + " |")
+    row("samples", lambda p: p["samples"], 0)
+    row("invokes counted", lambda p: p["invokes"], 0)
+    row("CPU per invoke from the samples, µs", lambda p: p["cpu_us_per_invoke"])
+    row("kernel share (leaf frame in the kernel), %", lambda p: 100 * p["kernel_share"] if p["kernel_share"]
+        is not None else None)
+    row("user space per invoke, µs", lambda p: p["cpu_us_per_invoke"] * (1 - p["kernel_share"])
+        if p["kernel_share"] is not None else None)
+    row("kernel per invoke, µs", lambda p: p["cpu_us_per_invoke"] * p["kernel_share"]
+        if p["kernel_share"] is not None else None)
+
+    def section(heading, key, top=None):
+        names = collections.Counter()
+        for p in profiles.values():
+            for k, v in p[key].items():
+                names[k] = max(names[k], (v[0] if isinstance(v, tuple) else v) or 0)
+        print(f"| **{heading}** |" + " |" * len(labels))
+        for name, _ in names.most_common(top):
+            cells = []
+            for l in labels:
+                v = profiles[l][key].get(name)
+                if isinstance(v, tuple):
+                    cells.append(f"{fmt(v[0], 1)} (kernel {fmt(v[1], 1)})" if v[0] is not None else "n/a")
+                else:
+                    cells.append(fmt(v or 0, 1))
+            print(f"| {name.replace('|', '/')} | " + " | ".join(cells) + " |")
+
+    section("thread (by name)", "threads_us")
+    section("part of the agent (benches/perf_split.py)", "parts_us")
+    section("system call the sample is in (or none)", "syscalls_us", 14)
+    section("kernel function anywhere on the stack", "watched_us")
+    section("kernel leaf symbol (self)", "leaf_us", 15)
+    section("interrupts-off work, by the caller of the _raw_spin_unlock_irq* it shows at", "irq_off_us", 8)
+    for l in labels:
+        if profiles[l]["split_text"]:
+            print(f"\nperf_split.py for {l}:\n```\n{profiles[l]['split_text']}```")
+
+
+def load_window(agent, targets, args, profile_label=None, watched=None):
     """`lmictl bench` per (function, version, concurrency) in parallel; agent CPU and invocations counted
-    between two scrapes in the middle of the load. Returns the figures and the bench reports."""
-    duration = args.duration + 2
+    between two scrapes in the middle of the load. Returns the figures and the bench reports.
+
+    profile_label: with --perf, the agent is profiled over that window (figures under "profile").
+    watched: {"loaded": [environment], "idle": [environment]} (as `lmictl list` gives them): the CPU of their
+    cgroups over the window and, right after it (the load still running), three snapshots of the loaded ones'
+    in-flight counts, to see how dispatch spread the load (figures under "spread")."""
+    # With watched, the load lasts 3 s longer, so that it still runs for the in-flight snapshots after the
+    # window (a busy host starts 20 `lmictl` processes late).
+    duration = args.duration + (5 if watched else 2)
+    profile = None
     procs = [subprocess.Popen(
         [str(perf.LMICTL_BIN), "--socket", str(agent.socket), "--json", "bench", "invoke", f, "--version", v,
          "-c", str(c), "-d", str(duration), "--warmup", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for f, v, c in targets]
-    time.sleep(2)  # the processes connect and warm up (the window below is what is measured)
-    _, _, m0 = scrape()
-    cpu0, t0, sw0 = agent_cpu_s(agent.pid), time.monotonic(), agent_switches(agent.pid)
-    time.sleep(args.duration)
-    cpu1, t1, sw1 = agent_cpu_s(agent.pid), time.monotonic(), agent_switches(agent.pid)
-    took, size, m1 = scrape()
-    rss = agent.memory_kib()
+    try:
+        if profile_label and args.perf:
+            profile = Profile(agent.pid, profile_label)
+        time.sleep(2)  # the processes connect and warm up (the window below is what is measured)
+        if profile:
+            profile.start()
+        _, _, m0 = scrape()
+        env_cpu0 = {e["id"]: environment_cpu_ns(e["cgroup"]) for g in (watched or {}).values() for e in g}
+        cpu0, t0, sw0 = agent_cpu_s(agent.pid), time.monotonic(), agent_switches(agent.pid)
+        time.sleep(args.duration)
+        cpu1, t1, sw1 = agent_cpu_s(agent.pid), time.monotonic(), agent_switches(agent.pid)
+        env_cpu1 = {e["id"]: environment_cpu_ns(e["cgroup"]) for g in (watched or {}).values() for e in g}
+        took, size, m1 = scrape()
+        if profile:
+            profile.stop()
+        snapshots = [agent.lmictl("list") for _ in range(3)] if watched else []
+        if profile:
+            profile.finish()
+        rss = agent.memory_kib()
+    except BaseException:
+        for p in procs:
+            p.kill()
+            p.wait()
+        raise
+    finally:
+        if profile:
+            profile.close()
     reports = []
     for p in procs:
         stdout, stderr = p.communicate()
@@ -150,7 +413,36 @@ def load_window(agent, targets, args):
             raise SystemExit(f"lmictl bench failed ({p.returncode}): {stderr.strip()[-300:]}")
         reports.append(json.loads(stdout))
     n = invocations(m1) - invocations(m0)
-    return {
+    extra = {}
+    if profile:
+        extra["profile"] = profile.analyze(n)
+    if watched:
+        def cpu_s(e):
+            a, b = env_cpu0.get(e["id"]), env_cpu1.get(e["id"])
+            return (b - a) / 1e9 if a is not None and b is not None else None
+        loaded = [cpu_s(e) for e in watched["loaded"]]
+        idle = [cpu_s(e) for e in watched.get("idle", [])]
+        known = [c for c in loaded if c is not None]
+        ids = {e["id"] for e in watched["loaded"]}
+        in_flight = {i: [] for i in ids}
+        for snapshot in snapshots:
+            for e in snapshot:
+                if e["id"] in in_flight:
+                    in_flight[e["id"]].append(e["in_flight"])
+        per_env = [sum(v) / len(v) for v in in_flight.values() if v]
+        mean_cpu = sum(known) / len(known) if known else None
+        extra["spread"] = {
+            "loaded_environments": len(ids),
+            "in_flight_min": min(per_env) if per_env else None,
+            "in_flight_mean": sum(per_env) / len(per_env) if per_env else None,
+            "in_flight_max": max(per_env) if per_env else None,
+            "runtime_cpu_us_per_invoke": sum(known) * 1e6 / n if n and known else None,
+            "runtime_cpu_min_of_mean": min(known) / mean_cpu if mean_cpu else None,
+            "runtime_cpu_max_of_mean": max(known) / mean_cpu if mean_cpu else None,
+            "idle_environments": len(idle),
+            "idle_cpu_share": sum(c for c in idle if c is not None) / (t1 - t0) if idle else None,
+        }
+    return extra | {
         "invokes_per_s": n / (t1 - t0),
         "agent_cpu_us_per_invoke": (cpu1 - cpu0) * 1e6 / n if n else None,
         "agent_cpu_share": (cpu1 - cpu0) / (t1 - t0),
@@ -200,7 +492,7 @@ def scenario_host_scale(args):
             _, _, idle1 = scrape()
             idle = tick(idle0, idle1)
             sizes = report_sizes(agent)
-            many, _ = load_window(agent, targets, args)
+            many, _ = load_window(agent, targets, args, profile_label=f"host-scale-100-run{i + 1}")
             log(f"    100 environments: {many['invokes_per_s']:.0f}/s, agent "
                 f"{fmt(many['agent_cpu_us_per_invoke'])} µs/invoke, p99 {fmt(many['p99_us_median_of_processes'])} "
                 f"µs, RSS {many['rss_mib']:.1f} MiB, tick {fmt(many['sampler']['mean_ms'], 3)} ms")
@@ -212,7 +504,8 @@ def scenario_host_scale(args):
             time.sleep(3)
             _, _, one1 = scrape()
             one_idle = tick(one0, one1)
-            one, _ = load_window(agent, [("one", "$LATEST", 3)] * len(targets), args)
+            one, _ = load_window(agent, [("one", "$LATEST", 3)] * len(targets), args,
+                                 profile_label=f"host-scale-1-run{i + 1}")
             log(f"    one environment:  {one['invokes_per_s']:.0f}/s, agent "
                 f"{fmt(one['agent_cpu_us_per_invoke'])} µs/invoke, p99 {fmt(one['p99_us_median_of_processes'])} "
                 f"µs, RSS {one['rss_mib']:.1f} MiB, tick {fmt(one['sampler']['mean_ms'], 3)} ms")
@@ -249,6 +542,106 @@ def scenario_host_scale(args):
           f"{max(sizes) if sizes else 'n/a'} | |")
     print(f"| environments READY / time to create all (4 at a time), s | {pick(lambda r: r['environments_ready'])}"
           f" / {fmt(pick(lambda r: r['create_all_s']))} | |")
+    if args.perf:
+        for i, r in enumerate(results):
+            print_profiles(f"host-scale run {i + 1} (perf's own cost is in the agent CPU figures above)",
+                           {f"100 environments ({mix})": r["many"]["profile"],
+                            "1 native echo environment": r["one"]["profile"]})
+    return results
+
+
+def scenario_env_count(args):
+    """The same load per environment (3 in flight on each) over 1, 10 and 100 native echo environments in one
+    agent, and the control: 100 environments held idle while one more carries the one-environment load."""
+    per_env, per_version, max_concurrency = 3, 5, 8
+    windows = [  # label, functions (f0.. with 2 versions of 5 environments each) that exist, what is loaded
+        ("1 environment", 0, "solo"),
+        ("10 environments", 1, "spread"),
+        ("100 environments", 10, "spread"),
+        ("100 held idle, 1 loaded", 10, "solo"),
+        ("1 environment again (the 100 deleted)", 0, "solo"),
+    ]
+    results = []
+    for i in range(args.runs):
+        with Agent() as agent:
+            code = native_code_dir(agent.dir)
+
+            def make(fv):
+                f, v, n = fv
+                for _ in range(n):
+                    agent.lmictl("create", "--function", f, "--version", v, "--runtime", "provided.al2023",
+                                 "--code", str(code), "--max-concurrency", str(max_concurrency),
+                                 "--timeout-seconds", "60", "--wait")
+
+            make(("solo", "1", 1))
+            made, run = 0, {}
+            for label, functions, load in windows:
+                if functions > made:
+                    with ThreadPoolExecutor(4) as pool:
+                        list(pool.map(make, [(f"f{k}", v, per_version) for k in range(made, functions)
+                                             for v in ("1", "2")]))
+                    made = functions
+                elif functions < made:
+                    for e in agent.lmictl("list"):
+                        if e["spec"]["function"]["name"] != "solo":
+                            agent.lmictl("delete", e["id"], "--grace", "0")
+                    made = functions
+                listed = agent.lmictl("list")
+                if any(e["state"] != "READY" for e in listed):
+                    raise SystemExit(f"not every environment is READY: {[e['state'] for e in listed]}")
+                time.sleep(2)  # the sampler's first ticks over the new environments pass before the window
+                solo = [e for e in listed if e["spec"]["function"]["name"] == "solo"]
+                others = [e for e in listed if e["spec"]["function"]["name"] != "solo"]
+                if load == "solo":
+                    targets, watched = [("solo", "1", per_env)], {"loaded": solo, "idle": others}
+                else:
+                    targets = [(f"f{k}", v, per_env * per_version) for k in range(functions) for v in ("1", "2")]
+                    watched = {"loaded": others, "idle": solo}
+                tag = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+                r, _ = load_window(agent, targets, args, profile_label=f"env-count-{tag}-run{i + 1}",
+                                   watched=watched)
+                r["environments"] = len(listed)
+                r["lmictl"] = f"{len(targets)} x c={targets[0][2]}"
+                run[label] = r
+                sp = r["spread"]
+                log(f"  run {i + 1}/{args.runs}, {label}: {r['invokes_per_s']:.0f}/s, agent "
+                    f"{fmt(r['agent_cpu_us_per_invoke'])} µs/invoke, {fmt(r['agent_switches_per_invoke'], 2)} "
+                    f"switches/invoke, in flight per loaded environment {fmt(sp['in_flight_min'])}-"
+                    f"{fmt(sp['in_flight_max'])}")
+            results.append(run)
+    labels = [w[0] for w in windows]
+    pick = lambda label, f: median([f(r[label]) for r in results])  # noqa: E731
+    print(f"\n### env-count: median of {len(results)} runs ({per_env} invokes in flight per loaded native echo "
+          f"environment, max concurrency {max_concurrency}; one agent)\n")
+    print("| | " + " | ".join(labels) + " |")
+    print("|---|" + "---|" * len(labels))
+    rows = [
+        ("environments held", lambda r: r["environments"], 0),
+        ("loaded environments", lambda r: r["spread"]["loaded_environments"], 0),
+        ("invokes/s", lambda r: r["invokes_per_s"], 0),
+        ("agent CPU per invoke, µs", lambda r: r["agent_cpu_us_per_invoke"], 1),
+        ("agent context switches per invoke (its wake-ups)", lambda r: r["agent_switches_per_invoke"], 2),
+        ("agent CPU, share of one vCPU", lambda r: r["agent_cpu_share"], 2),
+        ("loaded runtimes' CPU per invoke (their cgroups), µs", lambda r: r["spread"]["runtime_cpu_us_per_invoke"], 1),
+        ("idle environments' CPU, share of one vCPU", lambda r: r["spread"]["idle_cpu_share"], 4),
+        ("in flight per loaded environment after the window: min", lambda r: r["spread"]["in_flight_min"], 1),
+        ("… mean", lambda r: r["spread"]["in_flight_mean"], 1),
+        ("… max", lambda r: r["spread"]["in_flight_max"], 1),
+        ("loaded runtime CPU in the window, least / mean", lambda r: r["spread"]["runtime_cpu_min_of_mean"], 2),
+        ("loaded runtime CPU in the window, most / mean", lambda r: r["spread"]["runtime_cpu_max_of_mean"], 2),
+        ("p50, µs (median of the `lmictl` processes)", lambda r: r["p50_us_median_of_processes"], 0),
+        ("p99, µs (median of the `lmictl` processes)", lambda r: r["p99_us_median_of_processes"], 0),
+        ("agent RSS after the load, MiB", lambda r: r["rss_mib"], 1),
+        ("sampler tick under load, mean CPU ms", lambda r: r["sampler"]["mean_cpu_ms"], 3),
+        ("non-success outcomes", lambda r: r["non_success"], 0),
+    ]
+    print("| `lmictl bench` processes x concurrency | " + " | ".join(results[0][l]["lmictl"] for l in labels) + " |")
+    for name, f, d in rows:
+        print(f"| {name} | " + " | ".join(fmt(pick(l, f), d) for l in labels) + " |")
+    if args.perf:
+        for i, run in enumerate(results):
+            print_profiles(f"env-count run {i + 1} (perf's own cost is in the agent CPU figures above)",
+                           {l: run[l]["profile"] for l in labels})
     return results
 
 
@@ -371,6 +764,10 @@ def main():
     p.add_argument("--json", type=Path, help="also write every result to this file")
     p.add_argument("--no-python", action="store_true",
                    help="host-scale: every environment native echo (to set the Python runtimes' share apart)")
+    p.add_argument("--perf", action="store_true",
+                   help="host-scale, env-count: profile the agent over each measured window (perf record -e "
+                        "cpu-clock --call-graph dwarf; data in target/profile/scale-*) and print where its CPU "
+                        "per invoke goes")
     p.add_argument("--network-pool", type=int,
                    help="the agent's sandbox.network_pool (default: the agent's, 2); a burst of creates beyond "
                         "it makes network slots on the spot")
@@ -379,9 +776,17 @@ def main():
         raise SystemExit("scale.py needs root: the agent creates cgroups")
     if not 1 <= args.runs <= 20 or not 0 < args.duration <= 60:
         raise SystemExit("--runs must be 1-20 and --duration 0-60 seconds: keep runs short")
+    if args.perf and not shutil.which("perf"):
+        raise SystemExit("--perf needs perf (tests/setup.sh installs it)")
     if not args.no_build:
         subprocess.run(["cargo", "build", "--release", "--locked", "-p", "lmi-agent", "-p", "lmi-native-echo",
                         "-p", "lmictl"], cwd=REPO, check=True)
+    # Every agent of this run starts from a private copy of the binary just built: a rebuild in the shared
+    # target/ meanwhile neither mixes two builds into one run's figures nor swaps the file perf resolves
+    # the recorded samples' symbols against.
+    bin_dir = Path(tempfile.mkdtemp(prefix="lmi-scale-bin-"))
+    atexit.register(shutil.rmtree, bin_dir, ignore_errors=True)
+    perf.AGENT_BIN = Path(shutil.copy2(perf.AGENT_BIN, bin_dir / "lmi-agent"))
     # perf.py's Agent passes its environment on: /metrics on loopback, and room for 100 environments'
     # uids and network slots (the defaults already allow that: 65,536 uids; capacity set by Agent).
     os.environ["LMI_AGENT_METRICS_LISTEN"] = f"127.0.0.1:{METRICS_PORT}"
