@@ -6,9 +6,9 @@ mod support;
 
 use std::time::Duration;
 
-use lmi_proto::v1::{self as pb, InvokeOutcome as Out};
+use lmi_proto::v1::{self as pb, agent_client::AgentClient, InvokeOutcome as Out};
 use support::{scaler::RefScaler, *};
-use tonic::Code;
+use tonic::{transport::Channel, Code};
 
 /// Fast sampling so that tests wait little. Only the resource under test has a threshold (low enough that a
 /// busy CI machine still crosses it); the others are at 1.0, which nothing exceeds, so that a passing spike
@@ -70,6 +70,101 @@ impl Resource {
     }
 }
 
+fn saturated_at_all(e: &pb::EnvironmentUtilization) -> bool {
+    e.cpu_saturated || e.memory_saturated || e.disk_saturated
+}
+
+/// A function's counters since the agent started: redirects, then throttles (total, of `resource`, of
+/// concurrency), then invocations. A new watcher's first report counts since the start.
+async fn counters_since_start(
+    client: &AgentClient<Channel>,
+    function: &str,
+    resource: Resource,
+) -> [u64; 5] {
+    let r = watch_until(client, "the function's counters", |r| {
+        r.functions.iter().any(|f| f.function_name == function)
+    })
+    .await;
+    let f = r
+        .functions
+        .iter()
+        .find(|f| f.function_name == function)
+        .unwrap();
+    let t = f.throttles.unwrap_or_default();
+    [
+        f.redirects,
+        t.total,
+        resource.count(&t),
+        t.concurrency,
+        f.invocations,
+    ]
+}
+
+/// Waits until every worker process of A and B (one per slot: `slots` of each) has started, then until both
+/// are idle and unsaturated.
+///
+/// An environment is READY at its runtime's first `/next`, but the Python runtime has one worker process per
+/// concurrency slot, each importing the handler on its own: when A (8 workers) and B (2) are READY, the
+/// others may still be starting, and that CPU of their own can hold A over the test's low CPU threshold with
+/// nothing in flight (A's smoothed CPU in the first report after B was READY: 0.12-0.30 in 25 runs), so that
+/// the load goes to B, or make B saturated when the echo comes. One gate per slot (all at a count of all the
+/// slots: each can only finish once all are inside their own worker at once) proves every worker polled;
+/// a gate refused because an environment was saturated meanwhile is sent again after a report in which
+/// neither is. Then a report with both idle and unsaturated: with nothing to run, their figures only fall.
+async fn every_worker_started_and_idle(
+    client: &AgentClient<Channel>,
+    function: &str,
+    (a_id, b_id): (&str, &str),
+    slots: [usize; 2],
+) {
+    fn neither_saturated(r: &pb::UtilizationReport, ids: &[String; 2]) -> bool {
+        ids.iter()
+            .all(|id| env_in(r, id).is_some_and(|e| !saturated_at_all(e)))
+    }
+    let ids = [a_id.to_owned(), b_id.to_owned()];
+    let gates = support::shared_dir();
+    let all = slots[0] + slots[1];
+    let sent: Vec<_> = (0..all)
+        .map(|_| {
+            let (client, function, payload, ids) = (
+                client.clone(),
+                function.to_owned(),
+                gate(gates.path(), all),
+                ids.clone(),
+            );
+            tokio::spawn(async move {
+                loop {
+                    match invoke(client.clone(), &function, payload.clone()).await {
+                        Ok(r) => return r,
+                        Err(s) if s.code() == Code::ResourceExhausted => {
+                            eprintln!("warm-up gate refused, sent again once A and B are unsaturated: {s:?}");
+                            watch_until(&client, "A and B unsaturated", |r| {
+                                neither_saturated(r, &ids)
+                            })
+                            .await;
+                        }
+                        Err(s) => panic!("{s:?}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut on = [0; 2];
+    for g in sent {
+        let r = g.await.unwrap();
+        assert_eq!(r.outcome(), Out::Success, "{r:?}");
+        on[usize::from(r.environment_id == b_id)] += 1;
+    }
+    assert_eq!(on, slots, "gates on A and on B: one per slot");
+    watch_until(client, "A and B idle and unsaturated", |r| {
+        neither_saturated(r, &ids)
+            && ids
+                .iter()
+                .all(|id| env_in(r, id).is_some_and(|e| e.in_flight == 0))
+    })
+    .await;
+}
+
 /// Environment A (max 8) gets a load that saturates `resource`; B (max 2) stays healthy. Invokes whose first
 /// choice is A go to B (redirects); once B is full, an invoke is throttled with `resource` as the reason;
 /// when the load stops, A takes invokes again.
@@ -88,6 +183,9 @@ async fn saturation_redirects_then_throttles_then_recovers(resource: Resource) {
     b_spec.max_concurrency = 2;
     let a = agent.create_ready(a_spec).await;
     let b = agent.create_ready(b_spec).await;
+    let (a_id, b_id) = (a.id.clone(), b.id.clone());
+    every_worker_started_and_idle(&agent.client, &function, (&a_id, &b_id), [8, 2]).await;
+    let before = counters_since_start(&agent.client, &function, resource).await;
 
     let release = support::shared_dir();
     let release_file = release.path().join("release");
@@ -97,12 +195,23 @@ async fn saturation_redirects_then_throttles_then_recovers(resource: Resource) {
         &function,
         resource.load(&release_file),
     ));
-    let (a_id, b_id) = (a.id.clone(), b.id.clone());
-    watch_until(&agent.client, "A saturated and B not", |r| {
-        env_in(r, &a_id).is_some_and(|e| resource.saturated(e))
-            && env_in(r, &b_id).is_some_and(|e| !resource.saturated(e))
-    })
-    .await;
+    // A saturated by the load it runs, not by anything else; B idle and not saturated. Before each invoke
+    // below, the latest report must still say so, with B holding the gates sent so far (a CPU load on a
+    // host busy enough can fall under the threshold for a while).
+    let client = agent.client.clone();
+    let a_saturated_and_b_holds = |gates: u32| {
+        let (client, a_id, b_id) = (client.clone(), a_id.clone(), b_id.clone());
+        async move {
+            let what = format!("A saturated by the load, B not and holding {gates} gates");
+            watch_until(&client, &what, |r| {
+                env_in(r, &a_id).is_some_and(|e| resource.saturated(e) && e.in_flight == 1)
+                    && env_in(r, &b_id)
+                        .is_some_and(|e| !resource.saturated(e) && e.in_flight == gates)
+            })
+            .await;
+        }
+    };
+    a_saturated_and_b_holds(0).await;
 
     let gates = support::shared_dir();
     // B is idle (least loaded): the first gate goes there without a redirect.
@@ -112,6 +221,7 @@ async fn saturation_redirects_then_throttles_then_recovers(resource: Resource) {
         gate(gates.path(), 3),
     ));
     wait_for_files(gates.path(), 1).await;
+    a_saturated_and_b_holds(1).await;
     // Now A (1/8) is the first choice but saturated: the invoke is redirected to B (1/2).
     let echo = agent
         .invoke(&function, serde_json::json!({"action": "echo"}))
@@ -128,6 +238,7 @@ async fn saturation_redirects_then_throttles_then_recovers(resource: Resource) {
         gate(gates.path(), 3),
     ));
     wait_for_files(gates.path(), 2).await;
+    a_saturated_and_b_holds(2).await;
     // B is full and A is saturated: throttled, naming the resource.
     let s = agent
         .invoke(&function, serde_json::json!({"action": "echo"}))
@@ -162,26 +273,15 @@ async fn saturation_redirects_then_throttles_then_recovers(resource: Resource) {
             (Out::Success, b.id.as_str())
         );
     }
-    // A new watcher's first report counts since the agent started: 2 redirects, 1 throttle of this reason.
-    let fname = function.clone();
-    let r = watch_until(&agent.client, "counters", |r| {
-        r.functions.iter().any(|f| f.function_name == fname)
-    })
-    .await;
-    let f = r
-        .functions
+    // Since the warm-up: 2 redirects, 1 throttle of this reason and none of concurrency; load, 2 gates,
+    // 2 echoes (the throttled invoke never ran).
+    let after = counters_since_start(&agent.client, &function, resource).await;
+    let since: Vec<u64> = after
         .iter()
-        .find(|f| f.function_name == function)
-        .unwrap();
-    assert_eq!(f.redirects, 2, "{f:?}");
-    let t = f.throttles.unwrap();
-    assert_eq!(
-        (t.total, resource.count(&t), t.concurrency),
-        (1, 1, 0),
-        "{t:?}"
-    );
-    // load, 2 gates, 2 echoes; the throttled invoke never ran.
-    assert_eq!(f.invocations, 5);
+        .zip(&before)
+        .map(|(a, b)| a.wrapping_sub(*b))
+        .collect();
+    assert_eq!(since, [2, 1, 1, 0, 5], "{before:?} then {after:?}");
     agent.stop_and_assert_clean(&[a.pid, b.pid]);
 }
 
