@@ -252,8 +252,8 @@ class Profile:
         text = Path(script).read_text(errors="replace")
         lines = [line if line.startswith("\t") or not line.strip() else line.lstrip() for line in text.splitlines()]
         Path(script).write_text("\n".join(lines) + "\n")
-        samples, kernel_leaf, leaf, syscalls, watched, comms = 0, 0, collections.Counter(), collections.Counter(), \
-            collections.Counter(), set()
+        samples, kernel_leaf, leaf, syscalls, watched = 0, 0, collections.Counter(), collections.Counter(), \
+            collections.Counter()
         threads, irq_off = collections.Counter(), collections.Counter()
         stack, comm = None, None
 
@@ -293,13 +293,15 @@ class Profile:
             if not line.startswith("\t"):
                 flush(stack)
                 stack, comm = [], line.split()[0]
-                comms.add(comm)
             elif stack is not None:
                 stack.append(line.strip())
         flush(stack)
-        split = subprocess.run([sys.executable, str(PERF_SPLIT), str(script), *sorted(comms)],
-                               capture_output=True, text=True)
+        # perf_split.py over the tokio worker threads (its default): its parts would otherwise take in the log
+        # writer's and other threads' samples through their lmi_agent_core frames.
+        split = subprocess.run([sys.executable, str(PERF_SPLIT), str(script)], capture_output=True, text=True)
         parts = {}
+        counted = re.match(r"(\d+) samples", split.stdout)
+        split_samples = int(counted[1]) if counted else 0
         for line in split.stdout.splitlines():
             m = re.match(r"\s*([\d.]+)%\s+\(kernel\s+([\d.]+)\)\s+(.*)", line)
             if m:
@@ -307,7 +309,7 @@ class Profile:
         per_invoke = lambda n: n / invokes * 1e6 / PERF_HZ if invokes else None  # noqa: E731
         return {"samples": samples, "invokes": invokes, "cpu_us_per_invoke": per_invoke(samples),
                 "kernel_share": kernel_leaf / samples if samples else None,
-                "parts_us": {k: (per_invoke(samples * pct / 100), per_invoke(samples * kpct / 100))
+                "parts_us": {k: (per_invoke(split_samples * pct / 100), per_invoke(split_samples * kpct / 100))
                              for k, (pct, kpct) in parts.items()},
                 "split_text": split.stdout if not parts else None,
                 "threads_us": {k: per_invoke(v) for k, v in threads.items()},
@@ -353,7 +355,7 @@ def print_profiles(title, profiles):
             print(f"| {name.replace('|', '/')} | " + " | ".join(cells) + " |")
 
     section("thread (by name)", "threads_us")
-    section("part of the agent (benches/perf_split.py)", "parts_us")
+    section("tokio worker threads, by part (benches/perf_split.py)", "parts_us")
     section("system call the sample is in (or none)", "syscalls_us", 14)
     section("kernel function anywhere on the stack", "watched_us")
     section("kernel leaf symbol (self)", "leaf_us", 15)
