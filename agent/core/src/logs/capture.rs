@@ -208,7 +208,7 @@ fn offer(ctx: &CaptureContext, stream: &str, pid: Option<u32>, line: &[u8], spli
         ctx.stats.add_drop();
         return;
     };
-    let mut bytes = Vec::with_capacity(line.len() + 192);
+    let mut bytes = Vec::with_capacity(record::line_capacity(&ctx.source, line.len()));
     let known = |id: &str| ctx.platform.as_ref().is_some_and(|p| p.knows(id));
     record::encode_line(
         &mut bytes,
