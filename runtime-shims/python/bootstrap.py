@@ -5,6 +5,11 @@ The main process forks AWS_LAMBDA_MAX_CONCURRENCY worker processes. Each worker 
 handler itself (its own init) and runs a synchronous loop: GET /runtime/invocation/next ->
 handler(event, context) -> POST .../response or .../error. If any worker exits, the main process
 kills the others and exits non-zero (128+signal when the worker died from a signal).
+
+No worker sends its first GET /next before every worker has finished its init (an init barrier: each
+worker tells the main process over a pipe, and the main process releases them all at once). The agent
+declares the environment READY at the first /next, so READY means every worker has imported the handler
+and an invoke never lands next to another worker's init. A worker whose init fails reports it at once.
 Standard library only; Python 3.9+.
 """
 
@@ -15,6 +20,7 @@ import io
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import sys
@@ -443,7 +449,18 @@ def handle_invoke(client, handler, headers, body):
         _request_id = None
 
 
-def worker_main():
+def pass_init_barrier(ready_w, go_r):
+    """Tells the main process this worker's init is done, then blocks until every worker's is.
+
+    Returns False when the main process is gone instead (it died, so nobody released the barrier)."""
+    os.write(ready_w, b".")
+    os.close(ready_w)
+    os.read(go_r, 1)  # end of file: the main process closed its end, the release
+    os.close(go_r)
+    return os.getppid() == _main_pid
+
+
+def worker_main(ready_w, go_r):
     """Runs in a forked worker; returns its exit code."""
     connect_log_socket()
     setup_logging()
@@ -460,6 +477,8 @@ def worker_main():
         except RuntimeApiError as e:
             diag("ERROR", str(e))
         return 1
+    if not pass_init_barrier(ready_w, go_r):
+        return 1
     try:
         while True:
             status, headers, body = client.request("GET", "/runtime/invocation/next")
@@ -473,14 +492,14 @@ def worker_main():
         return 1
 
 
-def run_worker():
+def run_worker(ready_w, go_r):
     code = 1
     try:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
         _die_with_parent()
-        code = worker_main()
+        code = worker_main(ready_w, go_r)
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except BaseException:
@@ -507,6 +526,64 @@ def _die_with_parent():
 # ---------------------------------------------------------------------------------------------
 
 _main_pid = os.getpid()
+
+
+def reap():
+    """(pid, status) of every exited child not yet collected, without blocking."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        yield pid, status
+
+
+def await_init(workers, ready_r, go_w, terminating):
+    """The init barrier, main process side: waits until every worker has written its byte to ready_r,
+    then closes go_w, which releases them all (their read of the other end sees end of file).
+
+    Returns (pid, status) of a worker that exits first, None once released or when every worker is gone
+    during a shutdown. SIGCHLD (through a wakeup fd) wakes the wait, so a death is seen at once."""
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    old_handler = signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
+    old_fd = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    pending, watched = len(workers), [ready_r, wake_r]
+    try:
+        while workers:
+            # Reaped before every wait: a worker that exited before the handler was set is seen here.
+            for pid, status in reap():
+                if pid in workers:
+                    workers.discard(pid)
+                    if not terminating:
+                        return pid, status
+            if not workers:
+                break
+            if pending <= 0 and not terminating:
+                os.close(go_w)
+                diag("INFO", "%d worker(s) finished init; polling" % len(workers))
+                return None
+            readable = select.select(watched, [], [])[0]
+            if wake_r in readable:
+                try:
+                    while os.read(wake_r, 512):
+                        pass
+                except BlockingIOError:
+                    pass
+            if ready_r in readable:
+                data = os.read(ready_r, max(pending, 1))
+                if not data:
+                    watched.remove(ready_r)  # every worker closed its end; only deaths are left
+                pending -= len(data)
+        return None
+    finally:
+        signal.set_wakeup_fd(old_fd)
+        signal.signal(signal.SIGCHLD, old_handler)
+        for fd in (wake_r, wake_w, ready_r):
+            os.close(fd)
 
 
 def main():
@@ -538,6 +615,11 @@ def main():
     sys.stdout.flush()
     sys.stderr.flush()
     stop_signals = {signal.SIGTERM, signal.SIGINT}
+    # The init barrier's two pipes, made before the forks: a worker writes one byte to ready when its
+    # init is done; the main process closes go's write end once all have, and every worker reads its end
+    # of file.
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
     for _ in range(n):
         if terminating:
             break
@@ -545,17 +627,25 @@ def main():
         signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
         pid = os.fork()
         if pid == 0:
-            run_worker()  # never returns
+            os.close(ready_r)
+            os.close(go_w)
+            run_worker(ready_w, go_r)  # never returns
         workers.add(pid)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
+    os.close(ready_w)
+    os.close(go_r)
     diag("INFO", "started %d worker(s)" % len(workers), workers=sorted(workers))
 
+    exited = await_init(workers, ready_r, go_w, terminating)
     exit_code = 0
-    while workers:
-        pid, status = os.waitpid(-1, 0)
-        if pid not in workers:
-            continue
-        workers.discard(pid)
+    while workers or exited:
+        if exited:
+            (pid, status), exited = exited, None
+        else:
+            pid, status = os.waitpid(-1, 0)
+            if pid not in workers:
+                continue
+            workers.discard(pid)
         if terminating:
             continue  # shutting down: collect the rest
         if os.WIFSIGNALED(status):
