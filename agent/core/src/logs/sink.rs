@@ -62,22 +62,40 @@ pub struct FileSink {
     config: FileSinkConfig,
     errors: ErrorReport,
     /// Each function version's file, by function name then version, built the first time a record of it is
-    /// written (`None`: its names cannot name a file). One entry per version ever logged, as the invoke
-    /// counters keep.
-    paths: HashMap<String, HashMap<String, Option<PathBuf>>>,
+    /// written. One entry per version ever logged, as the invoke counters keep.
+    files: HashMap<String, HashMap<String, VersionFile>>,
+    /// How many of `files` hold an open file.
+    open: usize,
     /// Records on their way to the open file, reused from one write to the next.
     buf: Vec<u8>,
 }
 
+/// A function version's log file: its path, and the file while it is kept open.
+#[derive(Debug)]
+struct VersionFile {
+    /// `None`: the version's names cannot name a file.
+    path: Option<PathBuf>,
+    /// The open file and its size. Kept open between batches (a version's records otherwise cost a `mkdir`,
+    /// an `open`, a `statx` and a `close` each time another version's record comes between them) until
+    /// [`FileSink::close_files`], which the writer calls every [`REOPEN_EVERY`].
+    open: Option<(File, u64)>,
+}
+
 /// Records are written to a file in chunks of up to this many bytes (a larger record is written alone).
 const WRITE_CHUNK: usize = 64 * 1024;
+/// At most this many files are kept open at once; past it, every one is closed before the next is opened.
+const MAX_OPEN_FILES: usize = 128;
+/// Open files are closed this often, so a file an operator moved or deleted (a `logrotate` without
+/// `copytruncate`, a cleared directory) is written again at its path within this time.
+pub const REOPEN_EVERY: Duration = Duration::from_secs(1);
 
 impl FileSink {
     pub fn new(config: FileSinkConfig) -> Self {
         Self {
             config,
             errors: ErrorReport::new("file"),
-            paths: HashMap::new(),
+            files: HashMap::new(),
+            open: 0,
             buf: Vec::new(),
         }
     }
@@ -91,65 +109,104 @@ impl FileSink {
     {
         let records = records.into_iter();
         let count = records.len();
-        if !self
-            .paths
+        let known = self
+            .files
             .get(function)
-            .is_some_and(|v| v.contains_key(version))
-        {
+            .is_some_and(|v| v.contains_key(version));
+        if !known {
             let path = file_path(&self.config.dir, function, version);
-            self.paths
+            self.files
                 .entry(function.to_owned())
                 .or_default()
-                .insert(version.to_owned(), path);
+                .insert(version.to_owned(), VersionFile { path, open: None });
         }
-        let path = self.paths.get(function).and_then(|v| v.get(version));
-        let result = match path.and_then(Option::as_ref) {
-            Some(path) => append(path, &self.config, &mut self.buf, records),
+        let needs_open = self
+            .files
+            .get(function)
+            .and_then(|v| v.get(version))
+            .is_some_and(|f| f.path.is_some() && f.open.is_none());
+        if needs_open && self.open >= MAX_OPEN_FILES {
+            self.close_files();
+        }
+        let Some(file) = self
+            .files
+            .get_mut(function)
+            .and_then(|v| v.get_mut(version))
+        else {
+            return;
+        };
+        let was_open = file.open.is_some();
+        let result = match &file.path {
+            Some(path) => append(path, &mut file.open, &self.config, &mut self.buf, records),
             None => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("function {function:?} version {version:?} cannot name a log file"),
             )),
         };
+        if result.is_err() {
+            // Opened afresh next time (the directory may have been removed under us).
+            file.open = None;
+        }
+        match (was_open, file.open.is_some()) {
+            (false, true) => self.open += 1,
+            (true, false) => self.open -= 1,
+            _ => {}
+        }
         if let Err(e) = result {
             self.errors.report(&e, count);
         }
     }
+
+    /// Closes every open file: the next record of each version opens its file at its path again.
+    pub fn close_files(&mut self) {
+        for file in self.files.values_mut().flat_map(HashMap::values_mut) {
+            file.open = None;
+        }
+        self.open = 0;
+    }
 }
 
+/// Appends `records` to the file at `path`, opened into `open` if it is not (and reopened there after a
+/// rotation).
 fn append(
     path: &Path,
+    open: &mut Option<(File, u64)>,
     config: &FileSinkConfig,
     buf: &mut Vec<u8>,
     records: impl Iterator<Item = impl AsRef<[u8]>>,
 ) -> io::Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o750)
-            .create(parent)?;
-    }
     buf.clear();
-    let (mut file, mut size) = open_append(path)?;
+    let (file, size) = match open {
+        Some(open) => open,
+        None => {
+            if let Some(parent) = path.parent() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o750)
+                    .create(parent)?;
+            }
+            open.insert(open_append(path)?)
+        }
+    };
     for record in records {
         let record = record.as_ref();
         let len = record.len() as u64;
-        if size > 0 && size + len > config.max_file_bytes {
-            write_out(&mut file, buf)?;
-            drop(file);
+        if *size > 0 && *size + len > config.max_file_bytes {
+            write_out(file, buf)?;
             rotate(path, config.keep_files)?;
-            (file, size) = open_append(path)?;
+            (*file, *size) = open_append(path)?;
         }
         if buf.len() + record.len() > WRITE_CHUNK {
-            write_out(&mut file, buf)?;
+            write_out(file, buf)?;
         }
         if record.len() >= WRITE_CHUNK {
             file.write_all(record)?;
         } else {
             buf.extend_from_slice(record);
         }
-        size += len;
+        *size += len;
     }
-    write_out(&mut file, buf)
+    write_out(file, buf)
 }
 
 /// Writes what `buf` holds to `file` and empties it.
@@ -232,26 +289,25 @@ pub struct Sinks {
 /// The writer thread's loop: until every sender is gone and the queue is empty.
 pub fn run(mut rx: QueueReceiver, mut sinks: Sinks) {
     let mut batch: Vec<Entry> = Vec::with_capacity(BATCH);
+    let mut order: Vec<usize> = Vec::with_capacity(BATCH);
     let mut stdout_errors = ErrorReport::new("stdout");
+    let mut opened_at = Instant::now();
     loop {
         let n = rx.blocking_recv_many(&mut batch, BATCH);
         if n == 0 {
             break;
         }
         if let Some(file) = sinks.file.as_mut() {
-            // Consecutive records of the same function version go to their file in one open.
-            let mut start = 0;
-            while start < batch.len() {
-                let src = &batch[start].source;
-                let end = batch[start..]
-                    .iter()
-                    .position(|e| {
-                        e.source.function != src.function || e.source.version != src.version
-                    })
-                    .map_or(batch.len(), |n| start + n);
-                let records = batch[start..end].iter().map(|e| e.bytes.as_slice());
+            if opened_at.elapsed() >= REOPEN_EVERY {
+                file.close_files();
+                opened_at = Instant::now();
+            }
+            // Each function version's records go to its file in one write, in the order they came.
+            by_version(&batch, &mut order);
+            for run in order.chunk_by(|&a, &b| same_version(&batch[a], &batch[b])) {
+                let src = &batch[run[0]].source;
+                let records = run.iter().map(|&i| batch[i].bytes.as_slice());
                 file.write(&src.function, &src.version, records);
-                start = end;
             }
         }
         if sinks.stdout {
@@ -270,6 +326,33 @@ pub fn run(mut rx: QueueReceiver, mut sinks: Sinks) {
             std::thread::sleep(COALESCE);
         }
     }
+}
+
+fn same_version(a: &Entry, b: &Entry) -> bool {
+    std::sync::Arc::ptr_eq(&a.source, &b.source)
+        || (a.source.function == b.source.function && a.source.version == b.source.version)
+}
+
+/// The batch's indices with each function version's records together, in the order of each version's first
+/// record, and in their own order within a version (a stable sort by that first position).
+fn by_version(batch: &[Entry], order: &mut Vec<usize>) {
+    order.clear();
+    // The position of its version's first record, for each record: versions in a batch are few.
+    let mut firsts: Vec<usize> = Vec::new();
+    let mut key = Vec::with_capacity(batch.len());
+    for (i, e) in batch.iter().enumerate() {
+        let first = firsts
+            .iter()
+            .copied()
+            .find(|&f| same_version(&batch[f], e))
+            .unwrap_or_else(|| {
+                firsts.push(i);
+                i
+            });
+        key.push(first);
+    }
+    order.extend(0..batch.len());
+    order.sort_by_key(|&i| key[i]);
 }
 
 #[cfg(test)]
@@ -390,5 +473,70 @@ mod tests {
         std::fs::write(&blocker, "").unwrap();
         let mut s = sink(&blocker, 100, 1);
         s.write("fn", "1", &[b"a\n"]);
+    }
+
+    #[test]
+    fn a_version_s_file_stays_open_until_the_files_are_closed() {
+        let t = tempfile::tempdir().unwrap();
+        let mut s = sink(t.path(), 1 << 20, 1);
+        s.write("fn", "1", [b"a\n"]);
+        // Moved away (as logrotate does): records keep going to the open file...
+        let current = t.path().join("fn/1.log");
+        let moved = t.path().join("fn/moved");
+        std::fs::rename(&current, &moved).unwrap();
+        s.write("fn", "1", [b"b\n"]);
+        assert_eq!(std::fs::read_to_string(&moved).unwrap(), "a\nb\n");
+        assert!(!current.exists());
+        // ...until the writer closes its files: then the path is opened again.
+        s.close_files();
+        s.write("fn", "1", [b"c\n"]);
+        assert_eq!(std::fs::read_to_string(&current).unwrap(), "c\n");
+        // A removed directory is made again when the files are next opened.
+        std::fs::remove_dir_all(t.path().join("fn")).unwrap();
+        s.close_files();
+        s.write("fn", "1", [b"d\n"]);
+        assert_eq!(std::fs::read_to_string(&current).unwrap(), "d\n");
+    }
+
+    #[test]
+    fn no_more_than_the_limit_of_files_is_open_and_no_record_is_lost_past_it() {
+        let t = tempfile::tempdir().unwrap();
+        let mut s = sink(t.path(), 1 << 20, 1);
+        let versions = MAX_OPEN_FILES + 3;
+        for round in 0..2 {
+            for v in 0..versions {
+                s.write("fn", &v.to_string(), [format!("{round}\n").as_bytes()]);
+                assert!(s.open <= MAX_OPEN_FILES, "{} open", s.open);
+            }
+        }
+        for v in 0..versions {
+            let text = std::fs::read_to_string(t.path().join(format!("fn/{v}.log"))).unwrap();
+            assert_eq!(text, "0\n1\n", "version {v}");
+        }
+    }
+
+    #[test]
+    fn a_batch_is_grouped_by_version_keeping_each_version_s_order() {
+        let source = |f: &str, v: &str| {
+            std::sync::Arc::new(super::super::record::Source {
+                function: f.to_owned(),
+                version: v.to_owned(),
+                environment: "e".to_owned(),
+            })
+        };
+        let (a, b, c) = (source("f", "1"), source("f", "2"), source("g", "1"));
+        // A second Source of version a (another environment of it) groups with a.
+        let a2 = source("f", "1");
+        let batch: Vec<Entry> = [&a, &b, &a2, &c, &b, &a]
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Entry {
+                source: std::sync::Arc::clone(s),
+                bytes: vec![b'0' + i as u8],
+            })
+            .collect();
+        let mut order = Vec::new();
+        by_version(&batch, &mut order);
+        assert_eq!(order, vec![0, 2, 5, 1, 4, 3]);
     }
 }
