@@ -511,8 +511,23 @@ def scenario_host_scale(args):
             log(f"    one environment:  {one['invokes_per_s']:.0f}/s, agent "
                 f"{fmt(one['agent_cpu_us_per_invoke'])} µs/invoke, p99 {fmt(one['p99_us_median_of_processes'])} "
                 f"µs, RSS {one['rss_mib']:.1f} MiB, tick {fmt(one['sampler']['mean_ms'], 3)} ms")
+            mixed = None
+            if python_functions:
+                # The same mix of invokes on one environment per runtime: the 100's python3.11 function
+                # versions' callers on one python3.11 environment, the others' on the native one.
+                py_callers = sum(1 for f, _, _ in targets if f in python_functions)
+                agent.lmictl("create", "--function", "onepy", "--runtime", "python3.11", "--handler",
+                             "echo.handler", "--code", str(PYTHON_CODE), "--max-concurrency", str(3 * py_callers),
+                             "--timeout-seconds", "60", "--wait")
+                time.sleep(3)
+                mixed, _ = load_window(agent, [("one", "$LATEST", 3)] * (len(targets) - py_callers)
+                                       + [("onepy", "$LATEST", 3)] * py_callers, args,
+                                       profile_label=f"host-scale-mix-run{i + 1}")
+                log(f"    one per runtime:  {mixed['invokes_per_s']:.0f}/s, agent "
+                    f"{fmt(mixed['agent_cpu_us_per_invoke'])} µs/invoke")
             results.append({"environments_ready": ready, "create_all_s": created_s, "idle_tick_100": idle,
-                            "idle_tick_1": one_idle, "report_sizes_100": sizes, "many": many, "one": one})
+                            "idle_tick_1": one_idle, "report_sizes_100": sizes, "many": many, "one": one,
+                            "mixed": mixed})
     pick = lambda f: median([f(r) for r in results])  # noqa: E731
     print(f"\n### host-scale: median of {len(results)} runs (20 `lmictl bench` processes, c=3 each)\n")
     mix = "100 native echo" if args.no_python else "80 native echo, 20 python3.11"
@@ -535,6 +550,15 @@ def scenario_host_scale(args):
     ]
     for name, f, d in rows:
         print(f"| {name} | {fmt(pick(lambda r: f(r['many'])), d)} | {fmt(pick(lambda r: f(r['one'])), d)} |")
+    if all(r["mixed"] for r in results):
+        # The same callers, python3.11 ones on one python3.11 environment: the baseline for the mix.
+        print("\nThe same 20 callers on one environment per runtime (the python3.11 function versions' callers "
+              "on one python3.11 environment, the others on the native one), the baseline for this mix:\n")
+        print("| | 100 environments | 1 native echo + 1 python3.11 environment |")
+        print("|---|---|---|")
+        for name, f, d in rows[:4] + rows[12:13]:
+            print(f"| {name} | {fmt(pick(lambda r: f(r['many'])), d)} | "
+                  f"{fmt(pick(lambda r: f(r['mixed'])), d)} |")
     for what, key in (("wall", "mean_ms"), ("CPU", "mean_cpu_ms")):
         print(f"| sampler tick idle, mean {what} ms | {fmt(pick(lambda r: r['idle_tick_100'][key]), 3)} | "
               f"{fmt(pick(lambda r: r['idle_tick_1'][key]), 3)} |")
