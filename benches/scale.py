@@ -469,7 +469,6 @@ def scenario_host_scale(args):
         # 100 environments and the one-environment baseline in the same agent, so both see the same process.
         with Agent() as agent:
             code = native_code_dir(agent.dir)
-            _, _, idle0 = scrape()
             started = time.monotonic()
 
             def make(fv):
@@ -490,7 +489,11 @@ def scenario_host_scale(args):
             listed = agent.lmictl("list")
             ready = sum(1 for e in listed if e["state"] == "READY")
             log(f"  run {i + 1}/{args.runs}: {ready} environments READY in {created_s:.1f} s")
-            time.sleep(3)  # a few idle ticks with every environment
+            # The idle window starts after the creations: ticks during them read every new environment's
+            # slow files at first sight and share the CPUs with the creations.
+            time.sleep(3)
+            _, _, idle0 = scrape()
+            time.sleep(10)
             _, _, idle1 = scrape()
             idle = tick(idle0, idle1)
             sizes = report_sizes(agent)
