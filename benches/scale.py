@@ -111,13 +111,14 @@ def agent_cpu_s(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def agent_switches(pid):
-    """Context switches of all the agent's threads so far (voluntary + involuntary): its wake-ups."""
+def agent_switches(pid, kinds=("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+    """Context switches of all the agent's threads so far (by default voluntary + involuntary: its wake-ups
+    and its preemptions)."""
     total = 0
     for status in Path(f"/proc/{pid}/task").glob("*/status"):
         try:
             for line in status.read_text().splitlines():
-                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                if line.startswith(kinds):
                     total += int(line.split()[1])
         except OSError:
             continue  # a thread that ended meanwhile
@@ -390,8 +391,10 @@ def load_window(agent, targets, args, profile_label=None, watched=None):
         _, _, m0 = scrape()
         env_cpu0 = {e["id"]: environment_cpu_ns(e["cgroup"]) for g in (watched or {}).values() for e in g}
         cpu0, t0, sw0 = agent_cpu_s(agent.pid), time.monotonic(), agent_switches(agent.pid)
+        pre0 = agent_switches(agent.pid, ("nonvoluntary_ctxt_switches",))
         time.sleep(args.duration)
         cpu1, t1, sw1 = agent_cpu_s(agent.pid), time.monotonic(), agent_switches(agent.pid)
+        pre1 = agent_switches(agent.pid, ("nonvoluntary_ctxt_switches",))
         env_cpu1 = {e["id"]: environment_cpu_ns(e["cgroup"]) for g in (watched or {}).values() for e in g}
         took, size, m1 = scrape()
         if profile:
@@ -449,6 +452,7 @@ def load_window(agent, targets, args, profile_label=None, watched=None):
         "agent_cpu_us_per_invoke": (cpu1 - cpu0) * 1e6 / n if n else None,
         "agent_cpu_share": (cpu1 - cpu0) / (t1 - t0),
         "agent_switches_per_invoke": (sw1 - sw0) / n if n else None,
+        "agent_preemptions_per_invoke": (pre1 - pre0) / n if n else None,
         "p99_us_median_of_processes": median([r["latency"]["p99_us"] for r in reports]),
         "p99_us_max_of_processes": max(r["latency"]["p99_us"] for r in reports),
         "p50_us_median_of_processes": median([r["latency"]["p50_us"] for r in reports]),
@@ -458,6 +462,12 @@ def load_window(agent, targets, args, profile_label=None, watched=None):
         "scrape_ms": took * 1000,
         "scrape_bytes": size,
     }, reports
+
+
+def python_share(reports, is_python):
+    """The share of the invokes that `lmictl bench` processes of python3.11 function versions made."""
+    total = sum(r["invokes"] for r in reports)
+    return sum(r["invokes"] for r, py in zip(reports, is_python) if py) / total if total else 0.0
 
 
 def scenario_host_scale(args):
@@ -497,7 +507,8 @@ def scenario_host_scale(args):
             _, _, idle1 = scrape()
             idle = tick(idle0, idle1)
             sizes = report_sizes(agent)
-            many, _ = load_window(agent, targets, args, profile_label=f"host-scale-100-run{i + 1}")
+            many, many_reports = load_window(agent, targets, args, profile_label=f"host-scale-100-run{i + 1}")
+            many["python_share"] = python_share(many_reports, [f in python_functions for f, _, _ in targets])
             log(f"    100 environments: {many['invokes_per_s']:.0f}/s, agent "
                 f"{fmt(many['agent_cpu_us_per_invoke'])} µs/invoke, p99 {fmt(many['p99_us_median_of_processes'])} "
                 f"µs, RSS {many['rss_mib']:.1f} MiB, tick {fmt(many['sampler']['mean_ms'], 3)} ms")
@@ -523,9 +534,11 @@ def scenario_host_scale(args):
                              "echo.handler", "--code", str(PYTHON_CODE), "--max-concurrency", str(3 * py_callers),
                              "--timeout-seconds", "60", "--wait")
                 time.sleep(3)
-                mixed, _ = load_window(agent, [("one", "$LATEST", 3)] * (len(targets) - py_callers)
-                                       + [("onepy", "$LATEST", 3)] * py_callers, args,
-                                       profile_label=f"host-scale-mix-run{i + 1}")
+                mixed, mixed_reports = load_window(agent, [("one", "$LATEST", 3)] * (len(targets) - py_callers)
+                                                   + [("onepy", "$LATEST", 3)] * py_callers, args,
+                                                   profile_label=f"host-scale-mix-run{i + 1}")
+                mixed["python_share"] = python_share(
+                    mixed_reports, [False] * (len(targets) - py_callers) + [True] * py_callers)
                 log(f"    one per runtime:  {mixed['invokes_per_s']:.0f}/s, agent "
                     f"{fmt(mixed['agent_cpu_us_per_invoke'])} µs/invoke")
             results.append({"environments_ready": ready, "create_all_s": created_s, "idle_tick_100": idle,
@@ -559,7 +572,10 @@ def scenario_host_scale(args):
               "on one python3.11 environment, the others on the native one), the baseline for this mix:\n")
         print("| | 100 environments | 1 native echo + 1 python3.11 environment |")
         print("|---|---|---|")
-        for name, f, d in rows[:4] + rows[12:13]:
+        share = ("share of the invokes on python3.11, %", lambda r: 100 * r["python_share"], 1)
+        preempted = ("agent context switches per invoke that were preemptions (involuntary)",
+                     lambda r: r["agent_preemptions_per_invoke"], 2)
+        for name, f, d in rows[:3] + [preempted] + rows[3:4] + [share] + rows[12:13]:
             print(f"| {name} | {fmt(pick(lambda r: f(r['many'])), d)} | "
                   f"{fmt(pick(lambda r: f(r['mixed'])), d)} |")
     for what, key in (("wall", "mean_ms"), ("CPU", "mean_cpu_ms")):
