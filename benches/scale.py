@@ -464,6 +464,15 @@ def load_window(agent, targets, args, profile_label=None, watched=None):
     }, reports
 
 
+# The agent's figures of a load window, as rows of the printed tables: (name, value of a window, digits).
+AGENT_ROWS = [
+    ("invokes/s", lambda r: r["invokes_per_s"], 0),
+    ("agent CPU per invoke, µs", lambda r: r["agent_cpu_us_per_invoke"], 1),
+    ("agent context switches per invoke (its wake-ups)", lambda r: r["agent_switches_per_invoke"], 2),
+    ("agent CPU, share of one vCPU", lambda r: r["agent_cpu_share"], 2),
+]
+
+
 def python_share(reports, is_python):
     """The share of the invokes that `lmictl bench` processes of python3.11 function versions made."""
     total = sum(r["invokes"] for r in reports)
@@ -550,10 +559,7 @@ def scenario_host_scale(args):
     print(f"| | 100 environments ({mix}) | 1 native echo environment |")
     print("|---|---|---|")
     rows = [
-        ("invokes/s", lambda r: r["invokes_per_s"], 0),
-        ("agent CPU per invoke, µs", lambda r: r["agent_cpu_us_per_invoke"], 1),
-        ("agent context switches per invoke (its wake-ups)", lambda r: r["agent_switches_per_invoke"], 2),
-        ("agent CPU, share of one vCPU", lambda r: r["agent_cpu_share"], 2),
+        *AGENT_ROWS,
         ("p50, µs (median of the 20 processes)", lambda r: r["p50_us_median_of_processes"], 0),
         ("p99, µs (median of the 20 processes)", lambda r: r["p99_us_median_of_processes"], 0),
         ("p99, µs (worst process)", lambda r: r["p99_us_max_of_processes"], 0),
@@ -663,10 +669,7 @@ def scenario_env_count(args):
     rows = [
         ("environments held", lambda r: r["environments"], 0),
         ("loaded environments", lambda r: r["spread"]["loaded_environments"], 0),
-        ("invokes/s", lambda r: r["invokes_per_s"], 0),
-        ("agent CPU per invoke, µs", lambda r: r["agent_cpu_us_per_invoke"], 1),
-        ("agent context switches per invoke (its wake-ups)", lambda r: r["agent_switches_per_invoke"], 2),
-        ("agent CPU, share of one vCPU", lambda r: r["agent_cpu_share"], 2),
+        *AGENT_ROWS,
         ("loaded runtimes' CPU per invoke (their cgroups), µs", lambda r: r["spread"]["runtime_cpu_us_per_invoke"], 1),
         ("idle environments' CPU, share of one vCPU", lambda r: r["spread"]["idle_cpu_share"], 4),
         ("in flight per loaded environment after the window: min", lambda r: r["spread"]["in_flight_min"], 1),
