@@ -437,6 +437,9 @@ mod tests {
             Some(&b"from stdout\n"[..]),
             no_pipe(),
         );
+        // The stdout line is queued before the socket's lines fill the queue (two readers race otherwise;
+        // under emulation the socket's reader won and the stdout line was the one dropped).
+        until(|| stats.records() == 1).await;
         let mut c = UnixStream::connect(&path).await.unwrap();
         let lines: String = (0..100).map(|i| format!("line {i}\n")).collect();
         c.write_all(lines.as_bytes()).await.unwrap();
