@@ -42,4 +42,5 @@ pub mod state;
 pub mod stats;
 pub mod supervisor;
 pub mod text;
+pub mod version_map;
 pub mod wire;

@@ -5,7 +5,6 @@
 //! Counters only grow; reports compute deltas from them (see `report`).
 
 use std::{
-    collections::HashMap,
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
         Arc, RwLock,
@@ -14,6 +13,7 @@ use std::{
 };
 
 use crate::dispatch::ThrottleReason;
+use crate::version_map::VersionMap;
 
 /// Upper bounds (seconds) of the invoke latency histogram buckets.
 pub const LATENCY_BUCKETS: [f64; 16] = [
@@ -230,7 +230,7 @@ pub type FunctionKey = (String, String);
 #[derive(Debug, Default)]
 pub struct Stats {
     /// By function name, then version, so that an invoke looks its names up without building a key.
-    functions: RwLock<HashMap<String, HashMap<String, Arc<FunctionStats>>>>,
+    functions: RwLock<VersionMap<Arc<FunctionStats>>>,
 }
 
 impl Stats {
@@ -240,18 +240,14 @@ impl Stats {
             .functions
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .and_then(|versions| versions.get(version))
+            .get(name, version)
         {
             return s.clone();
         }
         self.functions
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .entry(name.to_owned())
-            .or_default()
-            .entry(version.to_owned())
-            .or_default()
+            .get_or_insert_with(name, version, Default::default)
             .clone()
     }
 
@@ -262,11 +258,7 @@ impl Stats {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .flat_map(|(name, versions)| {
-                versions
-                    .iter()
-                    .map(move |(version, s)| ((name.clone(), version.clone()), s.clone()))
-            })
+            .map(|(name, version, s)| ((name.to_owned(), version.to_owned()), s.clone()))
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v

@@ -51,46 +51,42 @@ pub use host::{RuntimeSpawner, SandboxHost, TmpStorage};
 pub use invoke::{InvokeError, InvokeInput, InvokeResult, StreamedInvoke, MAX_INVOKE_PAYLOAD};
 pub use recover::{Recovery, AGENT_RESTARTED};
 
+use crate::version_map::VersionMap;
+
 /// The environments of one function version.
 type Environments = Arc<[Arc<Environment>]>;
 
 #[derive(Debug, Default)]
 struct Registry {
     by_id: HashMap<String, Arc<Environment>>,
-    /// By function name, then version: an invoke looks its names up as they are (no key is built per
-    /// invoke) and takes the list by its reference count; a create or a delete replaces the list whole.
-    by_function: HashMap<String, HashMap<String, Environments>>,
+    /// An invoke looks its names up as they are and takes the list by its reference count; a create or a
+    /// delete replaces the list whole.
+    by_function: VersionMap<Environments>,
 }
 
 impl Registry {
     /// The environments of a function version in the order they were registered; `None` when it has none.
     fn of_function(&self, function: &str, version: &str) -> Option<Environments> {
-        self.by_function.get(function)?.get(version).cloned()
+        self.by_function.get(function, version).cloned()
     }
 
     /// Adds an environment to its function version's list.
     fn add_to_function(&mut self, env: &Arc<Environment>) {
-        let versions = self
-            .by_function
-            .entry(env.spec.function_name.clone())
-            .or_default();
-        let list = versions.entry(env.spec.version.clone()).or_default();
+        let list = self.by_function.get_or_insert_with(
+            &env.spec.function_name,
+            &env.spec.version,
+            Default::default,
+        );
         *list = list.iter().chain([env]).cloned().collect();
     }
 
     /// Removes the environment `id` from the list of its function version, and the list once empty.
     fn remove_from_function(&mut self, function: &str, version: &str, id: &str) {
-        let Some(versions) = self.by_function.get_mut(function) else {
-            return;
-        };
-        if let Some(list) = versions.get_mut(version) {
+        if let Some(list) = self.by_function.get_mut(function, version) {
             *list = list.iter().filter(|e| e.id != id).cloned().collect();
             if list.is_empty() {
-                versions.remove(version);
+                self.by_function.remove(function, version);
             }
-        }
-        if versions.is_empty() {
-            self.by_function.remove(function);
         }
     }
 }

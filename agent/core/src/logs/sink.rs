@@ -9,7 +9,6 @@
 //! beyond `keep_files` rotated files is deleted. Directories are created mode 0750, files 0640.
 
 use std::{
-    collections::HashMap,
     fs::{File, OpenOptions},
     io::{self, Write},
     os::unix::fs::{DirBuilderExt, OpenOptionsExt},
@@ -18,6 +17,7 @@ use std::{
 };
 
 use super::queue::{Entry, QueueReceiver};
+use crate::version_map::VersionMap;
 
 /// Records moved from the queue at a time.
 const BATCH: usize = 512;
@@ -63,7 +63,7 @@ pub struct FileSink {
     errors: ErrorReport,
     /// Each function version's file, by function name then version, built the first time a record of it is
     /// written. One entry per version ever logged, as the invoke counters keep.
-    files: HashMap<String, HashMap<String, VersionFile>>,
+    files: VersionMap<VersionFile>,
     /// How many of `files` hold an open file.
     open: usize,
     /// Records on their way to the open file, reused from one write to the next.
@@ -94,7 +94,7 @@ impl FileSink {
         Self {
             config,
             errors: ErrorReport::new("file"),
-            files: HashMap::new(),
+            files: VersionMap::default(),
             open: 0,
             buf: Vec::new(),
         }
@@ -109,30 +109,19 @@ impl FileSink {
     {
         let records = records.into_iter();
         let count = records.len();
-        let known = self
-            .files
-            .get(function)
-            .is_some_and(|v| v.contains_key(version));
-        if !known {
+        if self.files.get(function, version).is_none() {
             let path = file_path(&self.config.dir, function, version);
             self.files
-                .entry(function.to_owned())
-                .or_default()
-                .insert(version.to_owned(), VersionFile { path, open: None });
+                .get_or_insert_with(function, version, || VersionFile { path, open: None });
         }
         let needs_open = self
             .files
-            .get(function)
-            .and_then(|v| v.get(version))
+            .get(function, version)
             .is_some_and(|f| f.path.is_some() && f.open.is_none());
         if needs_open && self.open >= MAX_OPEN_FILES {
             self.close_files();
         }
-        let Some(file) = self
-            .files
-            .get_mut(function)
-            .and_then(|v| v.get_mut(version))
-        else {
+        let Some(file) = self.files.get_mut(function, version) else {
             return;
         };
         let was_open = file.open.is_some();
@@ -159,7 +148,7 @@ impl FileSink {
 
     /// Closes every open file: the next record of each version opens its file at its path again.
     pub fn close_files(&mut self) {
-        for file in self.files.values_mut().flat_map(HashMap::values_mut) {
+        for file in self.files.values_mut() {
             file.open = None;
         }
         self.open = 0;
