@@ -5,7 +5,7 @@ A private lmi-agent (release build) per scenario, built on benches/perf.py's Age
 Usage (as root: the agent creates cgroups):
 
     benches/scale.py [--runs N] [--duration SECONDS] [--no-build] [--json FILE] [--no-python]
-                     [--network-pool N] [--perf] SCENARIO...
+                     [--network-pool N] [--perf] [--rate R]... [--python-share S] SCENARIO...
 
 Scenarios:
     host-scale          100 environments: 10 functions x 2 versions x 5 environments, 4 of the 20
@@ -33,14 +33,33 @@ Scenarios:
                         loaded environment's in-flight count, three `lmictl list` right after the window, and
                         its runtime's share of the window's CPU). Flat per-invoke cost across the columns means
                         holding or loading more environments costs nothing per invoke by itself.
+    host-scale-rate     host-scale's Python mix at equal load: does the agent's CPU per invoke rise with the
+                        environments or with the load's shape? In one agent, three windows per load, each the same
+                        20 callers (one per function version of the 100): "baseline", the python3.11 versions'
+                        callers on one python3.11 environment (max concurrency 12) and the others on one native
+                        echo environment (64), nothing else held (host-scale's one-per-runtime baseline);
+                        "spread", the 100 environments of host-scale loaded (the baseline's two held idle);
+                        "held", the baseline's two loaded while the 100 are held idle (env-count's control: the
+                        Python worker processes present, the load not spread over them). Loads: closed loop
+                        (c=3 per caller, as host-scale) and, for each --rate R (default 2000), open loop at R
+                        invokes/s in all (`lmictl bench --rate`), split evenly over the 20 callers (or the
+                        python3.11 callers take --python-share S of it). --no-python: every environment
+                        native echo (the baseline: one native echo environment). Runs alternate whether the
+                        baseline is measured before the 100 are made or after they are deleted, and which of
+                        spread and held goes first. Per window: the rate offered and answered (successes / offered,
+                        throttles, lmictl's send lag: a load both windows sustain has 1.000, 0 and a lag of a
+                        few ms), host-scale's agent figures (CPU, context switches and preemptions per invoke),
+                        the host's busy vCPUs (/proc/stat), the python3.11 and native runtimes' CPU per invoke of
+                        their kind (their cgroups), the idle environments' CPU, the python share and p50/p99.
     all                 every scenario above
 
---perf (host-scale, env-count): `perf record -e cpu-clock -F 499 --call-graph dwarf,8192` on the agent, counting
-only over each measured window (perf's control FIFO), then, per window side by side and as µs of agent CPU per
-invoke (samples / invokes x the 2.004 ms period): kernel vs user, the agent's parts (benches/perf_split.py), the
-system call each sample is in, chosen kernel functions on the stack (wake-ups, epoll, socket sends) and the
-kernel's leaf symbols. Data and `perf script` text stay in target/profile/scale-*. perf's own cost (a dwarf
-stack copy per sample) is inside the agent CPU figures of a --perf run: compare those with a run without it.
+--perf (host-scale, env-count, host-scale-rate): `perf record -e cpu-clock -F 499 --call-graph dwarf,8192` on
+the agent, counting only over each measured window (perf's control FIFO), then, per window side by side and as
+µs of agent CPU per invoke (samples / invokes x the 2.004 ms period): kernel vs user, the agent's parts
+(benches/perf_split.py), the system call each sample is in, chosen kernel functions on the stack (wake-ups,
+epoll, socket sends) and the kernel's leaf symbols. Data and `perf script` text stay in target/profile/scale-*.
+perf's own cost (a dwarf stack copy per sample) is inside the agent CPU figures of a --perf run: compare those
+with a run without it.
 
 Nothing is asserted: it prints what it measured. Runs are short by default (a shared machine: look at the
 load average printed with the results).
@@ -69,7 +88,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import perf  # noqa: E402
 from perf import Agent, REPO, fmt, log, machine, median, native_code_dir  # noqa: E402
 
-SCENARIOS = ["host-scale", "in-flight-1600", "startup-under-load", "env-count"]
+SCENARIOS = ["host-scale", "in-flight-1600", "startup-under-load", "env-count", "host-scale-rate"]
 PYTHON_CODE = REPO / "tests" / "fixtures" / "python"
 GRPC_PYTHON = Path("/var/cache/lmi-agent/test-tools/grpc-python/bin/python")
 METRICS_PORT = 19464 + os.getpid() % 1000
@@ -140,6 +159,29 @@ def scrape():
 
 def invocations(samples):
     return sum(v for k, v in samples.items() if k.startswith("lmi_invocations_total"))
+
+
+def invocations_by_function(before, after):
+    """Finished invokes per function name between two scrapes (every version and outcome)."""
+    counts = collections.Counter()
+    for k, v in after.items():
+        m = re.match(r'lmi_invocations_total\{function="([^"]*)"', k)
+        if m:
+            counts[m[1]] += v - before.get(k, 0)
+    return counts
+
+
+def host_cpu_ticks():
+    """(busy, total) clock ticks of every CPU so far, from /proc/stat's first eight fields (guest time is in
+    user already); busy: user, nice, system, irq, softirq (not idle, iowait or steal)."""
+    user, nice, system, idle, iowait, irq, softirq, steal = \
+        [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return user + nice + system + irq + softirq, user + nice + system + idle + iowait + irq + softirq + steal
+
+
+class Rate(float):
+    """A caller's load given as invokes per second (`lmictl bench --rate`, open loop) instead of a
+    concurrency (`-c`, closed loop)."""
 
 
 def tick(before, after):
@@ -380,7 +422,8 @@ def load_window(agent, targets, args, profile_label=None, watched=None):
     profile = None
     procs = [subprocess.Popen(
         [str(perf.LMICTL_BIN), "--socket", str(agent.socket), "--json", "bench", "invoke", f, "--version", v,
-         "-c", str(c), "-d", str(duration), "--warmup", "1"],
+         *(["--rate", repr(float(c))] if isinstance(c, Rate) else ["-c", str(c)]), "-d", str(duration),
+         "--warmup", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for f, v, c in targets]
     try:
         if profile_label and args.perf:
@@ -391,10 +434,10 @@ def load_window(agent, targets, args, profile_label=None, watched=None):
         _, _, m0 = scrape()
         env_cpu0 = {e["id"]: environment_cpu_ns(e["cgroup"]) for g in (watched or {}).values() for e in g}
         cpu0, t0, sw0 = agent_cpu_s(agent.pid), time.monotonic(), agent_switches(agent.pid)
-        pre0 = agent_switches(agent.pid, ("nonvoluntary_ctxt_switches",))
+        pre0, host0 = agent_switches(agent.pid, ("nonvoluntary_ctxt_switches",)), host_cpu_ticks()
         time.sleep(args.duration)
         cpu1, t1, sw1 = agent_cpu_s(agent.pid), time.monotonic(), agent_switches(agent.pid)
-        pre1 = agent_switches(agent.pid, ("nonvoluntary_ctxt_switches",))
+        pre1, host1 = agent_switches(agent.pid, ("nonvoluntary_ctxt_switches",)), host_cpu_ticks()
         env_cpu1 = {e["id"]: environment_cpu_ns(e["cgroup"]) for g in (watched or {}).values() for e in g}
         took, size, m1 = scrape()
         if profile:
@@ -446,6 +489,7 @@ def load_window(agent, targets, args, profile_label=None, watched=None):
             "runtime_cpu_max_of_mean": max(known) / mean_cpu if mean_cpu else None,
             "idle_environments": len(idle),
             "idle_cpu_share": sum(c for c in idle if c is not None) / (t1 - t0) if idle else None,
+            "env_cpu_s": {e["id"]: cpu_s(e) for g in watched.values() for e in g},
         }
     return extra | {
         "invokes_per_s": n / (t1 - t0),
@@ -453,6 +497,11 @@ def load_window(agent, targets, args, profile_label=None, watched=None):
         "agent_cpu_share": (cpu1 - cpu0) / (t1 - t0),
         "agent_switches_per_invoke": (sw1 - sw0) / n if n else None,
         "agent_preemptions_per_invoke": (pre1 - pre0) / n if n else None,
+        "window_s": t1 - t0,
+        "invokes_by_function": invocations_by_function(m0, m1),
+        # The host's busy CPUs over the window, in vCPUs (2 = both saturated).
+        "host_busy_vcpus": (host1[0] - host0[0]) / (host1[1] - host0[1]) * os.cpu_count()
+        if host1[1] > host0[1] else None,
         "p99_us_median_of_processes": median([r["latency"]["p99_us"] for r in reports]),
         "p99_us_max_of_processes": max(r["latency"]["p99_us"] for r in reports),
         "p50_us_median_of_processes": median([r["latency"]["p50_us"] for r in reports]),
@@ -489,21 +538,7 @@ def scenario_host_scale(args):
         with Agent() as agent:
             code = native_code_dir(agent.dir)
             started = time.monotonic()
-
-            def make(fv):
-                f, v = fv
-                for _ in range(per_version):
-                    if f in python_functions:
-                        agent.lmictl("create", "--function", f, "--version", v, "--runtime", "python3.11",
-                                     "--handler", "echo.handler", "--code", str(PYTHON_CODE),
-                                     "--max-concurrency", "8", "--timeout-seconds", "60", "--wait")
-                    else:
-                        agent.lmictl("create", "--function", f, "--version", v, "--runtime",
-                                     "provided.al2023", "--code", str(code), "--max-concurrency", "8",
-                                     "--timeout-seconds", "60", "--wait")
-
-            with ThreadPoolExecutor(4) as pool:
-                list(pool.map(make, [(f, v) for f, v, _ in targets]))
+            create_host_scale_environments(agent, code, python_functions, functions, versions, per_version)
             created_s = time.monotonic() - started
             listed = agent.lmictl("list")
             ready = sum(1 for e in listed if e["state"] == "READY")
@@ -599,6 +634,177 @@ def scenario_host_scale(args):
                            {f"100 environments ({mix})": r["many"]["profile"],
                             "1 native echo environment": r["one"]["profile"]})
     return results
+
+
+HOST_SCALE_SHAPES = {  # host-scale-rate's windows: which environments exist and which carry the load
+    "baseline": "1 native + 1 python3.11 environment (the 100 deleted or not yet made)",
+    "spread": "100 environments (80 native echo, 20 python3.11) loaded",
+    "held": "the same 2 loaded, the 100 held idle",
+}
+
+
+def create_host_scale_environments(agent, code, python_functions, functions=10, versions=("1", "2"),
+                                   per_version=5):
+    """host-scale's 100 environments: `functions` x `versions` x `per_version`, max concurrency 8 each, the
+    ones of `python_functions` python3.11 (tests/fixtures/python), the rest native echo; 4 created at once."""
+    def make(fv):
+        f, v = fv
+        for _ in range(per_version):
+            if f in python_functions:
+                agent.lmictl("create", "--function", f, "--version", v, "--runtime", "python3.11",
+                             "--handler", "echo.handler", "--code", str(PYTHON_CODE),
+                             "--max-concurrency", "8", "--timeout-seconds", "60", "--wait")
+            else:
+                agent.lmictl("create", "--function", f, "--version", v, "--runtime",
+                             "provided.al2023", "--code", str(code), "--max-concurrency", "8",
+                             "--timeout-seconds", "60", "--wait")
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(make, [(f"f{i}", v) for i in range(functions) for v in versions]))
+
+
+def scenario_host_scale_rate(args):
+    """host-scale's load shapes at equal offered load (open loop) and closed loop, with the control that holds
+    the 100 idle while the one-per-runtime baseline carries the load."""
+    python_functions = set() if args.no_python else {"f8", "f9"}
+    callers = [(f"f{i}", v) for i in range(10) for v in ("1", "2")]
+    is_py = [f in python_functions for f, _ in callers]
+    n_py = sum(is_py)
+    if args.python_share is None or not n_py:
+        shares = [1 / len(callers)] * len(callers)  # every caller the same rate, as closed loop gives c=3 each
+    else:
+        shares = [args.python_share / n_py if py else (1 - args.python_share) / (len(callers) - n_py)
+                  for py in is_py]
+    loads = [("closed loop, c=3 per caller", None)] + [(f"open loop, {r:g}/s offered", r) for r in args.rate]
+    results = []
+    for i in range(args.runs):
+        with Agent() as agent:
+            code = native_code_dir(agent.dir)
+            agent.create("one", "provided.al2023", code, 64)
+            if n_py:
+                agent.create("onepy", "python3.11", PYTHON_CODE, 3 * n_py, handler="echo.handler")
+            run = {}
+
+            def window(shape, load_label, rate):
+                listed = agent.lmictl("list")
+                if any(e["state"] != "READY" for e in listed):
+                    raise SystemExit(f"not every environment is READY: {[e['state'] for e in listed]}")
+                pair = [e for e in listed if e["spec"]["function"]["name"] in ("one", "onepy")]
+                hundred = [e for e in listed if e["spec"]["function"]["name"] not in ("one", "onepy")]
+                per_caller = [3 if rate is None else Rate(rate * share) for share in shares]
+                if shape == "spread":
+                    targets = [(f, v, c) for (f, v), c in zip(callers, per_caller)]
+                    watched = {"loaded": hundred, "idle": pair}
+                else:
+                    targets = [("onepy" if py else "one", "$LATEST", c) for py, c in zip(is_py, per_caller)]
+                    watched = {"loaded": pair, "idle": hundred}
+                load_tag = "closed" if rate is None else f"rate{rate:g}"
+                r, reports = load_window(agent, targets, args, watched=watched,
+                                         profile_label=f"host-scale-rate-{shape}-{load_tag}-run{i + 1}")
+                python = {e["id"] for e in listed if e["spec"]["runtime"] == "python3.11"}
+                env_cpu = r["spread"]["env_cpu_s"]
+                by_fn = r["invokes_by_function"]
+                py_invokes = sum(v for f, v in by_fn.items() if f in python_functions | {"onepy"})
+                n = sum(by_fn.values())
+                loaded_ids = {e["id"] for e in watched["loaded"]}
+
+                def cpu(ids):
+                    return sum(env_cpu[k] or 0 for k in ids)
+
+                r |= {
+                    "environments": len(listed),
+                    "python_share": python_share(reports, is_py),
+                    "python_share_agent": py_invokes / n if n else None,
+                    "offered_per_s": sum(x["rate_per_s"] for x in reports) if rate is not None else None,
+                    "offered": sum(x["rate_per_s"] * x["duration_s"] for x in reports)
+                    if rate is not None else None,
+                    "successes": sum(x["outcomes"]["success"] for x in reports),
+                    "throttles": sum(x["outcomes"]["throttle"] for x in reports),
+                    "skipped": sum(x["outcomes"]["skipped"] for x in reports),
+                    "send_lag_p99_us_max": max((x["send_lag_p99_us"] or 0) for x in reports)
+                    if rate is not None else None,
+                    "python_cpu_vcpus": cpu(python) / r["window_s"],
+                    "python_idle_cpu_vcpus": cpu(python - loaded_ids) / r["window_s"],
+                    "python_cpu_us_per_python_invoke": cpu(python & loaded_ids) * 1e6 / py_invokes
+                    if py_invokes else None,
+                    "native_cpu_us_per_native_invoke": cpu(loaded_ids - python) * 1e6 / (n - py_invokes)
+                    if n > py_invokes else None,
+                }
+                run[(shape, load_label)] = r
+                log(f"  run {i + 1}/{args.runs}, {shape}, {load_label}: {r['invokes_per_s']:.0f}/s, agent "
+                    f"{fmt(r['agent_cpu_us_per_invoke'])} µs/invoke, {fmt(r['agent_switches_per_invoke'], 2)} "
+                    f"switches/invoke, python {100 * r['python_share']:.1f}%, host busy "
+                    f"{fmt(r['host_busy_vcpus'], 2)} vCPUs, non-success {r['non_success']}, skipped {r['skipped']}")
+
+            def hundred_windows():
+                create_host_scale_environments(agent, code, python_functions)
+                time.sleep(3)  # the sampler's first ticks over the new environments pass before the windows
+                for label, rate in loads:
+                    # spread and held alternate which goes first from run to run
+                    for shape in (("spread", "held") if i % 2 == 0 else ("held", "spread")):
+                        window(shape, label, rate)
+
+            def baseline_windows():
+                for e in agent.lmictl("list"):
+                    if e["spec"]["function"]["name"] not in ("one", "onepy"):
+                        agent.lmictl("delete", e["id"], "--grace", "0")
+                time.sleep(3)
+                for label, rate in loads:
+                    window("baseline", label, rate)
+
+            # Interleaved: even runs measure the baseline before the 100 are made, odd runs after they are
+            # deleted.
+            steps = (baseline_windows, hundred_windows) if i % 2 == 0 else (hundred_windows, baseline_windows)
+            for step in steps:
+                step()
+            results.append(run)
+    shapes = list(HOST_SCALE_SHAPES)
+    print(f"\n### host-scale-rate: median of {len(results)} runs (20 `lmictl bench` processes, one per function "
+          f"version of the 100, {n_py} of them python3.11; their share of an open-loop rate: "
+          f"{'even (1/20 each)' if args.python_share is None or not n_py else args.python_share})\n")
+    shapes_text = HOST_SCALE_SHAPES if n_py else {
+        "baseline": "1 native echo environment (the 100 deleted or not yet made)",
+        "spread": "100 native echo environments loaded", "held": "the same 1 loaded, the 100 held idle"}
+    print("Windows: " + "; ".join(f"**{s}**: {d}" for s, d in shapes_text.items()) + ".\n")
+    rows = [
+        ("environments held", lambda r: r["environments"], 0),
+        ("offered, invokes/s (lmictl)", lambda r: r["offered_per_s"], 0),
+        *AGENT_ROWS[:3],
+        ("agent context switches per invoke that were preemptions (involuntary)",
+         lambda r: r["agent_preemptions_per_invoke"], 2),
+        AGENT_ROWS[3],
+        ("host CPU busy, vCPUs of 2", lambda r: r["host_busy_vcpus"], 2),
+        ("python3.11 environments' CPU, vCPUs (loaded and idle)", lambda r: r["python_cpu_vcpus"], 3),
+        ("… of it the idle python3.11 environments'", lambda r: r["python_idle_cpu_vcpus"], 3),
+        ("idle environments' CPU, vCPUs", lambda r: r["spread"]["idle_cpu_share"], 3),
+        ("python3.11 runtimes' CPU per python invoke, µs", lambda r: r["python_cpu_us_per_python_invoke"], 0),
+        ("native runtimes' CPU per native invoke, µs", lambda r: r["native_cpu_us_per_native_invoke"], 1),
+        ("share of the invokes on python3.11 (lmictl), %", lambda r: 100 * r["python_share"], 1),
+        ("p50, µs (median of the 20 processes)", lambda r: r["p50_us_median_of_processes"], 0),
+        ("p99, µs (median of the 20 processes)", lambda r: r["p99_us_median_of_processes"], 0),
+        ("p99, µs (worst process)", lambda r: r["p99_us_max_of_processes"], 0),
+        ("open loop: successes / offered in lmictl's windows", lambda r: r["successes"] / r["offered"]
+         if r["offered"] else None, 3),
+        ("open loop: lmictl's send lag p99, worst process, µs", lambda r: r["send_lag_p99_us_max"], 0),
+        ("throttles", lambda r: r["throttles"], 0),
+        ("skipped (open loop, max in flight)", lambda r: r["skipped"], 0),
+        ("non-success outcomes", lambda r: r["non_success"], 0),
+    ]
+    for label, _ in loads:
+        print(f"\n#### {label}\n")
+        print("| | " + " | ".join(shapes) + " |")
+        print("|---|" + "---|" * len(shapes))
+        print("| agent CPU per invoke, µs, each run | " + " | ".join(
+            ", ".join(fmt(r[(s, label)]["agent_cpu_us_per_invoke"]) for r in results) for s in shapes) + " |")
+        for name, f, d in rows:
+            print(f"| {name} | " + " | ".join(fmt(median([f(r[(s, label)]) for r in results]), d)
+                                             for s in shapes) + " |")
+    if args.perf:
+        for i, run in enumerate(results):
+            for label, _ in loads:
+                print_profiles(f"host-scale-rate run {i + 1}, {label} (perf's own cost is in the figures above)",
+                               {s: run[(s, label)]["profile"] for s in shapes})
+    return [{f"{s} / {label}": r for (s, label), r in run.items()} for run in results]
 
 
 def scenario_env_count(args):
@@ -811,11 +1017,19 @@ def main():
     p.add_argument("--no-build", action="store_true", help="use the existing release binaries")
     p.add_argument("--json", type=Path, help="also write every result to this file")
     p.add_argument("--no-python", action="store_true",
-                   help="host-scale: every environment native echo (to set the Python runtimes' share apart)")
+                   help="host-scale, host-scale-rate: every environment native echo (to set the Python "
+                        "runtimes' share apart)")
     p.add_argument("--perf", action="store_true",
-                   help="host-scale, env-count: profile the agent over each measured window (perf record -e "
-                        "cpu-clock --call-graph dwarf; data in target/profile/scale-*) and print where its CPU "
-                        "per invoke goes")
+                   help="host-scale, env-count, host-scale-rate: profile the agent over each measured window "
+                        "(perf record -e cpu-clock --call-graph dwarf; data in target/profile/scale-*) and print "
+                        "where its CPU per invoke goes")
+    p.add_argument("--rate", type=float, action="append", default=[],
+                   help="host-scale-rate: a total open-loop rate, invokes per second, split over the 20 callers "
+                        "(repeat for more rates; default 2000); with --no-python the 100 and the baseline are all "
+                        "native echo")
+    p.add_argument("--python-share", type=float,
+                   help="host-scale-rate: the python3.11 callers' share of an open-loop rate (default: every "
+                        "caller the same rate, so 4/20)")
     p.add_argument("--network-pool", type=int,
                    help="the agent's sandbox.network_pool (default: the agent's, 2); a burst of creates beyond "
                         "it makes network slots on the spot")
@@ -824,6 +1038,10 @@ def main():
         raise SystemExit("scale.py needs root: the agent creates cgroups")
     if not 1 <= args.runs <= 20 or not 0 < args.duration <= 60:
         raise SystemExit("--runs must be 1-20 and --duration 0-60 seconds: keep runs short")
+    if not args.rate:
+        args.rate = [2000.0]
+    if any(r <= 0 for r in args.rate) or (args.python_share is not None and not 0 < args.python_share < 1):
+        raise SystemExit("--rate must be positive and --python-share between 0 and 1")
     if args.perf and not shutil.which("perf"):
         raise SystemExit("--perf needs perf (tests/setup.sh installs it)")
     if not args.no_build:
