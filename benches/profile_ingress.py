@@ -15,8 +15,13 @@ native echo environment, driven by `lmictl bench invoke --via INGRESS -n N`.
       prints its instructions (Ir) per invoke and the top functions, inclusive and exclusive.
   benches/profile_ingress.py perf [--via http] [-c 64] [-d 5]
       The agent at full speed under `perf record -e cpu-clock --call-graph dwarf` for the bench's window;
-      prints the kernel/user split and the shares of the Runtime API side, the Invoke API side and the gRPC
-      side (by the functions on each sample's stack).
+      prints the kernel/user split (also as µs per invoke) and the shares of the Runtime API side, the Invoke
+      API side and the gRPC side (by the functions on each sample's stack).
+      --floor: the same for the --via ingress's own floor (runtime_api_floor's minimal server of that
+      protocol, LMI_FLOOR_SERVERS=minimal-http|minimal-grpc-unary|minimal-grpc-stream) instead of the agent.
+      --rate R: lmictl's load in open loop at R invokes/s (unary and http), on the agent or the floor, to
+      compare the two at one offered load. --no-network-isolation: the agent with
+      sandbox.network_isolation = false (the runtime on the host's loopback, as the floor's).
 
 Run as root from the repository; builds nothing (run `cargo build --release -p lmi-agent -p lmictl
 -p lmi-native-echo` first). Files go to target/profile/.
@@ -65,7 +70,12 @@ def start(args, wrapper):
         perf.socket = types.SimpleNamespace(socket=_PatientSocket, AF_UNIX=socket.AF_UNIX,
                                             SOCK_DGRAM=socket.SOCK_DGRAM, timeout=socket.timeout)
     invoke_api = f"127.0.0.1:{free_port()}"
-    agent = perf.Agent(sections=f'[invoke_api]\nlisten = "{invoke_api}"')
+    sections = f'[invoke_api]\nlisten = "{invoke_api}"\n'
+    if getattr(args, "no_network_isolation", False):
+        # The runtime on the host's loopback: what the environment's network namespace (its own loopback,
+        # the nft tables of its sandbox) adds to the agent's kernel time per invoke.
+        sections += "[sandbox]\nnetwork_isolation = false\n"
+    agent = perf.Agent(sections=sections)
     root = tempfile.mkdtemp(prefix="lmi-profile-")
     atexit.register(shutil.rmtree, root, True)
     try:
@@ -79,8 +89,9 @@ def start(args, wrapper):
 def bench(agent, invoke_api, args, *extra):
     flags = {"unary": [], "stream": ["--via", "stream"],
              "http": ["--via", "http", "--invoke-api", invoke_api]}[args.via]
+    rate = ["--rate", str(args.rate)] if args.rate else []
     return agent.lmictl("bench", "invoke", "echo", "--agent-pid", str(agent.pid), "-c", str(args.concurrency),
-                        "--warmup", "0", *flags, *extra)
+                        "--warmup", "0", *flags, *rate, *extra)
 
 
 def callgrind(args):
@@ -126,8 +137,62 @@ SIDES = [
 ]
 
 
+FLOOR_NAMES = {"http": "minimal-http", "unary": "minimal-grpc-unary", "stream": "minimal-grpc-stream"}
+FLOOR_LINE = re.compile(r"concurrency (\d+): (\d+) invokes/s; .*?CPU per invoke: server ([\d.]+) µs, "
+                        r"runtime ([\d.]+) µs, generator ([\d.]+) µs; (\d+) of (\d+) invokes succeeded")
+
+
+def floor_bin():
+    """The newest build of the runtime_api_floor bench (`cargo bench -p lmi-benches --bench runtime_api_floor
+    --no-run`)."""
+    bins = [b for b in glob.glob(str(perf.REPO / "target/release/deps/runtime_api_floor-*"))
+            if not b.endswith(".d") and os.access(b, os.X_OK)]
+    if not bins:
+        raise SystemExit("build the floor first: cargo bench -p lmi-benches --bench runtime_api_floor --no-run")
+    return max(bins, key=os.path.getmtime)
+
+
+def floor_run(args, data=None):
+    """One run of the --via ingress's own floor (runtime_api_floor's minimal server of that protocol), under
+    `perf record` for its measured window when `data` is given. Returns (invokes/s, server, runtime and
+    generator CPU per invoke)."""
+    env = dict(os.environ, LMI_FLOOR_SERVERS=FLOOR_NAMES[args.via], LMI_FLOOR_SECONDS=str(args.duration),
+               LMI_FLOOR_CONCURRENCY=str(args.concurrency))
+    if args.rate:
+        env["LMI_FLOOR_RATE"] = str(args.rate)
+    bench_proc = subprocess.Popen([floor_bin(), "--bench"], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, text=True)
+    rec = None
+    if data:
+        time.sleep(1.5)  # the runtime's start and lmictl's 1 s warm-up
+        rec = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "--call-graph", "dwarf,16384",
+                                "-F", "999", "-o", str(data), "-p", str(bench_proc.pid)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out, _ = bench_proc.communicate()
+    if rec:
+        rec.send_signal(2)
+        rec.wait()
+    m = FLOOR_LINE.search(out)
+    if not m or m.group(6) != m.group(7):
+        raise SystemExit(f"the floor run failed: {out.strip()}")
+    return float(m.group(2)), float(m.group(3)), float(m.group(4)), float(m.group(5))
+
+
 def perf_split(args):
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.floor:
+        data = OUT / f"perf-floor-{args.via}.data"
+        if args.no_record:
+            for i in range(args.runs):
+                rate, server, runtime, gen = floor_run(args)
+                print(f"floor {args.via} c={args.concurrency} run {i + 1}: {rate:.0f}/s, server {server:.1f} µs "
+                      f"CPU per invoke, runtime {runtime:.1f} µs, lmictl {gen:.1f} µs", flush=True)
+            return
+        rate, server, _, gen = floor_run(args, data)
+        print(f"== floor {args.via}: {rate:.0f}/s at c={args.concurrency}; server {server:.1f} µs CPU per invoke; "
+              f"lmictl {gen:.1f} µs")
+        report_split(data, server)
+        return
     agent, invoke_api = start(args, [])
     data = OUT / f"perf-{args.via}.data"
     try:
@@ -152,6 +217,11 @@ def perf_split(args):
         agent.stop()
     print(f"== {args.via}: {r['throughput_per_s']:.0f}/s at c={args.concurrency}; agent "
           f"{r['agent']['cpu_us_per_invoke']:.1f} µs CPU per invoke; lmictl {r['lmictl_cpu_us_per_invoke']:.1f} µs")
+    report_split(data, r['agent']['cpu_us_per_invoke'])
+
+
+def report_split(data, cpu_per_invoke):
+    """The kernel/user split of a recording and its sides, as shares and as µs of `cpu_per_invoke`."""
     script = subprocess.run(["perf", "script", "-i", str(data), "-F", "ip,sym,dso"], capture_output=True,
                             text=True, errors="replace").stdout
     total = kernel = 0
@@ -178,8 +248,9 @@ def perf_split(args):
     if not total:
         raise SystemExit("perf recorded no samples")
     pct = lambda n: f"{100 * n / total:.1f}%"
-    print(f"samples {total}: kernel {pct(kernel)}, user {pct(total - kernel)}; inside write/writev/sendto "
-          f"{pct(writes)}")
+    us = lambda n: f"{cpu_per_invoke * n / total:.1f} µs"
+    print(f"samples {total}: kernel {pct(kernel)} ({us(kernel)} per invoke), user {pct(total - kernel)} "
+          f"({us(total - kernel)}); inside write/writev/sendto {pct(writes)} ({us(writes)})")
     for name, n in sides.items():
         print(f"  {name:12} {pct(n):>6} (kernel {pct(kernel_in[name])})")
 
@@ -255,6 +326,14 @@ def main():
     p.add_argument("--no-record", action="store_true",
                    help="perf: no profile, only --runs benches (agent CPU per invoke without perf's own cost)")
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--rate", type=int, default=0, metavar="PER_SECOND",
+                   help="open loop at this many invokes per second (lmictl's --rate; unary and http only)")
+    p.add_argument("--floor", action="store_true",
+                   help="perf: measure the --via ingress's own floor (runtime_api_floor's minimal server of that "
+                        "protocol) instead of the agent; build it first with `cargo bench -p lmi-benches --bench "
+                        "runtime_api_floor --no-run`")
+    p.add_argument("--no-network-isolation", action="store_true",
+                   help="the agent with sandbox.network_isolation = false (the runtime on the host's loopback)")
     p.add_argument("--malloc-stacks", type=int, default=0, metavar="N",
                    help="count: also record the stacks of the mallocs of N more invokes and list their callers")
     args = p.parse_args()

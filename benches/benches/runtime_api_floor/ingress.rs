@@ -147,6 +147,14 @@ pub fn run(ingress: Ingress, concurrency: u32, seconds: f64) -> Result<(), Strin
             "--agent-pid".to_owned(),
             std::process::id().to_string(),
         ];
+        // Open loop at a fixed rate instead (`LMI_FLOOR_RATE`, invokes per second; unary and HTTP only, as
+        // lmictl's `--rate`): compares servers at the same offered load, which a closed loop does not.
+        if let Some(rate) = std::env::var("LMI_FLOOR_RATE")
+            .ok()
+            .filter(|_| ingress != Ingress::Stream)
+        {
+            args.extend(["--rate".to_owned(), rate]);
+        }
         if ingress == Ingress::Http {
             let listener = TcpListener::bind(("127.0.0.1", 0))
                 .await

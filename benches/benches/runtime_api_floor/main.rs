@@ -24,7 +24,8 @@
 //! Run: `cargo build --release -p lmi-native-echo -p lmictl && cargo bench -p lmi-benches --bench
 //! runtime_api_floor` (LMI_FLOOR_CONCURRENCY, default 64; LMI_FLOOR_SECONDS, default 5; LMI_FLOOR_SERVERS,
 //! default `minimal,agent`, any of `minimal,agent,minimal-http,minimal-grpc,minimal-grpc-unary,
-//! minimal-grpc-stream`).
+//! minimal-grpc-stream`; LMI_FLOOR_RATE, invokes per second: the ingress floors' load in open loop at that rate,
+//! unary and HTTP only).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod ingress;
