@@ -48,7 +48,8 @@ Scenarios:
                         baseline is measured before the 100 are made or after they are deleted, and which of
                         spread and held goes first. Per window: the rate offered and answered (successes / offered,
                         throttles, lmictl's send lag: a load both windows sustain has 1.000, 0 and a lag of a
-                        few ms), host-scale's agent figures (CPU, context switches and preemptions per invoke),
+                        few ms), host-scale's agent figures (CPU, context switches and preemptions per
+                        invoke; of that CPU, the log writer thread's, and its write system calls per invoke),
                         the host's busy vCPUs (/proc/stat), the python3.11 and native runtimes' CPU per invoke of
                         their kind (their cgroups), the idle environments' CPU, the python share and p50/p99.
     all                 every scenario above
@@ -142,6 +143,20 @@ def agent_switches(pid, kinds=("voluntary_ctxt_switches", "nonvoluntary_ctxt_swi
         except OSError:
             continue  # a thread that ended meanwhile
     return total
+
+
+def log_writer(pid):
+    """The agent's log writer thread (`lmi-log-writer`) so far: (CPU seconds, write system calls), or None."""
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            if (task / "comm").read_text().strip() != "lmi-log-writer":
+                continue
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            io = dict(l.split(": ") for l in (task / "io").read_text().splitlines())
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), int(io["syscw"])
+        except (OSError, KeyError, ValueError):
+            continue
+    return None
 
 
 def scrape():
@@ -435,9 +450,11 @@ def load_window(agent, targets, args, profile_label=None, watched=None):
         env_cpu0 = {e["id"]: environment_cpu_ns(e["cgroup"]) for g in (watched or {}).values() for e in g}
         cpu0, t0, sw0 = agent_cpu_s(agent.pid), time.monotonic(), agent_switches(agent.pid)
         pre0, host0 = agent_switches(agent.pid, ("nonvoluntary_ctxt_switches",)), host_cpu_ticks()
+        writer0 = log_writer(agent.pid)
         time.sleep(args.duration)
         cpu1, t1, sw1 = agent_cpu_s(agent.pid), time.monotonic(), agent_switches(agent.pid)
         pre1, host1 = agent_switches(agent.pid, ("nonvoluntary_ctxt_switches",)), host_cpu_ticks()
+        writer1 = log_writer(agent.pid)
         env_cpu1 = {e["id"]: environment_cpu_ns(e["cgroup"]) for g in (watched or {}).values() for e in g}
         took, size, m1 = scrape()
         if profile:
@@ -497,6 +514,9 @@ def load_window(agent, targets, args, profile_label=None, watched=None):
         "agent_cpu_share": (cpu1 - cpu0) / (t1 - t0),
         "agent_switches_per_invoke": (sw1 - sw0) / n if n else None,
         "agent_preemptions_per_invoke": (pre1 - pre0) / n if n else None,
+        # The log writer thread alone (its CPU is inside the agent's): the records' writes to the files.
+        "writer_cpu_us_per_invoke": (writer1[0] - writer0[0]) * 1e6 / n if n and writer0 and writer1 else None,
+        "writer_writes_per_invoke": (writer1[1] - writer0[1]) / n if n and writer0 and writer1 else None,
         "window_s": t1 - t0,
         "invokes_by_function": invocations_by_function(m0, m1),
         # The host's busy CPUs over the window, in vCPUs (2 = both saturated).
@@ -519,6 +539,9 @@ AGENT_ROWS = [
     ("agent CPU per invoke, µs", lambda r: r["agent_cpu_us_per_invoke"], 1),
     ("agent context switches per invoke (its wake-ups)", lambda r: r["agent_switches_per_invoke"], 2),
     ("agent CPU, share of one vCPU", lambda r: r["agent_cpu_share"], 2),
+    ("of the agent's CPU per invoke, its log writer thread's, µs (10 ms ticks)",
+     lambda r: r.get("writer_cpu_us_per_invoke"), 1),
+    ("log writer's write system calls per invoke", lambda r: r.get("writer_writes_per_invoke"), 2),
 ]
 
 
@@ -772,7 +795,7 @@ def scenario_host_scale_rate(args):
         *AGENT_ROWS[:3],
         ("agent context switches per invoke that were preemptions (involuntary)",
          lambda r: r["agent_preemptions_per_invoke"], 2),
-        AGENT_ROWS[3],
+        *AGENT_ROWS[3:],
         ("host CPU busy, vCPUs of 2", lambda r: r["host_busy_vcpus"], 2),
         ("python3.11 environments' CPU, vCPUs (loaded and idle)", lambda r: r["python_cpu_vcpus"], 3),
         ("… of it the idle python3.11 environments'", lambda r: r["python_idle_cpu_vcpus"], 3),

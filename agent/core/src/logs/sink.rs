@@ -23,9 +23,13 @@ use crate::version_map::VersionMap;
 const BATCH: usize = 512;
 /// After a batch smaller than [`BATCH`], the writer waits this long before taking the next one: records that
 /// trickle in (a few per invoke: the runtime's lines and the platform's records) are then written in batches,
-/// with one file open per batch and one wake-up of the writer per batch instead of one per record (a wake-up is
-/// a system call on the invoke path). It bounds how late a record reaches the sinks.
-const COALESCE: Duration = Duration::from_millis(1);
+/// with one write per function version per batch and one wake-up of the writer per batch instead of one per
+/// record (a wake-up is a system call on the invoke path). It bounds how late a record reaches the sinks.
+/// 10 ms rather than 1: with many function versions loaded at once a batch of 1 ms held about one record per
+/// version, so each record still cost a write of its own (docs/PERFORMANCE.md, "Host scale"); the queue
+/// (8,192 records by default) holds 10 ms of records up to about 800,000 records a second, and a full batch
+/// is taken at once without waiting.
+const COALESCE: Duration = Duration::from_millis(10);
 /// A failing sink is reported at most this often.
 const ERROR_REPORT_EVERY: Duration = Duration::from_secs(60);
 
