@@ -213,7 +213,11 @@ info "available runtimes: $avail"
 runtime_case() { # runtime function handler code payload expect
   local rt=$1 f=$2 h=$3 code=$4 payload=$5 expect=$6 env out
   case " $avail " in *" $rt "*) ;; *) skip "runtime $rt" "not available in this VM"; return ;; esac
-  if ! env=$(create "$f" "$rt" "$h" "$code" 2048 2); then fail "runtime $rt" "create: $env"; return; fi
+  if ! env=$(create "$f" "$rt" "$h" "$code" 2048 2); then
+    # The runtime's own output says why it ended (a JVM's abort message, a traceback): the failure carries it.
+    fail "runtime $rt" "create: $env; its log: $(lmictl logs "$f" 2>&1 | tail -n 40 | tr '\n' ' ')"
+    return
+  fi
   out=$(invoke_ok "$f" "$payload")
   if [ "$(echo "$out" | jget outcome)" = SUCCESS ] && echo "$out" | grep -q "$expect"; then
     ok "runtime $rt: created from /usr/share/lmi-agent/runtime-shims and served an invoke"
