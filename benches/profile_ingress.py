@@ -137,30 +137,16 @@ SIDES = [
 ]
 
 
-FLOOR_NAMES = {"http": "minimal-http", "unary": "minimal-grpc-unary", "stream": "minimal-grpc-stream"}
-FLOOR_LINE = re.compile(r"concurrency (\d+): (\d+) invokes/s; .*?CPU per invoke: server ([\d.]+) µs, "
-                        r"runtime ([\d.]+) µs, generator ([\d.]+) µs; (\d+) of (\d+) invokes succeeded")
-
-
-def floor_bin():
-    """The newest build of the runtime_api_floor bench (`cargo bench -p lmi-benches --bench runtime_api_floor
-    --no-run`)."""
-    bins = [b for b in glob.glob(str(perf.REPO / "target/release/deps/runtime_api_floor-*"))
-            if not b.endswith(".d") and os.access(b, os.X_OK)]
-    if not bins:
-        raise SystemExit("build the floor first: cargo bench -p lmi-benches --bench runtime_api_floor --no-run")
-    return max(bins, key=os.path.getmtime)
-
-
 def floor_run(args, data=None):
-    """One run of the --via ingress's own floor (runtime_api_floor's minimal server of that protocol), under
-    `perf record` for its measured window when `data` is given. Returns (invokes/s, server, runtime and
-    generator CPU per invoke)."""
-    env = dict(os.environ, LMI_FLOOR_SERVERS=FLOOR_NAMES[args.via], LMI_FLOOR_SECONDS=str(args.duration),
+    """One run of the --via ingress's own floor (runtime_api_floor's minimal server of that protocol, built
+    before: perf.py's floor_binary without a build), under `perf record` for its measured window when `data`
+    is given. Returns (invokes/s, server, runtime and generator CPU per invoke)."""
+    binary = perf.floor_binary(types.SimpleNamespace(no_build=True))
+    env = dict(os.environ, LMI_FLOOR_SERVERS=perf.INGRESS_FLOOR[args.via], LMI_FLOOR_SECONDS=str(args.duration),
                LMI_FLOOR_CONCURRENCY=str(args.concurrency))
     if args.rate:
         env["LMI_FLOOR_RATE"] = str(args.rate)
-    bench_proc = subprocess.Popen([floor_bin(), "--bench"], env=env, stdout=subprocess.PIPE,
+    bench_proc = subprocess.Popen([str(binary), "--bench"], env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.DEVNULL, text=True)
     rec = None
     if data:
@@ -172,10 +158,12 @@ def floor_run(args, data=None):
     if rec:
         rec.send_signal(2)
         rec.wait()
-    m = FLOOR_LINE.search(out)
-    if not m or m.group(6) != m.group(7):
-        raise SystemExit(f"the floor run failed: {out.strip()}")
-    return float(m.group(2)), float(m.group(3)), float(m.group(4)), float(m.group(5))
+    # The bench exits non-zero when any invoke did not succeed.
+    m = next(filter(None, map(perf.FLOOR_LINE.match, out.splitlines())), None)
+    if bench_proc.returncode != 0 or not m or m["generator_cpu_us_per_invoke"] is None:
+        raise SystemExit(f"the floor run failed ({bench_proc.returncode}): {out.strip()}")
+    return (float(m["throughput_per_s"]), float(m["server_cpu_us_per_invoke"]),
+            float(m["runtime_cpu_us_per_invoke"]), float(m["generator_cpu_us_per_invoke"]))
 
 
 def perf_split(args):

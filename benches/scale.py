@@ -126,9 +126,14 @@ def percentile(values, q):
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
 
 
-def agent_cpu_s(pid):
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def proc_cpu_s(stat):
+    """User + system CPU seconds from a /proc stat file (a process's or a thread's)."""
+    fields = Path(stat).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def agent_cpu_s(pid):
+    return proc_cpu_s(f"/proc/{pid}/stat")
 
 
 def agent_switches(pid, kinds=("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
@@ -151,9 +156,8 @@ def log_writer(pid):
         try:
             if (task / "comm").read_text().strip() != "lmi-log-writer":
                 continue
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
             io = dict(l.split(": ") for l in (task / "io").read_text().splitlines())
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), int(io["syscw"])
+            return proc_cpu_s(task / "stat"), int(io["syscw"])
         except (OSError, KeyError, ValueError):
             continue
     return None
